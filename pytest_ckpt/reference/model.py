@@ -214,8 +214,9 @@ class MorphogeneticModel(nn.Module):
         try:
             model.load_state_dict(fields["state_dict"], strict=True)
         except RuntimeError as err:
+            detail = " ".join(str(err).split())  # torch's message spans lines; keep it to one
             raise ValueError(
-                f"model checkpoint: state_dict does not fit its config: {err}"
+                f"model checkpoint: state_dict does not fit its config: {detail}"
             ) from err
         return model
 
