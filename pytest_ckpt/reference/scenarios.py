@@ -61,7 +61,9 @@ def build_reference_model(
         return MorphogeneticModel(HOSTS[host_kind](), slots, clock=clock or ManualClock())
 
 
-def drive_to_stage(model: MorphogeneticModel, stage: SeedStage, *, seed: int = 0) -> None:
+def drive_to_stage(
+    model: MorphogeneticModel, stage: SeedStage, *, seed: int = 0, blend_epochs: int = BLEND_EPOCHS
+) -> None:
     """Walk every slot of `model` (fresh, all DORMANT) to `stage`, training along the way.
 
     Slots cycle through the blueprints of their layout and through the blend algorithms
@@ -81,7 +83,7 @@ def drive_to_stage(model: MorphogeneticModel, stage: SeedStage, *, seed: int = 0
             layout = model.seed_slots[slot_id].point.layout
             names = blueprint_names(layout)
             algorithm = BLEND_ALGORITHMS[(i + 2) % len(BLEND_ALGORITHMS)]  # gated first
-            model.germinate(slot_id, names[i % len(names)], BlendConfig(algorithm, BLEND_EPOCHS))
+            model.germinate(slot_id, names[i % len(names)], BlendConfig(algorithm, blend_epochs))
         train_epoch(model, task, generator)
         if stage is SeedStage.GERMINATED:
             return
@@ -110,9 +112,14 @@ def drive_to_stage(model: MorphogeneticModel, stage: SeedStage, *, seed: int = 0
 
 
 def build_at_stage(
-    host_kind: str, grid: str | SlotConfig, stage: SeedStage, *, seed: int = 0
+    host_kind: str,
+    grid: str | SlotConfig,
+    stage: SeedStage,
+    *,
+    seed: int = 0,
+    blend_epochs: int = BLEND_EPOCHS,
 ) -> MorphogeneticModel:
     """A reference model with every slot at `stage`, identical for identical arguments."""
     model = build_reference_model(host_kind, grid, seed=seed)
-    drive_to_stage(model, stage, seed=seed)
+    drive_to_stage(model, stage, seed=seed, blend_epochs=blend_epochs)
     return model
