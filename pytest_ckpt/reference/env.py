@@ -79,8 +79,13 @@ class MorphogeneticEnv:
         if initial_model is not None:
             if initial_model.slots != slots or initial_model.host.kind != host_kind:
                 raise ValueError("initial_model does not match the env's host and slots")
-            initial_model.telemetry = telemetry
-            self._install(initial_model)
+            # A copy bound to this env's clock and recorder: the model's slots stamp stage
+            # changes with the clock they were built with, which must be the one we checkpoint.
+            self._install(
+                MorphogeneticModel.from_checkpoint(
+                    initial_model.checkpoint(), clock=clock, telemetry=telemetry
+                )
+            )
         else:
             self._install(self._fresh_model())
         self.last_loss, self.last_accuracy = self.evaluate()

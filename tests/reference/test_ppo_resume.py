@@ -1,0 +1,180 @@
+"""Exact resume: continuing one PPO update equals save -> load(weights_only=True) into fresh
+objects -> one update, for checkpoints taken at several seed stages, slot counts and hosts."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_ckpt.reference import SeedStage, SlotConfig, build_at_stage
+from pytest_ckpt.reference.ppo import PPOConfig
+from pytest_ckpt.reference.trainer import Trainer
+
+BLEND_EPOCHS = 10  # long enough that a seed is still BLENDING when the checkpoint is taken
+CASES = [
+    ("cnn", "1x2"),
+    ("transformer", "1x2"),
+    ("cnn", "1x3"),
+    ("transformer", "3x1"),
+    ("cnn", "2x2"),
+    ("transformer", "2x3"),
+]
+
+
+def _trainer_at(host: str, grid: str, stage: SeedStage) -> Trainer:
+    """A trainer one update in (Adam moments, normalizers and counters are non-trivial) whose
+    model still holds a seed at `stage`. The controller may have moved every seed on during
+    that update, so take the first of a few fixed seeds where one is left: still deterministic."""
+    for seed in range(5):
+        model = build_at_stage(host, grid, stage, seed=seed, blend_epochs=BLEND_EPOCHS)
+        trainer = Trainer(host=host, slots=model.slots, seed=seed, initial_model=model)
+        trainer.run_update()
+        if stage in trainer.env.model.stages().values():
+            return trainer
+    raise AssertionError(f"no seed in 0..4 keeps a {stage.name} seed through one update")
+
+
+def _snapshot(trainer: Trainer) -> dict:
+    """Everything compared between the continued and the resumed run, plus next RNG draws."""
+    return {
+        "policy": {k: v.clone() for k, v in trainer.policy.state_dict().items()},
+        "optimizer": trainer.optimizer.state_dict(),
+        "model": {k: v for k, v in trainer.env.model.state_dict().items()},
+        "host_optimizer": trainer.env.host_optimizer.state_dict(),
+        "obs_norm": {k: v.clone() for k, v in trainer.obs_norm.state_dict().items()},
+        "ent_coef": trainer.ent_coef,
+        "counters": (trainer.update, trainer.global_step, trainer.telemetry.next_seq),
+        "events": [event.to_dict() for event in trainer.telemetry.drain()],
+        "draws": {
+            "torch_cpu": torch.rand(4),
+            "python": [random.random() for _ in range(4)],
+            "agent": torch.rand(4, generator=trainer.generator),
+            "env": torch.rand(4, generator=trainer.env.generator),
+        },
+    }
+
+
+def _assert_same(a, b, path: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _assert_same(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def continue_and_resume(trainer: Trainer, path: Path, updates: int = 1, sabotage=None):
+    trainer.save(path)
+    trainer.telemetry.drain()
+    for _ in range(updates):
+        trainer.run_update()
+    continued = _snapshot(trainer)
+    resumed_trainer = Trainer.load(path)
+    if sabotage is not None:
+        sabotage(resumed_trainer)
+    for _ in range(updates):
+        resumed_trainer.run_update()
+    return continued, _snapshot(resumed_trainer)
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [SeedStage.GERMINATED, SeedStage.BLENDING, SeedStage.PROBATIONARY],
+    ids=lambda s: s.name,
+)
+@pytest.mark.parametrize(("host", "grid"), CASES)
+def test_resume_one_update_equals_continuing(host: str, grid: str, stage, tmp_path) -> None:
+    trainer = _trainer_at(host, grid, stage)
+    continued, resumed = continue_and_resume(trainer, tmp_path / "state.pt")
+    assert len(continued["events"]) >= 4 * trainer.config.num_steps // 2
+    _assert_same(continued, resumed)
+
+
+def test_training_state_loads_with_weights_only_and_no_allowlist(tmp_path) -> None:
+    trainer = _trainer_at("cnn", "2x2", SeedStage.BLENDING)
+    path = tmp_path / "state.pt"
+    trainer.save(path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    with torch.serialization.safe_globals([]):
+        state = torch.load(path, weights_only=True)
+    assert state["env"]["model"]["config"]["host"]["kind"] == "cnn"
+    assert state["optimizer"]["state"][0]["step"] > 0  # Adam's per-parameter step travels
+
+
+def _reset_agent_rng(t: Trainer) -> None:
+    t.generator.manual_seed(12345)
+
+
+def _reset_env_rng(t: Trainer) -> None:
+    t.env.generator.manual_seed(12345)
+
+
+def _reset_obs_norm(t: Trainer) -> None:
+    t.obs_norm.mean.zero_()
+    t.obs_norm.var.fill_(1.0)
+
+
+def _reset_ent_coef(t: Trainer) -> None:
+    t.ent_coef = t.config.ent_coef
+
+
+def _fresh_optimizer(t: Trainer) -> None:
+    t.optimizer = torch.optim.Adam(t.policy.parameters(), lr=t.config.learning_rate, eps=1e-5)
+
+
+def _reset_update_counter(t: Trainer) -> None:
+    t.update = 0  # the learning-rate schedule position
+
+
+def _reset_global_rng(t: Trainer) -> None:
+    torch.manual_seed(0)
+
+
+def _reset_python_rng(t: Trainer) -> None:
+    random.seed(0)
+
+
+@pytest.mark.parametrize(
+    "sabotage",
+    [
+        _reset_agent_rng,
+        _reset_env_rng,
+        _reset_obs_norm,
+        _reset_ent_coef,
+        _fresh_optimizer,
+        _reset_update_counter,
+        _reset_global_rng,
+        _reset_python_rng,
+    ],
+)
+def test_resume_differs_when_one_piece_of_state_is_left_out(sabotage, tmp_path) -> None:
+    trainer = _trainer_at("transformer", "1x3", SeedStage.BLENDING)
+    continued, resumed = continue_and_resume(trainer, tmp_path / "s.pt", sabotage=sabotage)
+    with pytest.raises(AssertionError):
+        _assert_same(continued, resumed)
+
+
+def test_resume_across_an_episode_boundary(tmp_path) -> None:
+    config = PPOConfig(num_steps=4, episode_epochs=3)
+    trainer = Trainer(host="transformer", slots=SlotConfig.grid(1, 2), config=config)
+    trainer.run_update()
+    continued, resumed = continue_and_resume(trainer, tmp_path / "s.pt", updates=2)
+    assert trainer.env.episodes_completed >= 3
+    _assert_same(continued, resumed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("host", "grid"), [("cnn", "2x2"), ("transformer", "1x3")])
+def test_resume_twenty_updates_equals_continuing(host: str, grid: str, tmp_path) -> None:
+    trainer = _trainer_at(host, grid, SeedStage.BLENDING)
+    continued, resumed = continue_and_resume(trainer, tmp_path / "s.pt", updates=20)
+    _assert_same(continued, resumed)
