@@ -1,0 +1,145 @@
+"""The checks themselves: save -> load(weights_only=True) -> rebuild -> compare, and resume.
+
+No pytest here: these functions raise `CheckpointError`s whose messages say what failed and
+where, and the plugin turns them into test failures. Every load is
+`torch.load(weights_only=True)` with no allowlist; a refusal is explained by the paths of the
+objects torch would not load (found in the live state before it was saved).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_ckpt.compare import Difference, diff_values
+from pytest_ckpt.errors import CheckpointLoadError, ResumeMismatch, RoundTripMismatch
+from pytest_ckpt.subject import StepResult, Subject
+from pytest_ckpt.unsafe_objects import find_unsafe_objects
+
+WALL_CLOCK_KEYS = ("timestamp", "time", "created", "wall_time")
+WALL_CLOCK_PLACEHOLDER = "<wall-clock>"
+_SHOWN = 5
+
+
+def save_and_load(state: Any, path: str | os.PathLike[str]) -> Any:
+    """`torch.save` to a real file, then `torch.load(weights_only=True)` with no allowlist."""
+    import torch
+
+    torch.save(state, path)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise CheckpointLoadError(explain_refusal(state, err)) from err
+
+
+def explain_refusal(state: Any, err: BaseException) -> str:
+    """Why torch refused: the offending objects by path with fixes, else torch's own reason."""
+    found = find_unsafe_objects(state)
+    head = "torch.load(weights_only=True) refused the checkpoint"
+    if not found:
+        return f"{head}: {torch_reason(err)}"
+    lines = [f"{head}: {len(found)} object(s) it cannot load:"]
+    lines += [f"  {item.describe()}" for item in found[:_SHOWN]]
+    if len(found) > _SHOWN:
+        lines.append(f"  ... and {len(found) - _SHOWN} more")
+    return "\n".join(lines)
+
+
+def torch_reason(err: BaseException) -> str:
+    """The useful line of torch's long weights_only message."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _format(differences: list[Difference], header: str) -> str:
+    lines = [header] + [f"  {d}" for d in differences[:_SHOWN]]
+    if len(differences) > _SHOWN:
+        lines.append(f"  ... and more (first {_SHOWN} shown)")
+    return "\n".join(lines)
+
+
+@dataclass(slots=True, frozen=True)
+class RoundTrip:
+    state: Mapping[str, Any]  # what the live system exported
+    loaded: Any  # what torch.load(weights_only=True) gave back
+    rebuilt: Any  # a fresh system rebuilt from `loaded`
+
+
+def check_roundtrip(subject: Subject, system: Any, path: str | os.PathLike[str]) -> RoundTrip:
+    """Export, save, load with weights_only=True, compare exactly, rebuild, compare again."""
+    state = subject.export_state(system)
+    loaded = save_and_load(state, path)
+    differences = diff_values(state, loaded)
+    if differences:
+        raise RoundTripMismatch(_format(differences, "state changed through save/load:"))
+    rebuilt = subject.rebuild(loaded)
+    differences = diff_values(state, subject.export_state(rebuilt))
+    if differences:
+        raise RoundTripMismatch(
+            _format(differences, "the system rebuilt from the checkpoint exports another state:")
+        )
+    return RoundTrip(state, loaded, rebuilt)
+
+
+def normalize_telemetry(value: Any) -> Any:
+    """Replace wall-clock fields (keys named like `timestamp` or ending in `_at`) so runs that
+    differ only in when they ran compare equal."""
+    if isinstance(value, Mapping):
+        return {
+            key: WALL_CLOCK_PLACEHOLDER if _is_wall_clock(key) else normalize_telemetry(v)
+            for key, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [normalize_telemetry(v) for v in value]
+    return value
+
+
+def _is_wall_clock(key: Any) -> bool:
+    return isinstance(key, str) and (key in WALL_CLOCK_KEYS or key.endswith("_at"))
+
+
+def _steps_record(results: Sequence[StepResult]) -> list[dict[str, Any]]:
+    return [
+        {"metrics": dict(r.metrics), "telemetry": normalize_telemetry(list(r.telemetry))}
+        for r in results
+    ]
+
+
+def check_resume(
+    subject: Subject, system: Any, steps: int, path: str | os.PathLike[str]
+) -> list[dict[str, Any]]:
+    """Continue `steps` steps vs save -> load -> rebuild -> resume `steps` steps: the metrics,
+    telemetry and final state must be equal. Returns the continued run's step records."""
+    loaded = save_and_load(subject.export_state(system), path)
+    continued = _steps_record([subject.step(system) for _ in range(steps)])
+    continued_state = subject.export_state(system)
+    resumed_system = subject.rebuild(loaded)
+    resumed = _steps_record([subject.step(resumed_system) for _ in range(steps)])
+    differences = diff_values(continued, resumed, root="steps")
+    differences += diff_values(continued_state, subject.export_state(resumed_system), root="state")
+    if differences:
+        raise ResumeMismatch(
+            _format(
+                differences,
+                f"resuming from the checkpoint differs from continuing after {steps} step(s):",
+            )
+        )
+    return continued
+
+
+def snapshot_record(subject: Subject, system: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a reviewed snapshot holds: the state as loaded back, and one step after resuming."""
+    roundtrip = check_roundtrip(subject, system, path)
+    step = subject.step(roundtrip.rebuilt)
+    return {
+        "subject": subject.name,
+        "state": roundtrip.loaded,
+        "step": {"metrics": dict(step.metrics), "telemetry": normalize_telemetry(step.telemetry)},
+    }

@@ -1,0 +1,197 @@
+"""The `--ckpt-*` options: parsed and validated into one frozen `CkptOptions`.
+
+argparse type functions only validate and normalise strings (plain strings travel to xdist
+workers); `resolve_options` turns the command line and ini values into `CkptOptions` and
+raises `pytest.UsageError` naming the option for anything wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pytest_ckpt.subject import DEFAULT_STAGES, DEFAULT_SUBJECT, LIFECYCLE_STAGES, Grid
+
+if TYPE_CHECKING:
+    import pytest
+
+DEFAULT_GRIDS = "1x1,1x3,2x2"
+FLOAT_MODES = ("exact", "rounded")
+_GRID = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def stages_value(text: str) -> str:
+    """'all' or a comma list of lifecycle stage names."""
+    parts = _split(text)
+    if parts == ["all"]:
+        return "all"
+    if not parts:
+        raise argparse.ArgumentTypeError("no stages given; use stage names or 'all'")
+    unknown = [p for p in parts if p not in LIFECYCLE_STAGES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown stage(s) {', '.join(unknown)}; valid: {', '.join(LIFECYCLE_STAGES)} or all"
+        )
+    return ",".join(dict.fromkeys(parts))
+
+
+def grids_value(text: str) -> str:
+    """A comma list of ROWSxCOLS grids, e.g. 1x1,2x2."""
+    parts = _split(text)
+    if not parts:
+        raise argparse.ArgumentTypeError("no grids given; e.g. 1x1,2x2")
+    bad = [p for p in parts if _GRID.fullmatch(p) is None]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"invalid grid(s) {', '.join(bad)}; expected ROWSxCOLS with positive ints, e.g. 2x2"
+        )
+    return ",".join(dict.fromkeys(parts))
+
+
+def steps_value(text: str) -> str:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return str(int(text))
+
+
+def subject_value(text: str) -> str:
+    module, sep, attribute = text.partition(":")
+    if not sep or not module or not attribute:
+        raise argparse.ArgumentTypeError(f"expected 'package.module:factory', got {text!r}")
+    return text
+
+
+def float_mode_value(text: str) -> str:
+    if text not in FLOAT_MODES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(FLOAT_MODES)}, got {text!r}")
+    return text
+
+
+@dataclass(slots=True, frozen=True)
+class CkptOptions:
+    enabled: bool
+    stages: tuple[str, ...] | None  # None: "all" (resolved against the subject)
+    grids: tuple[Grid, ...]
+    resume_steps: int
+    subject: str
+    report: str | None
+    snapshot_floats: str
+
+    def stage_list(self, reachable: tuple[str, ...]) -> tuple[str, ...]:
+        return reachable if self.stages is None else self.stages
+
+
+# (option, dest, ini name, validator, default, help)
+OPTIONS = (
+    (
+        "--ckpt-stages",
+        "ckpt_stages",
+        "ckpt_stages",
+        stages_value,
+        ",".join(DEFAULT_STAGES),
+        "seed stages to test, comma separated, or 'all' (default: %(default)s)",
+    ),
+    (
+        "--ckpt-grids",
+        "ckpt_grids",
+        "ckpt_grids",
+        grids_value,
+        DEFAULT_GRIDS,
+        "slot grids ROWSxCOLS, comma separated (default: %(default)s)",
+    ),
+    (
+        "--ckpt-resume-steps",
+        "ckpt_resume_steps",
+        "ckpt_resume_steps",
+        steps_value,
+        "1",
+        "steps to continue/resume in the resume check (default: %(default)s)",
+    ),
+    (
+        "--ckpt-subject",
+        "ckpt_subject",
+        "ckpt_subject",
+        subject_value,
+        DEFAULT_SUBJECT,
+        "the system under test, 'package.module:factory' (default: the reference system)",
+    ),
+    (
+        "--ckpt-report",
+        "ckpt_report",
+        "ckpt_report",
+        str,
+        "",
+        "also write a markdown report of the matrix to this path",
+    ),
+    (
+        "--ckpt-snapshot-floats",
+        "ckpt_snapshot_floats",
+        "ckpt_snapshot_floats",
+        float_mode_value,
+        "exact",
+        "float tensors in snapshots: 'exact' digests or 'rounded' summaries only",
+    ),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ckpt", "checkpoint round trips (pytest-ckpt)")
+    group.addoption(
+        "--ckpt-roundtrip",
+        action="store_true",
+        dest="ckpt_roundtrip",
+        default=None,
+        help="add the generated round-trip / resume / snapshot matrix to the session",
+    )
+    parser.addini("ckpt_roundtrip", "turn the generated matrix on", type="bool", default=False)
+    for flag, dest, ini, validator, default, help_text in OPTIONS:
+        group.addoption(
+            flag, dest=dest, type=validator, default=None, help=help_text % {"default": default}
+        )
+        parser.addini(ini, help_text % {"default": default}, default=default)
+
+
+def resolve_options(config: pytest.Config) -> CkptOptions:
+    """Command line over ini over defaults; any bad value -> pytest.UsageError naming it."""
+    import pytest
+
+    values: dict[str, str] = {}
+    for flag, dest, ini, validator, _default, _help in OPTIONS:
+        raw = config.getoption(dest)
+        if raw is None:
+            raw = str(config.getini(ini))
+            try:
+                raw = validator(raw)
+            except argparse.ArgumentTypeError as err:
+                raise pytest.UsageError(f"ini option {ini} (for {flag}): {err}") from None
+        values[dest] = raw
+    enabled = config.getoption("ckpt_roundtrip")
+    if enabled is None:
+        enabled = bool(config.getini("ckpt_roundtrip"))
+    stages = None if values["ckpt_stages"] == "all" else tuple(_split(values["ckpt_stages"]))
+    grids = tuple(_parse_grid(g) for g in _split(values["ckpt_grids"]))
+    return CkptOptions(
+        enabled=enabled,
+        stages=stages,
+        grids=grids,
+        resume_steps=int(values["ckpt_resume_steps"]),
+        subject=values["ckpt_subject"],
+        report=values["ckpt_report"] or None,
+        snapshot_floats=values["ckpt_snapshot_floats"],
+    )
+
+
+def _parse_grid(text: str) -> Grid:
+    match = _GRID.fullmatch(text)
+    assert match is not None  # validated by grids_value
+    return int(match.group(1)), int(match.group(2))
+
+
+def grid_id(grid: Grid) -> str:
+    return f"{grid[0]}x{grid[1]}"

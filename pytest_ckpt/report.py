@@ -1,0 +1,90 @@
+"""The matrix report: a terminal table and a markdown file fit to paste in a PR comment.
+
+Results are recorded from test reports by node id (`ckpt::resume[BLENDING-2x2]`), which the
+xdist controller also sees, so the table is complete under `-n 2`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+KINDS = ("roundtrip", "resume", "snapshot")
+_NODE = re.compile(r"ckpt::(roundtrip|resume|snapshot)\[([A-Z]+)-([0-9]+x[0-9]+)\]")
+_MARKS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
+
+
+@dataclass(slots=True)
+class MatrixReport:
+    subject: str = ""
+    outcomes: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    messages: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    stage_order: list[str] = field(default_factory=list)
+    grid_order: list[str] = field(default_factory=list)
+
+    def record(self, nodeid: str, when: str, outcome: str, message: str) -> None:
+        """Keep the first failing phase, else the call phase's outcome."""
+        match = _NODE.fullmatch(nodeid)
+        if match is None:
+            return
+        kind, stage, grid = match.groups()
+        key = (kind, stage, grid)
+        if stage not in self.stage_order:
+            self.stage_order.append(stage)
+        if grid not in self.grid_order:
+            self.grid_order.append(grid)
+        if self.outcomes.get(key) == "failed":
+            return
+        if outcome == "failed" or when == "call" or (when == "setup" and outcome == "skipped"):
+            self.outcomes[key] = outcome
+            if outcome == "failed":
+                self.messages[key] = message
+
+    @property
+    def empty(self) -> bool:
+        return not self.outcomes
+
+    def _cell(self, stage: str, grid: str) -> str:
+        return "/".join(_MARKS.get(self.outcomes.get((k, stage, grid), ""), "--") for k in KINDS)
+
+    def rows(self) -> list[list[str]]:
+        header = ["stage \\ grid", *self.grid_order]
+        return [header] + [
+            [stage] + [self._cell(stage, grid) for grid in self.grid_order]
+            for stage in self.stage_order
+        ]
+
+    def failures(self) -> list[tuple[str, str]]:
+        return [
+            (f"ckpt::{kind}[{stage}-{grid}]", message)
+            for (kind, stage, grid), message in self.messages.items()
+        ]
+
+    def terminal_lines(self) -> list[str]:
+        rows = self.rows()
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [f"subject {self.subject}; each cell: {'/'.join(KINDS)}"]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+        return lines
+
+    def markdown(self) -> str:
+        rows = self.rows()
+        passed = sum(1 for o in self.outcomes.values() if o == "passed")
+        lines = [
+            "## pytest-ckpt: checkpoint round-trip matrix",
+            "",
+            f"Subject `{self.subject}`; `torch.load(weights_only=True)`, no allowlist. "
+            f"{passed}/{len(self.outcomes)} checks passed. Each cell: {' / '.join(KINDS)}.",
+            "",
+            "| " + " | ".join(rows[0]) + " |",
+            "|" + "---|" * len(rows[0]),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        failures = self.failures()
+        if failures:
+            lines += ["", "### Failures", ""]
+            for nodeid, message in failures:
+                lines += [f"**`{nodeid}`**", "", "```", message.strip(), "```", ""]
+        return "\n".join(lines).rstrip() + "\n"
