@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pytest_ckpt.harness import check_resume, check_roundtrip, snapshot_record
+from pytest_ckpt.report import strip_ansi
 
 GENERATED_TESTS = ("roundtrip", "resume", "snapshot")
 
@@ -45,13 +46,15 @@ def resume(ckpt_subject, ckpt_model, ckpt_check, ckpt_options, tmp_path) -> None
         check_resume(ckpt_subject, ckpt_model, ckpt_options.resume_steps, tmp_path / "ckpt.pt")
 
 
-def snapshot(ckpt_subject, ckpt_model, ckpt_check, ckpt_snapshot, tmp_path) -> None:
+def snapshot(ckpt_subject, ckpt_model, ckpt_check, ckpt_snapshot, tmp_path, pytestconfig) -> None:
     with ckpt_check():
         record: Any = snapshot_record(ckpt_subject, ckpt_model, tmp_path / "checkpoint.pt")
     # Explicit diff: this module's asserts are not rewritten by pytest, so a bare
     # `assert ckpt_snapshot == record` would fail without syrupy's diff.
     if ckpt_snapshot != record:
         diff = "\n".join(ckpt_snapshot.get_assert_diff())
+        if not pytestconfig.get_terminal_writer().hasmarkup:
+            diff = strip_ansi(diff)  # syrupy colours its diff; logs and reports want text
         pytest.fail(
             f"snapshot {ckpt_snapshot.test_location.nodename} differs:\n{diff}", pytrace=False
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,10 +28,10 @@ def _split(text: str) -> list[str]:
 
 
 def stages_value(text: str) -> str:
-    """'all' or a comma list of lifecycle stage names."""
+    """'default', 'all' or a comma list of lifecycle stage names."""
     parts = _split(text)
-    if parts == ["all"]:
-        return "all"
+    if parts in (["all"], ["default"]):
+        return parts[0]
     if not parts:
         raise argparse.ArgumentTypeError("no stages given; use stage names or 'all'")
     unknown = [p for p in parts if p not in LIFECYCLE_STAGES]
@@ -76,7 +77,7 @@ def float_mode_value(text: str) -> str:
 @dataclass(slots=True, frozen=True)
 class CkptOptions:
     enabled: bool
-    stages: tuple[str, ...] | None  # None: "all" (resolved against the subject)
+    stages: tuple[str, ...] | str  # stage names, or "all" / "default" (resolved per subject)
     grids: tuple[Grid, ...]
     resume_steps: int
     subject: str
@@ -84,58 +85,69 @@ class CkptOptions:
     snapshot_floats: str
 
     def stage_list(self, reachable: tuple[str, ...]) -> tuple[str, ...]:
-        return reachable if self.stages is None else self.stages
+        """The stages to test for a subject that can reach `reachable`.
+
+        "default" is GERMINATED, BLENDING, PROBATIONARY where the subject reaches them (all
+        it reaches if none), so a plain-module subject works without configuration.
+        """
+        if self.stages == "all":
+            return reachable
+        if self.stages == "default":
+            return tuple(s for s in DEFAULT_STAGES if s in reachable) or reachable
+        return self.stages
 
 
-# (option, dest, ini name, validator, default, help)
+@dataclass(slots=True, frozen=True)
+class OptionSpec:
+    """One `--ckpt-*` option; its dest and its ini twin are both `name`."""
+
+    flag: str
+    name: str
+    validate: Callable[[str], str]
+    default: str
+    help: str
+
+
 OPTIONS = (
-    (
+    OptionSpec(
         "--ckpt-stages",
         "ckpt_stages",
-        "ckpt_stages",
         stages_value,
-        ",".join(DEFAULT_STAGES),
-        "seed stages to test, comma separated, or 'all' (default: %(default)s)",
+        "default",
+        "seed stages to test, comma separated, or 'all'; default: "
+        + ",".join(DEFAULT_STAGES)
+        + " where the subject reaches them",
     ),
-    (
+    OptionSpec(
         "--ckpt-grids",
-        "ckpt_grids",
         "ckpt_grids",
         grids_value,
         DEFAULT_GRIDS,
-        "slot grids ROWSxCOLS, comma separated (default: %(default)s)",
+        f"slot grids ROWSxCOLS, comma separated (default: {DEFAULT_GRIDS})",
     ),
-    (
+    OptionSpec(
         "--ckpt-resume-steps",
-        "ckpt_resume_steps",
         "ckpt_resume_steps",
         steps_value,
         "1",
-        "steps to continue/resume in the resume check (default: %(default)s)",
+        "steps to continue and to resume in the resume check (default: 1)",
     ),
-    (
+    OptionSpec(
         "--ckpt-subject",
-        "ckpt_subject",
         "ckpt_subject",
         subject_value,
         DEFAULT_SUBJECT,
         "the system under test, 'package.module:factory' (default: the reference system)",
     ),
-    (
-        "--ckpt-report",
-        "ckpt_report",
-        "ckpt_report",
-        str,
-        "",
-        "also write a markdown report of the matrix to this path",
+    OptionSpec(
+        "--ckpt-report", "ckpt_report", str, "", "also write a markdown report to this path"
     ),
-    (
+    OptionSpec(
         "--ckpt-snapshot-floats",
-        "ckpt_snapshot_floats",
         "ckpt_snapshot_floats",
         float_mode_value,
         "exact",
-        "float tensors in snapshots: 'exact' digests or 'rounded' summaries only",
+        "float tensors in snapshots: 'exact' digests (default) or 'rounded' summaries",
     ),
 )
 
@@ -150,11 +162,9 @@ def add_options(parser: pytest.Parser) -> None:
         help="add the generated round-trip / resume / snapshot matrix to the session",
     )
     parser.addini("ckpt_roundtrip", "turn the generated matrix on", type="bool", default=False)
-    for flag, dest, ini, validator, default, help_text in OPTIONS:
-        group.addoption(
-            flag, dest=dest, type=validator, default=None, help=help_text % {"default": default}
-        )
-        parser.addini(ini, help_text % {"default": default}, default=default)
+    for spec in OPTIONS:
+        group.addoption(spec.flag, dest=spec.name, type=spec.validate, default=None, help=spec.help)
+        parser.addini(spec.name, spec.help, default=spec.default)
 
 
 def resolve_options(config: pytest.Config) -> CkptOptions:
@@ -162,19 +172,19 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
     import pytest
 
     values: dict[str, str] = {}
-    for flag, dest, ini, validator, _default, _help in OPTIONS:
-        raw = config.getoption(dest)
+    for spec in OPTIONS:
+        raw = config.getoption(spec.name)
         if raw is None:
-            raw = str(config.getini(ini))
             try:
-                raw = validator(raw)
+                raw = spec.validate(str(config.getini(spec.name)))
             except argparse.ArgumentTypeError as err:
-                raise pytest.UsageError(f"ini option {ini} (for {flag}): {err}") from None
-        values[dest] = raw
+                raise pytest.UsageError(f"ini option {spec.name} ({spec.flag}): {err}") from None
+        values[spec.name] = raw
     enabled = config.getoption("ckpt_roundtrip")
     if enabled is None:
         enabled = bool(config.getini("ckpt_roundtrip"))
-    stages = None if values["ckpt_stages"] == "all" else tuple(_split(values["ckpt_stages"]))
+    raw_stages = values["ckpt_stages"]
+    stages = raw_stages if raw_stages in ("all", "default") else tuple(_split(raw_stages))
     grids = tuple(_parse_grid(g) for g in _split(values["ckpt_grids"]))
     return CkptOptions(
         enabled=enabled,

@@ -224,10 +224,13 @@ def ckpt_check() -> Callable[[], contextlib.AbstractContextManager[None]]:
 
     @contextlib.contextmanager
     def check() -> Iterator[None]:
+        failure = None
         try:
             yield
         except CheckpointError as err:
-            pytest.fail(f"{type(err).__name__}: {err}", pytrace=False)
+            failure = f"{type(err).__name__}: {err}"
+        if failure is not None:  # `from None`: torch's long chained error is not shown
+            raise pytest.fail.Exception(failure, pytrace=False) from None
 
     return check
 

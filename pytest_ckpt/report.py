@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 KINDS = ("roundtrip", "resume", "snapshot")
 _NODE = re.compile(r"ckpt::(roundtrip|resume|snapshot)\[([A-Z]+)-([0-9]+x[0-9]+)\]")
 _MARKS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
 
 
 @dataclass(slots=True)
@@ -38,7 +43,7 @@ class MatrixReport:
         if outcome == "failed" or when == "call" or (when == "setup" and outcome == "skipped"):
             self.outcomes[key] = outcome
             if outcome == "failed":
-                self.messages[key] = message
+                self.messages[key] = strip_ansi(message)
 
     @property
     def empty(self) -> bool:

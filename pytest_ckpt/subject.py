@@ -70,8 +70,9 @@ class ReferenceSubject:
     """The bundled morphogenetic model under its PPO controller.
 
     `build` drives every slot of a `rows x cols` grid to the stage (real germination,
-    training and blending), then hands the model to a PPO `Trainer`; the exported state is
-    the trainer's `TrainingState`, and a step is one PPO update.
+    training and blending), hands the model to a PPO `Trainer` and runs one warm-up batch in
+    which the controller only waits; the exported state is the trainer's `TrainingState`,
+    and a step is one PPO update.
     """
 
     supports_grids = True
@@ -96,6 +97,7 @@ class ReferenceSubject:
         import torch
 
         from pytest_ckpt.reference.lifecycle import SeedStage
+        from pytest_ckpt.reference.ppo import Operation
         from pytest_ckpt.reference.scenarios import build_at_stage
         from pytest_ckpt.reference.slots import SlotConfig
         from pytest_ckpt.reference.trainer import Trainer
@@ -109,7 +111,13 @@ class ReferenceSubject:
         )
         torch.manual_seed(seed)
         random.seed(seed)
-        return Trainer(host=self.host, slots=model.slots, seed=seed, initial_model=model)
+        trainer = Trainer(host=self.host, slots=model.slots, seed=seed, initial_model=model)
+        # A warm-up batch in which the controller may only wait: Adam moments, normalizer
+        # statistics, the adapted entropy coefficient and the counters become non-trivial
+        # (so a resume that drops one of them is caught) while every seed keeps its stage.
+        trainer.run_update(operations={Operation.WAIT})
+        trainer.telemetry.drain()
+        return trainer
 
     def export_state(self, system: Any) -> Mapping[str, Any]:
         return system.state_dict()
@@ -180,9 +188,12 @@ class ModuleSubject:
         }
 
     def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
+        import torch
+
         if stage != "TRAINING":
             raise ValueError(f"ModuleSubject has only the TRAINING stage, not {stage!r}")
         system = self._fresh(seed)
+        torch.manual_seed(seed)  # the state captures the global RNG: do not inherit history
         for _ in range(self.warmup_steps):
             self.step(system)
         return system

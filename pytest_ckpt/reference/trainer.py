@@ -25,7 +25,7 @@ import os
 import pickle
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -134,10 +134,10 @@ class Trainer:
     # ---- acting and learning ---------------------------------------------------------------
 
     def _act(
-        self, obs: torch.Tensor
+        self, obs: torch.Tensor, allowed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ActionMasks]:
         """Sample (op, slot, blueprint, blend); op first, then a slot the op may act on."""
-        op_mask = self.env.operation_mask().unsqueeze(0)
+        op_mask = (self.env.operation_mask() & allowed).unsqueeze(0)
         all_slots = torch.ones(1, self.slots.num_slots, dtype=torch.bool)
         with torch.no_grad():
             logits, _ = self.policy(obs.unsqueeze(0), ActionMasks(op_mask, all_slots))
@@ -150,8 +150,15 @@ class Trainer:
             logp, _ = head_log_probs(logits, action)
         return action[0], logp[0], value[0], masks
 
-    def run_update(self) -> UpdateStats:
-        """One batch: `num_steps` env epochs, then a PPO update; emits the batch's telemetry."""
+    def run_update(self, *, operations: Collection[Operation] | None = None) -> UpdateStats:
+        """One batch: `num_steps` env epochs, then a PPO update; emits the batch's telemetry.
+
+        `operations` restricts what the controller may do in this batch (WAIT is always
+        allowed); `{Operation.WAIT}` gives a warm-up batch that leaves every stage as it is.
+        """
+        allowed = torch.tensor(
+            [operations is None or op in operations or op is Operation.WAIT for op in Operation]
+        )
         rollout = Rollout()
         rewards = RewardSummaryAccumulator()
         operations: Counter[str] = Counter()
@@ -160,7 +167,7 @@ class Trainer:
             raw_obs = self.env.observation()
             self.obs_norm.update(raw_obs)
             obs = self.obs_norm.normalize(raw_obs)
-            action, logp, value, masks = self._act(obs)
+            action, logp, value, masks = self._act(obs, allowed)
             spec = self.env.decode(action)
             result = self.env.step(spec)
             self.global_step += 1
@@ -190,7 +197,7 @@ class Trainer:
         next_obs = self.obs_norm.normalize(self.env.observation())
         with torch.no_grad():
             full = torch.ones(1, self.slots.num_slots, dtype=torch.bool)
-            op_mask = self.env.operation_mask().unsqueeze(0)
+            op_mask = (self.env.operation_mask() & allowed).unsqueeze(0)
             _, next_value = self.policy(next_obs.unsqueeze(0), ActionMasks(op_mask, full))
         stats = ppo_update(
             self.policy,

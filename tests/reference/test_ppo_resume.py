@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pytest_ckpt.reference import SeedStage, SlotConfig, build_at_stage
-from pytest_ckpt.reference.ppo import PPOConfig
+from pytest_ckpt.reference.ppo import Operation, PPOConfig
 from pytest_ckpt.reference.trainer import Trainer
 
 BLEND_EPOCHS = 10  # long enough that a seed is still BLENDING when the checkpoint is taken
@@ -24,17 +24,14 @@ CASES = [
 ]
 
 
-def _trainer_at(host: str, grid: str, stage: SeedStage) -> Trainer:
-    """A trainer one update in (Adam moments, normalizers and counters are non-trivial) whose
-    model still holds a seed at `stage`. The controller may have moved every seed on during
-    that update, so take the first of a few fixed seeds where one is left: still deterministic."""
-    for seed in range(5):
-        model = build_at_stage(host, grid, stage, seed=seed, blend_epochs=BLEND_EPOCHS)
-        trainer = Trainer(host=host, slots=model.slots, seed=seed, initial_model=model)
-        trainer.run_update()
-        if stage in trainer.env.model.stages().values():
-            return trainer
-    raise AssertionError(f"no seed in 0..4 keeps a {stage.name} seed through one update")
+def _trainer_at(host: str, grid: str, stage: SeedStage, *, seed: int = 0) -> Trainer:
+    """A trainer one batch in (Adam moments, normalizers and counters are non-trivial) whose
+    seeds are all still at `stage`: the warm-up batch lets the controller only wait."""
+    model = build_at_stage(host, grid, stage, seed=seed, blend_epochs=BLEND_EPOCHS)
+    trainer = Trainer(host=host, slots=model.slots, seed=seed, initial_model=model)
+    trainer.run_update(operations={Operation.WAIT})
+    assert set(trainer.env.model.stages().values()) == {stage}
+    return trainer
 
 
 def _snapshot(trainer: Trainer) -> dict:
