@@ -1,0 +1,79 @@
+"""Bad --ckpt-* values are usage errors that name the option, never tracebacks."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ckpt-grids", "3y2"], "*--ckpt-grids: invalid grid(s) 3y2; expected ROWSxCOLS*"),
+        (["--ckpt-stages", "BLENDED"], "*--ckpt-stages: unknown stage(s) BLENDED; valid: *"),
+        (["--ckpt-resume-steps", "0"], "*--ckpt-resume-steps: expected a positive integer*"),
+        (["--ckpt-subject", "nocolon"], "*--ckpt-subject: expected 'package.module:factory'*"),
+        (["--ckpt-snapshot-floats", "fuzzy"], "*--ckpt-snapshot-floats: expected one of exact*"),
+    ],
+)
+def test_bad_command_line_values_are_usage_errors(ckpt_pytester, args, message) -> None:
+    result = ckpt_pytester.runpytest_subprocess("--ckpt-roundtrip", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--ckpt-subject", "no_such_module:make"],
+            "*--ckpt-subject / ckpt_subject: cannot import module 'no_such_module'*",
+        ),
+        (
+            ["--ckpt-subject", "leaky_subject:missing"],
+            "*module 'leaky_subject' has no attribute 'missing'*",
+        ),
+        (
+            ["--ckpt-subject", "os:getcwd"],
+            "*os:getcwd gave a str, which is not a pytest_ckpt.Subject*",
+        ),
+        (
+            ["--ckpt-subject", "labelled_subject:make", "--ckpt-stages", "BLENDING"],
+            "*--ckpt-stages: subject labelled cannot reach BLENDING (it reaches TRAINING)*",
+        ),
+    ],
+)
+def test_subjects_that_do_not_load_are_usage_errors(ckpt_pytester, args, message) -> None:
+    result = ckpt_pytester.runpytest_subprocess("--ckpt-roundtrip", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_bad_ini_values_are_usage_errors_naming_the_ini_key(ckpt_pytester) -> None:
+    ckpt_pytester.makeini("[pytest]\nckpt_roundtrip = true\nckpt_grids = 0x1\n")
+    result = ckpt_pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option ckpt_grids (--ckpt-grids): invalid grid(s) 0x1*"])
+
+
+def test_the_command_line_overrides_the_ini(ckpt_pytester) -> None:
+    ckpt_pytester.makeini("[pytest]\nckpt_roundtrip = true\nckpt_stages = PRUNED\n")
+    result = ckpt_pytester.runpytest_subprocess(
+        "--ckpt-stages", "FOSSILIZED", "--co", "-q", "--ckpt-grids", "1x1"
+    )
+    result.stdout.fnmatch_lines(["ckpt::roundtrip[[]FOSSILIZED-1x1[]]"])
+    result.stdout.no_fnmatch_line("*PRUNED*")
+
+
+def test_a_plain_module_subject_needs_no_stage_configuration(ckpt_pytester) -> None:
+    result = ckpt_pytester.runpytest_subprocess(
+        "--ckpt-roundtrip", "--ckpt-subject", "labelled_subject:make", "--co", "-q"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "ckpt::roundtrip[[]TRAINING-1x1[]]",
+            "ckpt::resume[[]TRAINING-1x1[]]",
+            "ckpt::snapshot[[]TRAINING-1x1[]]",
+        ]
+    )
