@@ -7,7 +7,8 @@ too. Floats elsewhere are rounded to `FLOAT_DIGITS` significant digits.
 When are float digests exact? For the same torch build on the CPU, with every RNG seeded and
 the same thread count, a trained float tensor is bit-identical run to run, so its digest is
 stable. Across torch versions, CPUs or thread counts it may not be: use the "rounded" mode
-(`--ckpt-snapshot-floats rounded`), which drops float digests and keeps the rounded summary.
+(`--ckpt-snapshot-floats rounded`), which drops float digests, keeps the rounded summary and
+writes plain floats at SUMMARY_DIGITS significant digits.
 Integer and bool tensors are always compared exactly.
 
 Our snapshots use their own file extension (`.ckpt-ambr`) and serializer version, so they
@@ -87,11 +88,11 @@ def describe_tensor(tensor: Any, *, float_mode: str) -> str:
     return f"Tensor({', '.join(parts)})"
 
 
-def format_float(value: float) -> str:
-    """Floats at FLOAT_DIGITS significant digits; whole numbers (counters, clock readings) exact."""
+def format_float(value: float, digits: int = FLOAT_DIGITS) -> str:
+    """Floats at `digits` significant digits; whole numbers (counters, clock readings) exact."""
     if value.is_integer() and abs(value) < 1e15:
         return repr(value)
-    return _g(value, FLOAT_DIGITS)
+    return _g(value, digits)
 
 
 def _is_long_number_list(data: Any) -> bool:
@@ -136,7 +137,8 @@ def make_snapshot_extension(float_mode: str = "exact") -> type[AmberSnapshotExte
         @classmethod
         def serialize_number(cls, data: Any, *, depth: int = 0, **kwargs: Any) -> str:
             if isinstance(data, float):
-                return cls.with_indent(format_float(data), depth)
+                digits = FLOAT_DIGITS if float_mode == "exact" else SUMMARY_DIGITS
+                return cls.with_indent(format_float(data, digits), depth)
             return super().serialize_number(data, depth=depth, **kwargs)
 
     class CkptSnapshotExtension(AmberSnapshotExtension):
