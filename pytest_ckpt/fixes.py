@@ -39,7 +39,18 @@ _BY_QUALNAME: dict[str, Fix] = {
     "torch.Generator": Fix("torch.Generator", "store generator.get_state()", False),
 }
 
+_MODULE_FIX = Fix(
+    "nn.Module",
+    "store module.state_dict() plus a config dict; rebuild the module, then load_state_dict",
+    False,
+)
+ENUM_FIX = Fix("Enum", "store .value (or .name) and rebuild the enum when loading", True)
+OBJECT_STATE_FIX = Fix(
+    "dataclass or object with attributes", "store to_dict() and rebuild with from_dict()", True
+)
+
 _BY_MODULE_PREFIX: tuple[tuple[str, Fix], ...] = (
+    ("torch.nn.modules", _MODULE_FIX),
     (
         "numpy",
         Fix(
@@ -64,19 +75,17 @@ def fix_for_type(cls: type) -> Fix:
     if qualname in _BY_QUALNAME:
         return _BY_QUALNAME[qualname]
     if issubclass(cls, enum.Enum):
-        return Fix("Enum", "store .value (or .name) and rebuild the enum when loading", True)
+        return ENUM_FIX
     if dataclasses.is_dataclass(cls):
         return Fix("dataclass", "store to_dict() and rebuild with from_dict()", True)
     if _is_module_class(cls):
-        return Fix(
-            "nn.Module",
-            "store module.state_dict() plus a config dict; rebuild the module, then "
-            "load_state_dict",
-            False,
-        )
+        return _MODULE_FIX
     if cls in (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.LambdaType):
         return Fix("callable", "store the callable's name and look it up on load", False)
     return fix_for_name(qualname)
+
+
+GENERIC_KIND = "object"
 
 
 def fix_for_name(qualname: str) -> Fix:
@@ -87,7 +96,7 @@ def fix_for_name(qualname: str) -> Fix:
         if qualname == prefix or qualname.startswith(prefix + "."):
             return fix
     return Fix(
-        "object",
+        GENERIC_KIND,
         "convert it to primitives (str/int/float/bool/None, list, dict, tensors), e.g. with "
         "to_dict()/from_dict()",
         True,

@@ -1,0 +1,138 @@
+"""Static checkpoint auditor: will `torch.load(weights_only=True)` accept this file, and if not,
+which object, where, and how to fix it. It never imports, calls or constructs anything from
+the file, and never reads tensor bytes.
+
+    from pytest_ckpt.audit import audit_file
+    report = audit_file("model.pt")
+    report.loadable, [f.path for f in report.findings]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
+from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
+from pytest_ckpt.audit.interpreter import Finding, PickleInterpreter, StorageRef
+from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
+
+__all__ = ["Finding", "Report", "audit_file"]
+
+
+@dataclass(slots=True, frozen=True)
+class Report:
+    """The audit of one file. `error` is set when the file could not be read at all."""
+
+    path: str
+    format: str | None
+    findings: tuple[Finding, ...]
+    error: str | None = None
+    storages: int = 0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def readable(self) -> bool:
+        return self.error is None
+
+    @property
+    def loadable(self) -> bool:
+        return self.error is None and not self.findings
+
+
+def audit_file(
+    path: str | os.PathLike[str], *, allow: Iterable[str] = (), allowlist: Allowlist | None = None
+) -> Report:
+    """Audit one file against the allowlist of the installed torch (plus `allow` names)."""
+    allowlist = allowlist or load_allowlist(allow)
+    name = os.fspath(path)
+    try:
+        checkpoint = open_checkpoint(path)
+    except Unreadable as err:
+        return Report(name, None, (), error=str(err))
+    if checkpoint.format == "torchscript":
+        finding = Finding(
+            "torchscript",
+            "a TorchScript archive: torch.load(weights_only=True) refuses these",
+            None,
+            "load it with torch.jit.load (only if you trust it), or save a state_dict",
+            False,
+            0,
+            "root",
+        )
+        return Report(name, "torchscript", (finding,))
+    interpreter = PickleInterpreter(
+        checkpoint.pickle,
+        allowlist,
+        start=checkpoint.pickle_start,
+        check_storage=_storage_checker(checkpoint, allowlist)
+        if checkpoint.format == "zip"
+        else None,
+    )
+    try:
+        _root, findings = interpreter.run()
+    except TruncatedPickle as err:
+        return Report(name, checkpoint.format, (), error=f"truncated: {err}")
+    except MalformedPickle as err:
+        return Report(name, checkpoint.format, (), error=f"corrupt pickle: {err}")
+    if checkpoint.format == "raw-pickle":
+        findings.insert(
+            0,
+            Finding(
+                "format",
+                "a raw pickle, not a torch checkpoint: torch.load fails with "
+                "'Invalid magic number'",
+                None,
+                "write checkpoints with torch.save",
+                False,
+                0,
+                "root",
+            ),
+        )
+    if checkpoint.format == "legacy" and interpreter.end < len(checkpoint.pickle):
+        trailer = _storage_keys_problem(checkpoint, interpreter.end, allowlist)
+        if trailer is not None:
+            findings.append(trailer)
+    return Report(
+        name,
+        checkpoint.format,
+        tuple(findings),
+        storages=len(interpreter.storages),
+        notes=tuple(checkpoint.notes),
+    )
+
+
+def _storage_checker(checkpoint: Checkpoint, allowlist: Allowlist):
+    def check(ref: StorageRef) -> str | None:
+        size = checkpoint.storage_sizes.get(ref.key)
+        if size is None:
+            return f"storage {ref.key!r} is not in the archive (data/{ref.key} missing)"
+        element = allowlist.storage_element_size(ref.type_name)
+        if element is None:
+            return f"storage {ref.key!r} has unknown storage type {ref.type_name}"
+        if ref.numel < 0 or ref.numel * element > size:
+            return (
+                f"storage {ref.key!r} declares {ref.numel} x {element} bytes but the archive "
+                f"holds {size}"
+            )
+        return None
+
+    return check
+
+
+def _storage_keys_problem(checkpoint: Checkpoint, start: int, allowlist: Allowlist):
+    """The legacy format's storage-key pickle must itself pass the same checks."""
+    try:
+        _keys, findings = PickleInterpreter(checkpoint.pickle, allowlist, start=start).run()
+    except (TruncatedPickle, MalformedPickle) as err:
+        return Finding(
+            "corrupt",
+            f"storage keys after the object pickle: {err}",
+            None,
+            "re-save the checkpoint",
+            False,
+            start,
+            "<storage keys>",
+        )
+    return findings[0] if findings else None

@@ -1,0 +1,109 @@
+"""torch's weights_only allowlist, read from the installed torch at scan time.
+
+The auditor's verdict must be torch's verdict for *this* torch, so nothing here is a copy:
+the default allowlist, the user's `add_safe_globals`, the blocked modules and the Python 2
+name mappings all come from `torch._weights_only_unpickler`. What the auditor adds is
+knowledge of what each allowed callable *returns* (a tensor, a Parameter, bytes...), which
+torch's unpickler learns by calling it and we must not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TENSOR = "torch.Tensor"
+PARAMETER = "torch.nn.parameter.Parameter"
+ORDERED_DICT = "collections.OrderedDict"
+COUNTER = "collections.Counter"
+
+# Types a SETITEM(S) may target, and the one an APPEND(S) may (mirrors torch's checks).
+SETITEM_TARGETS = frozenset({"builtins.dict", ORDERED_DICT, COUNTER})
+APPEND_TARGETS = frozenset({"builtins.list"})
+
+
+@dataclass(slots=True, frozen=True)
+class Allowlist:
+    """Names torch accepts in GLOBAL, and what calling each allowed name produces."""
+
+    names: frozenset[str]
+    classes: frozenset[str]  # allowed names whose value is a class (NEWOBJ/BUILD targets)
+    returns: Mapping[str, str]  # allowed callable -> type name of what it returns
+    storage_sizes: Mapping[str, int]  # storage type name -> element size in bytes
+    blocked_modules: frozenset[str]
+    name_mapping: Mapping[tuple[str, str], tuple[str, str]]
+    import_mapping: Mapping[str, str]
+
+    def resolve(self, module: str, name: str) -> str:
+        """The dotted name torch looks up for GLOBAL module/name (after Python 2 mappings)."""
+        if (module, name) in self.name_mapping:
+            module, name = self.name_mapping[(module, name)]
+        elif module in self.import_mapping:
+            module = self.import_mapping[module]
+        return f"{module}.{name}"
+
+    def storage_element_size(self, type_name: str) -> int | None:
+        return self.storage_sizes.get(type_name)
+
+    def result_type(self, callable_name: str) -> str:
+        """Type name of REDUCE(callable_name, ...)'s result ("?" when unknowable)."""
+        if callable_name in self.returns:
+            return self.returns[callable_name]
+        if callable_name in self.classes:
+            return callable_name
+        return "?"
+
+
+def _returns(default: Mapping[str, Any]) -> dict[str, str]:
+    returns = {}
+    for name in default:
+        if name.startswith("torch._utils._rebuild_parameter"):
+            returns[name] = PARAMETER
+        elif name.startswith("torch._utils._rebuild_"):
+            returns[name] = TENSOR
+    returns["_codecs.encode"] = "builtins.bytes"
+    returns["torch.serialization._get_layout"] = "torch.layout"
+    returns["torch._tensor._rebuild_from_type_v2"] = TENSOR
+    return returns
+
+
+def _storage_sizes(default: Mapping[str, Any]) -> dict[str, int]:
+    """Element size of every storage type torch can name in a persistent id."""
+    import torch
+
+    sizes = {"torch.storage.UntypedStorage": 1}
+    for name, value in default.items():
+        dtype = getattr(value, "dtype", None)
+        if name.endswith("Storage") and isinstance(dtype, torch.dtype):
+            sizes[name] = torch._utils._element_size(dtype)
+    return sizes
+
+
+def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
+    """The allowlist torch would apply now, plus `extra` dotted names (the CLI's --allow)."""
+    import torch._weights_only_unpickler as wo
+    from torch._utils import IMPORT_MAPPING, NAME_MAPPING
+
+    default = wo._get_allowed_globals()
+    user = wo._get_user_allowed_globals()
+    names = set(default) | set(user) | set(extra)
+    classes = {name for name, value in {**default, **user}.items() if isinstance(value, type)}
+    # --allow names are taken as classes: allow-listing is how users admit their own types.
+    classes |= set(extra)
+    return Allowlist(
+        names=frozenset(names),
+        classes=frozenset(classes),
+        returns=_returns(default),
+        storage_sizes=_storage_sizes(default),
+        blocked_modules=frozenset(wo._blocklisted_modules),
+        name_mapping=dict(NAME_MAPPING),
+        import_mapping=dict(IMPORT_MAPPING),
+    )
+
+
+def default_allowlist_names() -> list[str]:
+    """torch's default allowlist, sorted (for the contract test)."""
+    import torch._weights_only_unpickler as wo
+
+    return sorted(wo._get_allowed_globals())

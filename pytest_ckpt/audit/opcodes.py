@@ -1,0 +1,173 @@
+"""Decode pickle opcodes (protocols 0-5) from bytes, bounded, without running anything.
+
+`pickletools.genops` would read a declared length straight from the file, so a hostile
+BINBYTES8 claiming 2**63 bytes could make it try to allocate that much. Here every argument
+is sliced from an in-memory buffer after checking that it fits, and the opcode metadata comes
+from `pickletools.opcodes` (names and argument kinds only).
+"""
+
+from __future__ import annotations
+
+import pickletools
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+_BY_CODE = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
+PREVIEW = 80  # longest string/bytes value kept (for paths and checks), in characters
+
+
+class TruncatedPickle(ValueError):
+    """The pickle ends (or declares more data than it has) before STOP."""
+
+
+class MalformedPickle(ValueError):
+    """An opcode or argument that no pickle protocol defines."""
+
+
+@dataclass(slots=True, frozen=True)
+class Op:
+    name: str
+    arg: Any
+    offset: int
+
+
+@dataclass(slots=True, frozen=True)
+class Blob:
+    """A str/bytes argument: its length and a short preview (the whole value if short)."""
+
+    kind: str  # "str" or "bytes"
+    length: int
+    preview: Any
+
+    @property
+    def complete(self) -> bool:
+        return self.length <= PREVIEW
+
+
+class _Reader:
+    def __init__(self, data: bytes, start: int) -> None:
+        self.data = data
+        self.pos = start
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise TruncatedPickle(
+                f"pickle declares {n} bytes at offset {self.pos} but only "
+                f"{max(len(self.data) - self.pos, 0)} remain"
+            )
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def line(self) -> bytes:
+        end = self.data.find(b"\n", self.pos)
+        if end < 0:
+            raise TruncatedPickle(f"unterminated line at offset {self.pos}")
+        chunk = self.data[self.pos : end]
+        self.pos = end + 1
+        return chunk
+
+    def blob(self, n: int, kind: str) -> Blob:
+        if n < 0 or self.pos + n > len(self.data):
+            raise TruncatedPickle(
+                f"pickle declares a {n}-byte {kind} at offset {self.pos} but only "
+                f"{max(len(self.data) - self.pos, 0)} bytes remain"
+            )
+        raw = self.data[self.pos : self.pos + min(n, PREVIEW * 4)]
+        self.pos += n
+        if kind == "str":
+            preview = raw.decode("utf-8", "surrogatepass" if n <= PREVIEW * 4 else "ignore")
+            return Blob("str", n, preview[:PREVIEW] if n > PREVIEW else preview)
+        return Blob("bytes", n, bytes(raw[:PREVIEW]))
+
+
+def _unpack(reader: _Reader, fmt: str) -> Any:
+    size = struct.calcsize(fmt)
+    return struct.unpack(fmt, reader.take(size))[0]
+
+
+def _text_blob(raw: bytes) -> Blob:
+    text = raw.decode("utf-8", "replace")
+    return Blob("str", len(text), text[:PREVIEW])
+
+
+def _read_arg(kind: str, r: _Reader) -> Any:
+    if kind == "uint1":
+        return r.take(1)[0]
+    if kind == "uint2":
+        return _unpack(r, "<H")
+    if kind == "int4":
+        return _unpack(r, "<i")
+    if kind == "uint4":
+        return _unpack(r, "<I")
+    if kind == "uint8":
+        return _unpack(r, "<Q")
+    if kind == "float8":
+        return _unpack(r, ">d")
+    if kind == "long1":
+        return int.from_bytes(r.take(r.take(1)[0]), "little", signed=True)
+    if kind == "long4":
+        n = _unpack(r, "<i")
+        if n > 1 << 20:
+            raise MalformedPickle(f"LONG4 of {n} bytes at offset {r.pos}: refusing to decode")
+        return int.from_bytes(r.take(n), "little", signed=True)
+    if kind == "bytes1":
+        return r.blob(r.take(1)[0], "bytes")
+    if kind in ("bytes4",):
+        return r.blob(_unpack(r, "<I"), "bytes")
+    if kind in ("bytes8", "bytearray8"):
+        return r.blob(_unpack(r, "<Q"), "bytes")
+    if kind == "string1":
+        return r.blob(r.take(1)[0], "bytes")
+    if kind == "string4":
+        return r.blob(_unpack(r, "<i"), "bytes")
+    if kind == "unicodestring1":
+        return r.blob(r.take(1)[0], "str")
+    if kind == "unicodestring4":
+        return r.blob(_unpack(r, "<I"), "str")
+    if kind == "unicodestring8":
+        return r.blob(_unpack(r, "<Q"), "str")
+    if kind in ("stringnl", "stringnl_noescape", "unicodestringnl"):
+        return _text_blob(r.line())
+    if kind == "stringnl_noescape_pair":
+        return (r.line().decode("utf-8", "replace"), r.line().decode("utf-8", "replace"))
+    if kind in ("decimalnl_short", "decimalnl_long"):
+        text = r.line().rstrip(b"L")
+        if len(text) > 4300:
+            raise MalformedPickle(f"integer literal of {len(text)} digits at offset {r.pos}")
+        try:
+            return int(text) if text not in (b"00", b"01") else text == b"01"
+        except ValueError:
+            raise MalformedPickle(f"bad integer literal {text[:20]!r}") from None
+    if kind == "floatnl":
+        try:
+            return float(r.line())
+        except ValueError:
+            raise MalformedPickle(f"bad float literal at offset {r.pos}") from None
+    raise MalformedPickle(f"unknown argument kind {kind}")
+
+
+def iter_ops(data: bytes, start: int = 0) -> Iterator[Op]:
+    """Yield opcodes from `data[start:]` through STOP (inclusive)."""
+    reader = _Reader(data, start)
+    while True:
+        offset = reader.pos
+        if offset >= len(data):
+            raise TruncatedPickle(f"pickle ends at offset {offset} without STOP")
+        code = data[offset]
+        reader.pos += 1
+        op = _BY_CODE.get(code)
+        if op is None:
+            raise MalformedPickle(f"byte {code:#04x} at offset {offset} is not a pickle opcode")
+        arg = _read_arg(op.arg.name, reader) if op.arg is not None else None
+        yield Op(op.name, arg, offset)
+        if op.name == "STOP":
+            return
+
+
+def end_of_pickle(data: bytes, start: int = 0) -> int:
+    """Offset just after the STOP of the pickle starting at `start`."""
+    *_, stop = iter_ops(data, start)
+    return stop.offset + 1
