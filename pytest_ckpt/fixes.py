@@ -88,10 +88,34 @@ def fix_for_type(cls: type) -> Fix:
 GENERIC_KIND = "object"
 
 
+# Globals whose call during unpickling runs code or touches the system: never "fixable".
+_DANGEROUS_MODULES = (
+    "os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "importlib", "runpy",
+    "pickle", "_pickle", "marshal", "ctypes", "webbrowser", "pty", "code", "codeop", "types",
+    "functools", "operator", "torch._C._jit", "torch.jit",
+)  # fmt: skip
+_DANGEROUS_BUILTINS = frozenset(
+    {"eval", "exec", "compile", "open", "getattr", "setattr", "__import__", "globals", "vars"}
+)
+
+
+def is_dangerous(qualname: str) -> bool:
+    module, _, name = qualname.rpartition(".")
+    if module == "builtins":
+        return name in _DANGEROUS_BUILTINS
+    return any(module == m or module.startswith(m + ".") for m in _DANGEROUS_MODULES)
+
+
 def fix_for_name(qualname: str) -> Fix:
     """Advice from a global's dotted name alone (what a static scan of a file sees)."""
     if qualname in _BY_QUALNAME:
         return _BY_QUALNAME[qualname]
+    if is_dangerous(qualname):
+        return Fix(
+            "code execution",
+            f"do not load this file with weights_only=False: unpickling it calls {qualname}",
+            False,
+        )
     for prefix, fix in _BY_MODULE_PREFIX:
         if qualname == prefix or qualname.startswith(prefix + "."):
             return fix

@@ -19,6 +19,9 @@ from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, end_of_p
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 MAX_PICKLE_BYTES = 1 << 30  # a data.pkl larger than this is refused, not read
+_USED = frozenset(
+    {"data.pkl", "data", "version", ".data", "byteorder", ".format_version", ".storage_alignment"}
+)
 
 
 class Unreadable(Exception):
@@ -58,6 +61,12 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
             if not infos:
                 raise Unreadable("zip archive with no members")
             prefix = infos[0].filename.split("/", 1)[0]
+            outside = [i.filename for i in infos if not i.filename.startswith(prefix + "/")]
+            if outside:  # torch enforces one archive folder for every member
+                raise Unreadable(
+                    f"member {outside[0]} is not in the archive folder {prefix}/: torch.load "
+                    f"refuses the archive"
+                )
             records = {
                 info.filename[len(prefix) + 1 :]: info
                 for info in infos
@@ -77,11 +86,11 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
                 if name.startswith("data/")
             }
             checkpoint = Checkpoint("zip", pickle_bytes, 0, sizes)
-            others = [i.filename for i in infos if not i.filename.startswith(prefix + "/")]
-            if others:
+            unused = sorted(name for name in records if name.split("/", 1)[0] not in _USED)
+            if unused:
                 checkpoint.notes.append(
-                    f"{len(others)} member(s) outside the archive folder {prefix}/ are ignored "
-                    f"by torch.load (e.g. {others[0]})"
+                    f"{len(unused)} member(s) torch.load does not read: "
+                    f"{', '.join(f'{prefix}/{name}' for name in unused[:3])}"
                 )
             return checkpoint
     except zipfile.BadZipFile as err:

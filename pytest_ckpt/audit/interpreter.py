@@ -48,6 +48,7 @@ TORCH_OPCODES = frozenset(
 GLOBAL_TYPE = "<global>"
 _IDENTIFIER_KEY = re.compile(r"\['([A-Za-z_][A-Za-z0-9_]*)'\]")
 _KEEP_ITEMS = 8  # tuples this short keep their items (persistent ids, REDUCE args)
+_MAX_PATH_PARTS = 40  # longer paths are shown with the middle elided
 
 
 @dataclass(slots=True)
@@ -103,6 +104,22 @@ def _label(key: Any) -> str:
 def _attribute_label(label: str) -> str:
     match = _IDENTIFIER_KEY.fullmatch(label)
     return f".{match.group(1)}" if match else f".__dict__{label}"
+
+
+def _path_to(node: Node, parents: dict[int, tuple[Node | None, str]]) -> str | None:
+    if id(node) not in parents:
+        return None
+    labels: list[str] = []
+    current: Node | None = node
+    while current is not None:
+        parent, label = parents[id(current)]
+        labels.append(label)
+        current = parent
+    labels.reverse()
+    if len(labels) > _MAX_PATH_PARTS:
+        hidden = len(labels) - _MAX_PATH_PARTS
+        labels = [*labels[:5], f"...({hidden} levels)...", *labels[5 - _MAX_PATH_PARTS :]]
+    return "".join(labels)
 
 
 def _refine_fix(finding: Finding, node: Node) -> None:
@@ -218,23 +235,27 @@ class PickleInterpreter:
         raise AssertionError("iter_ops ends at STOP")  # pragma: no cover
 
     def _collect(self, root: Any) -> list[Finding]:
-        """Give each finding the path of the first route from the root to its node."""
-        paths: dict[int, str] = {}
+        """Give each finding the path of the first (shortest) route from the root to its node.
+
+        The walk records parent links only; a path string is built just for the nodes that
+        carry findings, so a deeply nested file costs linear time.
+        """
+        parents: dict[int, tuple[Node | None, str]] = {}
         if isinstance(root, Node):
-            queue: deque[tuple[Node, str]] = deque([(root, "root")])
-            paths[id(root)] = "root"
+            parents[id(root)] = (None, "root")
+            queue: deque[Node] = deque([root])
             while queue:
-                node, path = queue.popleft()
+                node = queue.popleft()
                 for label, child in node.children:
-                    if id(child) not in paths:
-                        paths[id(child)] = path + label
-                        queue.append((child, path + label))
+                    if id(child) not in parents:
+                        parents[id(child)] = (node, label)
+                        queue.append(child)
         findings = []
         for finding in self.loose:
             finding.path = finding.path or "root"
             findings.append(finding)
         for node in self.nodes_with_findings:
-            path = paths.get(id(node))
+            path = _path_to(node, parents)
             for finding in node.findings:
                 finding.path = path or f"<discarded object built at offset {finding.offset}>"
                 _refine_fix(finding, node)
