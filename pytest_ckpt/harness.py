@@ -32,17 +32,29 @@ def save_and_load(state: Any, path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise CheckpointLoadError(explain_refusal(state, err)) from err
+        raise CheckpointLoadError(explain_refusal(state, err, path)) from err
 
 
-def explain_refusal(state: Any, err: BaseException) -> str:
-    """Why torch refused: the offending objects by path with fixes, else torch's own reason."""
-    found = find_unsafe_objects(state)
+def explain_refusal(
+    state: Any, err: BaseException, path: str | os.PathLike[str] | None = None
+) -> str:
+    """Why torch refused: the offending objects by path with fixes.
+
+    The live objects are scanned first (their types give the most precise advice); if that
+    finds nothing (a custom __reduce__, an opcode torch refuses), the saved file is audited
+    statically; torch's own reason is the last resort.
+    """
     head = "torch.load(weights_only=True) refused the checkpoint"
+    found = [item.describe() for item in find_unsafe_objects(state)]
+    if not found and path is not None:
+        from pytest_ckpt.audit import audit_file
+
+        report = audit_file(path)
+        found = [f"{f.path}: {f.detail}. Fix: {f.fix}" for f in report.findings]
     if not found:
         return f"{head}: {torch_reason(err)}"
     lines = [f"{head}: {len(found)} object(s) it cannot load:"]
-    lines += [f"  {item.describe()}" for item in found[:_SHOWN]]
+    lines += [f"  {item}" for item in found[:_SHOWN]]
     if len(found) > _SHOWN:
         lines.append(f"  ... and {len(found) - _SHOWN} more")
     return "\n".join(lines)

@@ -42,3 +42,17 @@ def test_nan_in_the_same_place_is_a_faithful_restore() -> None:
 
 def test_limit_bounds_the_report() -> None:
     assert len(diff_values(list(range(100)), list(range(1, 101)), limit=5)) == 5
+
+
+def test_refusals_the_live_scan_cannot_see_are_explained_by_the_auditor(tmp_path) -> None:
+    import datetime
+
+    import pytest
+
+    from pytest_ckpt.errors import CheckpointLoadError
+    from pytest_ckpt.harness import save_and_load
+
+    tensor = torch.zeros(2)
+    tensor.note = datetime.date(2026, 1, 1)  # a plain Tensor to the eye; pickled with its state
+    with pytest.raises(CheckpointLoadError, match=r"root\['w'\].*datetime.date. Fix: store an ISO"):
+        save_and_load({"w": tensor}, tmp_path / "x.pt")

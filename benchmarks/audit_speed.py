@@ -1,0 +1,94 @@
+"""Audit speed and memory against torch's own loader and lister, measured in one run.
+
+    .venv/bin/python benchmarks/audit_speed.py [--gigabytes 1.0]
+
+Builds two checkpoints of about `--gigabytes` each in a temp dir (256 tensors; 4096 tensors)
+and reports, each step in a fresh process: `torch.load(weights_only=True)` time,
+`torch.serialization.get_unsafe_globals_in_checkpoint` time, `pytest_ckpt.audit.audit_file`
+time, and the auditor's peak RSS above `import torch`. Targets: audit <= 0.02x load (256
+tensors), <= 0.05x load (4096 tensors), <= 2x torch's lister, <= 50 MB above import torch.
+Not a test: figures go in closing notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+MEASURE = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    import torch
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    what, path = sys.argv[1], sys.argv[2]
+    start = time.perf_counter()
+    if what == "load":
+        torch.load(path, weights_only=True)
+    elif what == "lister":
+        torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    else:
+        from pytest_ckpt.audit import audit_file
+        report = audit_file(path)
+        assert report.loadable, report
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "rss_above_torch_mb": (peak - base) / 1024}))
+    """
+)
+
+
+def build(path: Path, tensors: int, total_bytes: int) -> None:
+    import torch
+
+    numel = total_bytes // 4 // tensors
+    state = {f"layer{i}.weight": torch.randn(numel) for i in range(tensors)}
+    torch.save(state, path)
+
+
+def measure(what: str, path: Path, repeat: int) -> dict[str, float]:
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run(
+            [sys.executable, "-c", MEASURE, what, str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(out.stdout))
+    best = min(runs, key=lambda r: r["seconds"])
+    return {"seconds": best["seconds"], "rss": max(r["rss_above_torch_mb"] for r in runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gigabytes", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    total = int(args.gigabytes * (1 << 30))
+    with tempfile.TemporaryDirectory(prefix="audit-speed-") as tmp:
+        for tensors in (256, 4096):
+            path = Path(tmp, f"ckpt-{tensors}.pt")
+            build(path, tensors, total)
+            load = measure("load", path, args.repeat)
+            lister = measure("lister", path, args.repeat)
+            audit = measure("audit", path, args.repeat)
+            size_mb = path.stat().st_size / (1 << 20)
+            print(
+                f"{tensors} tensors, {size_mb:.0f} MB (best of {args.repeat}, fresh process each):"
+            )
+            print(f"  torch.load(weights_only=True)        {load['seconds'] * 1e3:9.1f} ms")
+            print(f"  get_unsafe_globals_in_checkpoint     {lister['seconds'] * 1e3:9.1f} ms")
+            print(f"  pytest-ckpt audit                    {audit['seconds'] * 1e3:9.1f} ms")
+            print(f"  audit / load   = {audit['seconds'] / load['seconds']:.4f}x")
+            print(f"  audit / lister = {audit['seconds'] / lister['seconds']:.2f}x")
+            print(f"  audit peak RSS above import torch: {audit['rss']:.1f} MB")
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()
