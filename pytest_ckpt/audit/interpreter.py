@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_ckpt.audit.allowlist import (
@@ -62,17 +62,30 @@ class Finding:
     path: str = ""
 
 
-@dataclass(slots=True, eq=False)
 class Node:
-    """An object the pickle would build. `items` is kept only for short tuples."""
+    """An object the pickle would build. `items` is kept only for short tuples.
 
-    type_name: str
-    name: str | None = None  # for GLOBAL nodes: the dotted name
-    children: list[tuple[str, Node]] = field(default_factory=list)
-    items: list[Any] | None = None
-    findings: list[Finding] = field(default_factory=list)
-    blocks_allowlisting: bool = False
-    shape: str = ""  # "enum-like" (class called with one primitive) or "object-state"
+    A plain slotted class (not a dataclass): a state dict makes several per tensor.
+    """
+
+    __slots__ = (
+        "blocks_allowlisting",
+        "children",
+        "findings",
+        "items",
+        "name",
+        "shape",
+        "type_name",
+    )
+
+    def __init__(self, type_name: str, name: str | None = None, items: list[Any] | None = None):
+        self.type_name = type_name
+        self.name = name  # for GLOBAL nodes: the dotted name
+        self.children: list[tuple[str, Node]] = []
+        self.items = items
+        self.findings: list[Finding] = []
+        self.blocks_allowlisting = False
+        self.shape = ""  # "enum-like" (class called with one primitive) or "object-state"
 
     def add_child(self, label: str, value: Any) -> None:
         if isinstance(value, Node):
@@ -201,14 +214,14 @@ class PickleInterpreter:
 
     def _tuple(self, items: list[Any]) -> Node:
         node = Node("builtins.tuple", items=list(items) if len(items) <= _KEEP_ITEMS else None)
-        for i, item in enumerate(items):
-            node.add_child(f"[{i}]", item)
+        node.children = [(f"[{i}]", item) for i, item in enumerate(items) if type(item) is Node]
         return node
 
     # ---- run -----------------------------------------------------------------------------
 
     def run(self) -> tuple[Any, list[Finding]]:
         refused: set[str] = set()
+        handlers = {name: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
         for op in iter_ops(self.data, self.start):
             if op.name not in TORCH_OPCODES and op.name not in refused:
                 refused.add(op.name)  # one finding per opcode name, not one per use
@@ -228,7 +241,7 @@ class PickleInterpreter:
                 self.end = op.offset + 1
                 root = self._pop(op)
                 return root, self._collect(root)
-            handler = getattr(self, f"_op_{op.name}", None)
+            handler = handlers.get("_op_" + op.name)
             if handler is None:
                 raise MalformedPickle(f"no semantics for opcode {op.name}")
             handler(op)
