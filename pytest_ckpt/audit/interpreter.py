@@ -18,6 +18,7 @@ Mirrored from `torch._weights_only_unpickler.Unpickler.load` (torch 2.10+):
 from __future__ import annotations
 
 import re
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from pytest_ckpt.audit.allowlist import (
     TENSOR,
     Allowlist,
 )
-from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, iter_ops
+from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle, decode_at
 from pytest_ckpt.fixes import ENUM_FIX, GENERIC_KIND, OBJECT_STATE_FIX, Fix, fix_for_name
 
 # The opcodes torch's weights_only unpickler implements; everything else it refuses.
@@ -46,6 +47,15 @@ TORCH_OPCODES = frozenset(
 )  # fmt: skip
 
 GLOBAL_TYPE = "<global>"
+
+# Opcodes run inline in PickleInterpreter.run: code -> argument width in bytes.
+_BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET = ord("q"), ord("r"), ord("h"), ord("j")
+_BININT1, _BININT2, _BININT, _MARK = ord("K"), ord("M"), ord("J"), ord("(")
+_NEWFALSE, _NEWTRUE, _NONE = 0x89, 0x88, ord("N")
+_INLINE_WIDTH = {
+    _BINPUT: 1, _LONG_BINPUT: 4, _BINGET: 1, _LONG_BINGET: 4, _BININT1: 1, _BININT2: 2,
+    _BININT: 4, _MARK: 0, _NEWFALSE: 0, _NEWTRUE: 0, _NONE: 0,
+}  # fmt: skip
 _IDENTIFIER_KEY = re.compile(r"\['([A-Za-z_][A-Za-z0-9_]*)'\]")
 _KEEP_ITEMS = 8  # tuples this short keep their items (persistent ids, REDUCE args)
 _MAX_PATH_PARTS = 40  # longer paths are shown with the middle elided
@@ -69,25 +79,21 @@ class Node:
     """
 
     __slots__ = (
-        "blocks_allowlisting",
-        "children",
-        "findings",
-        "items",
-        "name",
-        "shape",
+        "appended", "blocks_allowlisting", "children", "findings", "items", "name", "shape",
         "type_name",
-    )
+    )  # fmt: skip
 
     def __init__(self, type_name: str, name: str | None = None, items: list[Any] | None = None):
         self.type_name = type_name
         self.name = name  # for GLOBAL nodes: the dotted name
-        self.children: list[tuple[str, Node]] = []
+        self.children: list[tuple[str | int, Node]] = []  # int labels are list/tuple indices
+        self.appended = 0  # items appended so far (list indices)
         self.items = items
         self.findings: list[Finding] = []
         self.blocks_allowlisting = False
         self.shape = ""  # "enum-like" (class called with one primitive) or "object-state"
 
-    def add_child(self, label: str, value: Any) -> None:
+    def add_child(self, label: str | int, value: Any) -> None:
         if isinstance(value, Node):
             self.children.append((label, value))
 
@@ -119,14 +125,14 @@ def _attribute_label(label: str) -> str:
     return f".{match.group(1)}" if match else f".__dict__{label}"
 
 
-def _path_to(node: Node, parents: dict[int, tuple[Node | None, str]]) -> str | None:
+def _path_to(node: Node, parents: dict[int, tuple[Node | None, str | int]]) -> str | None:
     if id(node) not in parents:
         return None
     labels: list[str] = []
     current: Node | None = node
     while current is not None:
         parent, label = parents[id(current)]
-        labels.append(label)
+        labels.append(f"[{label}]" if isinstance(label, int) else label)
         current = parent
     labels.reverse()
     if len(labels) > _MAX_PATH_PARTS:
@@ -214,15 +220,61 @@ class PickleInterpreter:
 
     def _tuple(self, items: list[Any]) -> Node:
         node = Node("builtins.tuple", items=list(items) if len(items) <= _KEEP_ITEMS else None)
-        node.children = [(f"[{i}]", item) for i, item in enumerate(items) if type(item) is Node]
+        node.children = [(i, item) for i, item in enumerate(items) if type(item) is Node]
         return node
 
     # ---- run -----------------------------------------------------------------------------
 
     def run(self) -> tuple[Any, list[Finding]]:
+        """Execute to STOP. The opcodes a state dict is made of are handled inline on the raw
+        bytes (they are most of the file and need no checks beyond bounds); the rest are
+        decoded and dispatched to their `_op_*` handlers."""
+        data, size, memo = self.data, len(self.data), self.memo
+        unpack_from = struct.unpack_from
         refused: set[str] = set()
         handlers = {name: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
-        for op in iter_ops(self.data, self.start):
+        pos = self.start
+        while True:
+            if pos >= size:
+                raise TruncatedPickle(f"pickle ends at offset {pos} without STOP")
+            code = data[pos]
+            width = _INLINE_WIDTH.get(code)
+            if width is not None:
+                if pos + 1 + width > size:
+                    raise TruncatedPickle(f"opcode at offset {pos} runs past the end")
+                stack = self.stack
+                if code in (_BINPUT, _LONG_BINPUT):
+                    if not stack:
+                        raise MalformedPickle(f"PUT at offset {pos} with an empty stack")
+                    index = (
+                        data[pos + 1] if code == _BINPUT else unpack_from("<I", data, pos + 1)[0]
+                    )
+                    memo[index] = stack[-1]
+                elif code in (_BINGET, _LONG_BINGET):
+                    index = (
+                        data[pos + 1] if code == _BINGET else unpack_from("<I", data, pos + 1)[0]
+                    )
+                    if index not in memo:
+                        raise MalformedPickle(f"GET at offset {pos} reads memo {index}, never set")
+                    stack.append(memo[index])
+                elif code == _BININT1:
+                    stack.append(data[pos + 1])
+                elif code == _BININT2:
+                    stack.append(unpack_from("<H", data, pos + 1)[0])
+                elif code == _BININT:
+                    stack.append(unpack_from("<i", data, pos + 1)[0])
+                elif code == _MARK:
+                    self.metastack.append(stack)
+                    self.stack = []
+                elif code == _NEWFALSE:
+                    stack.append(False)
+                elif code == _NEWTRUE:
+                    stack.append(True)
+                elif code == _NONE:
+                    stack.append(None)
+                pos += 1 + width
+                continue
+            op, pos = decode_at(data, pos)
             if op.name not in TORCH_OPCODES and op.name not in refused:
                 refused.add(op.name)  # one finding per opcode name, not one per use
                 self.loose.append(
@@ -238,14 +290,13 @@ class PickleInterpreter:
                     )
                 )
             if op.name == "STOP":
-                self.end = op.offset + 1
+                self.end = pos
                 root = self._pop(op)
                 return root, self._collect(root)
             handler = handlers.get("_op_" + op.name)
             if handler is None:
                 raise MalformedPickle(f"no semantics for opcode {op.name}")
             handler(op)
-        raise AssertionError("iter_ops ends at STOP")  # pragma: no cover
 
     def _collect(self, root: Any) -> list[Finding]:
         """Give each finding the path of the first (shortest) route from the root to its node.
@@ -253,8 +304,8 @@ class PickleInterpreter:
         The walk records parent links only; a path string is built just for the nodes that
         carry findings, so a deeply nested file costs linear time.
         """
-        parents: dict[int, tuple[Node | None, str]] = {}
-        if isinstance(root, Node):
+        parents: dict[int, tuple[Node | None, str | int]] = {}
+        if isinstance(root, Node) and self.nodes_with_findings:
             parents[id(root)] = (None, "root")
             queue: deque[Node] = deque([root])
             while queue:
@@ -478,9 +529,10 @@ class PickleInterpreter:
                         fix_for_name(target.type_name).advice,
                     ),
                 )
-        start = sum(1 for label, _ in target.children if label.startswith("["))
+        start = target.appended
+        target.appended += len(items)
         for i, item in enumerate(items):
-            target.add_child(f"[{start + i}]", item)
+            target.add_child(start + i, item)
 
     def _op_SETITEM(self, op: Op) -> None:
         value, key = self._pop(op), self._pop(op)
@@ -583,7 +635,7 @@ class PickleInterpreter:
     def _op_LIST(self, op: Op) -> None:
         node = Node("builtins.list")
         for i, item in enumerate(self._pop_mark(op)):
-            node.add_child(f"[{i}]", item)
+            node.add_child(i, item)
         self._push(node)
 
     def _op_DICT(self, op: Op) -> None:

@@ -163,35 +163,34 @@ _TABLE = {
 }
 
 
+def decode_at(data: bytes, pos: int) -> tuple[Op, int]:
+    """The opcode at `pos` and the offset just after it."""
+    if pos >= len(data):
+        raise TruncatedPickle(f"pickle ends at offset {pos} without STOP")
+    entry = _TABLE.get(data[pos])
+    if entry is None:
+        raise MalformedPickle(f"byte {data[pos]:#04x} at offset {pos} is not a pickle opcode")
+    name, kind, fixed = entry
+    after = pos + 1
+    if fixed is not None:
+        fmt, width = fixed
+        if after + width > len(data):
+            raise TruncatedPickle(f"{name} at offset {pos} runs past the end")
+        return Op(name, struct.unpack_from(fmt, data, after)[0], pos), after + width
+    if kind is None:
+        return Op(name, None, pos), after
+    reader = _Reader(data, after)
+    arg = _read_arg(kind, reader)
+    return Op(name, arg, pos), reader.pos
+
+
 def iter_ops(data: bytes, start: int = 0) -> Iterator[Op]:
     """Yield opcodes from `data[start:]` through STOP (inclusive)."""
-    reader = _Reader(data, start)
-    table = _TABLE
-    size = len(data)
-    unpack_from = struct.unpack_from
+    pos = start
     while True:
-        offset = reader.pos
-        if offset >= size:
-            raise TruncatedPickle(f"pickle ends at offset {offset} without STOP")
-        entry = table.get(data[offset])
-        if entry is None:
-            raise MalformedPickle(
-                f"byte {data[offset]:#04x} at offset {offset} is not a pickle opcode"
-            )
-        name, kind, fixed = entry
-        reader.pos = offset + 1
-        if fixed is not None:
-            fmt, width = fixed
-            if reader.pos + width > size:
-                raise TruncatedPickle(f"{name} at offset {offset} runs past the end")
-            arg = unpack_from(fmt, data, reader.pos)[0]
-            reader.pos += width
-        elif kind is not None:
-            arg = _read_arg(kind, reader)
-        else:
-            arg = None
-        yield Op(name, arg, offset)
-        if name == "STOP":
+        op, pos = decode_at(data, pos)
+        yield op
+        if op.name == "STOP":
             return
 
 
