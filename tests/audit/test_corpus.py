@@ -90,3 +90,14 @@ def test_newer_pickle_protocols_are_refused_like_torch_refuses_them(tmp_path, pr
     assert report.loadable == torch_verdicts([path])[str(path)]
     if not report.loadable:
         assert report.findings[0].kind == "unsupported-opcode"
+
+
+def test_empty_bytes_are_refused_by_torch_and_by_the_auditor(tmp_path) -> None:
+    # Protocol 2 pickles b"" as builtins.bytes() rather than through _codecs.encode.
+    import torch
+
+    path = tmp_path / "empty-bytes.pt"
+    torch.save({"blob": b""}, path)
+    (finding,) = audit_file(path).findings
+    assert (finding.path, finding.global_name) == ("root['blob']", "builtins.bytes")
+    assert torch_verdicts([path]) == {str(path): False}

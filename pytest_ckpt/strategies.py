@@ -1,0 +1,269 @@
+"""Hypothesis strategies for slot grids, seed lifecycles and checkpoint payloads.
+
+Public API, for users' own property tests as much as ours:
+
+    from hypothesis import given
+    from pytest_ckpt import strategies as cst
+
+    @given(cst.slot_configs(max_rows=3, max_cols=3), cst.stage_paths())
+    def test_my_model_round_trips(slots, path): ...
+
+Every strategy takes keyword-only arguments, checks them eagerly, and shrinks towards small,
+readable examples (row 0, one slot, the shortest stage path, flat payloads). torch is
+imported only by the strategies that make tensors.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import enum
+from typing import Any
+
+from hypothesis import strategies as st
+
+__all__ = [
+    "checkpoint_payloads",
+    "invalid_slot_ids",
+    "seed_states",
+    "slot_configs",
+    "slot_grids",
+    "slot_ids",
+    "stage_paths",
+    "unsafe_payloads",
+]
+
+# The transition table, by stage name (mirrors pytest_ckpt.reference.lifecycle.TRANSITIONS,
+# which a test checks, so that building a strategy does not import torch).
+_NEXT: dict[str, tuple[str, ...]] = {
+    "DORMANT": ("GERMINATED",),
+    "GERMINATED": ("TRAINING", "PRUNED"),
+    "TRAINING": ("BLENDING", "PRUNED"),
+    "BLENDING": ("PROBATIONARY", "PRUNED"),
+    "PROBATIONARY": ("FOSSILIZED", "PRUNED"),
+    "FOSSILIZED": (),
+    "PRUNED": (),
+}
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def slot_ids(*, max_row: int = 15, max_col: int = 15) -> st.SearchStrategy[str]:
+    """Canonical slot ids `r{row}c{col}` with row <= max_row and col <= max_col."""
+    _check_positive(max_row=max_row + 1, max_col=max_col + 1)
+    return st.builds(
+        lambda r, c: f"r{r}c{c}",
+        st.integers(0, max_row),
+        st.integers(0, max_col),
+    )
+
+
+def invalid_slot_ids() -> st.SearchStrategy[str]:
+    """Strings that are not canonical slot ids: legacy names, wrong case, leading zeros,
+    signs, missing parts, surrounding space, and arbitrary text."""
+    from pytest_ckpt.reference.slots import _SLOT_ID  # the one definition of canonical
+
+    near_misses = st.one_of(
+        st.sampled_from(["early", "mid", "late", "EARLY", "", "r", "c", "rc", "r0", "c0"]),
+        st.builds(lambda r, c: f"R{r}C{c}", st.integers(0, 9), st.integers(0, 9)),
+        st.builds(lambda r, c: f"r0{r}c{c}", st.integers(0, 9), st.integers(0, 9)),
+        st.builds(lambda r, c: f"r-{r}c{c}", st.integers(0, 9), st.integers(0, 9)),
+        st.builds(lambda r: f"r{r}c", st.integers(0, 9)),
+        st.builds(
+            lambda s, pad: pad + s + pad[::-1],
+            slot_ids(max_row=9, max_col=9),
+            st.sampled_from([" ", "\t", "\n"]),
+        ),
+        st.text(max_size=8),
+    )
+    return near_misses.filter(lambda s: _SLOT_ID.fullmatch(s) is None)
+
+
+def slot_grids(*, max_rows: int = 4, max_cols: int = 4) -> st.SearchStrategy[tuple[int, int]]:
+    """(rows, cols) with 1 <= rows <= max_rows and 1 <= cols <= max_cols."""
+    _check_positive(max_rows=max_rows, max_cols=max_cols)
+    return st.tuples(st.integers(1, max_rows), st.integers(1, max_cols))
+
+
+def slot_configs(*, max_rows: int = 4, max_cols: int = 4) -> st.SearchStrategy[Any]:
+    """`SlotConfig`s: full grids and irregular non-empty subsets of them."""
+    _check_positive(max_rows=max_rows, max_cols=max_cols)
+    from pytest_ckpt.reference.slots import SlotConfig
+
+    grids = slot_grids(max_rows=max_rows, max_cols=max_cols).map(lambda g: SlotConfig.grid(*g))
+    cells = st.lists(
+        st.tuples(st.integers(0, max_rows - 1), st.integers(0, max_cols - 1)),
+        min_size=1,
+        max_size=max_rows * max_cols,
+        unique=True,
+    ).map(lambda pairs: SlotConfig.from_ids(f"r{r}c{c}" for r, c in pairs))
+    return st.one_of(grids, cells)
+
+
+def stage_paths(*, end_in_pruned: bool | None = None) -> st.SearchStrategy[list[str]]:
+    """Legal walks through the lifecycle from DORMANT, as stage names (DORMANT first).
+
+    end_in_pruned: True forces a path that ends PRUNED, False forbids it, None allows both.
+    """
+    if end_in_pruned not in (True, False, None):
+        raise ValueError(f"end_in_pruned must be True, False or None, got {end_in_pruned!r}")
+    main_line = ["DORMANT", "GERMINATED", "TRAINING", "BLENDING", "PROBATIONARY", "FOSSILIZED"]
+
+    def build(length: int, prune: bool) -> list[str]:
+        if prune:  # only a live seed (GERMINATED..PROBATIONARY) can be pruned
+            return [*main_line[: min(max(length, 1), 4) + 1], "PRUNED"]
+        return main_line[: length + 1]
+
+    prune = st.booleans() if end_in_pruned is None else st.just(end_in_pruned)
+    return st.builds(build, st.integers(0, 5), prune)
+
+
+def seed_states(*, slot_id: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[Any]:
+    """`SeedState`s reached by a legal stage path, with a deterministic clock."""
+    from pytest_ckpt.reference.lifecycle import SeedStage, SeedState
+
+    def build(slot: str, path: list[str], start: float, step: float, blueprint: str) -> Any:
+        state = SeedState.new(seed_id=f"{slot}/seed1", slot_id=slot, blueprint=blueprint, now=start)
+        for i, name in enumerate(path[1:], start=1):
+            state.enter(SeedStage[name], now=start + i * step)
+        return state
+
+    return st.builds(
+        build,
+        slot_id if slot_id is not None else slot_ids(max_row=3, max_col=3),
+        stage_paths(),
+        st.floats(0, 2e9, allow_nan=False),
+        st.floats(0, 1e4, allow_nan=False),
+        st.sampled_from(["conv3x3", "bottleneck", "mlp", "lowrank"]),
+    )
+
+
+# ---- checkpoint payloads --------------------------------------------------------------------
+
+_PRIMITIVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    # Non-empty: protocol 2 pickles b"" as a call of builtins.bytes, which weights_only
+    # refuses (found by the differential property; see tests/audit/test_corpus.py).
+    st.binary(min_size=1, max_size=12),
+)
+_KEYS = st.one_of(st.text(max_size=8), st.integers(-5, 5))
+
+
+def _tensors() -> st.SearchStrategy[Any]:
+    def build(dtype_name: str, shape: list[int], seed: int) -> Any:
+        import torch
+
+        dtype = getattr(torch, dtype_name)
+        generator = torch.Generator().manual_seed(seed)
+        base = torch.randn(shape, generator=generator, dtype=torch.float64) * 10
+        return base.to(dtype)
+
+    return st.builds(
+        build,
+        st.sampled_from(
+            [
+                "float32",
+                "float64",
+                "float16",
+                "bfloat16",
+                "int64",
+                "int32",
+                "int8",
+                "uint8",
+                "bool",
+                "complex64",
+            ]
+        ),
+        st.lists(st.integers(0, 4), max_size=3),  # [] is a 0-d tensor; a 0 makes it empty
+        st.integers(0, 2**16),
+    )
+
+
+def _shared_views() -> st.SearchStrategy[Any]:
+    """Two views of one storage: a round trip must keep them sharing it."""
+
+    def build(n: int, start: int) -> Any:
+        import torch
+
+        base = torch.arange(float(n))
+        return {"base": base, "view": base[start:]}
+
+    return st.builds(build, st.integers(1, 8), st.integers(0, 1))
+
+
+def checkpoint_payloads(*, max_leaves: int = 12) -> st.SearchStrategy[Any]:
+    """Nested dicts, lists and tuples of primitives and tensors (varied dtypes and shapes,
+    0-d and empty ones, shared storages): what `torch.load(weights_only=True)` accepts."""
+    _check_positive(max_leaves=max_leaves)
+    leaves = st.one_of(_PRIMITIVES, _tensors(), _shared_views())
+    return st.recursive(
+        leaves,
+        lambda children: st.one_of(
+            st.lists(children, max_size=4),
+            st.lists(children, max_size=3).map(tuple),
+            st.dictionaries(_KEYS, children, max_size=4),
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+class _Color(enum.Enum):
+    RED = 1
+
+
+@dataclasses.dataclass
+class _Record:
+    value: int = 1
+
+
+def _unsafe_objects() -> st.SearchStrategy[Any]:
+    """Objects torch's weights_only loader refuses (no numpy: it is not a dependency)."""
+    return st.sampled_from(
+        [
+            lambda: _Color.RED,
+            lambda: _Record(),
+            lambda: datetime.datetime(2026, 1, 1),
+            lambda: datetime.timedelta(seconds=1),
+            lambda: collections.deque([1]),
+            lambda: collections.defaultdict(int),
+            lambda: frozenset({1}),
+        ]
+    ).map(lambda make: make())
+
+
+def unsafe_payloads(*, max_leaves: int = 12) -> st.SearchStrategy[tuple[Any, str]]:
+    """(payload, path): a checkpoint payload with one object torch rejects planted at `path`
+    (a path like `root['a'][0]`, as the auditor and the plugin report it)."""
+    _check_positive(max_leaves=max_leaves)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[Any, str]:
+        root = {"payload": draw(checkpoint_payloads(max_leaves=max_leaves))}
+        bad = draw(_unsafe_objects())
+        # Walk a random route down dicts and lists (tuples cannot be assigned into), then
+        # replace what is there with the unsafe object.
+        holder: Any = root
+        key: Any = "payload"
+        route = ["['payload']"]
+        current = root["payload"]
+        while isinstance(current, (dict, list)) and current and draw(st.booleans()):
+            if isinstance(current, dict):
+                key = draw(st.sampled_from(sorted(current, key=repr)))
+                route.append(f"[{key!r}]")
+            else:
+                key = draw(st.integers(0, len(current) - 1))
+                route.append(f"[{key}]")
+            holder, current = current, current[key]
+        holder[key] = bad
+        return root, "root" + "".join(route)
+
+    return build()
