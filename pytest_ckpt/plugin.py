@@ -271,3 +271,18 @@ def ckpt_resume(ckpt_subject: Any, ckpt_options: CkptOptions, tmp_path: Path, ck
 def ckpt_snapshot(snapshot: Any, pytestconfig: pytest.Config) -> Any:
     """syrupy's `snapshot`, with tensors serialized as shape/dtype/digest/summary."""
     return snapshot.use_extension(_session(pytestconfig).snapshot_extension())
+
+
+@pytest.fixture
+def ckpt_backcompat(ckpt_check):
+    """`ckpt_backcompat(directory, rebuild=None)`: every committed checkpoint under
+    `directory` still loads with weights_only=True, matches its manifest.json sha256, and
+    rebuilds; returns {name: state}, or fails naming the file and the reason."""
+    from pytest_ckpt.backcompat import load_fixture_dir
+
+    def check(directory: Any, rebuild: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        with ckpt_check():
+            return load_fixture_dir(directory, rebuild=rebuild)
+        raise AssertionError("unreachable")
+
+    return check

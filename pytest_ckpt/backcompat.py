@@ -1,0 +1,80 @@
+"""Back-compatibility over a directory of committed checkpoints (the project's own golden
+files): each must still load with `torch.load(weights_only=True)`, match the sha256 its
+`manifest.json` records (when there is one), and rebuild with the caller's code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pytest_ckpt.errors import CheckpointError, CheckpointLoadError
+
+
+def load_fixture_dir(
+    directory: str | os.PathLike[str],
+    *,
+    rebuild: Callable[[Any], Any] | None = None,
+    pattern: str = "*.pt",
+) -> dict[str, Any]:
+    """Load every `pattern` file under `directory`; returns {relative name: loaded state}.
+
+    Raises CheckpointError naming the file and the reason for the first file that is missing
+    from or differs from the manifest, does not load with weights_only=True (with the auditor's
+    paths and fixes), or whose `rebuild` raises.
+    """
+    import torch
+
+    root = Path(directory)
+    files = sorted(root.rglob(pattern))
+    if not files:
+        raise CheckpointError(f"{root}: no {pattern} files to check")
+    recorded = _manifest_hashes(root)
+    loaded = {}
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        expected = recorded.get(name)
+        if expected is not None and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise CheckpointError(f"{path}: sha256 differs from {root}/manifest.json")
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise CheckpointLoadError(_explain(path, err)) from err
+        if rebuild is not None:
+            try:
+                rebuild(state)
+            except Exception as err:  # reported with the file, not swallowed
+                raise CheckpointError(
+                    f"{path}: rebuild failed: {type(err).__name__}: {err}"
+                ) from err
+        loaded[name] = state
+    return loaded
+
+
+def _manifest_hashes(root: Path) -> dict[str, str]:
+    manifest = root / "manifest.json"
+    if not manifest.exists():
+        return {}
+    try:
+        data = json.loads(manifest.read_text())
+        return {entry["file"]: entry["sha256"] for entry in data["files"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{manifest}: unreadable manifest: {err}") from None
+
+
+def _explain(path: Path, err: BaseException) -> str:
+    from pytest_ckpt.audit import audit_file
+    from pytest_ckpt.harness import torch_reason
+
+    report = audit_file(path)
+    if report.findings:
+        first = report.findings[0]
+        return (
+            f"{path}: not loadable with weights_only=True: {first.path}: {first.detail}. "
+            f"Fix: {first.fix}"
+        )
+    return f"{path}: not loadable with weights_only=True: {report.error or torch_reason(err)}"
