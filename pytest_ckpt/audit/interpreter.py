@@ -514,21 +514,22 @@ class PickleInterpreter:
         items = self._pop_mark(op)
         self._append(op, items)
 
-    def _append(self, op: Op, items: list[Any]) -> None:
+    def _container_target(self, op: Op, allowed: frozenset[str], what: str) -> Node:
+        """The object APPEND(S)/SETITEM(S) writes into; flagged if torch would refuse it
+        (and then allow-listing its class would not help: the operation itself is refused)."""
         target = self._top(op)
         if not isinstance(target, Node):
             raise MalformedPickle(f"{op.name} at offset {op.offset} onto a primitive")
-        if target.type_name not in APPEND_TARGETS:
+        if target.type_name not in allowed:
             target.blocks_allowlisting = True
             if not target.findings:
-                self._flag(
-                    target,
-                    self._operation_finding(
-                        f"{op.name} onto {target.type_name}: torch can only extend lists",
-                        op.offset,
-                        fix_for_name(target.type_name).advice,
-                    ),
-                )
+                detail = f"{op.name} onto {target.type_name}: torch {what}"
+                advice = fix_for_name(target.type_name).advice
+                self._flag(target, self._operation_finding(detail, op.offset, advice))
+        return target
+
+    def _append(self, op: Op, items: list[Any]) -> None:
+        target = self._container_target(op, APPEND_TARGETS, "can only extend lists")
         start = target.appended
         target.appended += len(items)
         for i, item in enumerate(items):
@@ -542,21 +543,9 @@ class PickleInterpreter:
         self._setitems(op, self._pop_mark(op))
 
     def _setitems(self, op: Op, flat: list[Any]) -> None:
-        target = self._top(op)
-        if not isinstance(target, Node):
-            raise MalformedPickle(f"{op.name} at offset {op.offset} onto a primitive")
-        if target.type_name not in SETITEM_TARGETS:
-            target.blocks_allowlisting = True
-            if not target.findings:
-                self._flag(
-                    target,
-                    self._operation_finding(
-                        f"{op.name} onto {target.type_name}: torch only sets items of dict, "
-                        "OrderedDict and Counter",
-                        op.offset,
-                        fix_for_name(target.type_name).advice,
-                    ),
-                )
+        target = self._container_target(
+            op, SETITEM_TARGETS, "only sets items of dict, OrderedDict and Counter"
+        )
         for i in range(0, len(flat) - 1, 2):
             key, value = flat[i], flat[i + 1]
             target.add_child(_label(key), value)

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from pytest_ckpt.subject import LIFECYCLE_STAGES
+
 
 def test_flag_off_adds_no_items(ckpt_pytester: pytest.Pytester) -> None:
     result = ckpt_pytester.runpytest_subprocess("-v")
@@ -68,20 +70,7 @@ def test_k_selects_generated_items(ckpt_pytester: pytest.Pytester) -> None:
         "--co",
         "-q",
     )
-    result.stdout.fnmatch_lines(
-        [
-            f"ckpt::roundtrip[[]{s}-1x1[]]"
-            for s in (
-                "DORMANT",
-                "GERMINATED",
-                "TRAINING",
-                "BLENDING",
-                "PROBATIONARY",
-                "FOSSILIZED",
-                "PRUNED",
-            )
-        ]
-    )
+    result.stdout.fnmatch_lines([f"ckpt::roundtrip[[]{s}-1x1[]]" for s in LIFECYCLE_STAGES])
     result.stdout.no_fnmatch_line("*ckpt::resume*")
 
 
