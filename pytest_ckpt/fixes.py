@@ -113,7 +113,8 @@ def fix_for_name(qualname: str) -> Fix:
     if is_dangerous(qualname):
         return Fix(
             "code execution",
-            f"do not load this file with weights_only=False: unpickling it calls {qualname}",
+            f"never load this file with the unsafe (non-weights_only) loader: unpickling it calls "
+            f"{qualname}",
             False,
         )
     for prefix, fix in _BY_MODULE_PREFIX:

@@ -46,7 +46,7 @@ def test_a_reduce_of_os_system_is_refused_and_never_run(tmp_path) -> None:
     finding = kinds["unsupported-global"]
     assert finding.global_name == "os.system" and "blocked" in finding.detail
     assert finding.path.startswith("<discarded object")
-    assert "do not load this file with weights_only=False" in finding.fix
+    assert "never load this file with the unsafe (non-weights_only) loader" in finding.fix
     assert not finding.allowlist_helps
     assert torch_verdicts([path]) == {str(path): False}
     assert not marker.exists()
