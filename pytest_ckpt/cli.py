@@ -1,6 +1,8 @@
 """`pytest-ckpt audit FILE...`: will torch.load(weights_only=True) accept these files?
+`pytest-ckpt migrate IN OUT [--trust]`: convert a legacy checkpoint so that it will.
 
-Exit status: 0 every file loads; 1 findings; 2 a file is unreadable or the arguments are bad.
+Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
+Migrate exit status: 0 written; 1 refused (OUT not written); 2 unreadable or bad arguments.
 Errors are one line on stderr, never a traceback; nothing from a file is ever executed.
 """
 
@@ -36,11 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="module.Name",
         help="treat this global as allow-listed (as torch.serialization.add_safe_globals would)",
     )
+    migrate = commands.add_parser(
+        "migrate", help="convert a legacy checkpoint to primitives and tensors (weights_only-safe)"
+    )
+    migrate.add_argument("source", metavar="IN")
+    migrate.add_argument("target", metavar="OUT")
+    migrate.add_argument(
+        "--trust",
+        action="store_true",
+        help="unpickle IN for real (RUNS CODE FROM THE FILE): only for files you wrote yourself",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "migrate":
+        from pytest_ckpt.migrate_file import migrate_command
+
+        return migrate_command(args.source, args.target, trust=args.trust)
     allowlist = load_allowlist(args.allow)
     reports = [audit_file(path, allowlist=allowlist) for path in args.files]
     if args.json:

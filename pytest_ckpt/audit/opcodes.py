@@ -41,6 +41,7 @@ class Blob:
     kind: str  # "str" or "bytes"
     length: int
     preview: Any
+    start: int = 0  # offset of the full value in the pickle (for the converter)
 
     @property
     def complete(self) -> bool:
@@ -76,12 +77,13 @@ class _Reader:
                 f"pickle declares a {n}-byte {kind} at offset {self.pos} but only "
                 f"{max(len(self.data) - self.pos, 0)} bytes remain"
             )
-        raw = self.data[self.pos : self.pos + min(n, PREVIEW * 4)]
+        start = self.pos
+        raw = self.data[start : start + min(n, PREVIEW * 4)]
         self.pos += n
         if kind == "str":
             preview = raw.decode("utf-8", "surrogatepass" if n <= PREVIEW * 4 else "ignore")
-            return Blob("str", n, preview[:PREVIEW] if n > PREVIEW else preview)
-        return Blob("bytes", n, bytes(raw[:PREVIEW]))
+            return Blob("str", n, preview[:PREVIEW] if n > PREVIEW else preview, start)
+        return Blob("bytes", n, bytes(raw[:PREVIEW]), start)
 
 
 def _unpack(reader: _Reader, fmt: str) -> Any:
