@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="unpickle IN for real (RUNS CODE FROM THE FILE): only for files you wrote yourself",
     )
+    migrate.add_argument(
+        "--reference-v0",
+        action="store_true",
+        help="IN is a schema-0 pytest-ckpt reference checkpoint: write it in the current format",
+    )
     return parser
 
 
@@ -56,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         from pytest_ckpt.migrate_file import migrate_command
 
-        return migrate_command(args.source, args.target, trust=args.trust)
+        return migrate_command(
+            args.source, args.target, trust=args.trust, reference_v0=args.reference_v0
+        )
     allowlist = load_allowlist(args.allow)
     reports = [audit_file(path, allowlist=allowlist) for path in args.files]
     if args.json:

@@ -17,7 +17,7 @@ from pytest_ckpt.audit.archive import Unreadable
 from pytest_ckpt.audit.convert import ConversionRefused, convert_file
 
 
-def migrate_command(source: str, target: str, *, trust: bool) -> int:
+def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool = False) -> int:
     src, out = Path(source), Path(target)
     if out.exists() and src.exists() and os.path.samefile(src, out):
         print(f"pytest-ckpt migrate: refusing to overwrite the input {src}", file=sys.stderr)
@@ -39,6 +39,19 @@ def migrate_command(source: str, target: str, *, trust: bool) -> int:
         for line in refused.refusals:
             print(f"  {line}", file=sys.stderr)
         return 1
+    if reference_v0:
+        from pytest_ckpt.migrate import adapt_v0
+
+        try:
+            result = adapt_v0(result)
+        except (KeyError, TypeError, ValueError) as err:
+            print(
+                f"pytest-ckpt migrate: {src}: not a schema-0 reference checkpoint ({err}); "
+                f"{out} not written",
+                file=sys.stderr,
+            )
+            return 1
+        conversions.append("root: schema 0 reference checkpoint -> schema 1")
     try:
         write_checkpoint_atomically(result, out)
     except (OSError, RuntimeError) as err:

@@ -78,3 +78,23 @@ def test_input_is_never_overwritten_and_bad_input_exits_2(tmp_path, capsys) -> N
     assert main(["migrate", str(tmp_path / "junk.pt"), str(tmp_path / "o.pt")]) == 2
     assert not (tmp_path / "o.pt").exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_reference_v0_files_come_out_in_the_current_format(tmp_path, capsys) -> None:
+    from pathlib import Path
+
+    from pytest_ckpt.reference import MorphogeneticModel
+
+    fixtures = Path(__file__).resolve().parents[2] / "fixtures"
+    source = fixtures / "v0" / "legacy-cnn-1x1-blending.pt"
+    out = tmp_path / "v1.pt"
+    assert main(["migrate", str(source), str(out), "--reference-v0"]) == 0
+    assert "root: schema 0 reference checkpoint -> schema 1" in capsys.readouterr().out
+    expected = torch.load(fixtures / "v1" / "model-cnn-1x1-blending.pt", weights_only=True)
+    migrated = torch.load(out, weights_only=True)
+    assert diff_values(expected, migrated) == []
+    MorphogeneticModel.from_checkpoint(migrated)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(legacy_state(), legacy)
+    assert main(["migrate", str(legacy), str(tmp_path / "x.pt"), "--reference-v0"]) == 1
+    assert not (tmp_path / "x.pt").exists()
