@@ -62,7 +62,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomically(directory: Path, final: Path, write: Callable[[Any], None]) -> None:
+def write_atomically(directory: Path, final: Path, write: Callable[[Any], None]) -> None:
     """Write via a temp file in `directory`, fsync, then `os.replace` onto `final`."""
     # Not a `with` block: the file must outlive it to be renamed into place.
     handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", delete=False)  # noqa: SIM115
@@ -109,7 +109,7 @@ class CheckpointManager:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path_for(step)
-        _write_atomically(self.directory, final, lambda handle: torch.save(state, handle))
+        write_atomically(self.directory, final, lambda handle: torch.save(state, handle))
         info = CheckpointInfo(
             step=step,
             path=final,
@@ -128,7 +128,7 @@ class CheckpointManager:
             "created": info.created,
         }
         text = json.dumps(sidecar, indent=2).encode()
-        _write_atomically(self.directory, final.with_suffix(".json"), lambda h: h.write(text))
+        write_atomically(self.directory, final.with_suffix(".json"), lambda h: h.write(text))
         _fsync_directory(self.directory)
         if self.keep_last is not None:
             for old in self.list()[: -self.keep_last]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.archive import Unreadable
 from pytest_ckpt.audit.convert import ConversionRefused, convert_file
+from pytest_ckpt.manager import write_atomically
 
 
 def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool = False) -> int:
@@ -76,13 +76,4 @@ def write_checkpoint_atomically(state: object, path: Path) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False)  # noqa: SIM115
-    try:
-        with handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_atomically(path.parent, path, lambda handle: torch.save(state, handle))
