@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
 from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
-from pytest_ckpt.audit.interpreter import Finding, PickleInterpreter, StorageRef
+from pytest_ckpt.audit.interpreter import PickleInterpreter, gc_paused
+from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 
 __all__ = ["Finding", "Report", "audit_file"]
@@ -46,6 +47,11 @@ def audit_file(
 ) -> Report:
     """Audit one file against the allowlist of the installed torch (plus `allow` names)."""
     allowlist = allowlist or load_allowlist(allow)
+    with gc_paused():
+        return _audit(path, allowlist)
+
+
+def _audit(path: str | os.PathLike[str], allowlist: Allowlist) -> Report:
     name = os.fspath(path)
     try:
         checkpoint = open_checkpoint(path)
@@ -66,9 +72,7 @@ def audit_file(
         checkpoint.pickle,
         allowlist,
         start=checkpoint.pickle_start,
-        check_storage=_storage_checker(checkpoint, allowlist)
-        if checkpoint.format == "zip"
-        else None,
+        storage_sizes=checkpoint.storage_sizes if checkpoint.format == "zip" else None,
     )
     try:
         _root, findings = interpreter.run()
@@ -98,27 +102,9 @@ def audit_file(
         name,
         checkpoint.format,
         tuple(findings),
-        storages=len(interpreter.storages),
+        storages=interpreter.storages,
         notes=tuple(checkpoint.notes),
     )
-
-
-def _storage_checker(checkpoint: Checkpoint, allowlist: Allowlist):
-    def check(ref: StorageRef) -> str | None:
-        size = checkpoint.storage_sizes.get(ref.key)
-        if size is None:
-            return f"storage {ref.key!r} is not in the archive (data/{ref.key} missing)"
-        element = allowlist.storage_element_size(ref.type_name)
-        if element is None:
-            return f"storage {ref.key!r} has unknown storage type {ref.type_name}"
-        if ref.numel < 0 or ref.numel * element > size:
-            return (
-                f"storage {ref.key!r} declares {ref.numel} x {element} bytes but the archive "
-                f"holds {size}"
-            )
-        return None
-
-    return check
 
 
 def _storage_keys_problem(checkpoint: Checkpoint, start: int, allowlist: Allowlist):

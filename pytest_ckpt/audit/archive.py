@@ -61,17 +61,21 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
             if not infos:
                 raise Unreadable("zip archive with no members")
             prefix = infos[0].filename.split("/", 1)[0]
-            outside = [i.filename for i in infos if not i.filename.startswith(prefix + "/")]
-            if outside:  # torch enforces one archive folder for every member
-                raise Unreadable(
-                    f"member {outside[0]} is not in the archive folder {prefix}/: torch.load "
-                    f"refuses the archive"
-                )
-            records = {
-                info.filename[len(prefix) + 1 :]: info
-                for info in infos
-                if info.filename.startswith(prefix + "/")
-            }
+            folder = prefix + "/"
+            cut = len(folder)
+            records: dict[str, zipfile.ZipInfo] = {}  # members other than storages
+            sizes: dict[str, int] = {}  # storage key -> bytes
+            for info in infos:  # one pass: a checkpoint has a member per storage
+                name = info.filename
+                if name[:cut] != folder:  # torch enforces one archive folder for every member
+                    raise Unreadable(
+                        f"member {name} is not in the archive folder {folder}: torch.load "
+                        f"refuses the archive"
+                    )
+                if name[cut : cut + 5] == "data/":
+                    sizes[name[cut + 5 :]] = info.file_size
+                else:
+                    records[name[cut:]] = info
             if "constants.pkl" in records:
                 return Checkpoint("torchscript")
             data = records.get("data.pkl")
@@ -80,11 +84,6 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
             if data.file_size > MAX_PICKLE_BYTES:
                 raise Unreadable(f"{prefix}/data.pkl declares {data.file_size} bytes: refusing")
             pickle_bytes = archive.read(data)
-            sizes = {
-                name[len("data/") :]: info.file_size
-                for name, info in records.items()
-                if name.startswith("data/")
-            }
             checkpoint = Checkpoint("zip", pickle_bytes, 0, sizes)
             unused = sorted(name for name in records if name.split("/", 1)[0] not in _USED)
             if unused:

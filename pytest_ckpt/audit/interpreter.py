@@ -18,11 +18,9 @@ Mirrored from `torch._weights_only_unpickler.Unpickler.load` (torch 2.10+):
 from __future__ import annotations
 
 import gc
-import re
 import struct
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from pytest_ckpt.audit.allowlist import (
@@ -33,8 +31,31 @@ from pytest_ckpt.audit.allowlist import (
     TENSOR,
     Allowlist,
 )
-from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle, decode_at
-from pytest_ckpt.fixes import ENUM_FIX, GENERIC_KIND, OBJECT_STATE_FIX, Fix, fix_for_name
+from pytest_ckpt.audit.nodes import (
+    GLOBAL_TYPE,
+    Finding,
+    Node,
+    attribute_label,
+    collect_findings,
+    key_label,
+    value_is,
+)
+from pytest_ckpt.audit.opcodes import (
+    PREVIEW,
+    Blob,
+    MalformedPickle,
+    Op,
+    TruncatedPickle,
+    decode_at,
+    new_blob,
+    utf8_text,
+)
+from pytest_ckpt.audit.tensor_records import (
+    DeferredRecord,
+    take_state_dict_entry,
+    take_tensor_record,
+)
+from pytest_ckpt.fixes import fix_for_name
 
 # The opcodes torch's weights_only unpickler implements; everything else it refuses.
 TORCH_OPCODES = frozenset(
@@ -47,8 +68,6 @@ TORCH_OPCODES = frozenset(
     }
 )  # fmt: skip
 
-GLOBAL_TYPE = "<global>"
-
 # Opcodes run inline in PickleInterpreter.run: code -> argument width in bytes.
 _BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET = ord("q"), ord("r"), ord("h"), ord("j")
 _BININT1, _BININT2, _BININT, _MARK = ord("K"), ord("M"), ord("J"), ord("(")
@@ -57,107 +76,26 @@ _INLINE_WIDTH = {
     _BINPUT: 1, _LONG_BINPUT: 4, _BINGET: 1, _LONG_BINGET: 4, _BININT1: 1, _BININT2: 2,
     _BININT: 4, _MARK: 0, _NEWFALSE: 0, _NEWTRUE: 0, _NONE: 0,
 }  # fmt: skip
-_IDENTIFIER_KEY = re.compile(r"\['([A-Za-z_][A-Za-z0-9_]*)'\]")
+_BINUNICODE = ord("X")
 _KEEP_ITEMS = 8  # tuples this short keep their items (persistent ids, REDUCE args)
-_MAX_PATH_PARTS = 40  # longer paths are shown with the middle elided
 
 
-@dataclass(slots=True)
-class Finding:
-    kind: str
-    detail: str
-    global_name: str | None
-    fix: str
-    allowlist_helps: bool
-    offset: int
-    path: str = ""
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector, restoring its state after.
 
-
-class Node:
-    """An object the pickle would build. `items` is kept only for short tuples.
-
-    A plain slotted class (not a dataclass): a state dict makes several per tensor.
+    An audit allocates a few small objects per opcode (and per zip member) and frees nothing
+    until the end; with torch imported, each full collection walks hundreds of thousands of
+    live objects, which made audits quadratic-looking (half the time on 4096 tensors) and
+    their timing erratic. Reference counting still frees everything.
     """
-
-    __slots__ = (
-        "appended", "blocks_allowlisting", "children", "findings", "items", "name", "shape",
-        "type_name",
-    )  # fmt: skip
-
-    def __init__(self, type_name: str, name: str | None = None, items: list[Any] | None = None):
-        self.type_name = type_name
-        self.name = name  # for GLOBAL nodes: the dotted name
-        self.children: list[tuple[str | int, Node]] = []  # int labels are list/tuple indices
-        self.appended = 0  # items appended so far (list indices)
-        self.items = items
-        self.findings: list[Finding] = []
-        self.blocks_allowlisting = False
-        self.shape = ""  # "enum-like" (class called with one primitive) or "object-state"
-
-    def add_child(self, label: str | int, value: Any) -> None:
-        if isinstance(value, Node):
-            self.children.append((label, value))
-
-
-@dataclass(slots=True, frozen=True)
-class StorageRef:
-    """A tensor storage the pickle points at (from a BINPERSID)."""
-
-    key: str
-    type_name: str
-    numel: int
-    offset: int
-
-
-PersistentCheck = Callable[[StorageRef], "str | None"]
-
-
-def _label(key: Any) -> str:
-    if isinstance(key, Blob):
-        text = key.preview if key.complete else f"{key.preview}..."
-        return f"[{text!r}]"
-    if isinstance(key, Node):
-        return f"[<{key.type_name}>]"
-    return f"[{key!r}]"
-
-
-def _attribute_label(label: str) -> str:
-    match = _IDENTIFIER_KEY.fullmatch(label)
-    return f".{match.group(1)}" if match else f".__dict__{label}"
-
-
-def _path_to(node: Node, parents: dict[int, tuple[Node | None, str | int]]) -> str | None:
-    if id(node) not in parents:
-        return None
-    labels: list[str] = []
-    current: Node | None = node
-    while current is not None:
-        parent, label = parents[id(current)]
-        labels.append(f"[{label}]" if isinstance(label, int) else label)
-        current = parent
-    labels.reverse()
-    if len(labels) > _MAX_PATH_PARTS:
-        hidden = len(labels) - _MAX_PATH_PARTS
-        labels = [*labels[:5], f"...({hidden} levels)...", *labels[5 - _MAX_PATH_PARTS :]]
-    return "".join(labels)
-
-
-def _refine_fix(finding: Finding, node: Node) -> None:
-    """A name alone says little about an unknown class; how the pickle built it says more."""
-    if (
-        finding.kind != "unsupported-global"
-        or fix_for_name(finding.global_name or "").kind != GENERIC_KIND
-    ):
-        return
-    fix: Fix | None = {"enum-like": ENUM_FIX, "object-state": OBJECT_STATE_FIX}.get(node.shape)
-    if fix is not None:
-        hint = "looks like an Enum member" if fix is ENUM_FIX else "an object with attributes"
-        finding.fix = f"{fix.advice} ({hint})"
-        finding.allowlist_helps = fix.allowlist_helps
-
-
-def _value_is(value: Any, text: str) -> bool:
-    return isinstance(value, Blob) and value.complete and value.preview in (text, text.encode())
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class PickleInterpreter:
@@ -169,18 +107,25 @@ class PickleInterpreter:
         allowlist: Allowlist,
         *,
         start: int = 0,
-        check_storage: PersistentCheck | None = None,
+        storage_sizes: Mapping[str, int] | None = None,
+        fast_records: bool = True,
     ) -> None:
+        """`storage_sizes` (archive member sizes by storage key) turns on the storage checks
+        of a zip checkpoint; `fast_records` lets whole tensor records skip the opcode loop."""
         self.data = data
         self.allow = allowlist
         self.start = start
-        self.check_storage = check_storage
+        self.storage_sizes = storage_sizes
+        self.fast_records = fast_records
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self.loose: list[Finding] = []  # findings with no node to sit on
         self.nodes_with_findings: list[Node] = []
-        self.storages: list[StorageRef] = []
+        self.storages = 0  # storage references seen
+        self.records_taken = 0  # tensor records the fast path took
+        self.clean_reads: dict[tuple[bytes, ...], tuple] = {}  # see tensor_records
+        self.guarded: set[int] = set()  # memo entries clean_reads depends on
         self.end = start
 
     # ---- findings ------------------------------------------------------------------------
@@ -227,20 +172,9 @@ class PickleInterpreter:
     # ---- run -----------------------------------------------------------------------------
 
     def run(self) -> tuple[Any, list[Finding]]:
-        """Execute to STOP, with the cyclic garbage collector paused.
-
-        The run allocates a few small objects per opcode and frees nothing until the end;
-        with torch imported, each full collection walks hundreds of thousands of live
-        objects, which made the run quadratic-looking (half the time on 4096 tensors).
-        Reference counting still frees everything; the collector's state is restored.
-        """
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        """Execute to STOP (with the cyclic garbage collector paused: see `gc_paused`)."""
+        with gc_paused():
             return self._run()
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def _run(self) -> tuple[Any, list[Finding]]:
         """The opcodes a state dict is made of are handled inline on the raw bytes (they are
@@ -250,6 +184,7 @@ class PickleInterpreter:
         unpack_from = struct.unpack_from
         refused: set[str] = set()
         handlers = {name: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
+        fast_records = self.fast_records
         pos = self.start
         while True:
             if pos >= size:
@@ -266,14 +201,19 @@ class PickleInterpreter:
                     index = (
                         data[pos + 1] if code == _BINPUT else unpack_from("<I", data, pos + 1)[0]
                     )
+                    if index in self.guarded:
+                        self.forget_clean_reads()
                     memo[index] = stack[-1]
                 elif code in (_BINGET, _LONG_BINGET):
+                    if fast_records:  # a tensor record starts with the GET of its rebuild
+                        after = take_tensor_record(self, pos)
+                        if after is not None:
+                            pos = after
+                            continue
                     index = (
                         data[pos + 1] if code == _BINGET else unpack_from("<I", data, pos + 1)[0]
                     )
-                    if index not in memo:
-                        raise MalformedPickle(f"GET at offset {pos} reads memo {index}, never set")
-                    stack.append(memo[index])
+                    stack.append(self.memo_get(index, pos))
                 elif code == _BININT1:
                     stack.append(data[pos + 1])
                 elif code == _BININT2:
@@ -291,6 +231,18 @@ class PickleInterpreter:
                     stack.append(None)
                 pos += 1 + width
                 continue
+            if code == _BINUNICODE and fast_records:  # the name of a state dict entry
+                after = take_state_dict_entry(self, pos)
+                if after is not None:
+                    pos = after
+                    continue
+            if code == _BINUNICODE and pos + 5 <= size:  # short strings: every dict key
+                length = unpack_from("<I", data, pos + 1)[0]
+                if length <= PREVIEW and pos + 5 + length <= size:
+                    text = utf8_text(data, pos + 5, length)
+                    self.stack.append(new_blob(Blob, ("str", length, text, pos + 5)))
+                    pos += 5 + length
+                    continue
             op, pos = decode_at(data, pos)
             if op.name not in TORCH_OPCODES and op.name not in refused:
                 refused.add(op.name)  # one finding per opcode name, not one per use
@@ -309,41 +261,68 @@ class PickleInterpreter:
             if op.name == "STOP":
                 self.end = pos
                 root = self._pop(op)
-                return root, self._collect(root)
+                return root, collect_findings(root, self.loose, self.nodes_with_findings)
             handler = handlers.get("_op_" + op.name)
             if handler is None:
                 raise MalformedPickle(f"no semantics for opcode {op.name}")
             handler(op)
 
-    def _collect(self, root: Any) -> list[Finding]:
-        """Give each finding the path of the first (shortest) route from the root to its node.
+    # ---- memo ----------------------------------------------------------------------------
 
-        The walk records parent links only; a path string is built just for the nodes that
-        carry findings, so a deeply nested file costs linear time.
-        """
-        parents: dict[int, tuple[Node | None, str | int]] = {}
-        if isinstance(root, Node) and self.nodes_with_findings:
-            parents[id(root)] = (None, "root")
-            queue: deque[Node] = deque([root])
-            while queue:
-                node = queue.popleft()
-                for label, child in node.children:
-                    if id(child) not in parents:
-                        parents[id(child)] = (node, label)
-                        queue.append(child)
-        findings = []
-        for finding in self.loose:
-            finding.path = finding.path or "root"
-            findings.append(finding)
-        for node in self.nodes_with_findings:
-            path = _path_to(node, parents)
-            for finding in node.findings:
-                finding.path = path or f"<discarded object built at offset {finding.offset}>"
-                _refine_fix(finding, node)
-                if node.blocks_allowlisting:
-                    finding.allowlist_helps = False
-                findings.append(finding)
-        return findings
+    def memo_put(self, index: int, value: Any) -> None:
+        if index in self.guarded:
+            self.forget_clean_reads()
+        self.memo[index] = value
+
+    def forget_clean_reads(self) -> None:
+        """A memo entry tensor records read is written again: validate them afresh."""
+        self.clean_reads.clear()
+        self.guarded.clear()
+
+    def memo_get(self, index: int, offset: int) -> Any:
+        """The memo entry GET reads; a fast-path record's entries are built on first read."""
+        if index not in self.memo:
+            raise MalformedPickle(f"GET at offset {offset} reads memo {index}, never set")
+        value = self.memo[index]
+        if type(value) is DeferredRecord:
+            self._materialize(value)
+            value = self.memo[index]
+        return value
+
+    def _materialize(self, record: DeferredRecord) -> None:
+        """Replay a fast-path tensor record through the opcode loop, from the memo values it
+        read, and put what it built where the record's memo entries still point."""
+        replay = PickleInterpreter(
+            self.data[record.start : record.end] + b".",
+            self.allow,
+            storage_sizes=self.storage_sizes,
+            fast_records=False,
+        )
+        replay.memo.update(record.reads)
+        tensor, findings = replay._run()
+        if findings:  # take_tensor_record takes clean records only
+            raise AssertionError(f"tensor record at offset {record.start} was not clean")
+        record.tensor.children[:0] = tensor.children  # before anything added since
+        for index, value in replay.memo.items():
+            if self.memo.get(index) is record:
+                self.memo[index] = value
+
+    def storage_problem(self, key: str, type_name: str, numel: int) -> str | None:
+        """Why torch would refuse this storage reference of a zip checkpoint, if it would."""
+        sizes = self.storage_sizes
+        if sizes is None:
+            return None
+        size = sizes.get(key)
+        if size is None:
+            return f"storage {key!r} is not in the archive (data/{key} missing)"
+        element = self.allow.storage_sizes.get(type_name)
+        if element is None:
+            return f"storage {key!r} has unknown storage type {type_name}"
+        if numel < 0 or numel * element > size:
+            return (
+                f"storage {key!r} declares {numel} x {element} bytes but the archive holds {size}"
+            )
+        return None
 
     # ---- opcodes torch accepts -------------------------------------------------------------
 
@@ -370,7 +349,18 @@ class PickleInterpreter:
         self._push(op.arg)
 
     _op_BININT1 = _op_BININT2 = _op_LONG1 = _op_BINFLOAT = _op_BINUNICODE = _op_BININT
-    _op_SHORT_BINSTRING = _op_BININT
+
+    def _op_SHORT_BINSTRING(self, op: Op) -> None:
+        """torch decodes these with torch.load's `encoding` (UTF-8 by default), strictly."""
+        blob = op.arg
+        try:
+            self.data[blob.start : blob.start + blob.length].decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedPickle(
+                f"SHORT_BINSTRING at offset {op.offset} is not valid UTF-8: torch.load "
+                "(with its default encoding) cannot read it"
+            ) from None
+        self._push(blob)
 
     def _op_EMPTY_TUPLE(self, op: Op) -> None:
         self._push(self._tuple([]))
@@ -399,14 +389,12 @@ class PickleInterpreter:
         self._push(self._tuple([a, b, c]))
 
     def _op_BINPUT(self, op: Op) -> None:
-        self.memo[op.arg] = self._top(op)
+        self.memo_put(op.arg, self._top(op))
 
     _op_LONG_BINPUT = _op_BINPUT
 
     def _op_BINGET(self, op: Op) -> None:
-        if op.arg not in self.memo:
-            raise MalformedPickle(f"{op.name} at offset {op.offset} reads memo {op.arg}, never set")
-        self._push(self.memo[op.arg])
+        self._push(self.memo_get(op.arg, op.offset))
 
     _op_LONG_BINGET = _op_BINGET
 
@@ -515,7 +503,7 @@ class PickleInterpreter:
             return
         if state.type_name == "builtins.dict":
             for label, child in state.children:
-                inst.children.append((_attribute_label(label), child))
+                inst.children.append((attribute_label(label), child))
         elif state.type_name == "builtins.tuple" and state.items is not None:
             for part in state.items:  # (dict_state, slot_state)
                 if isinstance(part, Node) and part.type_name == "builtins.dict":
@@ -565,7 +553,7 @@ class PickleInterpreter:
         )
         for i in range(0, len(flat) - 1, 2):
             key, value = flat[i], flat[i + 1]
-            target.add_child(_label(key), value)
+            target.add_child(key_label(key), value)
             if isinstance(key, Node):
                 target.children.append((".keys()", key))
 
@@ -593,9 +581,9 @@ class PickleInterpreter:
         if not isinstance(pid, Node) or pid.type_name != "builtins.tuple":
             return f"persistent id at offset {op.offset} is not a tuple"
         items = pid.items
-        if items is None or not items or not _value_is(items[0], "storage"):
+        if items is None or not items or not value_is(items[0], "storage"):
             return f"persistent id at offset {op.offset} is not a ('storage', ...) tuple"
-        if self.check_storage is None:
+        if self.storage_sizes is None:
             return None
         if len(items) != 5:
             return f"storage id at offset {op.offset} has {len(items)} fields, expected 5"
@@ -604,9 +592,8 @@ class PickleInterpreter:
             return f"storage id at offset {op.offset} does not name a storage type"
         if not isinstance(key, Blob) or not key.complete or not isinstance(numel, int):
             return f"storage id at offset {op.offset} has a malformed key or size"
-        ref = StorageRef(str(key.preview), storage_type.name or "?", numel, op.offset)
-        self.storages.append(ref)
-        return self.check_storage(ref)
+        self.storages += 1
+        return self.storage_problem(str(key.preview), storage_type.name or "?", numel)
 
     # ---- opcodes torch refuses (flagged in run(); semantics kept to find more) --------------
 
@@ -627,16 +614,13 @@ class PickleInterpreter:
         self._push(self._top(op))
 
     def _op_PUT(self, op: Op) -> None:
-        self.memo[int(op.arg)] = self._top(op)
+        self.memo_put(int(op.arg), self._top(op))
 
     def _op_GET(self, op: Op) -> None:
-        index = int(op.arg)
-        if index not in self.memo:
-            raise MalformedPickle(f"GET at offset {op.offset} reads memo {index}, never set")
-        self._push(self.memo[index])
+        self._push(self.memo_get(int(op.arg), op.offset))
 
     def _op_MEMOIZE(self, op: Op) -> None:
-        self.memo[len(self.memo)] = self._top(op)
+        self.memo_put(len(self.memo), self._top(op))
 
     def _op_LIST(self, op: Op) -> None:
         node = Node("builtins.list")
@@ -648,7 +632,7 @@ class PickleInterpreter:
         node = Node("builtins.dict")
         flat = self._pop_mark(op)
         for i in range(0, len(flat) - 1, 2):
-            node.add_child(_label(flat[i]), flat[i + 1])
+            node.add_child(key_label(flat[i]), flat[i + 1])
         self._push(node)
 
     def _op_FROZENSET(self, op: Op) -> None:

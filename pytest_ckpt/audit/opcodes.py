@@ -8,10 +8,10 @@ from `pickletools.opcodes` (names and argument kinds only).
 
 from __future__ import annotations
 
+import codecs
 import pickletools
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 _BY_CODE = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
@@ -34,9 +34,11 @@ class Op(NamedTuple):
     offset: int
 
 
-@dataclass(slots=True, frozen=True)
-class Blob:
-    """A str/bytes argument: its length and a short preview (the whole value if short)."""
+class Blob(NamedTuple):
+    """A str/bytes argument: its length and a short preview (the whole value if short).
+
+    A tuple, like `Op`: a state dict has one per key, and the auditor makes them by the
+    thousand."""
 
     kind: str  # "str" or "bytes"
     length: int
@@ -46,6 +48,11 @@ class Blob:
     @property
     def complete(self) -> bool:
         return self.length <= PREVIEW
+
+
+# `new_blob(Blob, (kind, length, preview, start))`: Blob's generated __new__ is a Python
+# function; this is the C one, for the fast paths that make a Blob per state dict entry.
+new_blob = tuple.__new__
 
 
 class _Reader:
@@ -81,9 +88,28 @@ class _Reader:
         raw = self.data[start : start + min(n, PREVIEW * 4)]
         self.pos += n
         if kind == "str":
-            preview = raw.decode("utf-8", "surrogatepass" if n <= PREVIEW * 4 else "ignore")
+            preview = utf8_text(self.data, start, n)
             return Blob("str", n, preview[:PREVIEW] if n > PREVIEW else preview, start)
         return Blob("bytes", n, bytes(raw[:PREVIEW]), start)
+
+
+def utf8_text(data: bytes, start: int, n: int) -> str:
+    """The text of a BINUNICODE (as torch decodes it: UTF-8, surrogates passed), or its first
+    `PREVIEW * 4` bytes' worth when longer: the rest is checked in chunks, never held."""
+    try:
+        if n <= PREVIEW * 4:
+            return data[start : start + n].decode("utf-8", "surrogatepass")
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        view = memoryview(data)[start : start + n]
+        head = decoder.decode(view[: PREVIEW * 4])
+        for chunk in range(PREVIEW * 4, n, 1 << 20):
+            decoder.decode(view[chunk : chunk + (1 << 20)])
+        decoder.decode(b"", final=True)
+        return head
+    except UnicodeDecodeError as err:
+        raise MalformedPickle(
+            f"string at offset {start} is not valid UTF-8 ({err.reason}): torch cannot read it"
+        ) from None
 
 
 def _unpack(reader: _Reader, fmt: str) -> Any:

@@ -147,3 +147,19 @@ def test_a_raw_pickle_is_not_a_checkpoint_for_torch(tmp_path) -> None:
     report = audit_file(path)
     assert report.format == "raw-pickle" and report.findings[0].kind == "format"
     assert torch_verdicts([path])[str(path)] is False
+
+
+@pytest.mark.parametrize(
+    "text_op",
+    [
+        b"X" + struct.pack("<I", 2) + b"\xff\xfe",  # BINUNICODE, short
+        b"X" + struct.pack("<I", 1001) + b"a" * 1000 + b"\xff",  # long: bad byte past preview
+        b"U\x02\xff\xfe",  # SHORT_BINSTRING: torch decodes it with its default UTF-8
+    ],
+    ids=["short", "long", "short-binstring"],
+)
+def test_text_that_is_not_utf8_is_a_corrupt_pickle_not_a_crash(tmp_path, text_op) -> None:
+    path = write_zip(tmp_path / "text.pt", PROTO2 + text_op + b".")
+    report = audit_file(path)
+    assert report.error is not None and "not valid UTF-8" in report.error
+    assert torch_verdicts([path]) == {str(path): False}

@@ -1,0 +1,233 @@
+"""The auditor's fast path: one regex match for each tensor `torch.save` writes.
+
+A state dict is mostly the same ~30 opcodes per tensor (`_rebuild_tensor_v2` on a persistent
+storage id, sizes, strides, requires_grad, an empty OrderedDict of hooks). Interpreting them
+one by one costs ~30 us per tensor in Python; matching the whole record with one compiled
+regex and checking the few values it reads from the memo costs a few.
+
+The fast path only *recognises* records; it never decides anything the interpreter would
+decide differently. A record is taken only when it is provably clean: every value it reads
+from the memo is the allowed global or string torch expects, and its storage passes the
+size check. Anything else, down to an unusual integer width, is left to the interpreter.
+What the record writes to the memo besides the tensor is deferred: a `DeferredRecord` keeps
+what the record read, and the first GET of one of its entries replays the record's bytes
+through the interpreter (`PickleInterpreter.memo_get`), so every value anyone can reach is
+the interpreter's own.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import TYPE_CHECKING, Any
+
+from pytest_ckpt.audit.allowlist import ORDERED_DICT, TENSOR
+from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Node, value_is
+from pytest_ckpt.audit.opcodes import Blob, new_blob
+
+if TYPE_CHECKING:
+    from pytest_ckpt.audit.interpreter import PickleInterpreter
+
+REBUILD_TENSOR_V2 = "torch._utils._rebuild_tensor_v2"
+_BININT = ord("J")  # the one signed integer opcode of the three
+_LONG_INDEX = struct.Struct("<xI").unpack  # a 5-byte LONG_BINGET / LONG_BINPUT
+_FIVE_LONG_PUTS = struct.Struct("<" + "xI" * 5).unpack
+
+_GET = rb"(h.|j....)"  # BINGET / LONG_BINGET, captured
+_PUT = rb"(q.|r....)?"  # BINPUT / LONG_BINPUT, captured (absent when the pickler keeps no memo)
+_INT = rb"(?:K.|M..|J....)"  # BININT1 / BININT2 / BININT
+# A size or stride: EMPTY_TUPLE, TUPLE1-3 of as many ints, or MARK ints... TUPLE.
+_SHAPE = rb"(?:\)|" + rb"|".join(_INT * n + bytes([0x84 + n]) for n in (1, 2, 3)) + rb"|\("
+_SHAPE += _INT + rb"*t)"
+# torch.save's storage keys are short decimal strings; one alternative per length keeps the
+# declared length and the digits in step with no check in Python.
+_DECIMAL_KEY = rb"|".join(
+    b"X" + bytes([n]) + rb"\x00\x00\x00[0-9]{" + str(n).encode() + b"}" for n in range(1, 11)
+)
+
+_RECORD = b"".join(
+    [
+        _GET,  # 1: torch._utils._rebuild_tensor_v2
+        rb"\(\(",  # MARK (its arguments) MARK (the persistent id)
+        _GET,  # 2: 'storage'
+        _GET,  # 3: the storage type, e.g. torch.FloatStorage
+        rb"(?:(" + _DECIMAL_KEY + rb")" + _PUT + rb"|" + _GET + rb")",  # 4+5 new key | 6
+        _GET,  # 7: the location, e.g. 'cpu'
+        rb"(" + _INT + rb")",  # 8: numel
+        rb"t" + _PUT,  # 9: TUPLE, the persistent id
+        rb"Q" + _INT,  # BINPERSID, the storage offset
+        _SHAPE + _PUT,  # 10: size
+        _SHAPE + _PUT,  # 11: stride
+        rb"[\x88\x89]",  # requires_grad
+        _GET,  # 12: collections.OrderedDict
+        rb"\)R" + _PUT,  # 13: EMPTY_TUPLE REDUCE, the (empty) backward hooks
+        rb"t" + _PUT,  # 14: TUPLE, the arguments
+        rb"R" + _PUT,  # 15: REDUCE, the tensor
+    ]
+)
+TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
+# A state dict entry: the name (a short BINUNICODE of the characters state dict names use,
+# its length checked in Python), its PUT, and the tensor record.
+STATE_DICT_ENTRY = re.compile(
+    rb"X(.)\x00\x00\x00([A-Za-z0-9_.\-]{1,80})" + _PUT + _RECORD, re.DOTALL
+)
+_NAME_GROUPS = 3
+
+
+class DeferredRecord:
+    """The memo entries a fast-path record wrote (all but the tensor's), built on first use.
+
+    `reads` are the memo entries the record read, with the values they had then, so a replay
+    sees exactly what the record saw even if the memo has changed since.
+    """
+
+    __slots__ = ("end", "reads", "start", "tensor")
+
+    def __init__(self, start: int, end: int, reads: dict[int, Any], tensor: Node) -> None:
+        self.start = start
+        self.end = end
+        self.reads = reads
+        self.tensor = tensor
+
+
+def take_tensor_record(interp: PickleInterpreter, pos: int) -> int | None:
+    """If a clean tensor record starts at `pos`, apply it to `interp` (the tensor on the
+    stack, the record's other memo entries deferred) and return the offset after it;
+    otherwise return None, having changed nothing."""
+    match = TENSOR_RECORD.match(interp.data, pos)
+    if match is None:
+        return None
+    return _take(interp, match, match.groups(), 1, None, None)
+
+
+def take_state_dict_entry(interp: PickleInterpreter, pos: int) -> int | None:
+    """`take_tensor_record` for a record preceded by its name (a BINUNICODE and its PUT),
+    as each entry of a state dict is: both pushed, in one match."""
+    match = STATE_DICT_ENTRY.match(interp.data, pos)
+    if match is None:
+        return None
+    groups = match.groups()
+    length, name, name_put = groups[:_NAME_GROUPS]
+    if len(name) != length[0]:
+        return None  # the regex split the bytes differently from the declared length
+    name_index = None if name_put is None else _index(name_put)
+    blob = new_blob(Blob, ("str", len(name), name.decode("ascii"), pos + 5))
+    return _take(interp, match, groups[_NAME_GROUPS:], _NAME_GROUPS + 1, blob, name_index)
+
+
+def _take(
+    interp: PickleInterpreter,
+    match: re.Match[bytes],
+    groups: tuple[Any, ...],
+    first_group: int,
+    name: Blob | None,
+    name_index: int | None,
+) -> int | None:
+    """Apply the record whose 15 groups are `groups` (the first is `match` group
+    `first_group`), after pushing and memoising its `name`, if any."""
+    (
+        rebuild_get, tag_get, type_get, new_key, key_put, key_get, location_get, numel_op,
+        id_put, size_put, stride_put, hooks_get, hooks_put, args_put, tensor_put,
+    ) = groups  # fmt: skip
+    signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
+    cached = interp.clean_reads.get(signature) or _validated_reads(interp, signature)
+    if cached is None:
+        return None
+    reads, rebuild, hooks, storage_type, element_size = cached
+    if rebuild.findings or hooks.findings or storage_type.findings:
+        return None  # flagged since (BUILD or APPEND onto them): the interpreter's job
+    if key_get is None:
+        key = new_key[5:].decode("ascii")
+    else:
+        index = _index(key_get)
+        shared = interp.memo.get(index)
+        if not (type(shared) is Blob and shared.kind == "str" and shared.complete):
+            return None  # a deferred entry, or not a key torch accepts: the interpreter's job
+        if index == name_index:
+            return None  # reads the name just written: leave the order to the interpreter
+        key = shared.preview
+        reads = {**reads, index: shared}
+    sizes = interp.storage_sizes
+    if sizes is not None:  # the check of PickleInterpreter.storage_problem, inline
+        numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == _BININT)
+        if element_size is None or not 0 <= numel * element_size <= sizes.get(key, -1):
+            return None  # the interpreter reports it, on the storage node, with its path
+    put_ops = (id_put, size_put, stride_put, hooks_put, args_put)
+    try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
+        puts = _FIVE_LONG_PUTS(b"".join(put_ops))
+    except (TypeError, struct.error):
+        puts = [_index(op) for op in put_ops if op is not None]
+    key_index = None if key_put is None else _index(key_put)
+    guarded = interp.guarded
+    if not guarded.isdisjoint(puts) or name_index in guarded or key_index in guarded:
+        return None  # overwrites a value records read: the interpreter's PUT resets the cache
+    if key_get is not None and index in puts:
+        return None  # the record reads what it wrote itself: replay order would matter
+    tensor = Node(TENSOR)
+    start = match.start(first_group)
+    end = match.end()
+    record = DeferredRecord(start, end, reads, tensor)
+    memo = interp.memo
+    if name is not None:
+        interp.stack.append(name)
+        if name_index is not None:
+            memo[name_index] = name
+    if key_index is not None:  # a value, cheap to make: shared storages stay on this path
+        memo[key_index] = new_blob(Blob, ("str", len(key), key, match.start(first_group + 3) + 5))
+    for index in puts:
+        memo[index] = record
+    if tensor_put is not None:
+        memo[tensor_put[1] if len(tensor_put) == 2 else _LONG_INDEX(tensor_put)[0]] = tensor
+    interp.stack.append(tensor)
+    interp.records_taken += 1
+    if sizes is not None:
+        interp.storages += 1
+    return end
+
+
+def _validated_reads(interp: PickleInterpreter, signature: tuple[bytes, ...]) -> tuple | None:
+    """The memo values a record with these GETs reads, if they are the ones torch.save writes.
+
+    Cached under `signature` until one of those memo entries is written again. For replays,
+    the two globals the record calls are stood in for by clean copies: they were clean when
+    the record ran, and a replay must not see (or take over) findings they gained since.
+    """
+    reads: dict[int, Any] = {}
+    values = []
+    for op in signature:
+        index = _index(op)
+        value = interp.memo.get(index, reads)  # `reads` stands for "never set"
+        if value is reads or type(value) is DeferredRecord:
+            return None  # the interpreter reports the bad GET, or builds the entry
+        reads[index] = value
+        values.append(value)
+    rebuild, tag, storage_type, _location, hooks = values  # torch ignores the location
+    if not (
+        _is_clean_global(rebuild, REBUILD_TENSOR_V2)
+        and _is_clean_global(hooks, ORDERED_DICT)
+        and _is_clean_global(storage_type, None)
+        and value_is(tag, "storage")
+    ):
+        return None
+    interp.guarded.update(reads)
+    reads[_index(signature[0])] = Node(GLOBAL_TYPE, name=REBUILD_TENSOR_V2)
+    reads[_index(signature[4])] = Node(GLOBAL_TYPE, name=ORDERED_DICT)
+    element_size = interp.allow.storage_sizes.get(storage_type.name)
+    cached = (reads, rebuild, hooks, storage_type, element_size)
+    interp.clean_reads[signature] = cached
+    return cached
+
+
+def _index(op: bytes) -> int:
+    """The memo index of a matched GET or PUT (1-byte or 4-byte form)."""
+    return op[1] if len(op) == 2 else _LONG_INDEX(op)[0]
+
+
+def _is_clean_global(value: Any, name: str | None) -> bool:
+    """A GLOBAL node torch accepts (named `name`, when given)."""
+    return (
+        type(value) is Node
+        and value.type_name == GLOBAL_TYPE
+        and not value.findings
+        and (name is None or value.name == name)
+    )

@@ -1,0 +1,211 @@
+"""The fast path for tensor records changes the auditor's speed, never its answer.
+
+Every test runs the same pickle through the interpreter with and without the fast path and
+compares everything a user can see: the findings (kind, path, detail, fix...), the storage
+count, or the error. The hostile cases are built so that only the fast path could get them
+wrong: memo entries rewritten between records, globals flagged after a record used them,
+internals of a skipped record read back later, a lying storage size mid-file.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pytest_ckpt.audit.allowlist import load_allowlist
+from pytest_ckpt.audit.archive import open_checkpoint
+from pytest_ckpt.audit.interpreter import PickleInterpreter
+from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
+from pytest_ckpt.audit.tensor_records import TENSOR_RECORD
+
+ALLOWLIST = load_allowlist()
+
+
+def saved(obj: object) -> tuple[bytes, dict[str, int]]:
+    """data.pkl of `torch.save(obj)` and its storage sizes, as the auditor reads them."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        names = archive.namelist()
+        prefix = names[0].split("/", 1)[0]
+        sizes = {
+            name.split("/data/", 1)[1]: archive.getinfo(name).file_size
+            for name in names
+            if "/data/" in name
+        }
+        return archive.read(f"{prefix}/data.pkl"), sizes
+
+
+def run(data: bytes, sizes: dict[str, int] | None, *, fast: bool) -> tuple[object, ...]:
+    """What a user of the auditor sees, and how many records the fast path took."""
+    interp = PickleInterpreter(data, ALLOWLIST, storage_sizes=sizes, fast_records=fast)
+    try:
+        _root, findings = interp.run()
+    except (TruncatedPickle, MalformedPickle) as err:
+        return ("error", type(err).__name__, str(err)), interp.records_taken
+    seen = [
+        (f.kind, f.path, f.detail, f.global_name, f.fix, f.allowlist_helps, f.offset)
+        for f in findings
+    ]
+    return ("ok", interp.storages, seen), interp.records_taken
+
+
+def same_with_and_without(data: bytes, sizes: dict[str, int] | None) -> tuple[object, int]:
+    fast, taken = run(data, sizes, fast=True)
+    slow, none_taken = run(data, sizes, fast=False)
+    assert none_taken == 0
+    assert fast == slow
+    return fast, taken
+
+
+def varied_state() -> dict[str, torch.Tensor]:
+    """Every shape of record torch.save writes for plain tensors, past 256 memo entries."""
+    torch.manual_seed(0)
+    base = torch.arange(24.0)
+    state: dict[str, torch.Tensor] = {
+        "scalar": torch.tensor(1.5),
+        "empty": torch.zeros(0, 3),
+        "five_d": torch.ones(1, 2, 1, 2, 1),
+        "big": torch.zeros(70_000, dtype=torch.uint8),  # numel needs a 4-byte int
+        "long": torch.arange(3),
+        "half": torch.ones(2, dtype=torch.float16),
+        "bool": torch.ones(2, dtype=torch.bool),
+        "base": base,
+        "view": base[3:15:3],  # shares its storage: the key is a GET
+        "transposed": base.view(4, 6).t(),
+    }
+    state.update({f"blocks.{i}.weight": torch.randn(2, 3) for i in range(60)})
+    return state
+
+
+def test_a_state_dict_goes_through_the_fast_path_with_the_same_answer() -> None:
+    state = varied_state()
+    data, sizes = saved(state)
+    (verdict, taken) = same_with_and_without(data, sizes)
+    assert verdict == ("ok", len(state), [])
+    # The first record names its globals (GLOBAL, not GET) and each new storage type does
+    # too, so those go through the opcode loop; every other record takes the fast path.
+    first_of_a_type = len({t.dtype for t in state.values()})
+    assert taken == len(state) - first_of_a_type
+
+
+def test_the_corpus_gets_the_same_answer(corpus) -> None:
+    folder, cases = corpus
+    for name in cases:
+        checkpoint = open_checkpoint(folder / name)
+        sizes = checkpoint.storage_sizes if checkpoint.format == "zip" else None
+        data = checkpoint.pickle[checkpoint.pickle_start :]
+        same_with_and_without(data, sizes)
+
+
+def records(data: bytes) -> list[object]:
+    return list(TENSOR_RECORD.finditer(data))
+
+
+def splice(data: bytes, at: int, ops: bytes) -> bytes:
+    return data[:at] + ops + data[at:]
+
+
+def three_tensors() -> tuple[bytes, dict[str, int]]:
+    return saved({"a": torch.zeros(2), "b": torch.ones(3), "c": torch.arange(4.0)})
+
+
+def test_a_rebuild_function_swapped_between_records_is_caught() -> None:
+    data, sizes = three_tensors()
+    first = records(data)[0]  # record "b": its rebuild function is memo entry `index`
+    index = first.group(1)[1]
+    swap = b"cos\nsystem\n" + b"q" + bytes([index]) + b"0"  # GLOBAL os.system, PUT, POP
+    verdict, taken = same_with_and_without(splice(data, first.end(), swap), sizes)
+    assert taken == 1  # "b" only: "c" now calls os.system
+    paths = {(kind, path) for kind, path, *_ in verdict[2]}
+    assert ("unsupported-global", "root['c']") in paths
+
+
+def test_a_global_flagged_after_a_record_used_it_is_taken_over_by_the_next() -> None:
+    data, sizes = three_tensors()
+    first = records(data)[0]
+    index = first.group(1)[1]
+    build_on_it = b"h" + bytes([index]) + b"Nb0"  # GET, NONE, BUILD (refused on a global), POP
+    verdict, _taken = same_with_and_without(splice(data, first.end(), build_on_it), sizes)
+    paths = {(kind, path) for kind, path, *_ in verdict[2]}
+    assert ("unsupported-operation", "root['c']") in paths  # REDUCE passed it on to "c"
+
+
+def test_internals_of_a_skipped_record_read_back_later_have_their_paths() -> None:
+    data, sizes = three_tensors()
+    first = records(data)[0]
+    size_tuple = first.group(10)  # the PUT of record "b"'s size tuple
+    index = size_tuple[1] if size_tuple[:1] == b"q" else struct.unpack("<I", size_tuple[1:])[0]
+    append_to_it = b"j" + struct.pack("<I", index) + b"Na0"  # GET, NONE, APPEND (onto a tuple)
+    at = len(data) - 2  # before the final SETITEMS and STOP
+    verdict, taken = same_with_and_without(splice(data, at, append_to_it), sizes)
+    assert taken == 2
+    paths = {(kind, path) for kind, path, *_ in verdict[2]}
+    assert ("unsupported-operation", "root['b'](args)[2]") in paths
+
+
+def test_a_lying_storage_size_mid_file_is_caught_at_its_path() -> None:
+    data, sizes = three_tensors()
+    key = records(data)[1].group(4)[5:].decode()  # record "c"'s storage key
+    verdict, taken = same_with_and_without(data, {**sizes, key: 4})
+    assert taken == 1
+    assert [(kind, path) for kind, path, *_ in verdict[2]] == [
+        ("bad-persistent-id", "root['c'](args)[0]")
+    ]
+
+
+@pytest.fixture(scope="module")
+def small_state_pickle() -> tuple[bytes, dict[str, int]]:
+    base = torch.arange(6.0)
+    return saved({"w": torch.ones(2, 2), "v": base, "view": base[1:4], "n": torch.arange(2)})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_pickles_get_the_same_answer(small_state_pickle, data) -> None:
+    """Flip bytes anywhere: whatever the interpreter says, the fast path says too."""
+    pickle_bytes, sizes = small_state_pickle
+    mutated = bytearray(pickle_bytes)
+    edits = data.draw(
+        st.lists(
+            st.tuples(st.integers(2, len(mutated) - 2), st.integers(0, 255)),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    for at, value in edits:
+        mutated[at] = value
+    same_with_and_without(bytes(mutated), sizes)
+
+
+def memo_index(op: bytes) -> int:
+    return op[1] if op[:1] in (b"q", b"h") else struct.unpack("<I", op[1:])[0]
+
+
+def test_a_record_reading_a_skipped_records_internals_is_left_to_the_interpreter() -> None:
+    data, sizes = three_tensors()
+    b, c = records(data)
+    location = c.group(7)  # record "c" reads its location: point it at "b"'s size tuple
+    size_tuple = memo_index(b.group(10))
+    edited = data[: c.start(7)] + b"h" + bytes([size_tuple]) + data[c.start(7) + len(location) :]
+    verdict, taken = same_with_and_without(edited, sizes)
+    assert verdict == ("ok", 3, [])
+    assert taken == 1  # "b" only: a replay of "c" would have to build "b" first
+
+
+def test_a_record_overwriting_what_others_read_sends_the_next_to_the_interpreter() -> None:
+    data, sizes = saved({name: torch.ones(2) for name in "abcd"})
+    b, c, _d = records(data)
+    rebuild = memo_index(b.group(1))
+    stride = c.group(11)  # record "c" memoises its stride over the rebuild function
+    edited = data[: c.start(11)] + b"q" + bytes([rebuild]) + data[c.start(11) + len(stride) :]
+    verdict, taken = same_with_and_without(edited, sizes)
+    assert taken == 1  # "b"; "c" writes a guarded entry, "d" calls a tuple
+    paths = {(kind, path) for kind, path, *_ in verdict[2]}
+    assert ("unsupported-operation", "root['d']") in paths
