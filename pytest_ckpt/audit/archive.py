@@ -6,13 +6,22 @@ prefix is the first member's folder, storages at `<prefix>/data/<key>`; `constan
 a TorchScript archive); the legacy format (a pickled magic number, protocol version and
 system info, then the object pickle and the storage keys); anything else that is a pickle is
 a raw pickle, which `torch.load` refuses ("Invalid magic number").
+
+Zip archives are read with torch's own archive reader (`torch._C.PyTorchFileReader`, what
+`torch.load` opens them with), so which archives open, with which members, is torch's answer
+and not an imitation of it; it lists 4096 members in a third of the time `zipfile` takes.
+It reads the central directory and data.pkl, nothing else, and unpickles nothing. Where
+the installed torch's reader cannot tell member sizes, `zipfile` does the job (it is
+stricter: it also checks CRCs, which torch does not).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
+from typing import Any
 
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, end_of_pickle, iter_ops
 
@@ -55,6 +64,57 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
+    import torch
+
+    reader = getattr(torch._C, "PyTorchFileReader", None)
+    if reader is None or not hasattr(reader, "get_record_size"):
+        return _open_zip_with_zipfile(path)
+    return _open_zip_with_torch(path, reader)
+
+
+def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Checkpoint:
+    try:
+        reader = reader_class(os.fspath(path))
+        if reader.has_record("constants.pkl"):
+            return Checkpoint("torchscript")
+        if not reader.has_record("data.pkl"):
+            raise Unreadable("zip archive without data.pkl: not a torch checkpoint")
+        size = reader.get_record_size("data.pkl")
+        if size > MAX_PICKLE_BYTES:
+            raise Unreadable(f"data.pkl declares {size} bytes: refusing")
+        pickle_bytes = reader.get_record("data.pkl")
+        sizes: dict[str, int] = {}  # storage key -> bytes
+        unused = []
+        get_size = reader.get_record_size
+        for name in reader.get_all_records():  # one pass: a member per storage
+            if name[:5] == "data/":
+                sizes[name[5:]] = get_size(name)
+            elif name.split("/", 1)[0] not in _USED:
+                unused.append(name)
+    except RuntimeError as err:
+        raise Unreadable(f"torch cannot read the archive: {_first_sentence(err)}") from None
+    checkpoint = Checkpoint("zip", pickle_bytes, 0, sizes)
+    if unused:
+        unused.sort()
+        checkpoint.notes.append(
+            f"{len(unused)} member(s) of the archive folder torch.load does not read: "
+            f"{', '.join(unused[:3])}"
+        )
+    return checkpoint
+
+
+_TORCH_BOILERPLATE = re.compile(
+    r"^\[enforce fail at [^\]]*\] \. |\s+(This is an internal miniz error|\(Could this error).*$"
+)
+
+
+def _first_sentence(err: RuntimeError) -> str:
+    """torch's reader errors, in one line, without their source location and boilerplate."""
+    lines = str(err).strip().splitlines() or ["unknown error"]
+    return _TORCH_BOILERPLATE.sub("", lines[0]).strip()
+
+
+def _open_zip_with_zipfile(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -88,8 +148,8 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
             unused = sorted(name for name in records if name.split("/", 1)[0] not in _USED)
             if unused:
                 checkpoint.notes.append(
-                    f"{len(unused)} member(s) torch.load does not read: "
-                    f"{', '.join(f'{prefix}/{name}' for name in unused[:3])}"
+                    f"{len(unused)} member(s) of the archive folder torch.load does not read: "
+                    f"{', '.join(unused[:3])}"
                 )
             return checkpoint
     except zipfile.BadZipFile as err:

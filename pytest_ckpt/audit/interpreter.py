@@ -52,8 +52,7 @@ from pytest_ckpt.audit.opcodes import (
 )
 from pytest_ckpt.audit.tensor_records import (
     DeferredRecord,
-    take_state_dict_entry,
-    take_tensor_record,
+    take_tensor_records,
 )
 from pytest_ckpt.fixes import fix_for_name
 
@@ -78,6 +77,16 @@ _INLINE_WIDTH = {
 }  # fmt: skip
 _BINUNICODE = ord("X")
 _KEEP_ITEMS = 8  # tuples this short keep their items (persistent ids, REDUCE args)
+
+
+def _operand_text(value: Any) -> str:
+    """A STACK_GLOBAL operand as text: strings as they are, anything else by its type (a
+    node's repr would put a memory address in the report)."""
+    if isinstance(value, Blob):
+        return str(value.preview)
+    if isinstance(value, Node):
+        return f"<{value.type_name}>"
+    return repr(value)
 
 
 @contextmanager
@@ -206,7 +215,7 @@ class PickleInterpreter:
                     memo[index] = stack[-1]
                 elif code in (_BINGET, _LONG_BINGET):
                     if fast_records:  # a tensor record starts with the GET of its rebuild
-                        after = take_tensor_record(self, pos)
+                        after = take_tensor_records(self, pos, named=False)
                         if after is not None:
                             pos = after
                             continue
@@ -232,7 +241,7 @@ class PickleInterpreter:
                 pos += 1 + width
                 continue
             if code == _BINUNICODE and fast_records:  # the name of a state dict entry
-                after = take_state_dict_entry(self, pos)
+                after = take_tensor_records(self, pos, named=True)
                 if after is not None:
                     pos = after
                     continue
@@ -650,7 +659,7 @@ class PickleInterpreter:
 
     def _op_STACK_GLOBAL(self, op: Op) -> None:
         name, module = self._pop(op), self._pop(op)
-        text = [v.preview if isinstance(v, Blob) else str(v) for v in (module, name)]
+        text = [_operand_text(v) for v in (module, name)]
         self._op_GLOBAL(Op("GLOBAL", (text[0], text[1]), op.offset))
 
     def _op_EXT1(self, op: Op) -> None:

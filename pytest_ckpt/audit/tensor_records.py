@@ -68,9 +68,9 @@ _RECORD = b"".join(
 TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
 # A state dict entry: the name (a short BINUNICODE of the characters state dict names use,
 # its length checked in Python), its PUT, and the tensor record.
-STATE_DICT_ENTRY = re.compile(
-    rb"X(.)\x00\x00\x00([A-Za-z0-9_.\-]{1,80})" + _PUT + _RECORD, re.DOTALL
-)
+# Lazy, so that a 1-byte PUT whose index byte is a letter ("q" "V") is not read as the name.
+_NAME = rb"X(.)\x00\x00\x00([A-Za-z0-9_.\-]{1,80}?)"
+STATE_DICT_ENTRY = re.compile(_NAME + _PUT + _RECORD, re.DOTALL)
 _NAME_GROUPS = 3
 
 
@@ -90,99 +90,95 @@ class DeferredRecord:
         self.tensor = tensor
 
 
-def take_tensor_record(interp: PickleInterpreter, pos: int) -> int | None:
-    """If a clean tensor record starts at `pos`, apply it to `interp` (the tensor on the
-    stack, the record's other memo entries deferred) and return the offset after it;
-    otherwise return None, having changed nothing."""
-    match = TENSOR_RECORD.match(interp.data, pos)
-    if match is None:
+def take_tensor_records(interp: PickleInterpreter, pos: int, *, named: bool) -> int | None:
+    """Apply the clean tensor records that start at `pos`, one after another, to `interp`
+    (each tensor pushed, the record's other memo entries deferred) and return the offset
+    after the last; None, having changed nothing, when the first is not one.
+
+    `named`: each record is a state dict entry, preceded by its name (a BINUNICODE and its
+    PUT), which is pushed before the tensor. The loop keeps the interpreter's state in locals:
+    a state dict is thousands of entries in a row.
+    """
+    data, memo, stack, guarded = interp.data, interp.memo, interp.stack, interp.guarded
+    clean_reads, sizes = interp.clean_reads, interp.storage_sizes
+    pattern, first = (STATE_DICT_ENTRY, _NAME_GROUPS + 1) if named else (TENSOR_RECORD, 1)
+    taken = 0
+    while True:
+        match = pattern.match(data, pos)
+        if match is None:
+            break
+        groups = match.groups()
+        if named:
+            length, name_bytes, name_put = groups[:_NAME_GROUPS]
+            if len(name_bytes) != length[0]:
+                break  # the regex split the bytes differently from the declared length
+            name_index = None if name_put is None else _index(name_put)
+            groups = groups[_NAME_GROUPS:]
+        else:
+            name_index = None
+        (
+            rebuild_get, tag_get, type_get, new_key, key_put, key_get, location_get, numel_op,
+            id_put, size_put, stride_put, hooks_get, hooks_put, args_put, tensor_put,
+        ) = groups  # fmt: skip
+        signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
+        cached = clean_reads.get(signature) or _validated_reads(interp, signature)
+        if cached is None:
+            break
+        reads, rebuild, hooks, storage_type, element_size = cached
+        if rebuild.findings or hooks.findings or storage_type.findings:
+            break  # flagged since (BUILD or APPEND onto them): the interpreter's job
+        if key_get is None:
+            key = new_key[5:].decode("ascii")
+        else:
+            index = _index(key_get)
+            shared = memo.get(index)
+            if not (type(shared) is Blob and shared.kind == "str" and shared.complete):
+                break  # a deferred entry, or not a key torch accepts: the interpreter's job
+            if index == name_index:
+                break  # reads the name just written: leave the order to the interpreter
+            key = shared.preview
+            reads = {**reads, index: shared}
+        if sizes is not None:  # the check of PickleInterpreter.storage_problem, inline
+            numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == _BININT)
+            if element_size is None or not 0 <= numel * element_size <= sizes.get(key, -1):
+                break  # the interpreter reports it, on the storage node, with its path
+        put_ops = (id_put, size_put, stride_put, hooks_put, args_put)
+        try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
+            puts = _FIVE_LONG_PUTS(b"".join(put_ops))
+        except (TypeError, struct.error):
+            puts = [_index(op) for op in put_ops if op is not None]
+        key_index = None if key_put is None else _index(key_put)
+        tensor_index = None if tensor_put is None else _index(tensor_put)
+        if not guarded.isdisjoint(puts) or not guarded.isdisjoint(
+            (name_index, key_index, tensor_index)
+        ):
+            break  # overwrites a value records read: the interpreter's PUT resets the cache
+        if key_get is not None and index in puts:
+            break  # the record reads what it wrote itself: replay order would matter
+        # Taken: from here on, only what the interpreter would have done.
+        end = match.end()
+        tensor = Node(TENSOR)
+        record = DeferredRecord(match.start(first), end, reads, tensor)
+        if named:
+            name = new_blob(Blob, ("str", length[0], name_bytes.decode("ascii"), pos + 5))
+            stack.append(name)
+            if name_index is not None:
+                memo[name_index] = name
+        if key_index is not None:  # a value, cheap to make: shared storages stay on this path
+            memo[key_index] = new_blob(Blob, ("str", len(key), key, match.start(first + 3) + 5))
+        for index in puts:
+            memo[index] = record
+        if tensor_index is not None:
+            memo[tensor_index] = tensor
+        stack.append(tensor)
+        taken += 1
+        pos = end
+    if not taken:
         return None
-    return _take(interp, match, match.groups(), 1, None, None)
-
-
-def take_state_dict_entry(interp: PickleInterpreter, pos: int) -> int | None:
-    """`take_tensor_record` for a record preceded by its name (a BINUNICODE and its PUT),
-    as each entry of a state dict is: both pushed, in one match."""
-    match = STATE_DICT_ENTRY.match(interp.data, pos)
-    if match is None:
-        return None
-    groups = match.groups()
-    length, name, name_put = groups[:_NAME_GROUPS]
-    if len(name) != length[0]:
-        return None  # the regex split the bytes differently from the declared length
-    name_index = None if name_put is None else _index(name_put)
-    blob = new_blob(Blob, ("str", len(name), name.decode("ascii"), pos + 5))
-    return _take(interp, match, groups[_NAME_GROUPS:], _NAME_GROUPS + 1, blob, name_index)
-
-
-def _take(
-    interp: PickleInterpreter,
-    match: re.Match[bytes],
-    groups: tuple[Any, ...],
-    first_group: int,
-    name: Blob | None,
-    name_index: int | None,
-) -> int | None:
-    """Apply the record whose 15 groups are `groups` (the first is `match` group
-    `first_group`), after pushing and memoising its `name`, if any."""
-    (
-        rebuild_get, tag_get, type_get, new_key, key_put, key_get, location_get, numel_op,
-        id_put, size_put, stride_put, hooks_get, hooks_put, args_put, tensor_put,
-    ) = groups  # fmt: skip
-    signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
-    cached = interp.clean_reads.get(signature) or _validated_reads(interp, signature)
-    if cached is None:
-        return None
-    reads, rebuild, hooks, storage_type, element_size = cached
-    if rebuild.findings or hooks.findings or storage_type.findings:
-        return None  # flagged since (BUILD or APPEND onto them): the interpreter's job
-    if key_get is None:
-        key = new_key[5:].decode("ascii")
-    else:
-        index = _index(key_get)
-        shared = interp.memo.get(index)
-        if not (type(shared) is Blob and shared.kind == "str" and shared.complete):
-            return None  # a deferred entry, or not a key torch accepts: the interpreter's job
-        if index == name_index:
-            return None  # reads the name just written: leave the order to the interpreter
-        key = shared.preview
-        reads = {**reads, index: shared}
-    sizes = interp.storage_sizes
-    if sizes is not None:  # the check of PickleInterpreter.storage_problem, inline
-        numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == _BININT)
-        if element_size is None or not 0 <= numel * element_size <= sizes.get(key, -1):
-            return None  # the interpreter reports it, on the storage node, with its path
-    put_ops = (id_put, size_put, stride_put, hooks_put, args_put)
-    try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
-        puts = _FIVE_LONG_PUTS(b"".join(put_ops))
-    except (TypeError, struct.error):
-        puts = [_index(op) for op in put_ops if op is not None]
-    key_index = None if key_put is None else _index(key_put)
-    guarded = interp.guarded
-    if not guarded.isdisjoint(puts) or name_index in guarded or key_index in guarded:
-        return None  # overwrites a value records read: the interpreter's PUT resets the cache
-    if key_get is not None and index in puts:
-        return None  # the record reads what it wrote itself: replay order would matter
-    tensor = Node(TENSOR)
-    start = match.start(first_group)
-    end = match.end()
-    record = DeferredRecord(start, end, reads, tensor)
-    memo = interp.memo
-    if name is not None:
-        interp.stack.append(name)
-        if name_index is not None:
-            memo[name_index] = name
-    if key_index is not None:  # a value, cheap to make: shared storages stay on this path
-        memo[key_index] = new_blob(Blob, ("str", len(key), key, match.start(first_group + 3) + 5))
-    for index in puts:
-        memo[index] = record
-    if tensor_put is not None:
-        memo[tensor_put[1] if len(tensor_put) == 2 else _LONG_INDEX(tensor_put)[0]] = tensor
-    interp.stack.append(tensor)
-    interp.records_taken += 1
+    interp.records_taken += taken
     if sizes is not None:
-        interp.storages += 1
-    return end
+        interp.storages += taken
+    return pos
 
 
 def _validated_reads(interp: PickleInterpreter, signature: tuple[bytes, ...]) -> tuple | None:

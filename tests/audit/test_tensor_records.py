@@ -209,3 +209,68 @@ def test_a_record_overwriting_what_others_read_sends_the_next_to_the_interpreter
     assert taken == 1  # "b"; "c" writes a guarded entry, "d" calls a tuple
     paths = {(kind, path) for kind, path, *_ in verdict[2]}
     assert ("unsupported-operation", "root['d']") in paths
+
+
+def test_a_tensor_memoised_over_what_others_read_sends_the_next_to_the_interpreter() -> None:
+    data, sizes = saved({name: torch.ones(2) for name in "abcd"})
+    b, c, _d = records(data)
+    rebuild = memo_index(b.group(1))
+    tensor = c.group(15)  # record "c" memoises the tensor itself over the rebuild function
+    edited = data[: c.start(15)] + b"q" + bytes([rebuild]) + data[c.start(15) + len(tensor) :]
+    verdict, taken = same_with_and_without(edited, sizes)
+    assert taken == 1  # "b"; "c" writes a guarded entry, "d" calls a tensor
+    paths = {(kind, path) for kind, path, *_ in verdict[2]}
+    assert ("unsupported-operation", "root['d']") in paths
+
+
+def test_every_entry_of_a_state_dict_is_taken_with_its_name(monkeypatch) -> None:
+    """Names whose 1-byte PUT index is a letter ("q" + "V") must not swallow it, or the entry
+    falls back to the opcode loop for its name (slower, still right)."""
+    from pytest_ckpt.audit import interpreter
+
+    taken_with_names = []
+    original = interpreter.take_tensor_records
+
+    def spy(interp: PickleInterpreter, pos: int, *, named: bool) -> int | None:
+        before = interp.records_taken
+        after = original(interp, pos, named=named)
+        if named:
+            taken_with_names.append(interp.records_taken - before)
+        return after
+
+    monkeypatch.setattr(interpreter, "take_tensor_records", spy)
+    data, sizes = saved({f"blocks.{i}.weight": torch.ones(1) for i in range(120)})
+    verdict, taken = same_with_and_without(data, sizes)
+    assert verdict == ("ok", 120, []) and taken == 119  # the first names its globals
+    assert sum(taken_with_names) == 119
+
+
+@pytest.fixture(scope="module")
+def memo_index_bytes() -> tuple[bytes, dict[str, int], list[int], int]:
+    """A state dict pickle, where its 1-byte GET/PUT indices sit, and the highest index."""
+    import pickletools
+
+    base = torch.arange(6.0)
+    data, sizes = saved({"a": torch.ones(2), "b": base, "c": base[1:4], "d": torch.ones(3)})
+    ops = [(op.name, arg, pos) for op, arg, pos in pickletools.genops(data)]
+    at = [pos + 1 for name, _arg, pos in ops if name in ("BINGET", "BINPUT")]
+    return data, sizes, at, max(arg for name, arg, _ in ops if name == "BINPUT")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_rewired_memo_indices_get_the_same_answer(memo_index_bytes, data) -> None:
+    """Point GETs and PUTs at other memo entries: records reading what others wrote,
+    overwriting what others read, reading what was never set."""
+    pickle_bytes, sizes, positions, highest = memo_index_bytes
+    mutated = bytearray(pickle_bytes)
+    edits = data.draw(
+        st.lists(
+            st.tuples(st.sampled_from(positions), st.integers(0, highest + 1)),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    for at, index in edits:
+        mutated[at] = index
+    same_with_and_without(bytes(mutated), sizes)
