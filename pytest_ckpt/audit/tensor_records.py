@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.audit.allowlist import ORDERED_DICT, TENSOR
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Node, value_is
-from pytest_ckpt.audit.opcodes import Blob, new_blob
+from pytest_ckpt.audit.opcodes import PREVIEW, Blob, new_blob
 
 if TYPE_CHECKING:
     from pytest_ckpt.audit.interpreter import PickleInterpreter
 
 REBUILD_TENSOR_V2 = "torch._utils._rebuild_tensor_v2"
 _BININT = ord("J")  # the one signed integer opcode of the three
+_BINUNICODE, _BINPUT, _LONG_BINPUT = ord("X"), ord("q"), ord("r")
 _LONG_INDEX = struct.Struct("<xI").unpack  # a 5-byte LONG_BINGET / LONG_BINPUT
 _FIVE_LONG_PUTS = struct.Struct("<" + "xI" * 5).unpack
 
@@ -66,12 +67,6 @@ _RECORD = b"".join(
     ]
 )
 TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
-# A state dict entry: the name (a short BINUNICODE of the characters state dict names use,
-# its length checked in Python), its PUT, and the tensor record.
-# Lazy, so that a 1-byte PUT whose index byte is a letter ("q" "V") is not read as the name.
-_NAME = rb"X(.)\x00\x00\x00([A-Za-z0-9_.\-]{1,80}?)"
-STATE_DICT_ENTRY = re.compile(_NAME + _PUT + _RECORD, re.DOTALL)
-_NAME_GROUPS = 3
 
 
 class DeferredRecord:
@@ -100,26 +95,35 @@ def take_tensor_records(interp: PickleInterpreter, pos: int, *, named: bool) -> 
     a state dict is thousands of entries in a row.
     """
     data, memo, stack, guarded = interp.data, interp.memo, interp.stack, interp.guarded
-    clean_reads, sizes = interp.clean_reads, interp.storage_sizes
-    pattern, first = (STATE_DICT_ENTRY, _NAME_GROUPS + 1) if named else (TENSOR_RECORD, 1)
+    clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
     taken = 0
     while True:
-        match = pattern.match(data, pos)
+        record_start, name_index, name = pos, None, None
+        if named:  # BINUNICODE <4-byte length> <name> [BINPUT|LONG_BINPUT], read in place
+            if pos + 5 > size or data[pos] != _BINUNICODE or data[pos + 2 : pos + 5] != b"\0\0\0":
+                break
+            name_end = pos + 5 + data[pos + 1]
+            if data[pos + 1] > PREVIEW or name_end + 5 > size:
+                break
+            try:
+                name = data[pos + 5 : name_end].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                break  # the interpreter reports it
+            record_start = name_end
+            if data[name_end] == _BINPUT:
+                name_index, record_start = data[name_end + 1], name_end + 2
+            elif data[name_end] == _LONG_BINPUT:
+                name_index, record_start = (
+                    _LONG_INDEX(data[name_end : name_end + 5])[0],
+                    name_end + 5,
+                )
+        match = TENSOR_RECORD.match(data, record_start)
         if match is None:
             break
-        groups = match.groups()
-        if named:
-            length, name_bytes, name_put = groups[:_NAME_GROUPS]
-            if len(name_bytes) != length[0]:
-                break  # the regex split the bytes differently from the declared length
-            name_index = None if name_put is None else _index(name_put)
-            groups = groups[_NAME_GROUPS:]
-        else:
-            name_index = None
         (
             rebuild_get, tag_get, type_get, new_key, key_put, key_get, location_get, numel_op,
             id_put, size_put, stride_put, hooks_get, hooks_put, args_put, tensor_put,
-        ) = groups  # fmt: skip
+        ) = match.groups()  # fmt: skip
         signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
         cached = clean_reads.get(signature) or _validated_reads(interp, signature)
         if cached is None:
@@ -158,14 +162,14 @@ def take_tensor_records(interp: PickleInterpreter, pos: int, *, named: bool) -> 
         # Taken: from here on, only what the interpreter would have done.
         end = match.end()
         tensor = Node(TENSOR)
-        record = DeferredRecord(match.start(first), end, reads, tensor)
-        if named:
-            name = new_blob(Blob, ("str", length[0], name_bytes.decode("ascii"), pos + 5))
-            stack.append(name)
+        record = DeferredRecord(record_start, end, reads, tensor)
+        if name is not None:
+            blob = new_blob(Blob, ("str", data[pos + 1], name, pos + 5))
+            stack.append(blob)
             if name_index is not None:
-                memo[name_index] = name
+                memo[name_index] = blob
         if key_index is not None:  # a value, cheap to make: shared storages stay on this path
-            memo[key_index] = new_blob(Blob, ("str", len(key), key, match.start(first + 3) + 5))
+            memo[key_index] = new_blob(Blob, ("str", len(key), key, match.start(4) + 5))
         for index in puts:
             memo[index] = record
         if tensor_index is not None:

@@ -224,8 +224,8 @@ def test_a_tensor_memoised_over_what_others_read_sends_the_next_to_the_interpret
 
 
 def test_every_entry_of_a_state_dict_is_taken_with_its_name(monkeypatch) -> None:
-    """Names whose 1-byte PUT index is a letter ("q" + "V") must not swallow it, or the entry
-    falls back to the opcode loop for its name (slower, still right)."""
+    """Names are read by their declared length, so a 1-byte PUT whose index is a letter
+    ("q" + "V") is not mistaken for part of the name (which sent entries to the slow path)."""
     from pytest_ckpt.audit import interpreter
 
     taken_with_names = []
