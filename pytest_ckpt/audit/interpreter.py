@@ -189,7 +189,7 @@ class PickleInterpreter:
         """The opcodes a state dict is made of are handled inline on the raw bytes (they are
         most of the file and need no checks beyond bounds); the rest are decoded and
         dispatched to their `_op_*` handlers."""
-        data, size, memo = self.data, len(self.data), self.memo
+        data, size = self.data, len(self.data)
         unpack_from = struct.unpack_from
         refused: set[str] = set()
         handlers = {name: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
@@ -210,9 +210,7 @@ class PickleInterpreter:
                     index = (
                         data[pos + 1] if code == _BINPUT else unpack_from("<I", data, pos + 1)[0]
                     )
-                    if index in self.guarded:
-                        self.forget_clean_reads()
-                    memo[index] = stack[-1]
+                    self.memo_put(index, stack[-1])
                 elif code in (_BINGET, _LONG_BINGET):
                     if fast_records:  # a tensor record starts with the GET of its rebuild
                         after = take_tensor_records(self, pos, named=False)
@@ -279,6 +277,8 @@ class PickleInterpreter:
     # ---- memo ----------------------------------------------------------------------------
 
     def memo_put(self, index: int, value: Any) -> None:
+        """Every PUT goes through here: a write to an entry validated records read (see
+        tensor_records) makes the fast path validate them again."""
         if index in self.guarded:
             self.forget_clean_reads()
         self.memo[index] = value
