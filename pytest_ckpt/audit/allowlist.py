@@ -43,9 +43,6 @@ class Allowlist:
             module = self.import_mapping[module]
         return f"{module}.{name}"
 
-    def storage_element_size(self, type_name: str) -> int | None:
-        return self.storage_sizes.get(type_name)
-
     def result_type(self, callable_name: str) -> str:
         """Type name of REDUCE(callable_name, ...)'s result ("?" when unknowable)."""
         if callable_name in self.returns:
