@@ -93,14 +93,16 @@ def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Che
                 unused.append(name)
     except RuntimeError as err:
         raise Unreadable(f"torch cannot read the archive: {_first_sentence(err)}") from None
-    checkpoint = Checkpoint("zip", pickle_bytes, 0, sizes)
-    if unused:
-        unused.sort()
-        checkpoint.notes.append(
-            f"{len(unused)} member(s) of the archive folder torch.load does not read: "
-            f"{', '.join(unused[:3])}"
-        )
-    return checkpoint
+    return Checkpoint("zip", pickle_bytes, 0, sizes, _unused_members_note(unused))
+
+
+def _unused_members_note(unused: list[str]) -> list[str]:
+    """Members torch.load never reads are harmless to it, but worth a look in a file you did
+    not write (a second pickle riding along, for one)."""
+    if not unused:
+        return []
+    names = ", ".join(sorted(unused)[:3])
+    return [f"{len(unused)} member(s) of the archive folder torch.load does not read: {names}"]
 
 
 _TORCH_BOILERPLATE = re.compile(
@@ -144,14 +146,8 @@ def _open_zip_with_zipfile(path: str | os.PathLike[str]) -> Checkpoint:
             if data.file_size > MAX_PICKLE_BYTES:
                 raise Unreadable(f"{prefix}/data.pkl declares {data.file_size} bytes: refusing")
             pickle_bytes = archive.read(data)
-            checkpoint = Checkpoint("zip", pickle_bytes, 0, sizes)
-            unused = sorted(name for name in records if name.split("/", 1)[0] not in _USED)
-            if unused:
-                checkpoint.notes.append(
-                    f"{len(unused)} member(s) of the archive folder torch.load does not read: "
-                    f"{', '.join(unused[:3])}"
-                )
-            return checkpoint
+            unused = [name for name in records if name.split("/", 1)[0] not in _USED]
+            return Checkpoint("zip", pickle_bytes, 0, sizes, _unused_members_note(unused))
     except zipfile.BadZipFile as err:
         raise Unreadable(f"corrupt zip archive: {err}") from None
     except (EOFError, OSError, NotImplementedError, ValueError) as err:
