@@ -13,7 +13,7 @@ import sys
 
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.output import render_json, render_sarif, render_text
+from pytest_ckpt.audit.render import render_json, render_sarif, render_text
 
 
 def _dotted(text: str) -> str:

@@ -11,7 +11,7 @@ import collections
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_ckpt.fixes import Fix, fix_for_type
+from pytest_ckpt.audit.advice import Fix, fix_for_type
 
 # Exact types that pickle to globals in torch's default weights_only allowlist (or to no
 # global at all). Subclasses (an IntEnum is an int) pickle under their own name: not safe.

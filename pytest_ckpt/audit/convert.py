@@ -26,10 +26,10 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_ckpt.audit.advice import is_dangerous
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle, decode_at
-from pytest_ckpt.fixes import is_dangerous
 
 _TENSOR_REBUILD = "torch._utils._rebuild_tensor_v2"
 _PARAMETER_REBUILD = "torch._utils._rebuild_parameter"

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from pytest_ckpt.audit.advice import fix_for_name
 from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.audit.nodes import Finding, Node, collect_findings
 from pytest_ckpt.audit.opcode_semantics import AcceptedOpcodes, RefusedOpcodes
@@ -40,7 +41,6 @@ from pytest_ckpt.audit.opcodes import (
     utf8_text,
 )
 from pytest_ckpt.audit.tensor_records import DeferredRecord, take_tensor_records
-from pytest_ckpt.fixes import fix_for_name
 
 # The opcodes torch's weights_only unpickler implements; everything else it refuses.
 TORCH_OPCODES = frozenset(

@@ -9,8 +9,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_ckpt.audit.advice import ENUM_FIX, GENERIC_KIND, OBJECT_STATE_FIX, Fix, fix_for_name
 from pytest_ckpt.audit.opcodes import Blob
-from pytest_ckpt.fixes import ENUM_FIX, GENERIC_KIND, OBJECT_STATE_FIX, Fix, fix_for_name
 
 GLOBAL_TYPE = "<global>"  # the type of a Node standing for a GLOBAL (a class or function)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_ckpt.audit.advice import fix_for_name
 from pytest_ckpt.audit.allowlist import (
     APPEND_TARGETS,
     ORDERED_DICT,
@@ -28,7 +29,6 @@ from pytest_ckpt.audit.nodes import (
     value_is,
 )
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op
-from pytest_ckpt.fixes import fix_for_name
 
 
 def _operand_text(value: Any) -> str:
