@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
 from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
-from pytest_ckpt.audit.interpreter import PickleInterpreter, gc_paused
+from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
+from pytest_ckpt.audit.verdict import PickleInterpreter
 
 __all__ = ["Finding", "Report", "audit_file"]
 

@@ -11,22 +11,20 @@ from the memo is the allowed global or string torch expects, and its storage pas
 size check. Anything else, down to an unusual integer width, is left to the interpreter.
 What the record writes to the memo besides the tensor is deferred: a `DeferredRecord` keeps
 what the record read, and the first GET of one of its entries replays the record's bytes
-through the interpreter (`PickleInterpreter.memo_get`), so every value anyone can reach is
-the interpreter's own.
+through the interpreter (`verdict.PickleInterpreter.memo_get`), so every value anyone can
+reach is the interpreter's own.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from pytest_ckpt.audit.allowlist import ORDERED_DICT, TENSOR
+from pytest_ckpt.audit.allowlist import ORDERED_DICT, TENSOR, Allowlist
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Node, value_is
 from pytest_ckpt.audit.opcodes import PREVIEW, Blob, new_blob
-
-if TYPE_CHECKING:
-    from pytest_ckpt.audit.interpreter import PickleInterpreter
 
 REBUILD_TENSOR_V2 = "torch._utils._rebuild_tensor_v2"
 _BININT = ord("J")  # the one signed integer opcode of the three
@@ -69,6 +67,21 @@ _RECORD = b"".join(
 TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
 
 
+class Interpreter(Protocol):
+    """What the fast path reads and writes of the auditor's interpreter
+    (`verdict.PickleInterpreter`, which imports this module, not the other way round)."""
+
+    data: bytes
+    memo: dict[int, Any]
+    stack: list[Any]
+    allow: Allowlist
+    storage_sizes: Mapping[str, int] | None
+    clean_reads: dict[tuple[bytes, ...], tuple]  # validated reads, by the GETs' bytes
+    guarded: set[int]  # memo entries clean_reads depends on
+    records_taken: int
+    storages: int
+
+
 class DeferredRecord:
     """The memo entries a fast-path record wrote (all but the tensor's), built on first use.
 
@@ -85,7 +98,7 @@ class DeferredRecord:
         self.tensor = tensor
 
 
-def take_tensor_records(interp: PickleInterpreter, pos: int, *, named: bool) -> int | None:
+def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | None:
     """Apply the clean tensor records that start at `pos`, one after another, to `interp`
     (each tensor pushed, the record's other memo entries deferred) and return the offset
     after the last; None, having changed nothing, when the first is not one.
@@ -142,7 +155,7 @@ def take_tensor_records(interp: PickleInterpreter, pos: int, *, named: bool) -> 
                 break  # reads the name just written: leave the order to the interpreter
             key = shared.preview
             reads = {**reads, index: shared}
-        if sizes is not None:  # the check of PickleInterpreter.storage_problem, inline
+        if sizes is not None:  # the check of verdict.PickleInterpreter.storage_problem, inline
             numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == _BININT)
             if element_size is None or not 0 <= numel * element_size <= sizes.get(key, -1):
                 break  # the interpreter reports it, on the storage node, with its path
@@ -185,7 +198,7 @@ def take_tensor_records(interp: PickleInterpreter, pos: int, *, named: bool) -> 
     return pos
 
 
-def _validated_reads(interp: PickleInterpreter, signature: tuple[bytes, ...]) -> tuple | None:
+def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple | None:
     """The memo values a record with these GETs reads, if they are the ones torch.save writes.
 
     Cached under `signature` until one of those memo entries is written again. For replays,

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.archive import open_checkpoint
-from pytest_ckpt.audit.interpreter import PickleInterpreter
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 from pytest_ckpt.audit.tensor_records import TENSOR_RECORD
+from pytest_ckpt.audit.verdict import PickleInterpreter
 
 ALLOWLIST = load_allowlist()
 
@@ -226,7 +226,7 @@ def test_a_tensor_memoised_over_what_others_read_sends_the_next_to_the_interpret
 def test_every_entry_of_a_state_dict_is_taken_with_its_name(monkeypatch) -> None:
     """Names are read by their declared length, so a 1-byte PUT whose index is a letter
     ("q" + "V") is not mistaken for part of the name (which sent entries to the slow path)."""
-    from pytest_ckpt.audit import interpreter
+    from pytest_ckpt.audit import verdict as interpreter
 
     taken_with_names = []
     original = interpreter.take_tensor_records

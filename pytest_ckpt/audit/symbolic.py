@@ -1,11 +1,12 @@
-"""What each pickle opcode does, symbolically: the `_op_*` handlers of `PickleInterpreter`.
+"""What each pickle opcode does, symbolically: the `_op_*` handlers of the auditor.
 
-Split from the interpreter by job: interpreter.py runs the loop (the hot opcodes inline, the
-tensor-record fast path, the memo, findings and their paths); this module says what each
-opcode builds and when torch would refuse it. `AcceptedOpcodes` mirrors torch's weights_only
-unpickler check for check; `RefusedOpcodes` keeps the pickle semantics of the opcodes torch
-refuses (the loop has already flagged them), so that one scan goes on to find every problem.
-Both are mixed into `PickleInterpreter` and use its stack, memo and findings helpers.
+The machine (`machine.PickleMachine`) runs the loop and gives the opcodes every semantics
+means alike (MARK, NONE, the booleans, numbers); this module says what the others build in
+the auditor (a `Node` per object) and when torch would refuse them. `AcceptedOpcodes`
+mirrors torch's weights_only unpickler check for check; `RefusedOpcodes` keeps the pickle
+semantics of the opcodes torch refuses (the machine has already flagged them through
+`ACCEPTED`), so that one scan goes on to find every problem. Both are mixed into
+`verdict.PickleInterpreter` and use its stack, memo and findings helpers.
 """
 
 from __future__ import annotations
@@ -44,26 +45,9 @@ def _operand_text(value: Any) -> str:
 class AcceptedOpcodes:
     """The opcodes torch's weights_only unpickler implements, with its checks."""
 
-    def _op_PROTO(self, op: Op) -> None:
-        pass
-
-    def _op_MARK(self, op: Op) -> None:
-        self.metastack.append(self.stack)
-        self.stack = []
-
-    def _op_NONE(self, op: Op) -> None:
-        self._push(None)
-
-    def _op_NEWTRUE(self, op: Op) -> None:
-        self._push(True)
-
-    def _op_NEWFALSE(self, op: Op) -> None:
-        self._push(False)
-
-    def _op_BININT(self, op: Op) -> None:
+    def _op_BINUNICODE(self, op: Op) -> None:
+        """Strings stay `Blob`s: a length and a preview, as decoded."""
         self._push(op.arg)
-
-    _op_BININT1 = _op_BININT2 = _op_LONG1 = _op_BINFLOAT = _op_BINUNICODE = _op_BININT
 
     def _op_SHORT_BINSTRING(self, op: Op) -> None:
         """torch decodes these with torch.load's `encoding` (UTF-8 by default), strictly."""
@@ -314,13 +298,10 @@ class AcceptedOpcodes:
 class RefusedOpcodes:
     """The opcodes torch refuses: flagged by the loop, their semantics kept to find more."""
 
-    _PUSH_ARG = AcceptedOpcodes._op_BININT  # opcodes that push their argument
-    _op_INT = _op_LONG = _op_FLOAT = _op_STRING = _op_BINSTRING = _op_UNICODE = _PUSH_ARG
-    _op_SHORT_BINUNICODE = _op_BINUNICODE8 = _op_BINBYTES = _op_SHORT_BINBYTES = _PUSH_ARG
-    _op_BINBYTES8 = _op_BYTEARRAY8 = _op_LONG4 = _PUSH_ARG
-
-    def _op_FRAME(self, op: Op) -> None:
-        pass
+    _PUSH_ARG = AcceptedOpcodes._op_BINUNICODE  # strings and bytes: their Blob
+    _op_STRING = _op_BINSTRING = _op_UNICODE = _op_SHORT_BINUNICODE = _PUSH_ARG
+    _op_BINUNICODE8 = _op_BINBYTES = _op_SHORT_BINBYTES = _op_BINBYTES8 = _PUSH_ARG
+    _op_BYTEARRAY8 = _PUSH_ARG
 
     def _op_POP(self, op: Op) -> None:
         self._pop(op)

@@ -1,0 +1,238 @@
+"""The one pickle machine: decoding loop, stack, metastack and memo, for every job in
+pytest-ckpt that runs a pickle without Python's unpickler.
+
+Two semantics run on it. The auditor's (`audit.verdict`) builds a symbolic `Node` for each
+object and records where torch's weights_only unpickler would refuse; the static migrator's
+(`migrate.static`) builds real primitives and tensors and refuses by path. A semantics is a
+subclass that gives opcodes their meaning with `_op_<NAME>` methods; the machine decodes each
+opcode (bounded, never trusting a declared length: `opcodes.decode_at`) and dispatches it.
+What every semantics means alike lives here: PROTO and FRAME do nothing, MARK starts a new
+stack, NONE/NEWTRUE/NEWFALSE and the number opcodes push their value.
+
+`INLINE = True` runs the hot opcodes on the raw bytes without building an `Op` (memo PUT and
+GET, small ints, MARK, booleans, None, short BINUNICODE strings: most of a state dict). A
+semantics that turns it on means by them what the machine does (a string is the `Blob` that
+`decode_at` gives, PUT and GET go through `memo_put`/`memo_get`), and may set `take_records`
+to consume whole runs of opcodes at a GET or BINUNICODE (the auditor's tensor records).
+"""
+
+from __future__ import annotations
+
+import gc
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from pytest_ckpt.audit.opcodes import (
+    PREVIEW,
+    Blob,
+    MalformedPickle,
+    Op,
+    TruncatedPickle,
+    decode_at,
+    new_blob,
+    utf8_text,
+)
+
+# Opcodes run inline when INLINE is on: code -> argument width in bytes.
+_BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET = ord("q"), ord("r"), ord("h"), ord("j")
+_BININT1, _BININT2, _BININT, _MARK = ord("K"), ord("M"), ord("J"), ord("(")
+_NEWFALSE, _NEWTRUE, _NONE = 0x89, 0x88, ord("N")
+_INLINE_WIDTH = {
+    _BINPUT: 1, _LONG_BINPUT: 4, _BINGET: 1, _LONG_BINGET: 4, _BININT1: 1, _BININT2: 2,
+    _BININT: 4, _MARK: 0, _NEWFALSE: 0, _NEWTRUE: 0, _NONE: 0,
+}  # fmt: skip
+_BINUNICODE = ord("X")
+
+# take_records(machine, pos, named=...) -> the offset after the opcodes it ran, or None
+TakeRecords = Callable[..., "int | None"]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector, restoring its state after.
+
+    An audit allocates a few small objects per opcode (and per zip member) and frees nothing
+    until the end; with torch imported, each full collection walks hundreds of thousands of
+    live objects, which made audits quadratic-looking (half the time on 4096 tensors) and
+    their timing erratic. Reference counting still frees everything.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class PickleMachine:
+    """Run one pickle from `start` to its STOP, giving each opcode the subclass's meaning.
+
+    `ACCEPTED`, when set, names the opcodes the semantics accepts: any other decoded opcode
+    goes to `unaccepted(op)` before it runs (the auditor records a finding and carries on).
+    """
+
+    INLINE: ClassVar[bool] = False
+    ACCEPTED: ClassVar[frozenset[str] | None] = None
+
+    def __init__(self, data: bytes, *, start: int = 0) -> None:
+        self.data = data
+        self.start = start
+        self.stack: list[Any] = []
+        self.metastack: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self.end = start  # the offset after STOP, once run
+        self.take_records: TakeRecords | None = None
+
+    # ---- what a semantics may override ----------------------------------------------------
+
+    def memo_put(self, index: int, value: Any) -> None:
+        self.memo[index] = value
+
+    def memo_get(self, index: int, offset: int) -> Any:
+        if index not in self.memo:
+            raise MalformedPickle(f"GET at offset {offset} reads memo {index}, never set")
+        return self.memo[index]
+
+    def unaccepted(self, op: Op) -> None:
+        """An opcode outside ACCEPTED, about to run."""
+
+    def unsupported(self, op: Op) -> Exception:
+        """The error for an opcode the semantics has no `_op_` method for."""
+        return MalformedPickle(f"no semantics for opcode {op.name}")
+
+    def stop(self, op: Op) -> Any:
+        """What STOP returns: the top of the stack."""
+        return self._pop(op)
+
+    # ---- stack ----------------------------------------------------------------------------
+
+    def _pop(self, op: Op) -> Any:
+        if not self.stack:
+            raise MalformedPickle(f"{op.name} at offset {op.offset} pops an empty stack")
+        return self.stack.pop()
+
+    def _top(self, op: Op) -> Any:
+        if not self.stack:
+            raise MalformedPickle(f"{op.name} at offset {op.offset} needs a value on the stack")
+        return self.stack[-1]
+
+    def _pop_mark(self, op: Op) -> list[Any]:
+        if not self.metastack:
+            raise MalformedPickle(f"{op.name} at offset {op.offset} has no matching MARK")
+        items = self.stack
+        self.stack = self.metastack.pop()
+        return items
+
+    def _push(self, value: Any) -> None:
+        self.stack.append(value)
+
+    # ---- the opcodes every semantics means alike ------------------------------------------
+
+    def _op_PROTO(self, op: Op) -> None:
+        pass
+
+    _op_FRAME = _op_PROTO
+
+    def _op_MARK(self, op: Op) -> None:
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def _op_NONE(self, op: Op) -> None:
+        self.stack.append(None)
+
+    def _op_NEWTRUE(self, op: Op) -> None:
+        self.stack.append(True)
+
+    def _op_NEWFALSE(self, op: Op) -> None:
+        self.stack.append(False)
+
+    def _op_BININT(self, op: Op) -> None:
+        """The number opcodes: the decoded argument is the value."""
+        self.stack.append(op.arg)
+
+    _op_BININT1 = _op_BININT2 = _op_LONG1 = _op_LONG4 = _op_INT = _op_LONG = _op_BININT
+    _op_BINFLOAT = _op_FLOAT = _op_BININT
+
+    # ---- run ------------------------------------------------------------------------------
+
+    def execute(self) -> Any:
+        """Run to STOP and return what it pops; raises TruncatedPickle or MalformedPickle
+        (and whatever the semantics raises)."""
+        data, size = self.data, len(self.data)
+        unpack_from = struct.unpack_from
+        handlers = {name: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
+        inline, accepted, take_records = self.INLINE, self.ACCEPTED, self.take_records
+        pos = self.start
+        while True:
+            if inline:
+                if pos >= size:
+                    raise TruncatedPickle(f"pickle ends at offset {pos} without STOP")
+                code = data[pos]
+                width = _INLINE_WIDTH.get(code)
+                if width is not None:
+                    if pos + 1 + width > size:
+                        raise TruncatedPickle(f"opcode at offset {pos} runs past the end")
+                    stack = self.stack
+                    if code in (_BINPUT, _LONG_BINPUT):
+                        if not stack:
+                            raise MalformedPickle(f"PUT at offset {pos} with an empty stack")
+                        index = (
+                            data[pos + 1]
+                            if code == _BINPUT
+                            else unpack_from("<I", data, pos + 1)[0]
+                        )
+                        self.memo_put(index, stack[-1])
+                    elif code in (_BINGET, _LONG_BINGET):
+                        if take_records is not None:  # a tensor record starts with a GET
+                            after = take_records(self, pos, named=False)
+                            if after is not None:
+                                pos = after
+                                continue
+                        index = (
+                            data[pos + 1]
+                            if code == _BINGET
+                            else unpack_from("<I", data, pos + 1)[0]
+                        )
+                        stack.append(self.memo_get(index, pos))
+                    elif code == _BININT1:
+                        stack.append(data[pos + 1])
+                    elif code == _BININT2:
+                        stack.append(unpack_from("<H", data, pos + 1)[0])
+                    elif code == _BININT:
+                        stack.append(unpack_from("<i", data, pos + 1)[0])
+                    elif code == _MARK:
+                        self.metastack.append(stack)
+                        self.stack = []
+                    elif code == _NEWFALSE:
+                        stack.append(False)
+                    elif code == _NEWTRUE:
+                        stack.append(True)
+                    elif code == _NONE:
+                        stack.append(None)
+                    pos += 1 + width
+                    continue
+                if code == _BINUNICODE and take_records is not None:  # a state dict entry
+                    after = take_records(self, pos, named=True)
+                    if after is not None:
+                        pos = after
+                        continue
+                if code == _BINUNICODE and pos + 5 <= size:  # short strings: every dict key
+                    length = unpack_from("<I", data, pos + 1)[0]
+                    if length <= PREVIEW and pos + 5 + length <= size:
+                        text = utf8_text(data, pos + 5, length)
+                        self.stack.append(new_blob(Blob, ("str", length, text, pos + 5)))
+                        pos += 5 + length
+                        continue
+            op, pos = decode_at(data, pos)
+            if accepted is not None and op.name not in accepted:
+                self.unaccepted(op)
+            if op.name == "STOP":
+                self.end = pos
+                return self.stop(op)
+            handler = handlers.get("_op_" + op.name)
+            if handler is None:
+                raise self.unsupported(op)
+            handler(op)
