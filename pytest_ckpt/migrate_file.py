@@ -40,7 +40,7 @@ def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool
             print(f"  {line}", file=sys.stderr)
         return 1
     if reference_v0:
-        from pytest_ckpt.migrate import adapt_v0
+        from pytest_ckpt.reference.schema_v0 import adapt_v0
 
         try:
             result = adapt_v0(result)

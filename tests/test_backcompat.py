@@ -17,10 +17,10 @@ from pytest_ckpt.errors import CheckpointError
 from pytest_ckpt.migrate import (
     CURRENT_SCHEMA_VERSION,
     OLDEST_LOADABLE_VERSION,
-    adapt_v0,
     upgrade,
 )
 from pytest_ckpt.reference import MorphogeneticModel
+from pytest_ckpt.reference.schema_v0 import adapt_v0
 from pytest_ckpt.reference.tasks import sample_input
 from pytest_ckpt.reference.trainer import Trainer
 from pytest_ckpt.snapshot import tensor_digest

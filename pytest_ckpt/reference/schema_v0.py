@@ -1,53 +1,20 @@
-"""Schema versions of the reference checkpoint format, and the chain that upgrades them.
+"""The reference system's schema 0, as `pytest-ckpt migrate` leaves it: `adapt_v0` turns it
+into a schema-1 checkpoint.
 
-Each upgrade is a small pure function from version N's dict to version N+1's. `upgrade`
-applies them in order; a version newer than this code knows is an error that says so.
-Version 0 (the pre-fix format with enums, datetimes, deques and modules inside extra_state)
-cannot be loaded with weights_only=True at all: `pytest-ckpt migrate` converts such a file to
-primitives statically, and `adapt_v0` turns that result into a version-1 checkpoint.
+It lives with the reference system because it knows the reference system's classes
+(`SeedStage`, the slot and seed-state schema versions); the core names it only by string,
+in the CLI's `--reference-v0` branch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import datetime
+from collections.abc import Mapping
 from typing import Any
 
-CURRENT_SCHEMA_VERSION = 1
-OLDEST_LOADABLE_VERSION = 1
-
-# version N -> function turning a version-N checkpoint into version N+1
-UPGRADES: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-
-
-def schema_version_of(checkpoint: Any) -> int:
-    if not isinstance(checkpoint, Mapping) or "schema_version" not in checkpoint:
-        raise ValueError("checkpoint has no schema_version: not a pytest-ckpt reference checkpoint")
-    version = checkpoint["schema_version"]
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ValueError(f"checkpoint schema_version must be an int, got {version!r}")
-    return version
-
-
-def upgrade(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """Bring a loaded checkpoint to CURRENT_SCHEMA_VERSION through the upgrade chain."""
-    version = schema_version_of(checkpoint)
-    if version > CURRENT_SCHEMA_VERSION:
-        raise ValueError(
-            f"checkpoint schema_version {version} is newer than this pytest-ckpt knows "
-            f"({CURRENT_SCHEMA_VERSION}): upgrade pytest-ckpt to read it"
-        )
-    if version < OLDEST_LOADABLE_VERSION:
-        raise ValueError(
-            f"checkpoint schema_version {version} predates the weights_only-safe format: "
-            f"it must be migrated, not upgraded"
-        )
-    result = dict(checkpoint)
-    while version < CURRENT_SCHEMA_VERSION:
-        result = UPGRADES[version](result)
-        version += 1
-        if schema_version_of(result) != version:
-            raise AssertionError(f"upgrade from {version - 1} did not produce version {version}")
-    return result
+from pytest_ckpt.migrate.schema import schema_version_of
+from pytest_ckpt.reference.lifecycle import SEED_STATE_SCHEMA_VERSION, SeedStage
+from pytest_ckpt.reference.slot import SLOT_SCHEMA_VERSION
 
 
 def adapt_v0(migrated: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,11 +27,6 @@ def adapt_v0(migrated: Mapping[str, Any]) -> dict[str, Any]:
     `blend_gate` submodule while BLENDING (a later stage's stale gate is dropped, as is the
     telemetry event: neither is state of the model).
     """
-    import datetime
-
-    from pytest_ckpt.reference.lifecycle import SEED_STATE_SCHEMA_VERSION, SeedStage
-    from pytest_ckpt.reference.slot import SLOT_SCHEMA_VERSION
-
     if schema_version_of(migrated) != 0:
         raise ValueError("adapt_v0 takes a migrated schema-0 checkpoint")
 

@@ -1,0 +1,27 @@
+"""Migration: bring checkpoints to what `torch.load(weights_only=True)` accepts, and to the
+current schema.
+
+- `schema`: the schema versions and the upgrade chain (`upgrade`, re-exported here);
+- `rules`: the conversion table, one rule per kind of refused object, for both modes below;
+- `static`: the static converter (`pytest-ckpt migrate`), run on the auditor's pickle machine:
+  nothing from the file runs;
+- `trusted`: `--trust`, the one place that unpickles with `weights_only=False`.
+"""
+
+from __future__ import annotations
+
+from pytest_ckpt.migrate.schema import (
+    CURRENT_SCHEMA_VERSION,
+    OLDEST_LOADABLE_VERSION,
+    UPGRADES,
+    schema_version_of,
+    upgrade,
+)
+
+__all__ = [
+    "CURRENT_SCHEMA_VERSION",
+    "OLDEST_LOADABLE_VERSION",
+    "UPGRADES",
+    "schema_version_of",
+    "upgrade",
+]
