@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.archive import Unreadable
-from pytest_ckpt.audit.convert import ConversionRefused, convert_file
 from pytest_ckpt.manager import write_atomically
+from pytest_ckpt.migrate.static import ConversionRefused, convert_file
 
 
 def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool = False) -> int:
@@ -25,7 +25,7 @@ def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool
     conversions: list[str] = []
     try:
         if trust:
-            from pytest_ckpt.trust import load_trusted, to_primitives
+            from pytest_ckpt.migrate.trusted import load_trusted, to_primitives
 
             result = to_primitives(load_trusted(src), "root", conversions)
         else:

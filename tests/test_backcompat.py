@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from pytest_ckpt.audit import audit_file
-from pytest_ckpt.audit.convert import convert_file
 from pytest_ckpt.backcompat import load_fixture_dir
 from pytest_ckpt.compare import diff_values
 from pytest_ckpt.errors import CheckpointError
@@ -19,12 +18,13 @@ from pytest_ckpt.migrate import (
     OLDEST_LOADABLE_VERSION,
     upgrade,
 )
+from pytest_ckpt.migrate.static import convert_file
+from pytest_ckpt.migrate.trusted import to_primitives
 from pytest_ckpt.reference import MorphogeneticModel
 from pytest_ckpt.reference.schema_v0 import adapt_v0
 from pytest_ckpt.reference.tasks import sample_input
 from pytest_ckpt.reference.trainer import Trainer
 from pytest_ckpt.snapshot import tensor_digest
-from pytest_ckpt.trust import to_primitives
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 VERSIONS = sorted(p for p in FIXTURES.glob("v[0-9]*") if (p / "manifest.json").exists())

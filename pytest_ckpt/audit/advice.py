@@ -1,9 +1,11 @@
 """How to make an object `torch.load(weights_only=True)` accepts, from the object's shape.
 
 Used by the plugin (for objects found in memory) and the auditor (for globals named in a
-file), so both give the same advice. `allowlist_helps` says whether `add_safe_globals` would
-be enough: it is not for classes whose pickle needs more than the allowlisted class (deque's
-`extend`, defaultdict's factory, numpy's reconstruct helpers) or for callables.
+file), so both give the same advice; migration's conversion table (`migrate.rules`) names
+these fixes, one per rule, and carries them out. `allowlist_helps` says whether
+`add_safe_globals` would be enough: it is not for classes whose pickle needs more than the
+allowlisted class (deque's `extend`, defaultdict's factory, numpy's reconstruct helpers) or
+for callables.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _BY_QUALNAME: dict[str, Fix] = {
     "torch.Generator": Fix("torch.Generator", "store generator.get_state()", False),
 }
 
-_MODULE_FIX = Fix(
+MODULE_FIX = Fix(
     "nn.Module",
     "store module.state_dict() plus a config dict; rebuild the module, then load_state_dict",
     False,
@@ -50,7 +52,7 @@ OBJECT_STATE_FIX = Fix(
 )
 
 _BY_MODULE_PREFIX: tuple[tuple[str, Fix], ...] = (
-    ("torch.nn.modules", _MODULE_FIX),
+    ("torch.nn.modules", MODULE_FIX),
     (
         "numpy",
         Fix(
@@ -78,8 +80,8 @@ def fix_for_type(cls: type) -> Fix:
         return ENUM_FIX
     if dataclasses.is_dataclass(cls):
         return Fix("dataclass", "store to_dict() and rebuild with from_dict()", True)
-    if _is_module_class(cls):
-        return _MODULE_FIX
+    if is_module_class(cls):
+        return MODULE_FIX
     if cls in (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.LambdaType):
         return Fix("callable", "store the callable's name and look it up on load", False)
     return fix_for_name(qualname)
@@ -128,7 +130,8 @@ def fix_for_name(qualname: str) -> Fix:
     )
 
 
-def _is_module_class(cls: type) -> bool:
+def is_module_class(cls: type) -> bool:
+    """Is `cls` an nn.Module subclass? By name, so that nothing here imports torch."""
     return any(
         f"{base.__module__}.{base.__qualname__}" == "torch.nn.modules.module.Module"
         for base in cls.__mro__

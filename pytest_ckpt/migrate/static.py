@@ -1,0 +1,367 @@
+"""Rebuild a checkpoint that weights_only refuses as primitives and tensors, statically.
+
+The pickle runs on the auditor's pickle machine (`audit.machine`) with concrete semantics,
+not on Python's unpickler: GLOBAL only names things, and the only callables ever invoked are
+torch's weights_only allowlist (OrderedDict, set, torch.Size, ...) and our own converters.
+What the file would have built becomes what the rules of `migrate.rules` say (an Enum member
+its value, an object the dict of its state, a datetime an ISO string, ...); tensors stay
+tensors, their storage bytes read from the archive.
+
+Each conversion is reported with its path. Anything else (a call of os.system, an unknown
+callable with non-primitive arguments, an extension code) is refused, by path, and then the
+whole file is refused: a partial conversion is not written.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_ckpt.audit.advice import is_dangerous
+from pytest_ckpt.audit.allowlist import load_allowlist
+from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
+from pytest_ckpt.audit.machine import PickleMachine
+from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle
+from pytest_ckpt.migrate.markers import (
+    Converted,
+    GlobalRef,
+    ObjectRecord,
+    Refused,
+    convert_call,
+    finish,
+)
+from pytest_ckpt.migrate.rules import FROZENSET, merged_state
+
+_TENSOR_REBUILD = "torch._utils._rebuild_tensor_v2"
+_PARAMETER_REBUILD = "torch._utils._rebuild_parameter"
+_PARAMETER = "torch.nn.parameter.Parameter"
+
+
+class ConversionRefused(Exception):
+    """Some objects cannot be converted faithfully; `refusals` lists them by path."""
+
+    def __init__(self, refusals: list[str]) -> None:
+        super().__init__("; ".join(refusals))
+        self.refusals = refusals
+
+
+@dataclass(slots=True)
+class Conversion:
+    result: Any
+    conversions: list[str] = field(default_factory=list)
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, Blob):
+        if not value.complete:
+            raise MalformedPickle("string too long to convert faithfully")
+        return value.preview
+    return value
+
+
+class ConcreteMachine(PickleMachine):
+    """The pickle machine with concrete semantics: each opcode builds a real value (or one
+    of the markers of `migrate.markers`, for what the final pass converts or refuses).
+
+    It runs every opcode through the decoder (no INLINE path): its strings are whole, not
+    previews, and an ill-formed pickle fails as it always has (an IndexError or KeyError from
+    the stack or memo, reported by `convert_file` as a malformed pickle).
+    """
+
+    def __init__(self, checkpoint, archive: zipfile.ZipFile | None, prefix: str) -> None:
+        import torch._weights_only_unpickler as wo
+
+        super().__init__(checkpoint.pickle, start=checkpoint.pickle_start)
+        self.allowed = {**wo._get_allowed_globals(), **wo._get_user_allowed_globals()}
+        self.allowlist = load_allowlist()
+        self.checkpoint = checkpoint
+        self.archive = archive
+        self.prefix = prefix
+        self.storages: dict[str, Any] = {}
+        self.refused: list[Refused] = []
+
+    def unsupported(self, op: Op) -> Exception:
+        return MalformedPickle(f"opcode {op.name} at offset {op.offset} is not supported")
+
+    def stop(self, op: Op) -> Any:
+        return self.stack.pop()
+
+    # stack and memo
+    def pop_mark(self) -> list[Any]:
+        items, self.stack = self.stack, self.metastack.pop()
+        return items
+
+    def _op_POP(self, op: Op) -> None:
+        self.stack.pop()
+
+    def _op_POP_MARK(self, op: Op) -> None:
+        self.pop_mark()
+
+    def _op_DUP(self, op: Op) -> None:
+        self.stack.append(self.stack[-1])
+
+    def _put(self, index: int) -> None:
+        self.memo[index] = self.stack[-1]
+
+    def _op_BINPUT(self, op: Op) -> None:
+        self._put(op.arg)
+
+    _op_LONG_BINPUT = _op_BINPUT
+
+    def _op_PUT(self, op: Op) -> None:
+        self._put(int(op.arg))
+
+    def _op_MEMOIZE(self, op: Op) -> None:
+        self._put(len(self.memo))
+
+    def _op_BINGET(self, op: Op) -> None:
+        self.stack.append(self.memo[int(op.arg)])
+
+    _op_LONG_BINGET = _op_GET = _op_BINGET
+
+    # strings and bytes (numbers, None and booleans are the machine's)
+    def _full(self, blob: Blob) -> bytes:
+        return bytes(self.checkpoint.pickle[blob.start : blob.start + blob.length])
+
+    def _op_BINUNICODE(self, op: Op) -> None:
+        if isinstance(op.arg, Blob) and op.arg.kind == "str":
+            self.stack.append(self._full(op.arg).decode("utf-8", "surrogatepass"))
+        else:  # text-form opcodes (protocol 0) keep their value in the preview
+            self.stack.append(_text(op.arg))
+
+    _op_SHORT_BINUNICODE = _op_BINUNICODE8 = _op_UNICODE = _op_BINUNICODE
+
+    def _op_SHORT_BINSTRING(self, op: Op) -> None:
+        raw = self._full(op.arg) if isinstance(op.arg, Blob) and op.arg.kind == "bytes" else b""
+        self.stack.append(raw.decode("utf-8", "surrogatepass"))
+
+    _op_BINSTRING = _op_SHORT_BINSTRING
+
+    def _op_STRING(self, op: Op) -> None:
+        self.stack.append(_text(op.arg))
+
+    def _op_BINBYTES(self, op: Op) -> None:
+        self.stack.append(self._full(op.arg))
+
+    _op_SHORT_BINBYTES = _op_BINBYTES8 = _op_BINBYTES
+
+    # containers
+    def _op_EMPTY_TUPLE(self, op: Op) -> None:
+        self.stack.append(())
+
+    def _op_EMPTY_LIST(self, op: Op) -> None:
+        self.stack.append([])
+
+    def _op_EMPTY_DICT(self, op: Op) -> None:
+        self.stack.append({})
+
+    def _op_EMPTY_SET(self, op: Op) -> None:
+        self.stack.append(set())
+
+    def _op_TUPLE(self, op: Op) -> None:
+        items = self.pop_mark()  # before touching self.stack: pop_mark replaces it
+        self.stack.append(tuple(items))
+
+    def _op_TUPLE1(self, op: Op) -> None:
+        self.stack[-1] = (self.stack[-1],)
+
+    def _op_TUPLE2(self, op: Op) -> None:
+        self.stack[-2:] = [tuple(self.stack[-2:])]
+
+    def _op_TUPLE3(self, op: Op) -> None:
+        self.stack[-3:] = [tuple(self.stack[-3:])]
+
+    def _op_LIST(self, op: Op) -> None:
+        items = self.pop_mark()
+        self.stack.append(items)
+
+    def _op_DICT(self, op: Op) -> None:
+        items = self.pop_mark()
+        self.stack.append(dict(zip(items[::2], items[1::2], strict=True)))
+
+    def _op_APPEND(self, op: Op) -> None:
+        item = self.stack.pop()
+        self.stack[-1].append(item)
+
+    def _op_APPENDS(self, op: Op) -> None:
+        items = self.pop_mark()
+        self.stack[-1].extend(items)
+
+    def _op_SETITEM(self, op: Op) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        self.stack[-1][key] = value
+
+    def _op_SETITEMS(self, op: Op) -> None:
+        items = self.pop_mark()
+        for key, value in zip(items[::2], items[1::2], strict=True):
+            self.stack[-1][key] = value
+
+    def _op_ADDITEMS(self, op: Op) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if isinstance(target, set):
+            target.update(items)
+        else:
+            target.extend(items)
+
+    def _op_FROZENSET(self, op: Op) -> None:
+        items = self.pop_mark()
+        self.stack.append(Converted(items, FROZENSET.note("frozenset")))
+
+    # globals and calls
+    def _op_GLOBAL(self, op: Op) -> None:
+        module, name = op.arg
+        self._push_global(self.allowlist.resolve(module, name))
+
+    def _push_global(self, name: str) -> None:
+        """Allow-listed constants (dtypes, layouts) are values; anything else is a name."""
+        value = self.allowed.get(name)
+        if value is not None and not callable(value):
+            self.stack.append(value)
+        else:
+            self.stack.append(GlobalRef(name))
+
+    def _op_STACK_GLOBAL(self, op: Op) -> None:
+        name, module = self.stack.pop(), self.stack.pop()
+        self._push_global(self.allowlist.resolve(str(module), str(name)))
+
+    def _op_BINPERSID(self, op: Op) -> None:
+        pid = self.stack.pop()
+        self.stack.append(self._storage(pid, op))
+
+    def _storage(self, pid: Any, op: Op) -> Any:
+        import torch
+
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            return self._refuse(f"persistent id at offset {op.offset} is not a storage")
+        _tag, storage_type, key, _location, numel = pid
+        if self.archive is None:
+            return self._refuse("storages outside a zip archive are not converted")
+        if key in self.storages:
+            return self.storages[key]
+        # An allow-listed storage type arrives as torch's own StorageType value (it has a
+        # dtype); UntypedStorage is a class, so it stays a name.
+        dtype = getattr(storage_type, "dtype", None)
+        if dtype is None and getattr(storage_type, "name", None) == "torch.storage.UntypedStorage":
+            dtype = torch.uint8
+        if not isinstance(dtype, torch.dtype):
+            return self._refuse(f"unknown storage type {storage_type!r}")
+        size = torch._utils._element_size(dtype)
+        try:
+            raw = self.archive.read(f"{self.prefix}/data/{key}")
+        except KeyError:
+            return self._refuse(f"storage {key!r} missing from the archive")
+        if len(raw) < numel * size:
+            return self._refuse(f"storage {key!r} is shorter than it declares")
+        flat = torch.frombuffer(bytearray(raw[: numel * size]), dtype=torch.uint8)
+        storage = flat.view(dtype) if numel else torch.empty(0, dtype=dtype)
+        self.storages[key] = storage
+        return storage
+
+    def _refuse(self, reason: str) -> Refused:
+        refused = Refused(reason)
+        self.refused.append(refused)
+        return refused
+
+    def _op_REDUCE(self, op: Op) -> None:
+        args = self.stack.pop()
+        func = self.stack.pop()
+        self.stack.append(self._call(func, args, op))
+
+    def _call(self, func: Any, args: Any, op: Op) -> Any:
+        import torch
+
+        if not isinstance(func, GlobalRef) or not isinstance(args, tuple):
+            return self._refuse(f"REDUCE at offset {op.offset} of something that is not a global")
+        name = func.name
+        if name == _TENSOR_REBUILD:
+            storage, offset, size, stride = args[:4]
+            if isinstance(storage, Refused):
+                return storage
+            return torch.as_strided(storage, tuple(size), tuple(stride), offset)
+        if name == _PARAMETER_REBUILD:
+            if isinstance(args[0], Refused):
+                return args[0]
+            return torch.nn.Parameter(args[0], requires_grad=bool(args[1]))
+        if name == "torch._tensor._rebuild_from_type_v2":
+            inner, new_type, inner_args, state = args
+            if state or getattr(new_type, "name", None) not in ("torch.Tensor", _PARAMETER):
+                return self._refuse("a tensor subclass or a tensor with Python attributes")
+            return self._call(inner, inner_args, op)
+        if name == "builtins.bytes" and not args:
+            return self._refuse("b'' (pickled as a call of bytes(), which weights_only refuses)")
+        if name in self.allowed and not name.startswith("torch._utils._rebuild"):
+            return self.allowed[name](*args)  # torch's own allowlist: safe by its contract
+        if is_dangerous(name):
+            return self._refuse(f"{name} is called when unpickling: refusing to convert")
+        known = convert_call(name, args)  # may be an empty (falsy) list or dict
+        if known is None:
+            return self._refuse(f"call of {name} with arguments that are not primitives")
+        return known
+
+    def _op_NEWOBJ(self, op: Op) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if not isinstance(cls, GlobalRef) or is_dangerous(cls.name):
+            self.stack.append(self._refuse(f"NEWOBJ at offset {op.offset} of {cls}"))
+            return
+        known = convert_call(cls.name, args)
+        if known is not None:
+            self.stack.append(known)
+        elif cls.name == "collections.OrderedDict":
+            self.stack.append(collections.OrderedDict())
+        else:
+            self.stack.append(ObjectRecord(cls.name))
+
+    def _op_BUILD(self, op: Op) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        slot_state = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slot_state = state
+        merged = merged_state(state, slot_state)
+        if isinstance(inst, ObjectRecord):
+            inst.state.update(merged)
+        elif isinstance(inst, collections.OrderedDict):
+            for key, value in merged.items():
+                setattr(inst, key, value)  # state_dict's _metadata
+        else:
+            self.stack[-1] = self._refuse(f"BUILD at offset {op.offset} on {type(inst).__name__}")
+
+    def _op_NEWOBJ_EX(self, op: Op) -> None:
+        self.stack.pop()  # kwargs
+        self._op_NEWOBJ(op)
+
+
+def convert_file(path: str | os.PathLike[str]) -> Conversion:
+    """Statically convert `path`; raises ConversionRefused (by path) or Unreadable."""
+    checkpoint = open_checkpoint(path)
+    if checkpoint.format not in ("zip", "legacy", "raw-pickle"):
+        raise Unreadable(f"{checkpoint.format} files cannot be converted")
+    archive = zipfile.ZipFile(path) if checkpoint.format == "zip" else None
+    try:
+        prefix = archive.infolist()[0].filename.split("/", 1)[0] if archive else ""
+        machine = ConcreteMachine(checkpoint, archive, prefix)
+        try:
+            raw = machine.execute()
+        except (TruncatedPickle, MalformedPickle) as err:
+            raise Unreadable(f"cannot convert: {err}") from None
+        except (IndexError, KeyError, TypeError, ValueError) as err:
+            raise Unreadable(
+                f"cannot convert: malformed pickle ({type(err).__name__}: {err})"
+            ) from None
+        conversions: list[str] = []
+        refusals: list[str] = []
+        result = finish(raw, "root", conversions, refusals)
+        unseen = len(machine.refused) - len(refusals)  # refused objects the result dropped
+        if unseen > 0:
+            refusals.append(f"<discarded>: {unseen} refused object(s) built and thrown away")
+        if refusals:
+            raise ConversionRefused(refusals)
+        return Conversion(result, conversions)
+    finally:
+        if archive is not None:
+            archive.close()
