@@ -3,16 +3,26 @@
 
 Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
 Migrate exit status: 0 written; 1 refused (OUT not written); 2 unreadable or bad arguments.
-Errors are one line on stderr, never a traceback; nothing from a file is ever executed.
+Errors are one line on stderr, never a traceback; nothing from a file is ever executed
+(except under --trust, which says so).
+
+Migrate is static by default (pytest_ckpt.migrate.static: nothing from the file runs);
+`--trust` unpickles for real (pytest_ckpt.migrate.trusted). Either way IN is never
+overwritten, OUT is written atomically and only if every object converted, and OUT must
+pass the auditor before it is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
+from pathlib import Path
 
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
+from pytest_ckpt.audit.archive import Unreadable
 from pytest_ckpt.audit.render import render_json, render_sarif, render_text
 
 
@@ -59,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "migrate":
-        from pytest_ckpt.migrate_file import migrate_command
-
         return migrate_command(
             args.source, args.target, trust=args.trust, reference_v0=args.reference_v0
         )
@@ -78,6 +86,73 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.error is not None for r in reports):
         return 2
     return 1 if any(r.findings for r in reports) else 0
+
+
+def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool = False) -> int:
+    """`pytest-ckpt migrate`: its exit status, having printed what it converted or why not.
+    Migration is imported here, not with the module: `pytest-ckpt audit` does not need it."""
+    from pytest_ckpt.migrate.static import ConversionRefused, convert_file
+
+    src, out = Path(source), Path(target)
+    if out.exists() and src.exists() and os.path.samefile(src, out):
+        print(f"pytest-ckpt migrate: refusing to overwrite the input {src}", file=sys.stderr)
+        return 2
+    conversions: list[str] = []
+    try:
+        if trust:
+            from pytest_ckpt.migrate.trusted import load_trusted, to_primitives
+
+            result = to_primitives(load_trusted(src), "root", conversions)
+        else:
+            converted = convert_file(src)
+            result, conversions = converted.result, converted.conversions
+    except Unreadable as err:
+        print(f"pytest-ckpt migrate: {src}: {err}", file=sys.stderr)
+        return 2
+    except ConversionRefused as refused:
+        print(f"pytest-ckpt migrate: {src}: refused; {out} not written:", file=sys.stderr)
+        for line in refused.refusals:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    if reference_v0:  # the reference system's own adapter: named by string, never imported
+        adapt_v0 = importlib.import_module("pytest_ckpt.reference.schema_v0").adapt_v0
+        try:
+            result = adapt_v0(result)
+        except (KeyError, TypeError, ValueError) as err:
+            print(
+                f"pytest-ckpt migrate: {src}: not a schema-0 reference checkpoint ({err}); "
+                f"{out} not written",
+                file=sys.stderr,
+            )
+            return 1
+        conversions.append("root: schema 0 reference checkpoint -> schema 1")
+    try:
+        write_checkpoint_atomically(result, out)
+    except (OSError, RuntimeError) as err:
+        print(f"pytest-ckpt migrate: cannot write {out}: {err}", file=sys.stderr)
+        return 2
+    report = audit_file(out)
+    if not report.loadable:
+        out.unlink()
+        reason = report.error or report.findings[0].detail
+        print(
+            f"pytest-ckpt migrate: the converted file would not load ({reason}); {out} not kept",
+            file=sys.stderr,
+        )
+        return 1
+    for line in conversions:
+        print(f"converted {line}")
+    print(f"wrote {out} ({len(conversions)} conversion(s)); it loads with weights_only=True")
+    return 0
+
+
+def write_checkpoint_atomically(state: object, path: Path) -> None:
+    import torch
+
+    from pytest_ckpt.manager import write_atomically
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path.parent, path, lambda handle: torch.save(state, handle))
 
 
 if __name__ == "__main__":
