@@ -14,24 +14,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_ckpt.migrate.rules import (
-    DATE,
-    DATETIME,
-    DEFAULTDICT,
-    DEQUE,
-    ENUM,
-    FROZENSET,
-    MODULE,
-    MODULE_STATE,
-    OBJECT,
-    PATH,
-    PRIMITIVES,
-    SET,
-    TIME,
-    TIMEDELTA,
-    module_record,
-    rule_for_global,
-)
+from pytest_ckpt.migrate import rules
 
 
 @dataclass(slots=True, eq=False)
@@ -79,29 +62,29 @@ class DefaultDict(dict):
 def convert_call(name: str, args: tuple) -> Any:
     """What a known constructor call becomes, by the rule for the global it calls, or None
     when we do not know it (a class called with one primitive is taken for an Enum)."""
-    rule = rule_for_global(name)
-    if rule in (DATETIME, DATE, TIME) and args:
+    rule = rules.rule_for_global(name)
+    if rule in (rules.DATETIME, rules.DATE, rules.TIME) and args:
         state = args[0]
         if isinstance(state, str):
             state = state.encode("latin-1")
         if isinstance(state, bytes):
             value = _decode_datetime(name, state, args[1] if len(args) > 1 else None)
             return Converted(rule.convert(value), rule.note(name))
-    if rule is TIMEDELTA and all(isinstance(a, int) for a in args):
+    if rule is rules.TIMEDELTA and all(isinstance(a, int) for a in args):
         return Converted(datetime.timedelta(*args), rule.note(name))  # seconds once finished
     if name == "datetime.timezone" and args and isinstance(args[0], Converted):
         return datetime.timezone(args[0].value)  # a datetime's tzinfo: read, not converted
-    if rule is DEQUE and args:
+    if rule is rules.DEQUE and args:
         return DequeList(args[0] if isinstance(args[0], list) else [])
-    if rule is DEFAULTDICT:
+    if rule is rules.DEFAULTDICT:
         return DefaultDict()
-    if rule in (FROZENSET, SET) and len(args) <= 1:
+    if rule in (rules.FROZENSET, rules.SET) and len(args) <= 1:
         return SetList(args[0] if args else [])
-    if rule is PATH and all(isinstance(a, str) for a in args):
+    if rule is rules.PATH and all(isinstance(a, str) for a in args):
         return Converted(rule.convert("/".join(args).replace("//", "/")), rule.note(name))
-    if rule is OBJECT and args and isinstance(args[0], GlobalRef):
+    if rule is rules.OBJECT and args and isinstance(args[0], GlobalRef):
         return ObjectRecord(args[0].name)
-    if len(args) == 1 and isinstance(args[0], PRIMITIVES):
+    if len(args) == 1 and isinstance(args[0], rules.PRIMITIVES):
         return EnumValue(name, args[0])
     return None
 
@@ -135,38 +118,38 @@ def finish(value: Any, path: str, conversions: list[str], refusals: list[str]) -
         refusals.append(f"{path}: {value.reason}")
         return None
     if isinstance(value, EnumValue):
-        conversions.append(f"{path}: {ENUM.note(value.cls)} {value.value!r}")
+        conversions.append(f"{path}: {rules.ENUM.note(value.cls)} {value.value!r}")
         return value.value
     if isinstance(value, Converted):
         conversions.append(f"{path}: {value.what}")
         inner = value.value
         if isinstance(inner, datetime.timedelta):
-            return TIMEDELTA.convert(inner)
+            return rules.TIMEDELTA.convert(inner)
         return finish(inner, path, conversions, refusals) if isinstance(inner, list) else inner
     if isinstance(value, GlobalRef):
         refusals.append(f"{path}: a bare reference to {value.name}")
         return None
     if isinstance(value, ObjectRecord):
-        if value.state.keys() >= MODULE_STATE:  # an nn.Module, whatever its class name
-            conversions.append(f"{path}: {MODULE.note(value.cls)}")
-            return module_record(
+        if value.state.keys() >= rules.MODULE_STATE:  # an nn.Module, whatever its class name
+            conversions.append(f"{path}: {rules.MODULE.note(value.cls)}")
+            return rules.module_record(
                 value.cls,
                 value,
                 state_of=lambda record: record.state,
                 is_module=lambda child: isinstance(child, ObjectRecord),
                 leaf=lambda tensor, name: finish(tensor, f"{path}.{name}", [], refusals),
             )
-        conversions.append(f"{path}: {OBJECT.note(value.cls)}")
+        conversions.append(f"{path}: {rules.OBJECT.note(value.cls)}")
         return {k: finish(v, f"{path}.{k}", conversions, refusals) for k, v in value.state.items()}
     if isinstance(value, (DequeList, SetList)):
-        rule = DEQUE if isinstance(value, DequeList) else SET
+        rule = rules.DEQUE if isinstance(value, DequeList) else rules.SET
         conversions.append(f"{path}: {rule.note(rule.kind)}")
         return [finish(v, f"{path}[{i}]", conversions, refusals) for i, v in enumerate(value)]
     if isinstance(value, DefaultDict):
-        conversions.append(f"{path}: {DEFAULTDICT.note(DEFAULTDICT.kind)}")
+        conversions.append(f"{path}: {rules.DEFAULTDICT.note(rules.DEFAULTDICT.kind)}")
         return {k: finish(v, f"{path}[{k!r}]", conversions, refusals) for k, v in value.items()}
     if isinstance(value, set):
-        conversions.append(f"{path}: {SET.note(SET.kind)}")
+        conversions.append(f"{path}: {rules.SET.note(rules.SET.kind)}")
         return [finish(v, f"{path}[{i}]", conversions, refusals) for i, v in enumerate(value)]
     if isinstance(value, collections.OrderedDict):
         result = collections.OrderedDict(

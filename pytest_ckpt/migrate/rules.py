@@ -69,6 +69,15 @@ def _instance_of(*types: type) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, types)
 
 
+def _for_class(kind: str, cls: type, becomes: str, **more: Any) -> Rule:
+    """The rule for one class, pickled under its own name: the auditor's advice for that
+    name, recognised by that global (static) and by isinstance (--trust)."""
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    return Rule(
+        kind, fix_for_name(name), becomes, globals=frozenset({name}), live=_instance_of(cls), **more
+    )
+
+
 def _iso(value: datetime.date | datetime.time) -> str:
     return value.isoformat()
 
@@ -103,36 +112,13 @@ def _live_module(module: Any) -> dict[str, Any]:
 ENUM = Rule(
     "Enum", ENUM_FIX, "member -> its value", live=_instance_of(enum.Enum), convert=lambda m: m.value
 )
-DATETIME = Rule(
-    "datetime",
-    fix_for_name("datetime.datetime"),
-    "-> ISO string",
-    globals=frozenset({"datetime.datetime"}),
-    live=_instance_of(datetime.datetime),
-    convert=_iso,
-)
-DATE = Rule(
-    "date",
-    fix_for_name("datetime.date"),
-    "-> ISO string",
-    globals=frozenset({"datetime.date"}),
-    live=_instance_of(datetime.date),
-    convert=_iso,
-)
-TIME = Rule(
-    "time",
-    fix_for_name("datetime.time"),
-    "-> ISO string",
-    globals=frozenset({"datetime.time"}),
-    live=_instance_of(datetime.time),
-    convert=_iso,
-)
-TIMEDELTA = Rule(
+DATETIME = _for_class("datetime", datetime.datetime, "-> ISO string", convert=_iso)
+DATE = _for_class("date", datetime.date, "-> ISO string", convert=_iso)
+TIME = _for_class("time", datetime.time, "-> ISO string", convert=_iso)
+TIMEDELTA = _for_class(
     "timedelta",
-    fix_for_name("datetime.timedelta"),
+    datetime.timedelta,
     "-> seconds",
-    globals=frozenset({"datetime.timedelta"}),
-    live=_instance_of(datetime.timedelta),
     convert=_seconds,
     subject=lambda value: "timedelta",
 )
@@ -153,21 +139,9 @@ MODULE = Rule(
     convert=_live_module,
     subject=lambda value: None,
 )
-DEQUE = Rule(
-    "deque",
-    fix_for_name("collections.deque"),
-    "-> list",
-    globals=frozenset({"collections.deque"}),
-    live=_instance_of(collections.deque),
-)
+DEQUE = _for_class("deque", collections.deque, "-> list")
 SET = Rule("set", None, "-> list", globals=frozenset({"builtins.set"}), live=_instance_of(set))
-FROZENSET = Rule(
-    "frozenset",
-    fix_for_name("builtins.frozenset"),
-    "-> list",
-    globals=frozenset({"builtins.frozenset"}),
-    live=_instance_of(frozenset),
-)
+FROZENSET = _for_class("frozenset", frozenset, "-> list")
 # --trust writes every dict subclass but OrderedDict (which torch loads) as a plain dict.
 DEFAULTDICT = Rule(
     "defaultdict",

@@ -25,6 +25,7 @@ from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
 from pytest_ckpt.audit.machine import PickleMachine
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle
+from pytest_ckpt.migrate import rules
 from pytest_ckpt.migrate.markers import (
     Converted,
     GlobalRef,
@@ -33,7 +34,6 @@ from pytest_ckpt.migrate.markers import (
     convert_call,
     finish,
 )
-from pytest_ckpt.migrate.rules import FROZENSET, merged_state
 
 _TENSOR_REBUILD = "torch._utils._rebuild_tensor_v2"
 _PARAMETER_REBUILD = "torch._utils._rebuild_parameter"
@@ -209,7 +209,7 @@ class ConcreteMachine(PickleMachine):
 
     def _op_FROZENSET(self, op: Op) -> None:
         items = self.pop_mark()
-        self.stack.append(Converted(items, FROZENSET.note("frozenset")))
+        self.stack.append(Converted(items, rules.FROZENSET.note("frozenset")))
 
     # globals and calls
     def _op_GLOBAL(self, op: Op) -> None:
@@ -322,7 +322,7 @@ class ConcreteMachine(PickleMachine):
         slot_state = None
         if isinstance(state, tuple) and len(state) == 2:
             state, slot_state = state
-        merged = merged_state(state, slot_state)
+        merged = rules.merged_state(state, slot_state)
         if isinstance(inst, ObjectRecord):
             inst.state.update(merged)
         elif isinstance(inst, collections.OrderedDict):

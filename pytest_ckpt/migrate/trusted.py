@@ -16,31 +16,16 @@ import os
 import sys
 from typing import Any
 
-from pytest_ckpt.migrate.rules import (
-    DATE,
-    DATETIME,
-    DEFAULTDICT,
-    DEQUE,
-    ENUM,
-    FROZENSET,
-    MODULE,
-    OBJECT,
-    PATH,
-    SET,
-    TIME,
-    TIMEDELTA,
-    Rule,
-    first_live,
-    merged_state,
-)
+from pytest_ckpt.migrate import rules
 
 WARNING = (
     "WARNING: --trust unpickles {path} with weights_only=False: this RUNS CODE FROM THE FILE. "
     "Use it only on checkpoints you wrote yourself."
 )
 
-_CONVERTED = (DATETIME, DATE, TIME, TIMEDELTA, PATH, MODULE)  # replaced by what `convert` gives
-_AS_LISTS = (DEQUE, SET, FROZENSET)  # written as lists of their converted items
+# replaced by what their `convert` gives
+_CONVERTED = (rules.DATETIME, rules.DATE, rules.TIME, rules.TIMEDELTA, rules.PATH, rules.MODULE)
+_AS_LISTS = (rules.DEQUE, rules.SET, rules.FROZENSET)  # written as lists of converted items
 
 
 def load_trusted(path: str | os.PathLike[str]) -> Any:
@@ -55,11 +40,11 @@ def _object_state(obj: Any) -> dict[str, Any]:
     reduced = obj.__reduce_ex__(2)
     state = reduced[2] if len(reduced) > 2 else None
     if isinstance(state, tuple) and len(state) == 2:
-        return merged_state(*state)
+        return rules.merged_state(*state)
     return dict(state or {})
 
 
-def _report(rule: Rule, value: Any, path: str, conversions: list[str]) -> None:
+def _report(rule: rules.Rule, value: Any, path: str, conversions: list[str]) -> None:
     conversions.append(f"{path}: {rule.note(rule.subject(value))}")
 
 
@@ -67,18 +52,18 @@ def to_primitives(value: Any, path: str, conversions: list[str]) -> Any:
     """The same conversions as the static converter, applied to real objects."""
     import torch
 
-    if ENUM.live(value):  # before the primitives: an IntEnum is an int
-        _report(ENUM, value, path, conversions)
-        return ENUM.convert(value)
+    if rules.ENUM.live(value):  # before the primitives: an IntEnum is an int
+        _report(rules.ENUM, value, path, conversions)
+        return rules.ENUM.convert(value)
     if isinstance(value, (torch.Tensor, str, bytes, int, float, bool, complex, type(None))):
         return value
     if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
         return value
-    rule = first_live(_CONVERTED, value)
+    rule = rules.first_live(_CONVERTED, value)
     if rule is not None:
         _report(rule, value, path, conversions)
         return rule.convert(value)
-    rule = first_live(_AS_LISTS, value)
+    rule = rules.first_live(_AS_LISTS, value)
     if rule is not None:
         _report(rule, value, path, conversions)
         return [to_primitives(v, f"{path}[{i}]", conversions) for i, v in enumerate(value)]
@@ -90,15 +75,15 @@ def to_primitives(value: Any, path: str, conversions: list[str]) -> Any:
             result._metadata = value._metadata  # type: ignore[attr-defined]
         return result
     if isinstance(value, dict):
-        if DEFAULTDICT.live(value):
-            _report(DEFAULTDICT, value, path, conversions)
+        if rules.DEFAULTDICT.live(value):
+            _report(rules.DEFAULTDICT, value, path, conversions)
         return {k: to_primitives(v, f"{path}[{k!r}]", conversions) for k, v in value.items()}
     if isinstance(value, list):
         return [to_primitives(v, f"{path}[{i}]", conversions) for i, v in enumerate(value)]
     if isinstance(value, tuple):
         return tuple(to_primitives(v, f"{path}[{i}]", conversions) for i, v in enumerate(value))
-    if OBJECT.live(value):
-        _report(OBJECT, value, path, conversions)
+    if rules.OBJECT.live(value):
+        _report(rules.OBJECT, value, path, conversions)
         state = _object_state(value)
         return {k: to_primitives(v, f"{path}.{k}", conversions) for k, v in state.items()}
     return value
