@@ -92,8 +92,28 @@ def diff_values(
         if type(a) is not type(b):
             differences.append(Difference(path, f"{_kind(a)} {a!r:.40} != {_kind(b)} {b!r:.40}"))
         elif a != b and not (isinstance(a, float) and a != a and b != b):
-            differences.append(Difference(path, f"{a!r:.60} != {b!r:.60}"))
+            differences.append(Difference(path, _describe_value_difference(a, b)))
     return differences
+
+
+_SHOWN_CHARS = 60
+
+
+def _describe_value_difference(a: Any, b: Any) -> str:
+    """Both values; for long strings (or bytes) a window around the first difference, since
+    two long values often share a prefix longer than anything we could print."""
+    if not isinstance(a, (str, bytes)) or max(len(a), len(b)) <= _SHOWN_CHARS:
+        return f"{a!r:.{_SHOWN_CHARS}} != {b!r:.{_SHOWN_CHARS}}"
+    first = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    start, width = max(0, first - 20), _SHOWN_CHARS - 20
+
+    def window(value: Any) -> str:
+        part = value[start : start + width]
+        return ("..." if start else "") + repr(part) + ("..." if len(value) > start + width else "")
+
+    return f"differ from index {first} (lengths {len(a)} and {len(b)}): {window(a)} != {window(b)}"
 
 
 def _kind(value: Any) -> str:

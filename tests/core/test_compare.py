@@ -56,3 +56,12 @@ def test_refusals_the_live_scan_cannot_see_are_explained_by_the_auditor(tmp_path
     tensor.note = datetime.date(2026, 1, 1)  # a plain Tensor to the eye; pickled with its state
     with pytest.raises(CheckpointLoadError, match=r"root\['w'\].*datetime.date. Fix: store an ISO"):
         save_and_load({"w": tensor}, tmp_path / "x.pt")
+
+
+def test_long_strings_show_where_they_differ_not_a_shared_prefix() -> None:
+    prefix = "seed r0c1 trained for 12 epochs then blended with a gated schedule; " * 2
+    (difference,) = diff_values(prefix + "alpha=0.50", prefix + "alpha=0.75")
+    assert difference.detail.startswith(f"differ from index {len(prefix) + 8} (lengths")
+    assert "alpha=0.50" in difference.detail and "alpha=0.75" in difference.detail
+    (short,) = diff_values("abc", "abd")
+    assert short.detail == "'abc' != 'abd'"
