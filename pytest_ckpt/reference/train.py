@@ -4,7 +4,9 @@
     python -m pytest_ckpt.reference.train --resume run.pt --epochs 5 --save run2.pt
 
 `--epochs` counts PPO batch epochs (one rollout + one update each). `--slots` takes canonical
-slot ids only. Exit status: 0 on success, 2 on bad arguments or an unreadable checkpoint.
+slot ids only. Runs are deterministic for `--seed`: two runs write equal TrainingStates, and
+running E+1 epochs equals running E, saving, and resuming for 1. Exit status: 0 on success, 2
+on bad arguments or an unreadable checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from pytest_ckpt.reference.hosts import HOSTS
 from pytest_ckpt.reference.slots import SlotConfig
-from pytest_ckpt.reference.trainer import Trainer
+from pytest_ckpt.reference.trainer import Trainer, seed_global_rngs
 
 
 def _slots(text: str) -> SlotConfig:
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot resume: {err}", file=sys.stderr)
             return 2
     else:
+        seed_global_rngs(args.seed)
         trainer = Trainer(host=args.host, slots=args.slots, seed=args.seed)
     for _ in range(args.epochs):
         stats = trainer.run_update()

@@ -369,6 +369,14 @@ def load_weights_only(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: not loadable with weights_only=True: {reason}") from err
 
 
+def seed_global_rngs(seed: int) -> None:
+    """Seed the global python and torch generators a TrainingState captures: a fresh run must
+    not depend on what ran before it in the process, or on the process (python's `random` is
+    seeded from the OS at start-up)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def python_rng_state() -> dict[str, Any]:
     """`random.getstate()` as primitives (its tuple would load too, but a dict documents it)."""
     version, internal, gauss_next = random.getstate()

@@ -49,3 +49,39 @@ def test_unreadable_resume_files_exit_2_with_one_line(content, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("error: cannot resume: ") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def run_cli(*runs: list[str]) -> None:
+    """The train CLI in fresh processes, as a user runs it (independent runs in parallel)."""
+    import subprocess
+    import sys
+
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pytest_ckpt.reference.train", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in runs
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+
+
+def test_runs_in_separate_processes_write_equal_states_and_resume_exactly(tmp_path) -> None:
+    from pytest_ckpt.compare import diff_values
+
+    def load(name: str):
+        return torch.load(tmp_path / name, weights_only=True)
+
+    run = ["--host", "cnn", "--slots", "r0c0,r0c1", "--seed", "3"]
+    run_cli(
+        [*run, "--epochs", "1", "--save", str(tmp_path / "a.pt")],
+        [*run, "--epochs", "1", "--save", str(tmp_path / "b.pt")],
+        [*run, "--epochs", "2", "--save", str(tmp_path / "straight.pt")],
+    )
+    assert diff_values(load("a.pt"), load("b.pt"), limit=5) == []  # every tensor and primitive
+    run_cli(["--resume", str(tmp_path / "a.pt"), "--epochs", "1", "--save", str(tmp_path / "r.pt")])
+    assert diff_values(load("straight.pt"), load("r.pt"), limit=5) == []
