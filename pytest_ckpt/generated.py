@@ -46,15 +46,24 @@ def resume(ckpt_subject, ckpt_model, ckpt_check, ckpt_options, tmp_path) -> None
         check_resume(ckpt_subject, ckpt_model, ckpt_options.resume_steps, tmp_path / "ckpt.pt")
 
 
-def snapshot(ckpt_subject, ckpt_model, ckpt_check, ckpt_snapshot, tmp_path, pytestconfig) -> None:
+def snapshot(ckpt_subject, ckpt_model, ckpt_check, snapshot, tmp_path, pytestconfig) -> None:
+    from pytest_ckpt.plugin import matrix_snapshot_extension
+
+    assertion = snapshot.use_extension(matrix_snapshot_extension(pytestconfig))
     with ckpt_check():
         record: Any = snapshot_record(ckpt_subject, ckpt_model, tmp_path / "checkpoint.pt")
     # Explicit diff: this module's asserts are not rewritten by pytest, so a bare
-    # `assert ckpt_snapshot == record` would fail without syrupy's diff.
-    if ckpt_snapshot != record:
-        diff = "\n".join(ckpt_snapshot.get_assert_diff())
+    # `assert assertion == record` would fail without syrupy's diff.
+    if assertion != record:
+        name = assertion.test_location.nodename
+        diff = "\n".join(assertion.get_assert_diff())
         if not pytestconfig.get_terminal_writer().hasmarkup:
             diff = strip_ansi(diff)  # syrupy colours its diff; logs and reports want text
-        pytest.fail(
-            f"snapshot {ckpt_snapshot.test_location.nodename} differs:\n{diff}", pytrace=False
-        )
+        if assertion.executions[assertion.num_executions - 1].recalled_data is None:
+            head = (
+                f"no snapshot yet for {name} (subject {ckpt_subject.name}): review the state "
+                "below and run with --snapshot-update to record it"
+            )
+        else:
+            head = f"snapshot {name} (subject {ckpt_subject.name}) differs:"
+        pytest.fail(f"{head}\n{diff}", pytrace=False)

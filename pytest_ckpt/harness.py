@@ -84,20 +84,30 @@ class RoundTrip:
     rebuilt: Any  # a fresh system rebuilt from `loaded`
 
 
-def check_roundtrip(subject: Subject, system: Any, path: str | os.PathLike[str]) -> RoundTrip:
-    """Export, save, load with weights_only=True, compare exactly, rebuild, compare again."""
+def check_roundtrip(
+    subject: Subject, system: Any, path: str | os.PathLike[str], *, keep_loaded: bool = False
+) -> RoundTrip:
+    """Export, save, load with weights_only=True, compare exactly, rebuild, compare again.
+
+    With `keep_loaded`, `RoundTrip.loaded` is a copy taken before the rebuild: a rebuilt
+    optimizer shares the loaded tensors (`load_state_dict` keeps them), so stepping the rebuilt
+    system would otherwise change what `loaded` shows.
+    """
+    import copy
+
     state = subject.export_state(system)
     loaded = save_and_load(state, path)
     differences = diff_values(state, loaded)
     if differences:
         raise RoundTripMismatch(_format(differences, "state changed through save/load:"))
+    kept = copy.deepcopy(loaded) if keep_loaded else loaded
     rebuilt = subject.rebuild(loaded)
     differences = diff_values(state, subject.export_state(rebuilt))
     if differences:
         raise RoundTripMismatch(
             _format(differences, "the system rebuilt from the checkpoint exports another state:")
         )
-    return RoundTrip(state, loaded, rebuilt)
+    return RoundTrip(state, kept, rebuilt)
 
 
 def normalize_telemetry(value: Any) -> Any:
@@ -147,8 +157,9 @@ def check_resume(
 
 
 def snapshot_record(subject: Subject, system: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What a reviewed snapshot holds: the state as loaded back, and one step after resuming."""
-    roundtrip = check_roundtrip(subject, system, path)
+    """What a reviewed snapshot holds: the state as loaded back (before anything stepped), and
+    one step after resuming."""
+    roundtrip = check_roundtrip(subject, system, path, keep_loaded=True)
     step = subject.step(roundtrip.rebuilt)
     return {
         "subject": subject.name,

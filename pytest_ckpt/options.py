@@ -13,13 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pytest_ckpt.snapshot_compare import ToleranceRule
 from pytest_ckpt.subject import DEFAULT_STAGES, DEFAULT_SUBJECT, LIFECYCLE_STAGES, Grid
 
 if TYPE_CHECKING:
     import pytest
 
 DEFAULT_GRIDS = "1x1,1x3,2x2"
-FLOAT_MODES = ("exact", "rounded")
+FLOAT_MODES = ("exact", "tolerant")
+# The 0.1 name of "tolerant": rounded text, which flipped at rounding boundaries across CPUs.
+_OLD_FLOAT_MODES = {"rounded": "tolerant"}
 _GRID = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
 
 
@@ -69,9 +72,31 @@ def subject_value(text: str) -> str:
 
 
 def float_mode_value(text: str) -> str:
-    if text not in FLOAT_MODES:
+    if text not in FLOAT_MODES and text not in _OLD_FLOAT_MODES:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(FLOAT_MODES)}, got {text!r}")
     return text
+
+
+def tolerance_value(text: str) -> str:
+    """A finite number >= 0 (a relative or absolute tolerance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return text.strip()
+
+
+def tolerance_rules_value(lines: list[str]) -> tuple[str, ...]:
+    """ini lines `PATTERN: rtol=X, atol=Y` or `PATTERN: any`, each validated."""
+    rules = tuple(line.strip() for line in lines if line.strip())
+    for rule in rules:
+        try:
+            ToleranceRule.parse(rule)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return rules
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,6 +108,9 @@ class CkptOptions:
     subject: str
     report: str | None
     snapshot_floats: str
+    snapshot_rtol: float
+    snapshot_atol: float
+    snapshot_tolerances: tuple[str, ...]  # ToleranceRule texts (plain strings travel to xdist)
 
     def stage_list(self, reachable: tuple[str, ...]) -> tuple[str, ...]:
         """The stages to test for a subject that can reach `reachable`.
@@ -146,10 +174,26 @@ OPTIONS = (
         "--ckpt-snapshot-floats",
         "ckpt_snapshot_floats",
         float_mode_value,
-        "exact",
-        "float tensors in snapshots: 'exact' digests (default) or 'rounded' summaries",
+        "tolerant",
+        "floats in snapshots: 'tolerant' (default; compared with rtol/atol, so committed "
+        "snapshots hold on any CPU) or 'exact' (digests and full text; one machine only)",
+    ),
+    OptionSpec(
+        "--ckpt-snapshot-rtol",
+        "ckpt_snapshot_rtol",
+        tolerance_value,
+        "1e-3",
+        "relative tolerance for floats in tolerant snapshots (default: 1e-3)",
+    ),
+    OptionSpec(
+        "--ckpt-snapshot-atol",
+        "ckpt_snapshot_atol",
+        tolerance_value,
+        "1e-6",
+        "absolute tolerance for floats in tolerant snapshots (default: 1e-6)",
     ),
 )
+TOLERANCES_INI = "ckpt_snapshot_tolerances"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -165,6 +209,13 @@ def add_options(parser: pytest.Parser) -> None:
     for spec in OPTIONS:
         group.addoption(spec.flag, dest=spec.name, type=spec.validate, default=None, help=spec.help)
         parser.addini(spec.name, spec.help, default=spec.default)
+    parser.addini(
+        TOLERANCES_INI,
+        "per-field float tolerances for snapshots, one per line: 'PATTERN: rtol=X, atol=Y' or "
+        "'PATTERN: any' (PATTERN is a glob over the dotted path, e.g. step.metrics.*)",
+        type="linelist",
+        default=[],
+    )
 
 
 def resolve_options(config: pytest.Config) -> CkptOptions:
@@ -183,6 +234,20 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
     enabled = config.getoption("ckpt_roundtrip")
     if enabled is None:
         enabled = bool(config.getini("ckpt_roundtrip"))
+    try:
+        rules = tolerance_rules_value(config.getini(TOLERANCES_INI))
+    except argparse.ArgumentTypeError as err:
+        raise pytest.UsageError(f"ini option {TOLERANCES_INI}: {err}") from None
+    float_mode = values["ckpt_snapshot_floats"]
+    if float_mode in _OLD_FLOAT_MODES:
+        config.issue_config_time_warning(
+            pytest.PytestDeprecationWarning(
+                f"ckpt_snapshot_floats = {float_mode!r} is now "
+                f"{_OLD_FLOAT_MODES[float_mode]!r}: floats are compared with rtol/atol"
+            ),
+            stacklevel=2,
+        )
+        float_mode = _OLD_FLOAT_MODES[float_mode]
     raw_stages = values["ckpt_stages"]
     stages = raw_stages if raw_stages in ("all", "default") else tuple(_split(raw_stages))
     grids = tuple(_parse_grid(g) for g in _split(values["ckpt_grids"]))
@@ -193,7 +258,10 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         resume_steps=int(values["ckpt_resume_steps"]),
         subject=values["ckpt_subject"],
         report=values["ckpt_report"] or None,
-        snapshot_floats=values["ckpt_snapshot_floats"],
+        snapshot_floats=float_mode,
+        snapshot_rtol=float(values["ckpt_snapshot_rtol"]),
+        snapshot_atol=float(values["ckpt_snapshot_atol"]),
+        snapshot_tolerances=rules,
     )
 
 

@@ -30,7 +30,7 @@ class CkptSession:
         self.options = options
         self.report = MatrixReport(subject=options.subject)
         self._subject: Any = None
-        self._extension: type | None = None
+        self._extensions: dict[str, type] = {}
 
     @property
     def subject(self) -> Any:
@@ -75,12 +75,30 @@ class CkptSession:
     def grids(self) -> tuple[tuple[int, int], ...]:
         return self.options.grids if self.subject.supports_grids else ((1, 1),)
 
-    def snapshot_extension(self) -> type:
-        if self._extension is None:
-            from pytest_ckpt.snapshot import make_snapshot_extension
+    def snapshot_extension(self, *, matrix: bool = False) -> type:
+        """The syrupy extension of this session, built once. The matrix's own snapshots live
+        in a folder per subject and also take the subject's `snapshot_tolerances`."""
+        kind = "matrix" if matrix else "fixture"
+        if kind not in self._extensions:
+            from pytest_ckpt.snapshot import make_snapshot_extension, snapshot_dirname_for
+            from pytest_ckpt.snapshot_compare import Tolerance, ToleranceRule
 
-            self._extension = make_snapshot_extension(self.options.snapshot_floats)
-        return self._extension
+            texts = list(self.options.snapshot_tolerances)
+            if matrix:
+                texts += list(getattr(self.subject, "snapshot_tolerances", ()))
+            try:
+                rules = [ToleranceRule.parse(text) for text in texts]
+            except ValueError as err:
+                raise pytest.UsageError(
+                    f"snapshot tolerances of {self.subject.name}: {err}"
+                ) from None
+            self._extensions[kind] = make_snapshot_extension(
+                self.options.snapshot_floats,
+                default=Tolerance(self.options.snapshot_rtol, self.options.snapshot_atol),
+                rules=rules,
+                dirname=snapshot_dirname_for(self.subject.name) if matrix else None,
+            )
+        return self._extensions[kind]
 
 
 class GeneratedModule(pytest.Module):
@@ -100,6 +118,11 @@ class GeneratedModule(pytest.Module):
 
 def _session(config: pytest.Config) -> CkptSession:
     return config.stash[SESSION_KEY]
+
+
+def matrix_snapshot_extension(config: pytest.Config) -> type:
+    """The extension the generated `snapshot` items compare with (a folder per subject)."""
+    return _session(config).snapshot_extension(matrix=True)
 
 
 # ---- hooks ----------------------------------------------------------------------------------
@@ -269,7 +292,8 @@ def ckpt_resume(ckpt_subject: Any, ckpt_options: CkptOptions, tmp_path: Path, ck
 
 @pytest.fixture
 def ckpt_snapshot(snapshot: Any, pytestconfig: pytest.Config) -> Any:
-    """syrupy's `snapshot`, with tensors serialized as shape/dtype/digest/summary."""
+    """syrupy's `snapshot`, with tensors serialized as shape/dtype/summary and floats compared
+    with the session's tolerance (`--ckpt-snapshot-floats`, `--ckpt-snapshot-rtol/atol`)."""
     return snapshot.use_extension(_session(pytestconfig).snapshot_extension())
 
 

@@ -1,18 +1,24 @@
-"""Tensor-aware syrupy snapshots: reviewed in a PR diff like any other snapshot.
+"""Tensor-aware syrupy snapshots, reviewed in a PR diff and valid on every CPU.
 
-A tensor becomes one line: shape, dtype, a sha256 digest of its exact bytes and a short
-rounded summary a reviewer can read. Long lists of numbers (an RNG state) become a digest line
-too. Floats elsewhere are rounded to `FLOAT_DIGITS` significant digits.
+A tensor becomes one line: shape, dtype and what describes it on any machine. Integer and bool
+tensors carry a sha256 digest of their exact bytes (no CPU changes an integer). Float tensors
+carry well-conditioned summaries, the L2 norm and the largest absolute value (a mean of values
+near zero changes sign from one CPU to the next), or their values when there are a handful.
+Long lists of numbers (an RNG state) become one such line too.
 
-When are float digests exact? For the same torch build on the CPU, with every RNG seeded and
-the same thread count, a trained float tensor is bit-identical run to run, so its digest is
-stable. Across torch versions, CPUs or thread counts it may not be: use the "rounded" mode
-(`--ckpt-snapshot-floats rounded`), which drops float digests, keeps the rounded summary and
-writes plain floats at SUMMARY_DIGITS significant digits.
-Integer and bool tensors are always compared exactly.
+Two float modes:
+- "tolerant" (default): floats are written at `FLOAT_DIGITS` significant digits and compared
+  with a tolerance on their parsed values (`snapshot_compare`), so a snapshot recorded on one
+  CPU holds on another: trained values differ between CPU kernels (`ATEN_CPU_CAPABILITY`).
+- "exact": float tensors also carry a digest of their bytes and floats are written in full;
+  the text must match exactly. Only for snapshots read on the machine (and torch build and
+  thread count) that wrote them.
 
-Our snapshots use their own file extension (`.ckpt-ambr`) and serializer version, so they
-never share a file or a version header with a project's plain `snapshot` assertions.
+Our snapshots use their own file extension (`.ckpt-ambr`) and serializer version, so they never
+share a file or a version header with a project's plain `snapshot` assertions. The extension
+classes are built once per session by `make_snapshot_extension`; subclass the result (or
+`CkptSnapshotExtension`) to change a tolerance or where the files go, as with any syrupy
+extension.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import numbers
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from syrupy.extensions.amber import (
@@ -28,11 +36,34 @@ from syrupy.extensions.amber import (
     AmberSnapshotExtension,
 )
 
-FLOAT_DIGITS = 6
-SUMMARY_DIGITS = 4
-FLOAT_MODES = ("exact", "rounded")
+from pytest_ckpt.snapshot_compare import (
+    Comparison,
+    Tolerance,
+    ToleranceRule,
+    Tolerances,
+    compare_snapshots,
+)
+
+FLOAT_MODES = ("exact", "tolerant")
+FLOAT_DIGITS = 8
+# Kernels for another SIMD width or accumulation order change a float32 result by a few units
+# in the last place (~1e-7 relative) per operation; after a short, well-conditioned training
+# run (a few optimizer steps) that stays below ~1e-4. rtol=1e-3 leaves a 10x margin and still
+# fails a 1% change; atol=1e-6 absorbs the cancellation noise of float32 sums of order-1 terms
+# around zero (a loss of 3e-8 on one CPU is -3e-8 on another).
+DEFAULT_TOLERANCE = Tolerance(rtol=1e-3, atol=1e-6)
 _LONG_LIST = 16
 _SHOWN_VALUES = 8
+_FLOW_LEAVES = 16
+_FLOW_DEPTH = 3
+_FLOW_TEXT = 120
+_UNSAFE_DIR_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+UNCHECKED_FLOAT = "<float>"  # a float at an unchecked path: its type is pinned, not its value
+
+
+def dotted_path(path: Sequence[tuple[Any, Any]]) -> str:
+    """syrupy's property path as the dotted path tolerance rules match (`state.env.loss`)."""
+    return ".".join(str(name) for name, _type in path)
 
 
 def tensor_digest(tensor: Any) -> str:
@@ -43,12 +74,43 @@ def tensor_digest(tensor: Any) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _g(value: float, digits: int = SUMMARY_DIGITS) -> str:
-    return f"{value:.{digits}g}"
+def format_float(value: float, *, float_mode: str = "tolerant") -> str:
+    """A float as snapshot text: always recognisable as a float (`16.0`, never `16`).
+
+    Whole numbers below 1e15 (counters, clock readings) are written exactly; in "exact" mode
+    every float is its full repr, otherwise `FLOAT_DIGITS` significant digits.
+    """
+    value = float(value)
+    if float_mode == "exact" or (value.is_integer() and abs(value) < 1e15):
+        return repr(value)
+    text = f"{value:.{FLOAT_DIGITS}g}"
+    return text if any(c in text for c in ".en") else f"{text}.0"
 
 
-def describe_tensor(tensor: Any, *, float_mode: str) -> str:
-    """The one-line text of a tensor in a snapshot."""
+def _float_summary(values: Any, float_mode: str) -> list[str]:
+    """norm and abs-max over the finite values, in float64 (or the values, if few)."""
+    import torch
+
+    flat = values.flatten()
+    if flat.numel() <= _SHOWN_VALUES:
+        return ["values=[" + ", ".join(format_float(v, float_mode=float_mode) for v in flat) + "]"]
+    finite = flat[flat.isfinite()]
+    parts = []
+    if finite.numel():
+        norm = float(torch.linalg.vector_norm(finite))
+        absmax = float(finite.abs().max())
+        parts.append(
+            f"norm={format_float(norm, float_mode=float_mode)}, "
+            f"absmax={format_float(absmax, float_mode=float_mode)}"
+        )
+    if finite.numel() != flat.numel():
+        parts.append(f"nonfinite={flat.numel() - finite.numel()}")
+    return parts
+
+
+def describe_tensor(tensor: Any, *, float_mode: str = "tolerant", checked: bool = True) -> str:
+    """The one-line text of a tensor in a snapshot; `checked=False` leaves float values out
+    (a path whose values differ from machine to machine: shape and dtype only)."""
     import torch
 
     head = f"shape={list(tensor.shape)}, dtype={str(tensor.dtype).removeprefix('torch.')}"
@@ -58,13 +120,15 @@ def describe_tensor(tensor: Any, *, float_mode: str) -> str:
     if tensor.device.type == "meta":
         return f"Tensor({head}, device=meta, no data)"
     data = tensor.detach().cpu()
-    exact = not (data.is_floating_point() or data.is_complex()) or float_mode == "exact"
+    floating = data.is_floating_point() or data.is_complex()
+    if floating and not checked:
+        return f"Tensor({head})"
     parts = [head]
-    if exact:
-        parts.append(f"sha256={tensor_digest(data)}")
+    if not floating or float_mode == "exact":
+        parts.append(f"sha256='{tensor_digest(data)}'")
     if data.numel() == 0:
         parts.append("empty")
-    elif data.dtype == torch.bool or not (data.is_floating_point() or data.is_complex()):
+    elif not floating:
         flat = data.flatten()
         if flat.numel() <= _SHOWN_VALUES:
             parts.append(f"values={flat.tolist()}")
@@ -72,78 +136,206 @@ def describe_tensor(tensor: Any, *, float_mode: str) -> str:
             numeric = flat.to(torch.int64)
             parts.append(f"min={int(numeric.min())}, max={int(numeric.max())}")
     elif data.is_complex():
-        parts.append(f"abs_mean={_g(float(data.abs().double().mean()))}")
+        parts += _float_summary(data.abs().double(), float_mode)
     else:
-        values = data.double()
-        finite = values[values.isfinite()]
-        non_finite = values.numel() - finite.numel()
-        if finite.numel():
-            std = float(finite.std()) if finite.numel() > 1 else 0.0
-            parts.append(
-                f"mean={_g(float(finite.mean()))}, std={_g(std)}, "
-                f"min={_g(float(finite.min()))}, max={_g(float(finite.max()))}"
-            )
-        if non_finite:
-            parts.append(f"non_finite={non_finite}")
+        parts += _float_summary(data.double(), float_mode)
     return f"Tensor({', '.join(parts)})"
 
 
-def format_float(value: float, digits: int = FLOAT_DIGITS) -> str:
-    """Floats at `digits` significant digits; whole numbers (counters, clock readings) exact."""
-    if value.is_integer() and abs(value) < 1e15:
-        return repr(value)
-    return _g(value, digits)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real)
+
+
+def describe_number_list(
+    data: Sequence[Any], *, float_mode: str = "tolerant", checked: bool = True
+) -> str:
+    """A long list of numbers (an RNG state) as one line. Integers are digested from their
+    exact decimal text, so values beyond 2**53 or 2**63 are never rounded together."""
+    import torch
+
+    kind = type(data).__name__
+    if all(isinstance(v, numbers.Integral) for v in data):
+        text = ",".join(str(int(v)) for v in data)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        ints = [int(v) for v in data]
+        return f"{kind}(len={len(data)}, sha256='{digest}', min={min(ints)}, max={max(ints)})"
+    values = torch.tensor([float(v) for v in data], dtype=torch.float64)
+    described = describe_tensor(values, float_mode=float_mode, checked=checked)
+    return described.replace("Tensor(shape=", f"{kind}(len={len(data)}, shape=", 1)
 
 
 def _is_long_number_list(data: Any) -> bool:
     return (
         isinstance(data, (list, tuple))
         and len(data) > _LONG_LIST
-        and all(isinstance(v, numbers.Real) for v in data)
+        and all(_is_number(v) for v in data)
     )
 
 
-def make_snapshot_extension(float_mode: str = "exact") -> type[AmberSnapshotExtension]:
-    """The extension class for one session's float mode (built once per session)."""
+def _is_primitive(value: Any) -> bool:
+    return value is None or type(value) in (bool, int, float, str)
+
+
+def _flow_leaves(data: Any, depth: int) -> int | None:
+    """How many primitives a container holds, if it can go on one line (else None)."""
+    if _is_primitive(data):
+        return 1
+    if depth == 0 or type(data) not in (list, tuple, dict) or not data:
+        return None
+    if isinstance(data, dict) and not all(type(k) is str for k in data):
+        return None
+    total = 0
+    for value in data.values() if isinstance(data, dict) else data:
+        leaves = _flow_leaves(value, depth - 1)
+        if leaves is None:
+            return None
+        total += leaves
+    return total
+
+
+def _strings_length(data: Any) -> int:
+    if isinstance(data, str):
+        return len(data)
+    if isinstance(data, dict):
+        return sum(len(k) + _strings_length(v) for k, v in data.items())
+    if isinstance(data, (list, tuple)):
+        return sum(_strings_length(v) for v in data)
+    return 0
+
+
+def _is_flow_container(data: Any) -> bool:
+    """Small lists, tuples and dicts of primitives (nested up to `_FLOW_DEPTH`) go on one line,
+    so a PR diff stays short; each float in it keeps its own path (`...payload.reward`) for
+    tolerance rules.
+
+    The decision depends on the structure and the length of the strings only, never on how a
+    float is written, so a value within tolerance never changes the layout."""
+    if type(data) not in (list, tuple, dict):
+        return False
+    leaves = _flow_leaves(data, _FLOW_DEPTH)
+    return leaves is not None and leaves <= _FLOW_LEAVES and _strings_length(data) <= _FLOW_TEXT
+
+
+def snapshot_dirname_for(subject: str) -> str:
+    """Each subject's matrix snapshots live in their own folder, so a run with another
+    `--ckpt-subject` never compares against (or deletes) the first subject's snapshots."""
+    return f"__snapshots__/{_UNSAFE_DIR_CHARS.sub('_', subject) or 'subject'}"
+
+
+class CkptSnapshotExtension(AmberSnapshotExtension):
+    """The tensor-aware amber extension. Class attributes configure it (built per session by
+    `make_snapshot_extension`): `float_mode`, `tolerances`."""
+
+    # One dot only: syrupy matches a snapshot file to its test by the file's stem.
+    file_extension = "ckpt-ambr"
+    float_mode: ClassVar[str] = "tolerant"
+    tolerances: ClassVar[Tolerances] = Tolerances(DEFAULT_TOLERANCE)
+
+    def compare(self, serialized_data: Any, snapshot_data: Any) -> Comparison:
+        return compare_snapshots(str(snapshot_data), str(serialized_data), self.tolerances)
+
+    def matches(self, *, serialized_data: Any, snapshot_data: Any) -> bool:
+        if self.float_mode == "exact":
+            return bool(serialized_data == snapshot_data)
+        return self.compare(serialized_data, snapshot_data).matches
+
+    def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
+        """Only real differences: lines that differ within tolerance are shown as recorded,
+        and each float beyond its tolerance is listed with both values first."""
+        if self.float_mode == "exact" or snapshot_data is None or snapshot_data == "":
+            yield from super().diff_lines(serialized_data, snapshot_data)
+            return
+        comparison = self.compare(serialized_data, snapshot_data)
+        for difference in comparison.differences[:20]:
+            yield f"float beyond tolerance: {difference}"
+        if len(comparison.differences) > 20:
+            yield f"... and {len(comparison.differences) - 20} more floats beyond tolerance"
+        yield from super().diff_lines(comparison.normalized, snapshot_data)
+
+
+def make_snapshot_extension(
+    float_mode: str = "tolerant",
+    *,
+    default: Tolerance = DEFAULT_TOLERANCE,
+    rules: Sequence[ToleranceRule] = (),
+    dirname: str | None = None,
+) -> type[CkptSnapshotExtension]:
+    """The extension class for one session's settings (built once per session).
+
+    `rules` override `default` for matching paths (first match wins); `dirname` replaces
+    syrupy's `__snapshots__` folder (the matrix uses `snapshot_dirname_for(subject)`).
+    """
     if float_mode not in FLOAT_MODES:
         raise ValueError(f"unknown float mode {float_mode!r}; expected one of {FLOAT_MODES}")
 
-    class TensorPlugin(AmberDataSerializerPlugin):
-        mode: ClassVar[str] = float_mode
+    tolerances = Tolerances(default, tuple(rule.with_defaults(default) for rule in rules))
 
+    def checked(path: str) -> bool:
+        return tolerances.for_path(path).compares
+
+    class TensorPlugin(AmberDataSerializerPlugin):
         @classmethod
         def is_data_serializable(cls, data: Any) -> bool:
             import torch
 
-            return isinstance(data, torch.Tensor) or _is_long_number_list(data)
+            return (
+                isinstance(data, torch.Tensor)
+                or (_is_number(data) and type(data) not in (bool, int, float))
+                or _is_long_number_list(data)
+                or _is_flow_container(data)
+            )
 
         @classmethod
-        def serialize(cls, data: Any, *, depth: int = 0, **kwargs: Any) -> str:
+        def serialize(cls, data: Any, *, depth: int = 0, path: Any = (), **kwargs: Any) -> str:
             import torch
 
+            where = dotted_path(path)
             if isinstance(data, torch.Tensor):
-                text = describe_tensor(data, float_mode=cls.mode)
-            else:
-                text = describe_tensor(
-                    torch.tensor([float(v) for v in data], dtype=torch.float64), float_mode="exact"
-                )
-                text = text.replace("Tensor(", f"{type(data).__name__}(len={len(data)}, ", 1)
+                text = describe_tensor(data, float_mode=float_mode, checked=checked(where))
+            elif _is_long_number_list(data):
+                text = describe_number_list(data, float_mode=float_mode, checked=checked(where))
+            elif _is_flow_container(data):
+                text = _flow_text(data, where)
+            else:  # a number type of its own (numpy scalars, float subclasses)
+                text = f"{type(data).__name__}({_number_text(data, where)})"
             return AmberDataSerializer.with_indent(text, depth)
 
+    def _number_text(value: Any, where: str) -> str:
+        if isinstance(value, numbers.Integral):
+            return str(int(value))
+        if not checked(where):
+            return UNCHECKED_FLOAT
+        return format_float(float(value), float_mode=float_mode)
+
+    def _flow_text(data: Any, where: str) -> str:
+        if type(data) is float:
+            return _number_text(data, where)
+        if not isinstance(data, (dict, list, tuple)):
+            return repr(data)
+        if isinstance(data, dict):
+            keys = CkptAmberSerializer.sort(data.keys())
+            body = ", ".join(f"{k!r}: {_flow_text(data[k], f'{where}.{k}')}" for k in keys)
+            return f"dict({{{body}}})"
+        body = ", ".join(_flow_text(v, f"{where}.{i}") for i, v in enumerate(data))
+        return f"list([{body}])" if isinstance(data, list) else f"tuple({body})"
+
     class CkptAmberSerializer(AmberDataSerializer):
-        VERSION = f"ckpt-1-{float_mode}"
+        VERSION = f"ckpt-2-{float_mode}"
         serializer_plugins = (TensorPlugin,)
 
         @classmethod
-        def serialize_number(cls, data: Any, *, depth: int = 0, **kwargs: Any) -> str:
+        def serialize_number(
+            cls, data: Any, *, depth: int = 0, path: Any = (), **kwargs: Any
+        ) -> str:
             if isinstance(data, float):
-                digits = FLOAT_DIGITS if float_mode == "exact" else SUMMARY_DIGITS
-                return cls.with_indent(format_float(data, digits), depth)
-            return super().serialize_number(data, depth=depth, **kwargs)
+                return cls.with_indent(_number_text(data, dotted_path(path)), depth)
+            return super().serialize_number(data, depth=depth, path=path, **kwargs)
 
-    class CkptSnapshotExtension(AmberSnapshotExtension):
-        # One dot only: syrupy matches a snapshot file to its test by the file's stem.
-        file_extension = "ckpt-ambr"
-        serializer_class = CkptAmberSerializer
-
-    return CkptSnapshotExtension
+    attributes: dict[str, Any] = {
+        "serializer_class": CkptAmberSerializer,
+        "float_mode": float_mode,
+        "tolerances": tolerances,
+    }
+    if dirname is not None:
+        attributes["snapshot_dirname"] = dirname
+    return type("CkptSnapshotExtension", (CkptSnapshotExtension,), attributes)

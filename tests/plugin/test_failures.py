@@ -74,7 +74,11 @@ def test_a_changed_telemetry_payload_fails_the_snapshot_with_a_readable_diff(
     changed = ckpt_pytester.runpytest_subprocess(*args)
     changed.assert_outcomes(failed=1, deselected=3)
     changed.stdout.fnmatch_lines(
-        ["*snapshot?TRAINING-1x1? differs*", "*- *'label': 'alpha'*", "*+ *'label': 'beta'*"]
+        [
+            "*snapshot?TRAINING-1x1? (subject labelled) differs*",
+            "*- *'label': 'alpha'*",
+            "*+ *'label': 'beta'*",
+        ]
     )
 
     ckpt_pytester.runpytest_subprocess(*args, "--snapshot-update").assert_outcomes(

@@ -13,6 +13,7 @@ import pytest
         (["--ckpt-resume-steps", "0"], "*--ckpt-resume-steps: expected a positive integer*"),
         (["--ckpt-subject", "nocolon"], "*--ckpt-subject: expected 'package.module:factory'*"),
         (["--ckpt-snapshot-floats", "fuzzy"], "*--ckpt-snapshot-floats: expected one of exact*"),
+        (["--ckpt-snapshot-rtol", "-1"], "*--ckpt-snapshot-rtol: expected a finite number >= 0*"),
     ],
 )
 def test_bad_command_line_values_are_usage_errors(ckpt_pytester, args, message) -> None:
@@ -50,11 +51,21 @@ def test_subjects_that_do_not_load_are_usage_errors(ckpt_pytester, args, message
     assert "Traceback" not in result.stderr.str()
 
 
-def test_bad_ini_values_are_usage_errors_naming_the_ini_key(ckpt_pytester) -> None:
-    ckpt_pytester.makeini("[pytest]\nckpt_roundtrip = true\nckpt_grids = 0x1\n")
+@pytest.mark.parametrize(
+    ("ini", "message"),
+    [
+        ("ckpt_grids = 0x1", "*ini option ckpt_grids (--ckpt-grids): invalid grid(s) 0x1*"),
+        (
+            "ckpt_snapshot_tolerances =\n    step.*: rtol=lots",
+            "*ini option ckpt_snapshot_tolerances: 'step.*: rtol=lots': rtol must be a number*",
+        ),
+    ],
+)
+def test_bad_ini_values_are_usage_errors_naming_the_ini_key(ckpt_pytester, ini, message) -> None:
+    ckpt_pytester.makeini(f"[pytest]\nckpt_roundtrip = true\n{ini}\n")
     result = ckpt_pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*ini option ckpt_grids (--ckpt-grids): invalid grid(s) 0x1*"])
+    result.stderr.fnmatch_lines([message])
 
 
 def test_the_command_line_overrides_the_ini(ckpt_pytester) -> None:

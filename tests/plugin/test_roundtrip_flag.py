@@ -35,7 +35,7 @@ def test_flag_on_generates_the_matrix_and_it_passes_on_the_reference(
             "*ckpt::snapshot?BLENDING-2x2? PASSED*",
         ]
     )
-    assert (ckpt_pytester.path / "__snapshots__" / "ckpt.ckpt-ambr").is_file()
+    assert (ckpt_pytester.path / "__snapshots__" / "reference-cnn" / "ckpt.ckpt-ambr").is_file()
     second = ckpt_pytester.runpytest_subprocess(*args)
     second.assert_outcomes(passed=13)
     second.stdout.re_match_lines(
@@ -55,7 +55,12 @@ def test_a_missing_snapshot_fails_until_a_person_accepts_it(ckpt_pytester) -> No
         "--ckpt-roundtrip", "--ckpt-stages", "BLENDING", "--ckpt-grids", "1x1", "-k", "snapshot"
     )
     result.assert_outcomes(failed=1, deselected=3)
-    result.stdout.fnmatch_lines(["*snapshot?BLENDING-1x1? differs*", "*Snapshot * does not exist*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*no snapshot yet for snapshot?BLENDING-1x1? (subject reference-cnn): review the state "
+            "below and run with --snapshot-update to record it*"
+        ]
+    )
 
 
 def test_k_selects_generated_items(ckpt_pytester: pytest.Pytester) -> None:
