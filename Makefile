@@ -12,9 +12,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# The round-trip harness on the bundled reference example; report in ckpt-report.md.
+# The round-trip harness on the bundled reference example; report in ckpt-report.md. The `=`
+# form matters: `--ckpt-report PATH` with an existing PATH is taken for a test path when pytest
+# picks its rootdir (before plugin options are known), and the example's configuration is lost.
 demo: $(STAMP)
-	cd examples/reference && ../../$(BIN)/python -m pytest --ckpt-report ../../ckpt-report.md
+	cd examples/reference && ../../$(BIN)/python -m pytest --ckpt-report=../../ckpt-report.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
