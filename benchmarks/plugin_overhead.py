@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from pytest_ckpt.compare import diff_values
-from pytest_ckpt.harness import check_roundtrip, save_and_load
-from pytest_ckpt.subject import ReferenceSubject
+from pytest_ckpt.checks.compare import diff_values
+from pytest_ckpt.checks.roundtrip import check_roundtrip, save_and_load
+from pytest_ckpt.reference.subject import ReferenceSubject
 
 HAND_WRITTEN_MATRIX = textwrap.dedent(
     """
     import random, sys, tempfile, pathlib
     import torch
-    from pytest_ckpt.subject import ReferenceSubject
+    from pytest_ckpt.reference.subject import ReferenceSubject
 
     def same(a, b):
         if isinstance(a, torch.Tensor):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from syrupy.extensions.amber.serializer import AmberDataSerializer
 
-from pytest_ckpt.snapshot_compare import Tolerance, Tolerances, compare_snapshots
+from pytest_ckpt.plugin.snapshot_compare import Tolerance, Tolerances, compare_snapshots
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")
 

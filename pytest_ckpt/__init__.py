@@ -11,7 +11,7 @@ from pytest_ckpt.errors import (
     RoundTripMismatch,
     SubjectError,
 )
-from pytest_ckpt.subject import ModuleSubject, ReferenceSubject, StepResult, Subject
+from pytest_ckpt.subject import ModuleSubject, StepResult, Subject
 
 __version__ = "0.1.0"
 
@@ -19,7 +19,6 @@ __all__ = [
     "CheckpointError",
     "CheckpointLoadError",
     "ModuleSubject",
-    "ReferenceSubject",
     "ResumeMismatch",
     "RoundTripMismatch",
     "StepResult",

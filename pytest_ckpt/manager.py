@@ -206,6 +206,6 @@ class CheckpointManager:
         try:
             return torch.load(info.path, weights_only=True, map_location="cpu")
         except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            from pytest_ckpt.harness import torch_reason
+            from pytest_ckpt.checks.loading import torch_reason
 
             raise CheckpointLoadError(f"{info.path}: {torch_reason(err)}") from err

@@ -1,12 +1,15 @@
-"""Hypothesis strategies for slot grids, seed lifecycles and checkpoint payloads.
+"""Hypothesis strategies for slot ids, grids, seed lifecycles and checkpoint payloads.
 
 Public API, for users' own property tests as much as ours:
 
     from hypothesis import given
     from pytest_ckpt import strategies as cst
 
-    @given(cst.slot_configs(max_rows=3, max_cols=3), cst.stage_paths())
-    def test_my_model_round_trips(slots, path): ...
+    @given(cst.slot_grids(max_rows=3, max_cols=3), cst.stage_paths())
+    def test_my_model_round_trips(grid, path): ...
+
+Strategies for the bundled reference system's own objects (`SlotConfig`, `SeedState`) are in
+`pytest_ckpt.reference.strategies`.
 
 Every strategy takes keyword-only arguments, checks them eagerly, and shrinks towards small,
 readable examples (row 0, one slot, the shortest stage path, flat payloads). torch is
@@ -23,31 +26,20 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from pytest_ckpt.vocabulary import MAIN_LINE, SLOT_ID
+
 __all__ = [
     "checkpoint_payloads",
     "invalid_slot_ids",
-    "seed_states",
-    "slot_configs",
     "slot_grids",
     "slot_ids",
     "stage_paths",
     "unsafe_payloads",
 ]
 
-# The transition table, by stage name (mirrors pytest_ckpt.reference.lifecycle.TRANSITIONS,
-# which a test checks, so that building a strategy does not import torch).
-_NEXT: dict[str, tuple[str, ...]] = {
-    "DORMANT": ("GERMINATED",),
-    "GERMINATED": ("TRAINING", "PRUNED"),
-    "TRAINING": ("BLENDING", "PRUNED"),
-    "BLENDING": ("PROBATIONARY", "PRUNED"),
-    "PROBATIONARY": ("FOSSILIZED", "PRUNED"),
-    "FOSSILIZED": (),
-    "PRUNED": (),
-}
 
-
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
+    """Strategy arguments are checked eagerly, with the argument's name."""
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -55,7 +47,7 @@ def _check_positive(**values: int) -> None:
 
 def slot_ids(*, max_row: int = 15, max_col: int = 15) -> st.SearchStrategy[str]:
     """Canonical slot ids `r{row}c{col}` with row <= max_row and col <= max_col."""
-    _check_positive(max_row=max_row + 1, max_col=max_col + 1)
+    check_positive(max_row=max_row + 1, max_col=max_col + 1)
     return st.builds(
         lambda r, c: f"r{r}c{c}",
         st.integers(0, max_row),
@@ -66,8 +58,6 @@ def slot_ids(*, max_row: int = 15, max_col: int = 15) -> st.SearchStrategy[str]:
 def invalid_slot_ids() -> st.SearchStrategy[str]:
     """Strings that are not canonical slot ids: legacy names, wrong case, leading zeros,
     signs, missing parts, surrounding space, and arbitrary text."""
-    from pytest_ckpt.reference.slots import _SLOT_ID  # the one definition of canonical
-
     near_misses = st.one_of(
         st.sampled_from(["early", "mid", "late", "EARLY", "", "r", "c", "rc", "r0", "c0"]),
         st.builds(lambda r, c: f"R{r}C{c}", st.integers(0, 9), st.integers(0, 9)),
@@ -81,28 +71,13 @@ def invalid_slot_ids() -> st.SearchStrategy[str]:
         ),
         st.text(max_size=8),
     )
-    return near_misses.filter(lambda s: _SLOT_ID.fullmatch(s) is None)
+    return near_misses.filter(lambda s: SLOT_ID.fullmatch(s) is None)
 
 
 def slot_grids(*, max_rows: int = 4, max_cols: int = 4) -> st.SearchStrategy[tuple[int, int]]:
     """(rows, cols) with 1 <= rows <= max_rows and 1 <= cols <= max_cols."""
-    _check_positive(max_rows=max_rows, max_cols=max_cols)
+    check_positive(max_rows=max_rows, max_cols=max_cols)
     return st.tuples(st.integers(1, max_rows), st.integers(1, max_cols))
-
-
-def slot_configs(*, max_rows: int = 4, max_cols: int = 4) -> st.SearchStrategy[Any]:
-    """`SlotConfig`s: full grids and irregular non-empty subsets of them."""
-    _check_positive(max_rows=max_rows, max_cols=max_cols)
-    from pytest_ckpt.reference.slots import SlotConfig
-
-    grids = slot_grids(max_rows=max_rows, max_cols=max_cols).map(lambda g: SlotConfig.grid(*g))
-    cells = st.lists(
-        st.tuples(st.integers(0, max_rows - 1), st.integers(0, max_cols - 1)),
-        min_size=1,
-        max_size=max_rows * max_cols,
-        unique=True,
-    ).map(lambda pairs: SlotConfig.from_ids(f"r{r}c{c}" for r, c in pairs))
-    return st.one_of(grids, cells)
 
 
 def stage_paths(*, end_in_pruned: bool | None = None) -> st.SearchStrategy[list[str]]:
@@ -112,7 +87,7 @@ def stage_paths(*, end_in_pruned: bool | None = None) -> st.SearchStrategy[list[
     """
     if end_in_pruned not in (True, False, None):
         raise ValueError(f"end_in_pruned must be True, False or None, got {end_in_pruned!r}")
-    main_line = ["DORMANT", "GERMINATED", "TRAINING", "BLENDING", "PROBATIONARY", "FOSSILIZED"]
+    main_line = list(MAIN_LINE)
 
     def build(length: int, prune: bool) -> list[str]:
         if prune:  # only a live seed (GERMINATED..PROBATIONARY) can be pruned
@@ -121,26 +96,6 @@ def stage_paths(*, end_in_pruned: bool | None = None) -> st.SearchStrategy[list[
 
     prune = st.booleans() if end_in_pruned is None else st.just(end_in_pruned)
     return st.builds(build, st.integers(0, 5), prune)
-
-
-def seed_states(*, slot_id: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[Any]:
-    """`SeedState`s reached by a legal stage path, with a deterministic clock."""
-    from pytest_ckpt.reference.lifecycle import SeedStage, SeedState
-
-    def build(slot: str, path: list[str], start: float, step: float, blueprint: str) -> Any:
-        state = SeedState.new(seed_id=f"{slot}/seed1", slot_id=slot, blueprint=blueprint, now=start)
-        for i, name in enumerate(path[1:], start=1):
-            state.enter(SeedStage[name], now=start + i * step)
-        return state
-
-    return st.builds(
-        build,
-        slot_id if slot_id is not None else slot_ids(max_row=3, max_col=3),
-        stage_paths(),
-        st.floats(0, 2e9, allow_nan=False),
-        st.floats(0, 1e4, allow_nan=False),
-        st.sampled_from(["conv3x3", "bottleneck", "mlp", "lowrank"]),
-    )
 
 
 # ---- checkpoint payloads --------------------------------------------------------------------
@@ -203,7 +158,7 @@ def _shared_views() -> st.SearchStrategy[Any]:
 def checkpoint_payloads(*, max_leaves: int = 12) -> st.SearchStrategy[Any]:
     """Nested dicts, lists and tuples of primitives and tensors (varied dtypes and shapes,
     0-d and empty ones, shared storages): what `torch.load(weights_only=True)` accepts."""
-    _check_positive(max_leaves=max_leaves)
+    check_positive(max_leaves=max_leaves)
     leaves = st.one_of(_PRIMITIVES, _tensors(), _shared_views())
     return st.recursive(
         leaves,
@@ -243,7 +198,7 @@ def _unsafe_objects() -> st.SearchStrategy[Any]:
 def unsafe_payloads(*, max_leaves: int = 12) -> st.SearchStrategy[tuple[Any, str]]:
     """(payload, path): a checkpoint payload with one object torch rejects planted at `path`
     (a path like `root['a'][0]`, as the auditor and the plugin report it)."""
-    _check_positive(max_leaves=max_leaves)
+    check_positive(max_leaves=max_leaves)
 
     @st.composite
     def build(draw: st.DrawFn) -> tuple[Any, str]:

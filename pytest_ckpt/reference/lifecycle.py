@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_ckpt.reference.fields import check_field, read_fields
-from pytest_ckpt.reference.slots import validate_slot_id
+from pytest_ckpt.vocabulary import MAIN_LINE as VOCABULARY_MAIN_LINE
+from pytest_ckpt.vocabulary import STAGE_TRANSITIONS, validate_slot_id
 
 SEED_STATE_SCHEMA_VERSION = 1
 
@@ -45,26 +46,14 @@ LIVE_STAGES = frozenset(
 )
 TERMINAL_STAGES = frozenset({SeedStage.FOSSILIZED, SeedStage.PRUNED})
 
-# The one transition table. Every stage change in the package is checked against it.
+# The one transition table (`pytest_ckpt.vocabulary`), as stages.
 TRANSITIONS: Mapping[SeedStage, frozenset[SeedStage]] = {
-    SeedStage.DORMANT: frozenset({SeedStage.GERMINATED}),
-    SeedStage.GERMINATED: frozenset({SeedStage.TRAINING, SeedStage.PRUNED}),
-    SeedStage.TRAINING: frozenset({SeedStage.BLENDING, SeedStage.PRUNED}),
-    SeedStage.BLENDING: frozenset({SeedStage.PROBATIONARY, SeedStage.PRUNED}),
-    SeedStage.PROBATIONARY: frozenset({SeedStage.FOSSILIZED, SeedStage.PRUNED}),
-    SeedStage.FOSSILIZED: frozenset(),
-    SeedStage.PRUNED: frozenset(),
+    SeedStage[name]: frozenset(SeedStage[target] for target in targets)
+    for name, targets in STAGE_TRANSITIONS.items()
 }
 
 # The main line a seed walks when it is not pruned; `advance_stage` follows it.
-MAIN_LINE: tuple[SeedStage, ...] = (
-    SeedStage.DORMANT,
-    SeedStage.GERMINATED,
-    SeedStage.TRAINING,
-    SeedStage.BLENDING,
-    SeedStage.PROBATIONARY,
-    SeedStage.FOSSILIZED,
-)
+MAIN_LINE: tuple[SeedStage, ...] = tuple(SeedStage[name] for name in VOCABULARY_MAIN_LINE)
 
 
 def allowed_next_stages(stage: SeedStage) -> tuple[SeedStage, ...]:

@@ -1,4 +1,4 @@
-"""Canonical seed-slot ids (`r{row}c{col}`) and the ordered slot set a model is sized from.
+"""The ordered slot set a model is sized from (slot ids themselves: `pytest_ckpt.vocabulary`).
 
 Rows are injection depths in the host, columns are parallel slots at one depth. Every
 structure that depends on how many slots exist (policy heads, masks, telemetry) is sized
@@ -7,65 +7,31 @@ from a `SlotConfig`, never from a hard-coded count or an enum of slot names.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_ckpt.reference.fields import read_fields
+from pytest_ckpt.vocabulary import (
+    LEGACY_SLOT_NAMES,
+    format_slot_id,
+    parse_grid,
+    parse_slot_id,
+    slot_sort_key,
+    validate_slot_id,
+)
+
+__all__ = [
+    "LEGACY_SLOT_NAMES",
+    "SlotConfig",
+    "format_slot_id",
+    "parse_grid",
+    "parse_slot_id",
+    "slot_sort_key",
+    "validate_slot_id",
+]
 
 SLOT_CONFIG_SCHEMA_VERSION = 1
-
-_SLOT_ID = re.compile(r"r(0|[1-9][0-9]*)c(0|[1-9][0-9]*)")
-
-# The pre-grid layout had three named positions along one row of the host.
-LEGACY_SLOT_NAMES: Mapping[str, str] = {"early": "r0c0", "mid": "r0c1", "late": "r0c2"}
-
-
-def format_slot_id(row: int, col: int) -> str:
-    """The canonical id of the slot at (row, col); both must be non-negative ints."""
-    for name, value in (("row", row), ("col", col)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"slot {name} must be an int, got {type(value).__name__}")
-        if value < 0:
-            raise ValueError(f"slot {name} must be >= 0, got {value}")
-    return f"r{row}c{col}"
-
-
-def parse_slot_id(slot_id: str) -> tuple[int, int]:
-    """(row, col) of a canonical id; anything else raises ValueError naming the canonical form."""
-    if not isinstance(slot_id, str):
-        raise ValueError(
-            f"slot id must be a str like 'r0c1', got {type(slot_id).__name__} {slot_id!r}"
-        )
-    match = _SLOT_ID.fullmatch(slot_id)
-    if match is None:
-        raise ValueError(_invalid_slot_message(slot_id))
-    return int(match.group(1)), int(match.group(2))
-
-
-def validate_slot_id(slot_id: str) -> str:
-    """Return `slot_id` unchanged if canonical, else raise ValueError naming the canonical form."""
-    parse_slot_id(slot_id)
-    return slot_id
-
-
-def slot_sort_key(slot_id: str) -> tuple[int, int]:
-    """Row-major numeric order: r0c2 < r0c10 < r1c0 (string order would put r0c10 first)."""
-    return parse_slot_id(slot_id)
-
-
-def _invalid_slot_message(slot_id: str) -> str:
-    legacy = LEGACY_SLOT_NAMES.get(slot_id.strip().lower())
-    if legacy is not None:
-        return (
-            f"legacy slot name {slot_id!r} is no longer accepted: use the canonical id "
-            f"{legacy!r} (slot ids are 'r{{row}}c{{col}}', e.g. 'r0c1')"
-        )
-    return (
-        f"invalid slot id {slot_id!r}: expected the canonical form 'r{{row}}c{{col}}' with "
-        f"non-negative integers and no leading zeros or spaces, e.g. 'r0c1'"
-    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -158,16 +124,3 @@ class SlotConfig:
         if list(config.slot_ids) != ids:
             raise ValueError(f"SlotConfig: slot_ids {ids} are not in row-major order")
         return config
-
-
-_GRID = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """`"2x3"` -> (2, 3); anything else raises ValueError showing the expected form."""
-    match = _GRID.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(
-            f"invalid grid {text!r}: expected ROWSxCOLS with positive ints, e.g. '2x2'"
-        )
-    return int(match.group(1)), int(match.group(2))

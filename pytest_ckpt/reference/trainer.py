@@ -22,7 +22,6 @@ generator, the agent's generator). Checkpoints are taken between batches.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from collections import Counter
 from collections.abc import Collection, Mapping
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from pytest_ckpt.checks.loading import LOAD_ERRORS, torch_reason
 from pytest_ckpt.reference.clock import ManualClock
 from pytest_ckpt.reference.env import MorphogeneticEnv
 from pytest_ckpt.reference.fields import read_fields
@@ -350,22 +350,14 @@ class Trainer:
 
 
 def load_weights_only(path: str | os.PathLike[str]) -> Any:
-    """`torch.load(weights_only=True)` whose failures are one-line ValueErrors naming the file.
-
-    torch reports a refused or corrupt file as UnpicklingError, RuntimeError or EOFError with a
-    multi-line message whose useful part follows "WeightsUnpickler error:".
-    """
+    """`torch.load(weights_only=True)` whose failures are one-line ValueErrors naming the file
+    (the useful line of torch's message: `pytest_ckpt.checks.loading.torch_reason`)."""
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        text = str(err)
-        marker = "WeightsUnpickler error:"
-        if marker in text:
-            text = text.split(marker, 1)[1]
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        reason = lines[0] if lines else type(err).__name__
+    except (*LOAD_ERRORS, OSError) as err:
+        reason = torch_reason(err)
         raise ValueError(f"{path}: not loadable with weights_only=True: {reason}") from err
 
 

@@ -8,8 +8,8 @@ import struct
 import torch
 
 from pytest_ckpt.audit import audit_file
+from pytest_ckpt.checks.compare import diff_values
 from pytest_ckpt.cli import main
-from pytest_ckpt.compare import diff_values
 from tests.audit.test_hostile import PROTO2, global_op, write_zip
 from tests.support.legacy_objects import legacy_state
 

@@ -11,7 +11,7 @@ import pytest
 # A subject that plants a SeedStage enum member in the state at BLENDING: the classic bug.
 LEAKY_SUBJECT = """
 from pytest_ckpt.reference.lifecycle import SeedStage
-from pytest_ckpt.subject import ReferenceSubject
+from pytest_ckpt.reference.subject import ReferenceSubject
 
 
 class LeakySubject(ReferenceSubject):

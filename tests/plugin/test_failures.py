@@ -90,7 +90,7 @@ def test_a_changed_telemetry_payload_fails_the_snapshot_with_a_readable_diff(
 def test_resume_differences_name_the_path(ckpt_pytester) -> None:
     ckpt_pytester.makepyfile(
         forgetful_subject="""
-from pytest_ckpt.subject import ReferenceSubject
+from pytest_ckpt.reference.subject import ReferenceSubject
 
 
 class Forgetful(ReferenceSubject):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pytest_ckpt.subject import LIFECYCLE_STAGES
+from pytest_ckpt.vocabulary import LIFECYCLE_STAGES
 
 
 def test_flag_off_adds_no_items(ckpt_pytester: pytest.Pytester) -> None:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from pytest_ckpt import strategies as cst
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.compare import diff_values
+from pytest_ckpt.checks.compare import diff_values
 
 ALLOWLIST = load_allowlist()
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

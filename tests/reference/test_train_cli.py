@@ -71,7 +71,7 @@ def run_cli(*runs: list[str]) -> None:
 
 
 def test_runs_in_separate_processes_write_equal_states_and_resume_exactly(tmp_path) -> None:
-    from pytest_ckpt.compare import diff_values
+    from pytest_ckpt.checks.compare import diff_values
 
     def load(name: str):
         return torch.load(tmp_path / name, weights_only=True)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pytest_ckpt.errors import CheckpointError, CheckpointLoadError
+from pytest_ckpt.checks.loading import load_file
+from pytest_ckpt.errors import CheckpointError
 
 
 def load_fixture_dir(
@@ -27,8 +27,6 @@ def load_fixture_dir(
     from or differs from the manifest, does not load with weights_only=True (with the auditor's
     paths and fixes), or whose `rebuild` raises.
     """
-    import torch
-
     root = Path(directory)
     files = sorted(root.rglob(pattern))
     if not files:
@@ -40,10 +38,7 @@ def load_fixture_dir(
         expected = recorded.get(name)
         if expected is not None and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
             raise CheckpointError(f"{path}: sha256 differs from {root}/manifest.json")
-        try:
-            state = torch.load(path, weights_only=True, map_location="cpu")
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise CheckpointLoadError(_explain(path, err)) from err
+        state = load_file(path)
         if rebuild is not None:
             try:
                 rebuild(state)
@@ -64,17 +59,3 @@ def _manifest_hashes(root: Path) -> dict[str, str]:
         return {entry["file"]: entry["sha256"] for entry in data["files"]}
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{manifest}: unreadable manifest: {err}") from None
-
-
-def _explain(path: Path, err: BaseException) -> str:
-    from pytest_ckpt.audit import audit_file
-    from pytest_ckpt.harness import torch_reason
-
-    report = audit_file(path)
-    if report.findings:
-        first = report.findings[0]
-        return (
-            f"{path}: not loadable with weights_only=True: {first.path}: {first.detail}. "
-            f"Fix: {first.fix}"
-        )
-    return f"{path}: not loadable with weights_only=True: {report.error or torch_reason(err)}"

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import torch
 
-from pytest_ckpt.unsafe_objects import find_unsafe_objects
+from pytest_ckpt.checks.live_scan import find_unsafe_objects
 
 
 class Color(enum.Enum):

@@ -8,13 +8,13 @@ raises `pytest.UsageError` naming the option for anything wrong.
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_ckpt.snapshot_compare import ToleranceRule
-from pytest_ckpt.subject import DEFAULT_STAGES, DEFAULT_SUBJECT, LIFECYCLE_STAGES, Grid
+from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
+from pytest_ckpt.subject import DEFAULT_SUBJECT
+from pytest_ckpt.vocabulary import DEFAULT_STAGES, GRID, LIFECYCLE_STAGES, Grid, parse_grid
 
 if TYPE_CHECKING:
     import pytest
@@ -23,7 +23,6 @@ DEFAULT_GRIDS = "1x1,1x3,2x2"
 FLOAT_MODES = ("exact", "tolerant")
 # The 0.1 name of "tolerant": rounded text, which flipped at rounding boundaries across CPUs.
 _OLD_FLOAT_MODES = {"rounded": "tolerant"}
-_GRID = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
 
 
 def _split(text: str) -> list[str]:
@@ -50,7 +49,7 @@ def grids_value(text: str) -> str:
     parts = _split(text)
     if not parts:
         raise argparse.ArgumentTypeError("no grids given; e.g. 1x1,2x2")
-    bad = [p for p in parts if _GRID.fullmatch(p) is None]
+    bad = [p for p in parts if GRID.fullmatch(p) is None]
     if bad:
         raise argparse.ArgumentTypeError(
             f"invalid grid(s) {', '.join(bad)}; expected ROWSxCOLS with positive ints, e.g. 2x2"
@@ -250,7 +249,7 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         float_mode = _OLD_FLOAT_MODES[float_mode]
     raw_stages = values["ckpt_stages"]
     stages = raw_stages if raw_stages in ("all", "default") else tuple(_split(raw_stages))
-    grids = tuple(_parse_grid(g) for g in _split(values["ckpt_grids"]))
+    grids = tuple(parse_grid(g) for g in _split(values["ckpt_grids"]))
     return CkptOptions(
         enabled=enabled,
         stages=stages,
@@ -263,13 +262,3 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         snapshot_atol=float(values["ckpt_snapshot_atol"]),
         snapshot_tolerances=rules,
     )
-
-
-def _parse_grid(text: str) -> Grid:
-    match = _GRID.fullmatch(text)
-    assert match is not None  # validated by grids_value
-    return int(match.group(1)), int(match.group(2))
-
-
-def grid_id(grid: Grid) -> str:
-    return f"{grid[0]}x{grid[1]}"

@@ -1,7 +1,8 @@
 """The matrix report: a terminal table and a markdown file fit to paste in a PR comment.
 
-Results are recorded from test reports by node id (`ckpt::resume[BLENDING-2x2]`), which the
-xdist controller also sees, so the table is complete under `-n 2`.
+Results are recorded by cell (kind, stage, grid), which each generated item carries in its
+`user_properties`: they travel with its reports to the xdist controller, so the table is
+complete under `-n 2`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,22 @@ import re
 from dataclasses import dataclass, field
 
 KINDS = ("roundtrip", "resume", "snapshot")
-_NODE = re.compile(r"ckpt::(roundtrip|resume|snapshot)\[([A-Z]+)-([0-9]+x[0-9]+)\]")
 _MARKS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def failure_text(text: str, max_lines: int = 40) -> str:
+    """The failure as a person needs it in a report: no xdist worker banner, bounded length."""
+    lines = [line for line in text.splitlines() if not line.startswith("[gw")]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines], f"... ({len(lines) - max_lines} more lines)"]
+    return "\n".join(lines)
 
 
 @dataclass(slots=True)
@@ -27,13 +37,9 @@ class MatrixReport:
     stage_order: list[str] = field(default_factory=list)
     grid_order: list[str] = field(default_factory=list)
 
-    def record(self, nodeid: str, when: str, outcome: str, message: str) -> None:
+    def record(self, cell: tuple[str, str, str], when: str, outcome: str, message: str) -> None:
         """Keep the first failing phase, else the call phase's outcome."""
-        match = _NODE.fullmatch(nodeid)
-        if match is None:
-            return
-        kind, stage, grid = match.groups()
-        key = (kind, stage, grid)
+        _kind, stage, grid = key = cell
         if stage not in self.stage_order:
             self.stage_order.append(stage)
         if grid not in self.grid_order:

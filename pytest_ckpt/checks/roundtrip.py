@@ -1,73 +1,26 @@
 """The checks themselves: save -> load(weights_only=True) -> rebuild -> compare, and resume.
 
 No pytest here: these functions raise `CheckpointError`s whose messages say what failed and
-where, and the plugin turns them into test failures. Every load is
-`torch.load(weights_only=True)` with no allowlist; a refusal is explained by the paths of the
-objects torch would not load (found in the live state before it was saved).
+where, and the plugin turns them into test failures. Every load goes through
+`checks.loading.save_and_load`: `torch.load(weights_only=True)` with no allowlist, a refusal
+explained by path.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_ckpt.compare import Difference, diff_values
-from pytest_ckpt.errors import CheckpointLoadError, ResumeMismatch, RoundTripMismatch
+from pytest_ckpt.checks.compare import Difference, diff_values
+from pytest_ckpt.checks.loading import save_and_load
+from pytest_ckpt.errors import ResumeMismatch, RoundTripMismatch
 from pytest_ckpt.subject import StepResult, Subject
-from pytest_ckpt.unsafe_objects import find_unsafe_objects
 
 WALL_CLOCK_KEYS = ("timestamp", "time", "created", "wall_time")
 WALL_CLOCK_PLACEHOLDER = "<wall-clock>"
 _SHOWN = 5
-
-
-def save_and_load(state: Any, path: str | os.PathLike[str]) -> Any:
-    """`torch.save` to a real file, then `torch.load(weights_only=True)` with no allowlist."""
-    import torch
-
-    torch.save(state, path)
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise CheckpointLoadError(explain_refusal(state, err, path)) from err
-
-
-def explain_refusal(
-    state: Any, err: BaseException, path: str | os.PathLike[str] | None = None
-) -> str:
-    """Why torch refused: the offending objects by path with fixes.
-
-    The live objects are scanned first (their types give the most precise advice); if that
-    finds nothing (a custom __reduce__, an opcode torch refuses), the saved file is audited
-    statically; torch's own reason is the last resort.
-    """
-    head = "torch.load(weights_only=True) refused the checkpoint"
-    found = [item.describe() for item in find_unsafe_objects(state)]
-    if not found and path is not None:
-        from pytest_ckpt.audit import audit_file
-
-        report = audit_file(path)
-        found = [f"{f.path}: {f.detail}. Fix: {f.fix}" for f in report.findings]
-    if not found:
-        return f"{head}: {torch_reason(err)}"
-    lines = [f"{head}: {len(found)} object(s) it cannot load:"]
-    lines += [f"  {item}" for item in found[:_SHOWN]]
-    if len(found) > _SHOWN:
-        lines.append(f"  ... and {len(found) - _SHOWN} more")
-    return "\n".join(lines)
-
-
-def torch_reason(err: BaseException) -> str:
-    """The useful line of torch's long weights_only message."""
-    text = str(err)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def _format(differences: list[Difference], header: str) -> str:

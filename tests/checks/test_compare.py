@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from pytest_ckpt.compare import diff_values, tensors_equal
+from pytest_ckpt.checks.compare import diff_values, tensors_equal
 
 
 def test_equal_nested_state_has_no_differences() -> None:
@@ -49,8 +49,8 @@ def test_refusals_the_live_scan_cannot_see_are_explained_by_the_auditor(tmp_path
 
     import pytest
 
+    from pytest_ckpt.checks.roundtrip import save_and_load
     from pytest_ckpt.errors import CheckpointLoadError
-    from pytest_ckpt.harness import save_and_load
 
     tensor = torch.zeros(2)
     tensor.note = datetime.date(2026, 1, 1)  # a plain Tensor to the eye; pickled with its state

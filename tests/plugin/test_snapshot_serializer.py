@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pytest_ckpt.snapshot import (
+from pytest_ckpt.plugin.snapshot import (
     describe_number_list,
     describe_tensor,
     format_float,
@@ -11,7 +11,7 @@ from pytest_ckpt.snapshot import (
     snapshot_dirname_for,
     tensor_digest,
 )
-from pytest_ckpt.snapshot_compare import ToleranceRule
+from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
 
 
 def test_float_tensors_carry_well_conditioned_summaries_not_a_mean() -> None:

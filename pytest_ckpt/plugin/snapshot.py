@@ -36,7 +36,7 @@ from syrupy.extensions.amber import (
     AmberSnapshotExtension,
 )
 
-from pytest_ckpt.snapshot_compare import (
+from pytest_ckpt.plugin.snapshot_compare import (
     Comparison,
     Tolerance,
     ToleranceRule,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pytest_ckpt.audit import audit_file
-from pytest_ckpt.backcompat import load_fixture_dir
-from pytest_ckpt.compare import diff_values
+from pytest_ckpt.checks.compare import diff_values
+from pytest_ckpt.checks.golden import load_fixture_dir
 from pytest_ckpt.errors import CheckpointError
 from pytest_ckpt.migrate import (
     CURRENT_SCHEMA_VERSION,
@@ -20,13 +20,13 @@ from pytest_ckpt.migrate import (
 )
 from pytest_ckpt.migrate.static import convert_file
 from pytest_ckpt.migrate.trusted import to_primitives
+from pytest_ckpt.plugin.snapshot import tensor_digest
 from pytest_ckpt.reference import MorphogeneticModel
 from pytest_ckpt.reference.schema_v0 import adapt_v0
 from pytest_ckpt.reference.tasks import sample_input
 from pytest_ckpt.reference.trainer import Trainer
-from pytest_ckpt.snapshot import tensor_digest
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 VERSIONS = sorted(p for p in FIXTURES.glob("v[0-9]*") if (p / "manifest.json").exists())
 ENTRIES = [
     (folder, entry)

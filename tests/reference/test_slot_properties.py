@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_ckpt import strategies as cst
+from pytest_ckpt.reference import strategies as rst
 from pytest_ckpt.reference.lifecycle import TRANSITIONS, SeedStage, SeedState, check_transition
 from pytest_ckpt.reference.slots import (
     SlotConfig,
@@ -35,17 +36,18 @@ def test_every_invalid_id_raises_naming_the_canonical_form(text: str) -> None:
         validate_slot_id(text)
 
 
-@given(cst.slot_configs())
+@given(rst.slot_configs())
 def test_slot_configs_round_trip_and_stay_row_major(config: SlotConfig) -> None:
     assert SlotConfig.from_dict(config.to_dict()) == config
     assert list(config.slot_ids) == sorted(config.slot_ids, key=slot_sort_key)
     assert [config.index_of(s) for s in config] == list(range(config.num_slots))
 
 
-def test_strategy_transition_table_mirrors_the_lifecycle() -> None:
-    from pytest_ckpt.strategies import _NEXT
+def test_the_reference_lifecycle_is_the_vocabulary() -> None:
+    from pytest_ckpt.vocabulary import LIFECYCLE_STAGES, STAGE_TRANSITIONS
 
-    assert {SeedStage[k]: {SeedStage[v] for v in vs} for k, vs in _NEXT.items()} == {
+    assert tuple(SeedStage.__members__) == LIFECYCLE_STAGES
+    assert {SeedStage[k]: {SeedStage[v] for v in vs} for k, vs in STAGE_TRANSITIONS.items()} == {
         k: set(v) for k, v in TRANSITIONS.items()
     }
 
@@ -68,7 +70,7 @@ def test_any_illegal_transition_raises(current: SeedStage, target: SeedStage) ->
             check_transition(current, target)
 
 
-@given(cst.seed_states())
+@given(rst.seed_states())
 def test_generated_seed_states_round_trip(state: SeedState) -> None:
     assert SeedState.from_dict(state.to_dict()) == state
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pytest_ckpt import strategies as cst
 from pytest_ckpt.reference import BlendConfig, MorphogeneticModel, load_model, save_model
+from pytest_ckpt.reference import strategies as rst
 from pytest_ckpt.reference.blending import BLEND_ALGORITHMS
 from pytest_ckpt.reference.blueprints import blueprint_names
 from pytest_ckpt.reference.ppo import Operation
@@ -37,7 +38,7 @@ def walk(model: MorphogeneticModel, slot_id: str, path: list[str], choice: int) 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=25)
 @given(
     host=st.sampled_from(["cnn", "transformer"]),
-    slots=cst.slot_configs(max_rows=4, max_cols=4),
+    slots=rst.slot_configs(max_rows=4, max_cols=4),
     data=st.data(),
 )
 def test_any_grid_and_stage_mix_round_trips_bit_identically(host, slots, data) -> None:
@@ -61,7 +62,7 @@ def test_any_grid_and_stage_mix_round_trips_bit_identically(host, slots, data) -
 
 
 @settings(deadline=None, max_examples=15)
-@given(slots=cst.slot_configs(max_rows=3, max_cols=3), host=st.sampled_from(["cnn", "transformer"]))
+@given(slots=rst.slot_configs(max_rows=3, max_cols=3), host=st.sampled_from(["cnn", "transformer"]))
 def test_policy_heads_and_masks_have_one_entry_per_slot(slots, host) -> None:
     trainer = Trainer(host=host, slots=slots)
     assert trainer.policy.slot.out_features == slots.num_slots

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 
 from pytest_ckpt import strategies as cst
-from pytest_ckpt.report import strip_ansi
-from pytest_ckpt.snapshot import make_snapshot_extension
-from pytest_ckpt.snapshot_compare import (
+from pytest_ckpt.plugin.report import strip_ansi
+from pytest_ckpt.plugin.snapshot import make_snapshot_extension
+from pytest_ckpt.plugin.snapshot_compare import (
     Tolerance,
     ToleranceRule,
     Tolerances,

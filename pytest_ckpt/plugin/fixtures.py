@@ -1,0 +1,116 @@
+"""The fixtures users write their own tests with. Each imports what it runs lazily, so a
+session that never uses them never imports torch."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_ckpt.plugin.options import CkptOptions
+from pytest_ckpt.plugin.session import ckpt_session
+
+
+@pytest.fixture(scope="session")
+def ckpt_options(pytestconfig: pytest.Config) -> CkptOptions:
+    """The resolved `--ckpt-*` options."""
+    return ckpt_session(pytestconfig).options
+
+
+@pytest.fixture(scope="session")
+def ckpt_subject(pytestconfig: pytest.Config) -> Any:
+    """The subject under test (`--ckpt-subject`), for your own tests."""
+    return ckpt_session(pytestconfig).subject
+
+
+@pytest.fixture
+def ckpt_stage(request: pytest.FixtureRequest) -> str:
+    """The seed stage of this test (parametrized from --ckpt-stages)."""
+    return request.param
+
+
+@pytest.fixture
+def ckpt_grid(request: pytest.FixtureRequest) -> tuple[int, int]:
+    """The slot grid (rows, cols) of this test (parametrized from --ckpt-grids)."""
+    return request.param
+
+
+@pytest.fixture
+def ckpt_model(ckpt_subject: Any, ckpt_stage: str, ckpt_grid: tuple[int, int]) -> Any:
+    """A live system of the subject at `ckpt_stage` on `ckpt_grid` (seed 0)."""
+    return ckpt_subject.build(grid=ckpt_grid, stage=ckpt_stage, seed=0)
+
+
+@pytest.fixture
+def ckpt_check() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """Turn a CheckpointError into a test failure showing only its message (no traceback)."""
+    from pytest_ckpt.errors import CheckpointError
+
+    @contextlib.contextmanager
+    def check() -> Iterator[None]:
+        failure = None
+        try:
+            yield
+        except CheckpointError as err:
+            failure = f"{type(err).__name__}: {err}"
+        if failure is not None:  # `from None`: torch's long chained error is not shown
+            raise pytest.fail.Exception(failure, pytrace=False) from None
+
+    return check
+
+
+@pytest.fixture
+def ckpt_roundtrip(tmp_path: Path, ckpt_check) -> Callable[[Any], Any]:
+    """`ckpt_roundtrip(obj)`: what `torch.load(weights_only=True)` gives back for `obj`
+    saved to a real file, or a failure naming the paths torch refused."""
+    from pytest_ckpt.checks.loading import save_and_load
+
+    counter = iter(range(1_000_000))
+
+    def roundtrip(obj: Any) -> Any:
+        with ckpt_check():
+            return save_and_load(obj, tmp_path / f"roundtrip-{next(counter)}.pt")
+        raise AssertionError("unreachable")  # pytest.fail raised above
+
+    return roundtrip
+
+
+@pytest.fixture
+def ckpt_resume(ckpt_subject: Any, ckpt_options: CkptOptions, tmp_path: Path, ckpt_check):
+    """`ckpt_resume(system, steps=None)`: continue vs save -> load -> resume; returns the
+    continued run's step records, or fails with the differences."""
+    from pytest_ckpt.checks.roundtrip import check_resume
+
+    def resume(system: Any, steps: int | None = None) -> list[dict[str, Any]]:
+        with ckpt_check():
+            return check_resume(
+                ckpt_subject, system, steps or ckpt_options.resume_steps, tmp_path / "resume.pt"
+            )
+        raise AssertionError("unreachable")
+
+    return resume
+
+
+@pytest.fixture
+def ckpt_snapshot(snapshot: Any, pytestconfig: pytest.Config) -> Any:
+    """syrupy's `snapshot`, with tensors serialized as shape/dtype/summary and floats compared
+    with the session's tolerance (`--ckpt-snapshot-floats`, `--ckpt-snapshot-rtol/atol`)."""
+    return snapshot.use_extension(ckpt_session(pytestconfig).snapshot_extension())
+
+
+@pytest.fixture
+def ckpt_backcompat(ckpt_check):
+    """`ckpt_backcompat(directory, rebuild=None)`: every committed checkpoint under
+    `directory` still loads with weights_only=True, matches its manifest.json sha256, and
+    rebuilds; returns {name: state}, or fails naming the file and the reason."""
+    from pytest_ckpt.checks.golden import load_fixture_dir
+
+    def check(directory: Any, rebuild: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        with ckpt_check():
+            return load_fixture_dir(directory, rebuild=rebuild)
+        raise AssertionError("unreachable")
+
+    return check

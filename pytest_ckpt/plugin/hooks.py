@@ -1,0 +1,58 @@
+"""The pytest hooks: each one delegates to the session (`plugin.session`) in a few lines.
+
+Nothing heavy is imported at module level: with `--ckpt-roundtrip` off, installing the plugin
+costs an option group and a few fixture definitions, and never `import torch`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_ckpt.plugin.matrix import collect_matrix
+from pytest_ckpt.plugin.options import add_options, resolve_options
+from pytest_ckpt.plugin.session import SESSION_KEY, CkptSession, ckpt_session
+from pytest_ckpt.vocabulary import grid_id
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SESSION_KEY] = CkptSession(config, resolve_options(config))
+    if ckpt_session(config).options.enabled:
+        ckpt_session(config).start()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items) -> None:
+    """Append the generated matrix before -k/-m/--deselect filter the items."""
+    if ckpt_session(config).options.enabled:
+        items.extend(collect_matrix(session))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `ckpt_stage` then `ckpt_grid`, so ids read `BLENDING-2x2`."""
+    names, ckpt = metafunc.fixturenames, ckpt_session(metafunc.config)
+    if "ckpt_stage" in names:
+        metafunc.parametrize("ckpt_stage", ckpt.stages(), ids=str)
+    if "ckpt_grid" in names:
+        metafunc.parametrize("ckpt_grid", ckpt.grids(), ids=grid_id)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if ckpt_session(session.config).options.enabled:  # it records the matrix's results
+        session.config.pluginmanager.register(ckpt_session(session.config), "ckpt-session")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    lines = ckpt_session(config).summary_lines()
+    if lines:
+        terminalreporter.write_sep("=", "pytest-ckpt matrix")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    ckpt_session(session.config).write_report()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from pytest_ckpt.plugin.report import MatrixReport
+from pytest_ckpt.plugin.session import CELL_PROPERTY, CkptSession
+
+
+def _report() -> MatrixReport:
+    report = MatrixReport(subject="demo")
+    for kind in ("roundtrip", "resume", "snapshot"):
+        report.record((kind, "BLENDING", "1x1"), "setup", "passed", "")
+        report.record((kind, "BLENDING", "1x1"), "call", "passed", "")
+    report.record(
+        ("roundtrip", "BLENDING", "2x2"), "call", "failed", "\x1b[31mboom\x1b[0m at root['x']"
+    )
+    report.record(("roundtrip", "BLENDING", "2x2"), "teardown", "passed", "")
+    record(report, [], "failed", "not ours")  # a plain test: it has no cell
+    return report
+
+
+def record(report: MatrixReport, properties: list, outcome: str, text: str) -> None:
+    """What the session does with a test report (a stand-in with the fields it reads)."""
+    test_report = SimpleNamespace(
+        user_properties=properties,
+        failed=outcome == "failed",
+        outcome=outcome,
+        longreprtext=text,
+        when="call",
+    )
+    CkptSession.pytest_runtest_logreport(SimpleNamespace(report=report), test_report)  # type: ignore[arg-type]
+
+
+def test_terminal_table() -> None:
+    assert _report().terminal_lines() == [
+        "subject demo; each cell: roundtrip/resume/snapshot",
+        "stage \\ grid  1x1       2x2",
+        "BLENDING      ok/ok/ok  FAIL/--/--",
+    ]
+
+
+def test_markdown_has_the_table_and_failures_without_colour_codes() -> None:
+    text = _report().markdown()
+    assert "3/4 checks passed" in text
+    assert "| BLENDING | ok/ok/ok | FAIL/--/-- |" in text
+    assert "**`ckpt::roundtrip[BLENDING-2x2]`**" in text
+    assert "boom at root['x']" in text and "\x1b" not in text
+    assert "not ours" not in text
+
+
+def test_a_cell_sent_by_an_xdist_worker_as_a_list_is_recorded() -> None:
+    report = MatrixReport(subject="demo")
+    record(report, [(CELL_PROPERTY, ["resume", "PRUNED", "1x3"])], "passed", "")
+    assert report.outcomes == {("resume", "PRUNED", "1x3"): "passed"}

@@ -1,0 +1,103 @@
+"""The package's shape, checked so that it stays: imports go one way, the core never imports the
+bundled reference system, no import cycle, no module past ~400 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pytest_ckpt"
+MAX_LINES = 400
+# layer -> layers it must never import (`cli -> migrate, audit`; `plugin -> checks, subject`;
+# `checks -> audit`; `migrate -> audit, manager`; everyone -> vocabulary, errors).
+FORBIDDEN = {
+    "audit": {"checks", "plugin", "migrate", "cli", "manager", "subject", "reference"},
+    "checks": {"plugin", "migrate", "cli", "reference"},
+    "migrate": {"checks", "plugin", "cli", "reference"},
+    "vocabulary": {"*"},
+    "errors": {"*"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every pytest_ckpt module `path` imports, at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.split(".")[0] == "pytest_ckpt"}
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+GRAPH = {
+    name: {i for i in imports_of(path) if i in MODULES and i != name}
+    for name, path in MODULES.items()
+}
+
+
+def layer(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "pytest_ckpt"
+
+
+def test_nothing_in_the_core_imports_the_reference_system() -> None:
+    leaks = {
+        name: sorted(i for i in imported if layer(i) == "reference")
+        for name, imported in GRAPH.items()
+        if layer(name) != "reference"
+    }
+    assert {name: found for name, found in leaks.items() if found} == {}
+
+
+@pytest.mark.parametrize("source", sorted(FORBIDDEN))
+def test_imports_go_one_way(source: str) -> None:
+    forbidden = FORBIDDEN[source]
+    wrong = {
+        name: sorted(
+            i
+            for i in imported
+            if layer(i) != source
+            and ("*" in forbidden or layer(i) in forbidden)
+            and layer(i) not in ("errors", "vocabulary")
+        )
+        for name, imported in GRAPH.items()
+        if layer(name) == source
+    }
+    assert {name: found for name, found in wrong.items() if found} == {}
+
+
+def test_there_is_no_import_cycle() -> None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(GRAPH[name]):
+            # a package's own modules importing its __init__ is not a cycle
+            if name.startswith(target + "."):
+                continue
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_no_module_is_past_the_size_where_it_asks_to_be_split() -> None:
+    sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
