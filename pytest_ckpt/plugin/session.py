@@ -62,6 +62,7 @@ class CkptSession:
             raise pytest.UsageError(str(err)) from None
         self.stages()
         self.grids()
+        self.check_subject_fixture()
         if hasattr(self.config, "workerinput") and "OMP_NUM_THREADS" not in os.environ:
             # N xdist workers each running torch on every core thrash (measured 20x slower on
             # 2 cores); give each worker its share.
@@ -116,7 +117,9 @@ class CkptSession:
     def grid_label(self, grid: Grid) -> str:
         return grid_id(grid) if self.subject.supports_grids else ""
 
-    def check_subject_fixture(self, session: pytest.Session, items: list[pytest.Item]) -> None:
+    def check_subject_fixture(
+        self, session: pytest.Session | None = None, items: Sequence[pytest.Item] = ()
+    ) -> None:
         """With the matrix on, overriding the `ckpt_subject` fixture is a usage error.
 
         The matrix's stages and grids are decided when tests are collected, before any fixture
@@ -124,24 +127,32 @@ class CkptSession:
         a fixture's subject; honouring the override for the project's own tests only would
         test two subjects under one name. One source: the `ckpt_subject` option, which the
         fixture returns.
+
+        Checked twice: at configure time over the conftest files pytest has loaded (the
+        project's own; under xdist this is the controller, where a usage error reads as one),
+        and after collection over the definitions visible to each item (conftests further
+        down the tree).
         """
-        manager = session._fixturemanager
-        parents: set[int] = set()
-        for item in items:
-            if id(item.parent) in parents:
-                continue
-            parents.add(id(item.parent))
-            for fixturedef in _visible_fixturedefs(manager, "ckpt_subject", item):
-                if fixturedef.func.__module__ != FIXTURES_MODULE:
-                    raise pytest.UsageError(
-                        f"{_where(fixturedef.func, session.config.rootpath)} overrides the "
-                        "ckpt_subject fixture, but the --ckpt-roundtrip matrix takes its subject "
-                        f"from the ckpt_subject option (now {self.options.subject}): it is chosen "
-                        "when tests are collected, before fixtures run. Point "
-                        'ckpt_subject = "package.module:factory" (ini) or --ckpt-subject at a '
-                        "factory of your subject and remove the fixture; the ckpt_subject "
-                        "fixture then returns that subject"
-                    )
+        found = [_where(func, self.config.rootpath) for func in _conftest_overrides(self.config)]
+        if session is not None:
+            manager = session._fixturemanager
+            parents: set[int] = set()
+            for item in items:
+                if id(item.parent) in parents:
+                    continue
+                parents.add(id(item.parent))
+                for fixturedef in _visible_fixturedefs(manager, "ckpt_subject", item):
+                    if fixturedef.func.__module__ != FIXTURES_MODULE:
+                        found.append(_where(fixturedef.func, session.config.rootpath))
+        if found:
+            raise pytest.UsageError(
+                f"{found[0]} overrides the ckpt_subject fixture, but the --ckpt-roundtrip matrix "
+                f"takes its subject from the ckpt_subject option (now {self.options.subject}): "
+                "it is chosen when tests are collected, before fixtures run. Point "
+                'ckpt_subject = "package.module:factory" (ini) or --ckpt-subject at a factory '
+                "of your subject and remove the fixture; the ckpt_subject fixture then returns "
+                "that subject"
+            )
 
     # ---- the generated matrix -----------------------------------------------------------
 
@@ -191,6 +202,23 @@ class CkptSession:
                 dirname=snapshot_dirname_for(self.subject.name) if matrix else None,
             )
         return self._extensions[kind]
+
+
+def _conftest_overrides(config: pytest.Config) -> list[Any]:
+    """The `ckpt_subject` fixture functions defined in the conftest files loaded so far."""
+    overrides = []
+    for plugin in config.pluginmanager.get_plugins():
+        if Path(getattr(plugin, "__file__", None) or "x").name != "conftest.py":
+            continue
+        fixture = getattr(plugin, "ckpt_subject", None)
+        func = getattr(fixture, "_fixture_function", fixture)  # pytest 9 wraps the function
+        is_fixture = hasattr(fixture, "_fixture_function_marker") or hasattr(
+            fixture,
+            "_pytestfixturefunction",  # pytest 8
+        )
+        if is_fixture and getattr(func, "__module__", FIXTURES_MODULE) != FIXTURES_MODULE:
+            overrides.append(func)
+    return overrides
 
 
 def _visible_fixturedefs(manager: Any, name: str, item: pytest.Item) -> Sequence[Any]:

@@ -202,8 +202,9 @@ def test_the_space_form_of_ckpt_report_with_an_existing_outside_path_is_a_usage_
 
 
 def test_overriding_the_subject_fixture_with_the_matrix_on_is_a_usage_error(tmp_path) -> None:
+    """Under xdist too: the controller, which collects nothing, sees the project's conftest."""
     project = make_project(tmp_path, **{"conftest.py": OVERRIDE_CONFTEST})
-    result = run(project, "--co")
+    result = run(project, "-n", "2")
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
     assert "conftest.py:6 overrides the ckpt_subject fixture, but the --ckpt-roundtrip matrix" in (
         result.stderr
