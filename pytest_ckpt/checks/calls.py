@@ -90,7 +90,9 @@ def _is_library(filename: str) -> bool:
 def _hint(method: str, err: BaseException, text: str, args: tuple) -> str:
     if method == "rebuild" and "in loading state_dict" in text:
         return _STRUCTURE_HINT
-    if method in ("export_state", "step") and isinstance(err, (KeyError, TypeError, IndexError)):
+    if method == "export_state" and isinstance(
+        err, (KeyError, TypeError, IndexError, AttributeError)
+    ):
         system = type(args[0]).__qualname__ if args else "object"
         return (
             f"is this system one this subject's build() made? The checks (and ckpt_resume) "

@@ -54,11 +54,14 @@ def diagnose_resume(
             causes.append(Cause(0, _rng_cause(name, state, index)))
     for path, leaf in before.leaves.items():
         other = resumed.leaves.get(path)
-        if other is None or other.kind != leaf.kind or same(leaf.value, other.value):
+        if other is None or (other.kind == leaf.kind and same(leaf.value, other.value)):
             continue
         later = after.leaves.get(path)
         changed = later is not None and not same(leaf.value, later.value)
-        cause = _leaf_cause(path, leaf, other, changed, index)
+        if other.kind != leaf.kind:  # an environment's state that is None until a reset
+            cause = _absent_cause(path, leaf, other, changed, index)
+        else:
+            cause = _leaf_cause(path, leaf, other, changed, index)
         if cause is not None:
             causes.append(cause)
     return [cause.text for cause in sorted(causes, key=lambda c: c.rank)]
@@ -148,6 +151,24 @@ def _leaf_cause(
     )
 
 
+def _absent_cause(
+    path: str, leaf: Leaf, other: Leaf, changed: bool, index: ExportIndex
+) -> Cause | None:
+    """`leaf` is something else in the resumed run: None (never set up: an environment not
+    reset, an observation discarded) or another kind of value."""
+    if leaf.kind in ("generator", "numpy generator") and not changed:
+        return None
+    now = repr(other.value)[:40] if other.kind == "attribute" else f"a {_what(other)}"
+    verb = "changed during the step" if changed else "is there at the start of the step"
+    rank = (0 if "generator" in leaf.kind else 2) if changed else 5
+    held = (
+        f"it is not in export_state(): {_save_advice(leaf)}"
+        if _find(index, path, leaf) is None
+        else "export_state() holds it, but rebuild() does not restore it"
+    )
+    return Cause(rank, f"{path} ({_what(leaf)}) {verb} but is {now} in the resumed run; {held}")
+
+
 def _param_groups_cause(path: str, before: list, resumed: list, index: ExportIndex) -> str:
     detail = "the number of param_groups differs"
     for i, (a, b) in enumerate(zip(before, resumed, strict=False)):
@@ -200,6 +221,8 @@ def _what(leaf: Leaf) -> str:
         "array": "a numpy array",
         "parameter": "a parameter",
         "attribute": f"a {leaf.owner}",
+        "generator": "a torch.Generator",
+        "numpy generator": f"a {leaf.owner}",
     }.get(leaf.kind, leaf.kind)
 
 
