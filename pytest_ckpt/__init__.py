@@ -4,6 +4,7 @@ Importing this package does not import torch; the plugin imports it only when
 `--ckpt-roundtrip` is on or a ckpt fixture is used.
 """
 
+from pytest_ckpt.adapters.module import ModuleSubject
 from pytest_ckpt.errors import (
     CheckpointError,
     CheckpointLoadError,
@@ -11,7 +12,7 @@ from pytest_ckpt.errors import (
     RoundTripMismatch,
     SubjectError,
 )
-from pytest_ckpt.subject import ModuleSubject, StepResult, Subject
+from pytest_ckpt.subject import StepResult, Subject
 
 __version__ = "0.1.0"
 

@@ -1,26 +1,32 @@
 """The `Subject` protocol: how a project's own model plugs into the round-trip harness.
 
-A subject builds a live system for a slot grid and a seed, driven to a lifecycle stage;
-exports its state as primitives and tensors; rebuilds a fresh system from such a state; and
-takes one training step, returning metrics and telemetry payloads. The harness does the rest:
-save to a real file, `torch.load(weights_only=True)`, rebuild, compare, resume, snapshot.
+A subject builds a live system for a stage (and, if it has seed slots, a slot grid) and a
+seed; exports its state as primitives and tensors; rebuilds a fresh system from such a state;
+and takes one training step, returning metrics and telemetry payloads. The harness does the
+rest: save to a real file, `torch.load(weights_only=True)`, rebuild, compare, resume, snapshot.
 
-`ModuleSubject` adapts a plain `nn.Module` + optimizer in one line. The default subject, the
-bundled morphogenetic system under its PPO controller, is `pytest_ckpt.reference.subject.
-ReferenceSubject`: a user of this protocol like any other.
+Stages are the subject's own names: the morphogenetic lifecycle (GERMINATED, BLENDING, ...) for
+a growing model, training phases (WARMUP, DECAY) for a plain one. `ModuleSubject`
+(`pytest_ckpt.adapters.module`) adapts a plain `nn.Module` + optimizer in one line; the
+default subject, the bundled morphogenetic system under its PPO controller, is
+`pytest_ckpt.reference.subject.ReferenceSubject`: a user of this protocol like any other.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from pytest_ckpt.vocabulary import LIFECYCLE_STAGES, Grid
+from pytest_ckpt.vocabulary import Grid
 
 # The bundled reference system is a user of the core: named here only by this string.
 DEFAULT_SUBJECT = "pytest_ckpt.reference.subject:ReferenceSubject"
+STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RESERVED_STAGES = ("all", "default")  # words --ckpt-stages gives a meaning of its own
 
 
 @dataclass(slots=True, frozen=True)
@@ -35,20 +41,29 @@ class StepResult:
 class Subject(Protocol):
     """What the harness needs from a project. `name` labels reports and snapshots.
 
-    Optional: `snapshot_tolerances`, a sequence of `PATTERN: rtol=X, atol=Y` or
-    `PATTERN: unchecked` lines for the matrix snapshots (see `snapshot_compare`): what the
-    subject's author knows about how its floats vary from one CPU to another.
+    Optional members, used when present:
+
+    - `check_grid(grid)`: raise ValueError (with the reason) for a slot grid the subject cannot
+      be built on, so `--ckpt-grids` refuses it as a usage error before anything runs.
+    - `probe(system)`: the system's output on a fixed batch (tensors, no side effects); the
+      round trip then also compares the live and the rebuilt system's outputs, which catches
+      what a state comparison cannot see (weights dropped under `strict=False` from a state
+      that never held them, the wrong module rebuilt, a buffer left out of the state).
+    - `snapshot_tolerances`: `PATTERN: rtol=X, atol=Y` or `PATTERN: unchecked` lines for the
+      matrix snapshots (see `plugin.snapshot_compare`).
     """
 
     name: str
     supports_grids: bool
 
     def stages(self) -> Sequence[str]:
-        """Every lifecycle stage this subject can be driven to, in lifecycle order."""
+        """The stages this subject can be driven to, in order: its own names."""
         ...
 
     def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
-        """A live system on a `grid` of slots, at `stage`, deterministic for `seed`."""
+        """A live system at `stage` (on a `grid` of slots, if it has them), deterministic for
+        `seed`. Take at least one training step before returning: an optimizer that never
+        stepped has an empty state, and an empty state hides a checkpoint that drops it."""
         ...
 
     def export_state(self, system: Any) -> Mapping[str, Any]:
@@ -64,114 +79,12 @@ class Subject(Protocol):
         ...
 
 
-class ModuleSubject:
-    """A plain `nn.Module` + optimizer, for projects without seed stages.
-
-        ModuleSubject(lambda: MyNet(), make_batch=lambda g: (torch.randn(8, 4, generator=g),
-                                                              torch.randn(8, 1, generator=g)))
-
-    Its only stage is TRAINING (the model after `warmup_steps` steps); grids do not apply.
-    A step is one optimizer step on `make_batch(generator)` with `loss_fn`.
-    """
-
-    supports_grids = False
-
-    def __init__(
-        self,
-        make_model: Callable[[], Any],
-        *,
-        make_batch: Callable[[Any], tuple[Any, Any]],
-        make_optimizer: Callable[[Any], Any] | None = None,
-        loss_fn: Callable[[Any, Any], Any] | None = None,
-        warmup_steps: int = 2,
-        name: str = "module",
-    ) -> None:
-        self.make_model = make_model
-        self.make_batch = make_batch
-        self.make_optimizer = make_optimizer
-        self.loss_fn = loss_fn
-        self.warmup_steps = warmup_steps
-        self.name = name
-
-    def stages(self) -> Sequence[str]:
-        return ("TRAINING",)
-
-    def _fresh(self, seed: int) -> dict[str, Any]:
-        import torch
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self.make_model()
-        params = model.parameters()
-        optimizer = (
-            self.make_optimizer(params)
-            if self.make_optimizer is not None
-            else torch.optim.Adam(params, lr=1e-3)
-        )
-        return {
-            "model": model,
-            "optimizer": optimizer,
-            "generator": torch.Generator().manual_seed(seed),
-            "steps": 0,
-            "seed": seed,
-        }
-
-    def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
-        import torch
-
-        if stage != "TRAINING":
-            raise ValueError(f"ModuleSubject has only the TRAINING stage, not {stage!r}")
-        system = self._fresh(seed)
-        torch.manual_seed(seed)  # the state captures the global RNG: do not inherit history
-        for _ in range(self.warmup_steps):
-            self.step(system)
-        return system
-
-    def export_state(self, system: Any) -> Mapping[str, Any]:
-        import torch
-
-        return {
-            "model": system["model"].state_dict(),
-            "optimizer": system["optimizer"].state_dict(),
-            "generator": system["generator"].get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "steps": system["steps"],
-            "seed": system["seed"],
-        }
-
-    def rebuild(self, state: Mapping[str, Any]) -> Any:
-        import torch
-
-        system = self._fresh(state["seed"])
-        system["model"].load_state_dict(state["model"], strict=True)
-        system["optimizer"].load_state_dict(state["optimizer"])
-        system["generator"].set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        system["steps"] = state["steps"]
-        return system
-
-    def step(self, system: Any) -> StepResult:
-        import torch.nn.functional as F
-
-        model, optimizer = system["model"], system["optimizer"]
-        inputs, targets = self.make_batch(system["generator"])
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss = (self.loss_fn or F.mse_loss)(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
-        system["steps"] += 1
-        value = float(loss.detach())
-        return StepResult(
-            metrics={"loss": value}, telemetry=[{"event": "step", "step": system["steps"]}]
-        )
-
-
 def load_subject(spec: str) -> Subject:
-    """Import `package.module:factory` and call it (or take it as is, if already a subject).
+    """Import `package.module:factory` and call it; a class is instantiated with no
+    arguments; an object that already is a subject is taken as is.
 
-    Raises ValueError with a one-line reason: bad form, import failure, missing attribute,
-    or an object that does not satisfy the `Subject` protocol.
+    Raises ValueError with a one-line reason: bad form, import failure, missing attribute, a
+    factory that fails or needs arguments, or an object that is not a `Subject`.
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
@@ -184,20 +97,46 @@ def load_subject(spec: str) -> Subject:
         target = getattr(module, attribute)
     except AttributeError:
         raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    subject = target if isinstance(target, Subject) else target()
+    if inspect.isclass(target) or not isinstance(target, Subject):
+        if not callable(target):
+            raise ValueError(f"{spec} is a {type(target).__name__}, not a factory or a subject")
+        try:
+            inspect.signature(target).bind()
+        except TypeError as err:
+            raise ValueError(f"{spec} must be callable with no arguments: {err}") from None
+        except ValueError:
+            pass  # no signature to read (a builtin): let the call say
+        try:
+            subject = target()
+        except Exception as err:  # the project's factory: said in one line, with its cause
+            raise ValueError(f"{spec}() raised {type(err).__name__}: {err}") from err
+    else:
+        subject = target
     check_subject(subject, origin=spec)
     return subject
 
 
 def check_subject(subject: Any, *, origin: str) -> None:
-    if not isinstance(subject, Subject):
+    """Raise ValueError unless `subject` is a Subject instance with usable stage names."""
+    if inspect.isclass(subject) or not isinstance(subject, Subject):
         wanted = "name, supports_grids, stages(), build(), export_state(), rebuild(), step()"
-        raise ValueError(
-            f"{origin} gave a {type(subject).__name__}, which is not a pytest_ckpt.Subject "
-            f"(needs {wanted})"
+        what = (
+            f"the class {subject.__name__}"
+            if inspect.isclass(subject)
+            else "a " + (type(subject).__name__)
         )
-    unknown = [s for s in subject.stages() if s not in LIFECYCLE_STAGES]
-    if unknown:
         raise ValueError(
-            f"{origin}: stages {unknown} are not lifecycle stages ({', '.join(LIFECYCLE_STAGES)})"
+            f"{origin} gave {what}, which is not a pytest_ckpt.Subject (needs {wanted})"
         )
+    stages = list(subject.stages())
+    if not stages:
+        raise ValueError(f"{origin}: subject {subject.name} has no stages")
+    bad = [s for s in stages if not isinstance(s, str) or STAGE_NAME.fullmatch(s) is None]
+    bad += [s for s in stages if s in _RESERVED_STAGES]
+    if bad:
+        raise ValueError(
+            f"{origin}: stage name(s) {bad!r} cannot be used: stages are words like WARMUP or "
+            f"BLENDING (letters, digits, _), not {' or '.join(_RESERVED_STAGES)}"
+        )
+    if len(set(stages)) != len(stages):
+        raise ValueError(f"{origin}: subject {subject.name} lists a stage twice: {stages}")

@@ -23,6 +23,7 @@ LIFECYCLE_STAGES: tuple[str, ...] = (
     "PRUNED",
 )
 DEFAULT_STAGES: tuple[str, ...] = ("GERMINATED", "BLENDING", "PROBATIONARY")
+DEFAULT_GRIDS = "1x1,1x3,2x2"  # the slot grids the matrix builds by default
 
 # The one transition table, by stage name.
 STAGE_TRANSITIONS: Mapping[str, tuple[str, ...]] = {

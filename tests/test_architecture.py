@@ -11,11 +11,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pytest_ckpt"
 MAX_LINES = 400
 # layer -> layers it must never import (`cli -> migrate, audit`; `plugin -> checks, subject`;
-# `checks -> audit`; `migrate -> audit, manager`; everyone -> vocabulary, errors).
+# `checks -> audit`; `migrate -> audit, manager`; `adapters -> subject`; everyone ->
+# vocabulary, errors).
 FORBIDDEN = {
     "audit": {"checks", "plugin", "migrate", "cli", "manager", "subject", "reference"},
     "checks": {"plugin", "migrate", "cli", "reference"},
     "migrate": {"checks", "plugin", "cli", "reference"},
+    # adapters are subjects: users of the protocol, like the reference, never of the harness
+    "adapters": {"checks", "plugin", "migrate", "cli", "audit", "manager", "reference"},
+    "subject": {"adapters", "checks", "plugin", "reference"},
     "vocabulary": {"*"},
     "errors": {"*"},
 }

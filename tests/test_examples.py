@@ -66,3 +66,48 @@ def test_reference_example_whole_matrix_matches_its_committed_snapshots(
     assert result.returncode == 0, result.stdout[-3000:]
     assert "63 passed" in result.stdout and "21 snapshots passed" in result.stdout
     assert "63/63 checks passed" in report.read_text()
+
+
+FRAMEWORK_EXAMPLES = {
+    # folder: (module that must be importable, what the run prints)
+    "lightning": ("lightning", "7 passed"),  # 2 stages x 3 items + its .ckpt golden test
+    "transformers": ("transformers", "6 passed"),
+    "sb3": ("stable_baselines3", "3 passed"),
+}
+
+
+@pytest.mark.slow  # 10-13 s each with the framework installed: `make test-slow`
+@pytest.mark.parametrize("folder", sorted(FRAMEWORK_EXAMPLES))
+def test_framework_example_passes_the_matrix_against_its_snapshots(folder: str) -> None:
+    """Where the framework is installed (CI may not install it), this CPU's kernels only; the
+    snapshots were checked under ATEN_CPU_CAPABILITY=default too. The adapters themselves are
+    tested in tests/adapters on every run."""
+    module, passed = FRAMEWORK_EXAMPLES[folder]
+    pytest.importorskip(module)
+    result = run_pytest(folder, "native", "--ckpt-roundtrip")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert passed in result.stdout and "snapshot" in result.stdout
+
+
+def test_sb3_save_and_load_do_not_resume_exactly_and_the_failure_says_why() -> None:
+    pytest.importorskip("stable_baselines3")
+    subject = "sb3_subject:make_save_load_subject"
+    result = run_pytest(
+        "sb3", "native", "--ckpt-roundtrip", "--ckpt-subject", subject, "-k", "resume"
+    )
+    assert result.returncode == 1, result.stdout[-3000:]
+    readme = (EXAMPLES / "sb3" / "README.md").read_text()
+    expected = [
+        "ResumeMismatch: the global torch RNG was drawn from during the step but its state is "
+        "not in export_state(): save torch.get_rng_state() and torch.set_rng_state() it at the "
+        "end of rebuild()",
+        "  and: system._last_obs (a numpy array) changed during the step but is None in the "
+        "resumed run; it is not in export_state(): save it as a tensor (torch.from_numpy) in "
+        "export_state() and restore it in rebuild()",
+        "  and: system.env.envs[0].env.env.env.state (a numpy array) changed during the step but "
+        "is None in the resumed run; it is not in export_state(): save it as a tensor "
+        "(torch.from_numpy) in export_state() and restore it in rebuild()",
+    ]
+    for line in expected:
+        assert line in result.stdout
+        assert line in readme

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +19,23 @@ def load_fixture_dir(
     directory: str | os.PathLike[str],
     *,
     rebuild: Callable[[Any], Any] | None = None,
-    pattern: str = "*.pt",
+    pattern: str | Sequence[str] = "*.pt",
 ) -> dict[str, Any]:
-    """Load every `pattern` file under `directory`; returns {relative name: loaded state}.
+    """Load every file under `directory` (recursively) matching `pattern`, a glob or a sequence
+    of globs (`"*.ckpt"`, `("*.pt", "*.pth")`, `"lightning/*.ckpt"`); returns {relative name:
+    loaded state}.
 
     Raises CheckpointError naming the file and the reason for the first file that is missing
     from or differs from the manifest, does not load with weights_only=True (with the auditor's
     paths and fixes), or whose `rebuild` raises.
     """
     root = Path(directory)
-    files = sorted(root.rglob(pattern))
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"pattern must be a glob or a sequence of globs, got {pattern!r}")
+    files = sorted({path for p in patterns for path in root.rglob(p) if path.is_file()})
     if not files:
-        raise CheckpointError(f"{root}: no {pattern} files to check")
+        raise CheckpointError(f"{root}: no files matching {' or '.join(patterns)} to check")
     recorded = _manifest_hashes(root)
     loaded = {}
     for path in files:

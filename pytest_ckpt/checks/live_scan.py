@@ -43,7 +43,10 @@ def _torch_safe_types() -> frozenset[type]:
 
 
 def find_unsafe_objects(value: Any, *, root: str = "root", limit: int = 50) -> list[UnsafeObject]:
-    """Every object under `value` that weights_only=True would refuse, first `limit` of them.
+    """Every object under `value` that weights_only=True would refuse, first `limit` of them,
+    including those inside a refused object (a dataclass holding an Enum, a datetime and a
+    deque of Enums is four findings, as the static audit of the saved file finds them):
+    fixing the outer one alone (`to_dict()`) would still leave the inner ones.
 
     Iterative, so deep nesting cannot exhaust the recursion limit; shared objects are visited
     once.
@@ -70,10 +73,49 @@ def find_unsafe_objects(value: Any, *, root: str = "root", limit: int = 50) -> l
                 children = [(f"{path}[{i}]", v) for i, v in enumerate(item)]
             stack.extend(reversed(children))
             continue
-        found.append(
-            UnsafeObject(path, f"{kind.__module__}.{kind.__qualname__}", fix_for_type(kind))
-        )
+        fix = fix_for_type(kind)
+        found.append(UnsafeObject(path, f"{kind.__module__}.{kind.__qualname__}", fix))
+        if fix.kind in _KEEPS_CONTENTS:
+            stack.extend(reversed(_contents(item, path)))
     return found
+
+
+# Refused objects whose fix keeps what they hold (to_dict() of a dataclass, list(d) of a
+# deque): what they hold must load too. The others are replaced whole by the fix (a module's
+# state_dict(), a datetime's ISO string, an Enum's value), so their insides are not reported.
+_KEEPS_CONTENTS = frozenset(
+    {
+        "dataclass",
+        "dataclass or object with attributes",
+        "object",
+        "deque",
+        "defaultdict",
+        "frozenset",
+        "argparse.Namespace",
+    }
+)
+
+
+def _contents(item: Any, path: str) -> list[tuple[str, Any]]:
+    """What pickling `item` would save with it, with paths: items of a container, entries of
+    a mapping, attributes of an object (its `__reduce_ex__` state)."""
+    if isinstance(item, dict):
+        return [(f"{path}[{k!r}]", v) for k, v in item.items()]
+    if isinstance(item, (list, tuple, set, frozenset, collections.deque)):
+        values = sorted(item, key=repr) if isinstance(item, (set, frozenset)) else item
+        return [(f"{path}[{i}]", v) for i, v in enumerate(values)]
+    try:
+        reduced = item.__reduce_ex__(2)
+    except (TypeError, AttributeError, ValueError):  # cannot be pickled at all: said already
+        return []
+    if not isinstance(reduced, tuple) or len(reduced) < 3:
+        return []
+    state = reduced[2]
+    if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slots)
+        state = {**(state[0] or {}), **(state[1] or {})}
+    if isinstance(state, dict):
+        return [(f"{path}.{k}", v) for k, v in state.items()]
+    return [(f"{path}.__getstate__()", state)] if state is not None else []
 
 
 def _is_plain_tensor(item: Any, safe_torch: frozenset[type]) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from pytest_ckpt.checks.live_scan import find_unsafe_objects
 from pytest_ckpt.errors import CheckpointLoadError
 
-_SHOWN = 5
+_SHOWN = 12  # refused objects listed; the count says how many more
 # What torch.load raises for a file it refuses or cannot read.
 LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError)
 

@@ -4,7 +4,7 @@ session that never uses them never imports torch."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +103,19 @@ def ckpt_snapshot(snapshot: Any, pytestconfig: pytest.Config) -> Any:
 
 @pytest.fixture
 def ckpt_backcompat(ckpt_check):
-    """`ckpt_backcompat(directory, rebuild=None)`: every committed checkpoint under
-    `directory` still loads with weights_only=True, matches its manifest.json sha256, and
-    rebuilds; returns {name: state}, or fails naming the file and the reason."""
+    """`ckpt_backcompat(directory, rebuild=None, pattern="*.pt")`: every committed checkpoint
+    under `directory` matching `pattern` (a glob, or several: `("*.pt", "*.ckpt")`) still loads
+    with weights_only=True, matches its manifest.json sha256, and rebuilds; returns
+    {name: state}, or fails naming the file and the reason."""
     from pytest_ckpt.checks.golden import load_fixture_dir
 
-    def check(directory: Any, rebuild: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    def check(
+        directory: Any,
+        rebuild: Callable[[Any], Any] | None = None,
+        pattern: str | Sequence[str] = "*.pt",
+    ) -> dict[str, Any]:
         with ckpt_check():
-            return load_fixture_dir(directory, rebuild=rebuild)
+            return load_fixture_dir(directory, rebuild=rebuild, pattern=pattern)
         raise AssertionError("unreachable")
 
     return check

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_ckpt.plugin.matrix import collect_matrix
-from pytest_ckpt.plugin.options import add_options, resolve_options
+from pytest_ckpt.plugin.options import add_options, check_report_option_form, resolve_options
 from pytest_ckpt.plugin.session import SESSION_KEY, CkptSession, ckpt_session
 from pytest_ckpt.vocabulary import grid_id
 
@@ -19,6 +19,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    check_report_option_form(config)  # even with the matrix off: the ini that turns it on is lost
     config.stash[SESSION_KEY] = CkptSession(config, resolve_options(config))
     if ckpt_session(config).options.enabled:
         ckpt_session(config).start()
@@ -29,14 +30,20 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """Append the generated matrix before -k/-m/--deselect filter the items."""
     if ckpt_session(config).options.enabled:
         items.extend(collect_matrix(session))
+        ckpt_session(config).check_subject_fixture(session, items)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize `ckpt_stage` then `ckpt_grid`, so ids read `BLENDING-2x2`."""
+    """Parametrize `ckpt_stage` and `ckpt_grid` together, so ids read `BLENDING-2x2` (or
+    `WARMUP` for a subject without slot grids)."""
     names, ckpt = metafunc.fixturenames, ckpt_session(metafunc.config)
-    if "ckpt_stage" in names:
+    if "ckpt_stage" in names and "ckpt_grid" in names:
+        cells = [(stage, grid) for stage in ckpt.stages() for grid in ckpt.grids()]
+        ids = [ckpt.cell_id(stage, grid) for stage, grid in cells]
+        metafunc.parametrize(("ckpt_stage", "ckpt_grid"), cells, ids=ids)
+    elif "ckpt_stage" in names:
         metafunc.parametrize("ckpt_stage", ckpt.stages(), ids=str)
-    if "ckpt_grid" in names:
+    elif "ckpt_grid" in names:
         metafunc.parametrize("ckpt_grid", ckpt.grids(), ids=grid_id)
 
 

@@ -1,13 +1,15 @@
 """The tests `--ckpt-roundtrip` adds to a session, one of each per stage x grid:
 
     ckpt::roundtrip[BLENDING-2x2]  save -> load(weights_only=True) -> rebuild, compared exactly
+                                   (and the forward probe's outputs, if the subject has one)
     ckpt::resume[BLENDING-2x2]     continue N steps vs save -> load -> resume N steps
     ckpt::snapshot[BLENDING-2x2]   the loaded state and one resumed step vs a reviewed snapshot
 
 They are ordinary test functions collected from this module by `MatrixModule`, so they get
 fixtures, `-k`, xdist and syrupy like any other test; `ckpt_stage` and `ckpt_grid` are
 parametrized by the plugin's `pytest_generate_tests`. Their subject is the session's
-(`--ckpt-subject`), the one the stages and grids came from.
+(`--ckpt-subject`), the one the stages and grids came from. A subject without slot grids has
+items per stage only: `ckpt::roundtrip[WARMUP]`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import pytest
 
 from pytest_ckpt.plugin.report import strip_ansi
 from pytest_ckpt.plugin.session import CELL_PROPERTY, ckpt_session
-from pytest_ckpt.vocabulary import grid_id
 
 GENERATED_TESTS = ("roundtrip", "resume", "snapshot")
 
@@ -42,14 +43,14 @@ class MatrixModule(pytest.Module):
 def collect_matrix(session: pytest.Session) -> list[pytest.Item]:
     """The generated items, each carrying its cell (kind, stage, grid) in its
     user_properties, which travel with its reports (xdist workers included)."""
+    ckpt = ckpt_session(session.config)
     module = MatrixModule.from_parent(session, path=Path(session.config.rootpath, "ckpt"))
     items = list(session.genitems(module))
     for item in items:
         params = item.callspec.params  # type: ignore[attr-defined]
         kind = item.originalname  # type: ignore[attr-defined]
-        item.user_properties.append(
-            (CELL_PROPERTY, (kind, params["ckpt_stage"], grid_id(params["ckpt_grid"])))
-        )
+        grid = ckpt.grid_label(params["ckpt_grid"])
+        item.user_properties.append((CELL_PROPERTY, (kind, params["ckpt_stage"], grid)))
     return items
 
 
@@ -73,8 +74,14 @@ def matrix_subject(pytestconfig: pytest.Config) -> Any:
 
 
 @pytest.fixture
-def matrix_system(matrix_subject: Any, ckpt_stage: str, ckpt_grid: tuple[int, int]) -> Any:
-    return matrix_subject.build(grid=ckpt_grid, stage=ckpt_stage, seed=0)
+def matrix_system(
+    matrix_subject: Any, ckpt_stage: str, ckpt_grid: tuple[int, int], ckpt_check
+) -> Any:
+    from pytest_ckpt.checks.calls import call_subject
+
+    with ckpt_check():
+        return call_subject(matrix_subject, "build", grid=ckpt_grid, stage=ckpt_stage, seed=0)
+    raise AssertionError("unreachable")  # pytest.fail raised above
 
 
 def roundtrip(matrix_subject, matrix_system, ckpt_check, tmp_path) -> None:

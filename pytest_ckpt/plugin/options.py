@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
-from pytest_ckpt.subject import DEFAULT_SUBJECT
-from pytest_ckpt.vocabulary import DEFAULT_STAGES, GRID, LIFECYCLE_STAGES, Grid, parse_grid
+from pytest_ckpt.subject import DEFAULT_SUBJECT, STAGE_NAME
+from pytest_ckpt.vocabulary import DEFAULT_GRIDS, DEFAULT_STAGES, GRID, Grid, parse_grid
 
 if TYPE_CHECKING:
     import pytest
 
-DEFAULT_GRIDS = "1x1,1x3,2x2"
 FLOAT_MODES = ("exact", "tolerant")
 # The 0.1 name of "tolerant": rounded text, which flipped at rounding boundaries across CPUs.
 _OLD_FLOAT_MODES = {"rounded": "tolerant"}
@@ -30,16 +29,18 @@ def _split(text: str) -> list[str]:
 
 
 def stages_value(text: str) -> str:
-    """'default', 'all' or a comma list of lifecycle stage names."""
+    """'default', 'all' or a comma list of stage names. Which names exist is the subject's to
+    say (lifecycle stages, or a plain model's own phases): the session checks them."""
     parts = _split(text)
     if parts in (["all"], ["default"]):
         return parts[0]
     if not parts:
         raise argparse.ArgumentTypeError("no stages given; use stage names or 'all'")
-    unknown = [p for p in parts if p not in LIFECYCLE_STAGES]
-    if unknown:
+    bad = [p for p in parts if STAGE_NAME.fullmatch(p) is None or p in ("all", "default")]
+    if bad:
         raise argparse.ArgumentTypeError(
-            f"unknown stage(s) {', '.join(unknown)}; valid: {', '.join(LIFECYCLE_STAGES)} or all"
+            f"invalid stage name(s) {', '.join(bad)}: stage names are words like BLENDING or "
+            "WARMUP (letters, digits, _); or all"
         )
     return ",".join(dict.fromkeys(parts))
 
@@ -103,6 +104,7 @@ class CkptOptions:
     enabled: bool
     stages: tuple[str, ...] | str  # stage names, or "all" / "default" (resolved per subject)
     grids: tuple[Grid, ...]
+    grids_chosen: bool  # given on the command line or in the ini (not the default)
     resume_steps: int
     subject: str
     report: str | None
@@ -254,6 +256,8 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         enabled=enabled,
         stages=stages,
         grids=grids,
+        grids_chosen=config.getoption("ckpt_grids") is not None
+        or values["ckpt_grids"] != DEFAULT_GRIDS,
         resume_steps=int(values["ckpt_resume_steps"]),
         subject=values["ckpt_subject"],
         report=values["ckpt_report"] or None,
@@ -262,3 +266,63 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         snapshot_atol=float(values["ckpt_snapshot_atol"]),
         snapshot_tolerances=rules,
     )
+
+
+def check_report_option_form(config: pytest.Config) -> None:
+    """`--ckpt-report PATH` (space form) with an existing PATH: a usage error if that PATH
+    moved pytest's rootdir or configuration file.
+
+    pytest chooses its rootdir and ini file from the command line's paths before it loads
+    plugins, so it cannot know that PATH is this option's value: an existing PATH outside the
+    project is taken for a test path, and the project's configuration is lost silently. The
+    `--ckpt-report=PATH` form is one argument and never mistaken. Nothing a plugin does can
+    make the space form safe, so it is detected: the rootdir and ini file are chosen again
+    without PATH (with pytest's own function) and compared with the ones this run has.
+    """
+    import itertools
+    import os
+    import shlex
+    from pathlib import Path
+
+    import pytest
+
+    if hasattr(config, "workerinput"):
+        return
+    args = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]
+    args += [str(arg) for arg in config.invocation_params.args]
+    for flag, value in itertools.pairwise(args):
+        if flag != "--ckpt-report" or not Path(config.invocation_params.dir, value).exists():
+            continue
+        if _setup_without_report_path(config) != (config.rootpath, config.inipath):
+            raise pytest.UsageError(
+                f"--ckpt-report {value}: pytest took the existing path {value} for a test path "
+                "when it chose the rootdir and configuration file (before plugin options are "
+                f"known), so this run lost the project's configuration (rootdir "
+                f"{config.rootpath}, config file {config.inipath or 'none'}). "
+                f"Write --ckpt-report={value}"
+            )
+
+
+def _setup_without_report_path(config: pytest.Config) -> tuple[object, object]:
+    """(rootdir, ini file) as pytest would choose them without the report path; unknowable
+    (pytest's private function changed) -> a value that never matches: the usage error."""
+    import inspect
+
+    try:
+        from _pytest.config.findpaths import determine_setup
+    except ImportError:
+        return (None, None)
+    from_args = config.args_source == config.ArgsSource.ARGS
+    known = {
+        "inifile": config.option.inifilename,
+        "override_ini": config.option.override_ini,
+        "args": [str(arg) for arg in config.args] if from_args else [],
+        "rootdir_cmd_arg": config.option.rootdir or None,
+        "invocation_dir": config.invocation_params.dir,
+    }
+    try:
+        parameters = inspect.signature(determine_setup).parameters
+        found = determine_setup(**{k: v for k, v in known.items() if k in parameters})
+    except (TypeError, ValueError):
+        return (None, None)
+    return (found[0], found[1])

@@ -31,7 +31,12 @@ def failure_text(text: str, max_lines: int = 40) -> str:
 
 @dataclass(slots=True)
 class MatrixReport:
+    """Outcomes by cell. A subject without slot grids has one column, and cells named by
+    stage only (`roundtrip[WARMUP]`); `origin` is the `ckpt_subject` spec it was loaded from."""
+
     subject: str = ""
+    origin: str = ""
+    has_grids: bool = True
     outcomes: dict[tuple[str, str, str], str] = field(default_factory=dict)
     messages: dict[tuple[str, str, str], str] = field(default_factory=dict)
     stage_order: list[str] = field(default_factory=list)
@@ -59,6 +64,9 @@ class MatrixReport:
         return "/".join(_MARKS.get(self.outcomes.get((k, stage, grid), ""), "--") for k in KINDS)
 
     def rows(self) -> list[list[str]]:
+        if not self.has_grids:
+            header = ["stage", "/".join(KINDS)]
+            return [header] + [[stage, self._cell(stage, "")] for stage in self.stage_order]
         header = ["stage \\ grid", *self.grid_order]
         return [header] + [
             [stage] + [self._cell(stage, grid) for grid in self.grid_order]
@@ -67,14 +75,23 @@ class MatrixReport:
 
     def failures(self) -> list[tuple[str, str]]:
         return [
-            (f"ckpt::{kind}[{stage}-{grid}]", message)
+            (f"ckpt::{kind}[{stage}-{grid}]" if grid else f"ckpt::{kind}[{stage}]", message)
             for (kind, stage, grid), message in self.messages.items()
         ]
+
+    @property
+    def subject_label(self) -> str:
+        """`reference-cnn (pytest_ckpt.reference.subject:ReferenceSubject)`: the subject
+        tested, and where it came from."""
+        if self.origin and self.origin != self.subject:
+            return f"{self.subject} ({self.origin})"
+        return self.subject
 
     def terminal_lines(self) -> list[str]:
         rows = self.rows()
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = [f"subject {self.subject}; each cell: {'/'.join(KINDS)}"]
+        cells = f"each cell: {'/'.join(KINDS)}" if self.has_grids else "no slot grids"
+        lines = [f"subject {self.subject_label}; {cells}"]
         lines += [
             "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
         ]
@@ -86,7 +103,7 @@ class MatrixReport:
         lines = [
             "## pytest-ckpt: checkpoint round-trip matrix",
             "",
-            f"Subject `{self.subject}`; `torch.load(weights_only=True)`, no allowlist. "
+            f"Subject `{self.subject_label}`; `torch.load(weights_only=True)`, no allowlist. "
             f"{passed}/{len(self.outcomes)} checks passed. Each cell: {' / '.join(KINDS)}.",
             "",
             "| " + " | ".join(rows[0]) + " |",

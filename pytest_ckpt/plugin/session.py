@@ -5,7 +5,9 @@ the matrix report, and the snapshot extensions. Hooks and fixtures only delegate
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,11 @@ import pytest
 
 from pytest_ckpt.plugin.options import CkptOptions
 from pytest_ckpt.plugin.report import MatrixReport, failure_text
-from pytest_ckpt.vocabulary import Grid
+from pytest_ckpt.vocabulary import Grid, grid_id
 
 SESSION_KEY = pytest.StashKey["CkptSession"]()
 CELL_PROPERTY = "ckpt_cell"  # user_properties entry of a generated item: (kind, stage, grid)
+FIXTURES_MODULE = "pytest_ckpt.plugin.fixtures"
 
 
 def ckpt_session(config: pytest.Config) -> CkptSession:
@@ -29,8 +32,10 @@ class CkptSession:
     def __init__(self, config: pytest.Config, options: CkptOptions) -> None:
         self.config = config
         self.options = options
-        self.report = MatrixReport(subject=options.subject)
+        self.report = MatrixReport(subject=options.subject, origin=options.subject)
         self._subject: Any = None
+        self._stages: tuple[str, ...] | None = None
+        self._grids: tuple[Grid, ...] | None = None
         self._extensions: dict[str, type] = {}
 
     @property
@@ -43,10 +48,12 @@ class CkptSession:
             except ValueError as err:
                 raise pytest.UsageError(f"--ckpt-subject / ckpt_subject: {err}") from None
             self.report.subject = self._subject.name
+            self.report.has_grids = bool(self._subject.supports_grids)
         return self._subject
 
     def start(self) -> None:
-        """Flag on: check torch, load the subject, validate stages, keep workers' threads sane."""
+        """Flag on: check torch, the subject, its stages and grids; keep xdist workers'
+        threads sane."""
         from pytest_ckpt.torch_support import check_torch
 
         try:
@@ -54,6 +61,8 @@ class CkptSession:
         except RuntimeError as err:
             raise pytest.UsageError(str(err)) from None
         self.stages()
+        self.grids()
+        self.check_subject_fixture()
         if hasattr(self.config, "workerinput") and "OMP_NUM_THREADS" not in os.environ:
             # N xdist workers each running torch on every core thrash (measured 20x slower on
             # 2 cores); give each worker its share.
@@ -63,18 +72,87 @@ class CkptSession:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
     def stages(self) -> tuple[str, ...]:
-        reachable = tuple(self.subject.stages())
-        chosen = self.options.stage_list(reachable)
-        missing = [s for s in chosen if s not in reachable]
-        if missing:
-            raise pytest.UsageError(
-                f"--ckpt-stages: subject {self.subject.name} cannot reach {', '.join(missing)} "
-                f"(it reaches {', '.join(reachable)})"
-            )
-        return chosen
+        if self._stages is None:
+            reachable = tuple(self.subject.stages())
+            chosen = self.options.stage_list(reachable)
+            missing = [s for s in chosen if s not in reachable]
+            if missing:
+                raise pytest.UsageError(
+                    f"--ckpt-stages: subject {self.subject.name} cannot reach "
+                    f"{', '.join(missing)} (it reaches {', '.join(reachable)})"
+                )
+            self._stages = chosen
+        return self._stages
 
     def grids(self) -> tuple[Grid, ...]:
-        return self.options.grids if self.subject.supports_grids else ((1, 1),)
+        """The grids to build on: the chosen ones, each checked by the subject's `check_grid`
+        (a usage error naming the grid and the subject's reason), or the single (1, 1) of a
+        subject without slot grids, for which choosing grids is a usage error."""
+        if self._grids is None:
+            subject, chosen = self.subject, self.options.grids
+            if not subject.supports_grids:
+                if self.options.grids_chosen and chosen != ((1, 1),):
+                    raise pytest.UsageError(
+                        f"--ckpt-grids / ckpt_grids: subject {subject.name} has no slot grids "
+                        "(supports_grids is False), so it is tested once per stage: remove "
+                        "the grids option"
+                    )
+                chosen = ((1, 1),)
+            elif callable(getattr(subject, "check_grid", None)):
+                for grid in chosen:
+                    try:
+                        subject.check_grid(grid)
+                    except ValueError as err:
+                        raise pytest.UsageError(
+                            f"--ckpt-grids / ckpt_grids: subject {subject.name} cannot be "
+                            f"built on {grid_id(grid)}: {err}"
+                        ) from None
+            self._grids = chosen
+        return self._grids
+
+    def cell_id(self, stage: str, grid: Grid) -> str:
+        """`BLENDING-2x2`, or just `WARMUP` for a subject without slot grids."""
+        return f"{stage}-{grid_id(grid)}" if self.subject.supports_grids else stage
+
+    def grid_label(self, grid: Grid) -> str:
+        return grid_id(grid) if self.subject.supports_grids else ""
+
+    def check_subject_fixture(
+        self, session: pytest.Session | None = None, items: Sequence[pytest.Item] = ()
+    ) -> None:
+        """With the matrix on, overriding the `ckpt_subject` fixture is a usage error.
+
+        The matrix's stages and grids are decided when tests are collected, before any fixture
+        runs (and a fixture may need others that exist only then), so the matrix cannot test
+        a fixture's subject; honouring the override for the project's own tests only would
+        test two subjects under one name. One source: the `ckpt_subject` option, which the
+        fixture returns.
+
+        Checked twice: at configure time over the conftest files pytest has loaded (the
+        project's own; under xdist this is the controller, where a usage error reads as one),
+        and after collection over the definitions visible to each item (conftests further
+        down the tree).
+        """
+        found = [_where(func, self.config.rootpath) for func in _conftest_overrides(self.config)]
+        if session is not None:
+            manager = session._fixturemanager
+            parents: set[int] = set()
+            for item in items:
+                if id(item.parent) in parents:
+                    continue
+                parents.add(id(item.parent))
+                for fixturedef in _visible_fixturedefs(manager, "ckpt_subject", item):
+                    if fixturedef.func.__module__ != FIXTURES_MODULE:
+                        found.append(_where(fixturedef.func, session.config.rootpath))
+        if found:
+            raise pytest.UsageError(
+                f"{found[0]} overrides the ckpt_subject fixture, but the --ckpt-roundtrip matrix "
+                f"takes its subject from the ckpt_subject option (now {self.options.subject}): "
+                "it is chosen when tests are collected, before fixtures run. Point "
+                'ckpt_subject = "package.module:factory" (ini) or --ckpt-subject at a factory '
+                "of your subject and remove the fixture; the ckpt_subject fixture then returns "
+                "that subject"
+            )
 
     # ---- the generated matrix -----------------------------------------------------------
 
@@ -124,3 +202,38 @@ class CkptSession:
                 dirname=snapshot_dirname_for(self.subject.name) if matrix else None,
             )
         return self._extensions[kind]
+
+
+def _conftest_overrides(config: pytest.Config) -> list[Any]:
+    """The `ckpt_subject` fixture functions defined in the conftest files loaded so far."""
+    overrides = []
+    for plugin in config.pluginmanager.get_plugins():
+        if Path(getattr(plugin, "__file__", None) or "x").name != "conftest.py":
+            continue
+        fixture = getattr(plugin, "ckpt_subject", None)
+        func = getattr(fixture, "_fixture_function", fixture)  # pytest 9 wraps the function
+        is_fixture = hasattr(fixture, "_fixture_function_marker") or hasattr(
+            fixture,
+            "_pytestfixturefunction",  # pytest 8
+        )
+        if is_fixture and getattr(func, "__module__", FIXTURES_MODULE) != FIXTURES_MODULE:
+            overrides.append(func)
+    return overrides
+
+
+def _visible_fixturedefs(manager: Any, name: str, item: pytest.Item) -> Sequence[Any]:
+    try:
+        return manager.getfixturedefs(name, item) or ()
+    except (TypeError, AttributeError):  # pytest 8.0 took the node id
+        return manager.getfixturedefs(name, item.nodeid) or ()
+
+
+def _where(func: Any, rootpath: Path) -> str:
+    """`conftest.py:12` for a fixture function, relative to the rootdir when inside it."""
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return f"the fixture {getattr(func, '__qualname__', func)!r}"
+    path = Path(code.co_filename)
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(rootpath)
+    return f"{path.as_posix()}:{code.co_firstlineno}"

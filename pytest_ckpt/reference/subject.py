@@ -65,6 +65,13 @@ class ReferenceSubject:
     def stages(self) -> Sequence[str]:
         return LIFECYCLE_STAGES
 
+    def check_grid(self, grid: Grid) -> None:
+        """Each row of slots needs an injection depth in the host: ValueError naming the first
+        slot that has none (`--ckpt-grids 5x1` on a 4-block host is a usage error)."""
+        host = HOSTS[self.host]()
+        for slot_id in SlotConfig.grid(*grid).slot_ids:
+            host.injection_point(slot_id)
+
     def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
         """Seeds the global torch and python RNGs too: the TrainingState captures them, so a
         build must not depend on whatever ran earlier in the process."""

@@ -96,3 +96,35 @@ def test_deep_nesting_does_not_recurse() -> None:
 def test_limit_caps_the_findings() -> None:
     assert len(find_unsafe_objects([Color.RED] * 200, limit=7)) == 1  # one object, seen once
     assert len(find_unsafe_objects([Point(i) for i in range(200)], limit=7)) == 7
+
+
+@dataclasses.dataclass
+class SeedState:
+    stage: Color
+    entered: datetime.datetime
+    history: collections.deque
+    metrics: Point
+
+
+def test_objects_inside_a_refused_object_whose_fix_keeps_them_are_reported_too() -> None:
+    class Shade(enum.Enum):
+        DARK = 1
+
+    state = SeedState(
+        Color.RED, datetime.datetime(2026, 1, 1), collections.deque([Shade.DARK]), Point(1)
+    )
+    found = {f.path: f.fix.kind for f in find_unsafe_objects({"seed": state})}
+    assert found == {
+        "root['seed']": "dataclass",
+        "root['seed'].stage": "Enum",
+        "root['seed'].entered": "datetime",
+        "root['seed'].history": "deque",
+        "root['seed'].history[0]": "Enum",
+        "root['seed'].metrics": "dataclass",
+    }
+
+
+def test_what_a_whole_replacement_fixes_is_not_searched() -> None:
+    """A module is replaced by its state_dict: its submodules are no separate findings."""
+    found = find_unsafe_objects({"net": torch.nn.Sequential(torch.nn.Linear(1, 1))})
+    assert [f.path for f in found] == ["root['net']"]

@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from pytest_ckpt.subject import ModuleSubject, StepResult
+from pytest_ckpt import ModuleSubject, StepResult
 
 
 class LabelledSubject(ModuleSubject):

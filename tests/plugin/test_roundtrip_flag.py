@@ -41,7 +41,8 @@ def test_flag_on_generates_the_matrix_and_it_passes_on_the_reference(
     second.stdout.re_match_lines(
         [
             r".*pytest-ckpt matrix.*",
-            r"subject reference-cnn; each cell: roundtrip/resume/snapshot",
+            r"subject reference-cnn \(pytest_ckpt.reference.subject:ReferenceSubject\); "
+            r"each cell: roundtrip/resume/snapshot",
             r"stage \\ grid\s+1x1\s+2x2",
             r"GERMINATED\s+ok/ok/ok\s+ok/ok/ok",
             r"BLENDING\s+ok/ok/ok\s+ok/ok/ok",

@@ -1,0 +1,5 @@
+# Puts this folder on sys.path for `pytest --ckpt-roundtrip` here.
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))

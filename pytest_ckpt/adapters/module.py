@@ -1,0 +1,299 @@
+"""`ModuleSubject`: a plain `nn.Module` with the training state real projects have, as a Subject.
+
+    ModuleSubject(
+        MyNet,
+        make_batch=lambda g: (torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)),
+        make_optimizer=lambda model: torch.optim.AdamW(model.parameters(), lr=1e-3),
+        make_schedulers=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3),
+        stages={"WARMUP": 2, "DECAY": 6},
+    )
+
+The system is a dict: `model`, `optimizer`, `schedulers` (a list), `scaler` (or None), the
+`generator` batches are drawn from, `steps` and `seed`. A step is one optimizer step on
+`make_batch(generator)`; then every scheduler steps. Stages are the project's own phase names,
+each reached by that many steps from a fresh model (at least one: an empty optimizer state
+would hide an optimizer that the checkpoint drops). The export holds the state_dict of
+everything above plus the states of the generator and of the global torch and python RNGs
+(a model's dropout, a batch's augmentation), so a resumed step is exactly the continued one.
+
+Batches: a mapping is passed as keyword arguments (`model(**batch)`, as transformers models
+take them); a pair is `(inputs, targets)` (`model(inputs)`); anything else is `model(batch)`.
+The loss is `loss_fn(output, targets)` (`loss_fn(output, batch)` without targets), else the
+output's own `loss` (a transformers `ModelOutput`, a dict with "loss"), else MSE to targets.
+
+The forward probe (`probe`): the model's output in eval mode on one fixed batch, which the
+round-trip check compares between the live and the rebuilt system.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pytest_ckpt.errors import SubjectError
+from pytest_ckpt.subject import StepResult
+from pytest_ckpt.vocabulary import Grid
+
+PROBE_SEED = 20_240_601  # the probe batch is the same for every system and every run
+_STAGE_NAME_HELP = "stage names are words like WARMUP or DECAY (letters, digits, _)"
+
+
+class ModuleSubject:
+    """A plain `nn.Module` + optimizer (+ schedulers, GradScaler) as a `pytest_ckpt.Subject`.
+
+    `make_model()` builds the model (under a seeded, forked global RNG); `make_batch(g)` draws
+    a batch from the `torch.Generator` g; `make_optimizer(model)` (default Adam, lr=1e-3),
+    `make_schedulers(optimizer)` (one scheduler or a sequence) and `make_scaler()` (a
+    `torch.amp.GradScaler`) are optional. `stages` maps each phase name to the number of steps
+    that reaches it (default `{"TRAINING": warmup_steps}`). `probe=False` turns the forward
+    probe off. Grids do not apply (`supports_grids = False`).
+    """
+
+    supports_grids = False
+
+    def __init__(
+        self,
+        make_model: Callable[[], Any],
+        *,
+        make_batch: Callable[[Any], Any],
+        make_optimizer: Callable[[Any], Any] | None = None,
+        make_schedulers: Callable[[Any], Any] | None = None,
+        make_scaler: Callable[[], Any] | None = None,
+        loss_fn: Callable[[Any, Any], Any] | None = None,
+        stages: Mapping[str, int] | None = None,
+        warmup_steps: int = 2,
+        probe: bool = True,
+        name: str = "module",
+    ) -> None:
+        self.make_model = make_model
+        self.make_batch = make_batch
+        self.make_optimizer = make_optimizer
+        self.make_schedulers = make_schedulers
+        self.make_scaler = make_scaler
+        self.loss_fn = loss_fn
+        self.stage_steps = dict(stages) if stages is not None else {"TRAINING": warmup_steps}
+        self.use_probe = probe
+        self.name = name
+        _check_stage_steps(self.stage_steps)
+
+    # ---- the Subject protocol -----------------------------------------------------------
+
+    def stages(self) -> Sequence[str]:
+        return tuple(sorted(self.stage_steps, key=lambda s: self.stage_steps[s]))
+
+    def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
+        import torch
+
+        if stage not in self.stage_steps:
+            raise ValueError(
+                f"{self.name} has the stages {', '.join(self.stages())}, not {stage!r}"
+            )
+        system = self._fresh(seed)
+        torch.manual_seed(seed)  # the state captures the global RNGs: do not inherit history
+        random.seed(seed)
+        for _ in range(self.stage_steps[stage]):
+            self.step(system)
+        return system
+
+    def export_state(self, system: Mapping[str, Any]) -> Mapping[str, Any]:
+        import torch
+
+        state: dict[str, Any] = {
+            "model": system["model"].state_dict(),
+            "optimizer": system["optimizer"].state_dict(),
+        }
+        if system["schedulers"]:
+            state["schedulers"] = [s.state_dict() for s in system["schedulers"]]
+        if system["scaler"] is not None:
+            state["scaler"] = system["scaler"].state_dict()
+        state.update(
+            generator=system["generator"].get_state(),
+            torch_rng=torch.get_rng_state(),
+            python_rng=_python_rng_state(),
+            steps=system["steps"],
+            seed=system["seed"],
+        )
+        return state
+
+    def rebuild(self, state: Mapping[str, Any]) -> Any:
+        """A fresh system loaded from `state`. The schedulers exist before the optimizer's
+        state is loaded: creating a scheduler sets the learning rate, which would otherwise
+        overwrite the loaded one."""
+        import torch
+
+        system = self._fresh(state["seed"], state)
+        system["model"].load_state_dict(state["model"], strict=True)
+        system["optimizer"].load_state_dict(state["optimizer"])
+        saved = list(state.get("schedulers", ()))
+        if len(saved) != len(system["schedulers"]):
+            raise SubjectError(
+                f"the checkpoint holds {len(saved)} scheduler state(s), make_schedulers "
+                f"made {len(system['schedulers'])}"
+            )
+        for scheduler, scheduler_state in zip(system["schedulers"], saved, strict=True):
+            scheduler.load_state_dict(scheduler_state)
+        if system["scaler"] is not None:
+            system["scaler"].load_state_dict(state["scaler"])
+        system["generator"].set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(_python_rng_from(state["python_rng"]))
+        system["steps"] = state["steps"]
+        return system
+
+    def step(self, system: Mapping[str, Any]) -> StepResult:
+        model, optimizer, scaler = system["model"], system["optimizer"], system["scaler"]
+        batch = self.make_batch(system["generator"])
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_of(self.forward(model, batch), batch)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        value = float(loss.detach())
+        for scheduler in system["schedulers"]:
+            _step_scheduler(scheduler, value)
+        system["steps"] += 1
+        metrics: dict[str, Any] = {"loss": value, "lr": float(optimizer.param_groups[0]["lr"])}
+        if scaler is not None:
+            metrics["scale"] = float(scaler.get_scale())
+        return StepResult(metrics=metrics, telemetry=[{"event": "step", "step": system["steps"]}])
+
+    def probe(self, system: Mapping[str, Any]) -> Any:
+        """The model's output (tensors only) in eval mode on the fixed probe batch; the global
+        RNG is forked, so probing changes nothing a step would read."""
+        import torch
+
+        if not self.use_probe:
+            return None
+        model = system["model"]
+        was_training = model.training
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(PROBE_SEED)
+            batch = self.make_batch(torch.Generator().manual_seed(PROBE_SEED))
+            model.eval()
+            try:
+                return tensors_only(self.forward(model, batch))
+            finally:
+                model.train(was_training)
+
+    # ---- pieces a subclass (an adapter) may change --------------------------------------
+
+    def forward(self, model: Any, batch: Any) -> Any:
+        if isinstance(batch, Mapping):
+            return model(**batch)
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return model(batch[0])
+        return model(batch)
+
+    def loss_of(self, output: Any, batch: Any) -> Any:
+        targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+        if self.loss_fn is not None:
+            return self.loss_fn(output, batch if targets is None else targets)
+        own = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+        if own is not None:
+            return own
+        if targets is None:
+            raise SubjectError(
+                f"{self.name}: the model's output has no loss and the batch no targets: "
+                "give ModuleSubject a loss_fn(output, batch)"
+            )
+        import torch.nn.functional as F
+
+        return F.mse_loss(output, targets)
+
+    def make_training_state(self, model: Any) -> tuple[Any, list[Any], Any]:
+        """The optimizer, schedulers and scaler for a fresh `model`."""
+        import torch
+
+        optimizer = (
+            self.make_optimizer(model)
+            if self.make_optimizer is not None
+            else torch.optim.Adam(model.parameters(), lr=1e-3)
+        )
+        made = self.make_schedulers(optimizer) if self.make_schedulers is not None else ()
+        schedulers = list(made) if isinstance(made, (list, tuple)) else [made]
+        scaler = self.make_scaler() if self.make_scaler is not None else None
+        return optimizer, schedulers, scaler
+
+    def make_model_for(self, state: Mapping[str, Any]) -> Any:
+        """The model `rebuild` loads `state` into: `make_model()` here; an adapter whose
+        checkpoint saves the model's structure (a config) builds it from that."""
+        return self.make_model()
+
+    def _fresh(self, seed: int, state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.make_model() if state is None else self.make_model_for(state)
+        optimizer, schedulers, scaler = self.make_training_state(model)
+        return {
+            "model": model,
+            "optimizer": optimizer,
+            "schedulers": schedulers,
+            "scaler": scaler,
+            "generator": torch.Generator().manual_seed(seed),
+            "steps": 0,
+            "seed": seed,
+        }
+
+
+def _python_rng_state() -> dict[str, Any]:
+    """`random.getstate()` with its 625 words as one int64 tensor: a snapshot shows it as one
+    digest, not 625 numbers."""
+    import torch
+
+    version, words, gauss = random.getstate()
+    return {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_rng_from(saved: Mapping[str, Any]) -> tuple:
+    return (saved["version"], tuple(int(w) for w in saved["words"].tolist()), saved["gauss"])
+
+
+def tensors_only(output: Any) -> Any:
+    """The tensors of a model's output, in its structure: a `ModelOutput` or dict becomes a
+    dict, tuples and lists stay, anything else (a cache object, None) is left out."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output.detach().clone()
+    if isinstance(output, Mapping):
+        kept = {str(k): tensors_only(v) for k, v in output.items()}
+        return {k: v for k, v in kept.items() if v is not None}
+    if isinstance(output, (tuple, list)):
+        kept_items = [tensors_only(v) for v in output]
+        return [v for v in kept_items if v is not None] or None
+    return None
+
+
+def _step_scheduler(scheduler: Any, loss: float) -> None:
+    import torch
+
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(loss)
+    else:
+        scheduler.step()
+
+
+def _check_stage_steps(stage_steps: Mapping[str, int]) -> None:
+    import re
+
+    if not stage_steps:
+        raise ValueError("ModuleSubject needs at least one stage, e.g. stages={'TRAINING': 2}")
+    for stage, steps in stage_steps.items():
+        if not isinstance(stage, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", stage):
+            raise ValueError(f"stage {stage!r}: {_STAGE_NAME_HELP}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(
+                f"stage {stage!r} is reached in {steps!r} steps; give an int >= 1: an "
+                "optimizer that never stepped has an empty state, which hides a checkpoint "
+                "that drops it"
+            )
+    if len(set(stage_steps.values())) != len(stage_steps):
+        raise ValueError(f"two stages are reached in the same number of steps: {stage_steps}")
