@@ -167,12 +167,18 @@ class ModuleSubject:
     def stages(self) -> Sequence[str]:
         return ("TRAINING",)
 
-    def _fresh(self, seed: int) -> dict[str, Any]:
+    def _fresh(
+        self, seed: int, *, parallelize: Callable[[Any], Any] | None = None
+    ) -> dict[str, Any]:
+        """A system before any step. `parallelize` (pytest_ckpt.distributed) shards the model
+        before the optimizer is made from its parameters."""
         import torch
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self.make_model()
+        if parallelize is not None:
+            model = parallelize(model)
         params = model.parameters()
         optimizer = (
             self.make_optimizer(params)
@@ -221,7 +227,9 @@ class ModuleSubject:
         system["steps"] = state["steps"]
         return system
 
-    def step(self, system: Any) -> StepResult:
+    def step(self, system: Any, *, loss_weight: float = 1.0) -> StepResult:
+        """`loss_weight` scales what is back-propagated, not the reported loss (under
+        pytest_ckpt.distributed only rank 0's batch contributes a gradient)."""
         import torch.nn.functional as F
 
         model, optimizer = system["model"], system["optimizer"]
@@ -229,7 +237,7 @@ class ModuleSubject:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss = (self.loss_fn or F.mse_loss)(model(inputs), targets)
-        loss.backward()
+        (loss if loss_weight == 1.0 else loss * loss_weight).backward()
         optimizer.step()
         system["steps"] += 1
         value = float(loss.detach())
