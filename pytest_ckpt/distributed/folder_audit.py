@@ -20,6 +20,7 @@ empty, truncated, corrupt, not DCP Metadata); otherwise every problem is a findi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable
@@ -136,6 +137,7 @@ class _FolderCheck:
         self.handles: dict[str, IO[bytes]] = {}
         self.sizes: dict[str, int | None] = {}
         self.untransformed = True
+        self.seen_tensor_items: dict[Any, Any] = {}  # see items.read_tensor_item
 
     def flag(self, kind: str, where: str, detail: str, fix: str, offset: int = 0) -> None:
         self.findings.append(Finding(kind, detail, None, fix, False, offset, where))
@@ -277,7 +279,7 @@ class _FolderCheck:
             return
         where = f"{item_file.name} ({fqn})"
         try:
-            item = read_tensor_item(item_file, self.allowlist)
+            item = read_tensor_item(item_file, self.allowlist, self.seen_tensor_items)
         except Unreadable as err:
             self.flag("dcp-item-unreadable", where, f"unreadable tensor item: {err}", _RESAVE)
             return
@@ -311,6 +313,5 @@ class _FolderCheck:
         self._take(where, report.findings)
 
     def _take(self, where: str, findings: Iterable[Finding]) -> None:
-        for finding in findings:
-            finding.path = f"{where}:{finding.path}"
-            self.findings.append(finding)
+        for finding in findings:  # copies: a remembered item's findings serve many items
+            self.findings.append(dataclasses.replace(finding, path=f"{where}:{finding.path}"))

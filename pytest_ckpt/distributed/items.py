@@ -28,11 +28,19 @@ _TENSOR_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter")
 
 
 class FileSlice(io.RawIOBase):
-    """A read-only, seekable view of `length` bytes at `start` of an open binary file."""
+    """A read-only, seekable view of `length` bytes at `start` of an open binary file.
+
+    torch's archive reader makes a dozen small reads per item, all in its first few hundred
+    bytes (the data.pkl member) or its last few kilobytes (the zip directory): each end is
+    read once, in one block, and served from memory; anything else is read through.
+    """
+
+    _BLOCK = 8192
 
     def __init__(self, handle: IO[bytes], start: int, length: int, *, name: str) -> None:
         super().__init__()
         self._handle, self._start, self._length, self._pos = handle, start, length, 0
+        self._blocks: dict[int, bytes] = {}  # block offset in the slice -> its bytes
         self.name = name
 
     def readable(self) -> bool:
@@ -49,10 +57,28 @@ class FileSlice(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
+    def _read(self, offset: int, count: int) -> bytes:
+        self._handle.seek(self._start + offset)
+        return self._handle.read(count)
+
     def readinto(self, buffer: Any) -> int:
         count = max(0, min(len(buffer), self._length - self._pos))
-        self._handle.seek(self._start + self._pos)
-        data = self._handle.read(count)
+        head_end = min(self._BLOCK, self._length)
+        tail_start = max(0, self._length - self._BLOCK)
+        if self._pos + count <= head_end:
+            block_start = 0
+        elif self._pos >= tail_start:
+            block_start = tail_start
+        else:
+            block_start = -1
+        if block_start < 0:
+            data = self._read(self._pos, count)
+        else:
+            if block_start not in self._blocks:
+                end = head_end if block_start == 0 else self._length
+                self._blocks[block_start] = self._read(block_start, end - block_start)
+            begin = self._pos - block_start
+            data = self._blocks[block_start][begin : begin + count]
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -99,12 +125,34 @@ def _storage_dtypes() -> dict[str, str]:
 _DTYPES: dict[str, str] = {}
 
 
-def read_tensor_item(stream: FileSlice, allowlist: Allowlist) -> TensorItem:
+def warm_up() -> None:
+    """Build what the first tensor item would (for processes forked after this)."""
+    if not _DTYPES:
+        _DTYPES.update(_storage_dtypes())
+
+
+def read_tensor_item(
+    stream: FileSlice, allowlist: Allowlist, seen: dict[Any, TensorItem] | None = None
+) -> TensorItem:
     """The dtype and shape a tensor item declares, and what torch would refuse in it.
-    Raises Unreadable for an item that is not a checkpoint at all."""
+    Raises Unreadable for an item that is not a checkpoint at all.
+
+    `seen` (one per audit) keeps the verdict on each distinct (data.pkl, storage sizes): a
+    model's tensors of one shape and dtype pickle to the same bytes, and the verdict is a
+    function of those and the allowlist alone."""
     checkpoint = open_checkpoint(stream)
     if checkpoint.format != "zip":
         raise Unreadable(f"a {checkpoint.format} item where DCP writes a torch.save archive")
+    key = (checkpoint.pickle, tuple(sorted(checkpoint.storage_sizes.items())))
+    if seen is not None and key in seen:
+        return seen[key]
+    item = _interpret(checkpoint, allowlist)
+    if seen is not None:
+        seen[key] = item
+    return item
+
+
+def _interpret(checkpoint: Any, allowlist: Allowlist) -> TensorItem:
     interpreter = ShardTensorInterpreter(checkpoint.pickle, allowlist, checkpoint.storage_sizes)
     try:
         root, findings = interpreter.run()
@@ -115,8 +163,7 @@ def read_tensor_item(stream: FileSlice, allowlist: Allowlist) -> TensorItem:
     if root.type_name in _TENSOR_TYPES and isinstance(args, Node) and args.items:
         storage, size = args.items[0], args.items[2] if len(args.items) > 2 else None
         storage_type = interpreter.storage_types.get(id(storage))
-        if not _DTYPES:
-            _DTYPES.update(_storage_dtypes())
+        warm_up()
         dtype = _DTYPES.get(storage_type or "")
         items = size.items if isinstance(size, Node) else None
         if items is not None and all(type(n) is int for n in items):
