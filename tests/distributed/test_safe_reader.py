@@ -120,3 +120,38 @@ def test_the_allowlist_is_read_from_torch_and_covers_a_genuine_save(fsdp2_folder
 
 def test_refusals_are_checkpoint_errors() -> None:
     assert issubclass(UnsafeCheckpointError, CheckpointError)
+
+
+def test_the_static_verdict_and_the_restricted_unpickler_agree_on_mutated_metadata(
+    fsdp2_folder,
+) -> None:
+    """Whenever the static machine finds nothing outside the allowlist, the restricted
+    unpickler refuses nothing either (it may still find the file broken)."""
+    import random
+
+    from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
+    from pytest_ckpt.distributed.metadata_scan import scan_metadata
+    from pytest_ckpt.distributed.safe_reader import unpickle_metadata_restricted
+    from pytest_ckpt.errors import CheckpointLoadError
+
+    allowlist = load_dcp_allowlist()
+    genuine = (fsdp2_folder[0] / ".metadata").read_bytes()
+    chooser = random.Random(0)
+    clean = 0
+    for _ in range(200):
+        data = bytearray(genuine)
+        data[chooser.randrange(len(data))] = chooser.randrange(256)
+        try:
+            findings = scan_metadata(bytes(data), allowlist)
+        except (TruncatedPickle, MalformedPickle):
+            continue
+        if findings:
+            continue
+        clean += 1
+        try:
+            unpickle_metadata_restricted(bytes(data), allowlist, source="mutant")
+        except UnsafeCheckpointError as refused:
+            raise AssertionError(f"the static scan passed what it refused: {refused}") from None
+        except CheckpointLoadError:
+            pass
+    assert clean >= 30  # mutants that reached the unpickler
