@@ -259,20 +259,18 @@ def check_world_size_resume(
     shutil.rmtree(checkpoint, ignore_errors=True)
     job = _with_checkpoint(job, checkpoint)
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    phase = f"save at {save_world_size} rank(s)"
-    continued = run_ranks(
-        save_world_size, save_phase, job, workdir=folder, phase=phase, timeout=timeout,
-        start_method=start_method,
-    )  # fmt: skip
-    seconds["save"] = time.perf_counter() - started
-    started = time.perf_counter()
-    phase = f"load at {load_world_size} rank(s)"
-    resumed = run_ranks(
-        load_world_size, load_phase, job, workdir=folder, phase=phase, timeout=timeout,
-        start_method=start_method,
-    )  # fmt: skip
-    seconds["load"] = time.perf_counter() - started
+    outcomes = []
+    phases = (("save", save_world_size, save_phase), ("load", load_world_size, load_phase))
+    for name, size, phase in phases:
+        started = time.perf_counter()
+        label = f"{name} at {size} rank(s)"
+        outcome = run_ranks(
+            size, phase, job, workdir=folder, phase=label, timeout=timeout,
+            start_method=start_method,
+        )  # fmt: skip
+        outcomes.append(outcome)
+        seconds[name] = time.perf_counter() - started
+    continued, resumed = outcomes
     _compare(job, continued, resumed)
     return WorldSizeResume(
         save_world_size, load_world_size, steps, checkpoint, [c["steps"] for c in continued],

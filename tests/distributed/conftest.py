@@ -69,6 +69,26 @@ def write_metadata(folder: Path, metadata: Any) -> None:
     (folder / ".metadata").write_bytes(pickle.dumps(metadata))
 
 
+def replace_byte_item(folder: Path, fqn: str, value: Any) -> int:
+    """Append `value`, torch.saved, to a shard file and point byte item `fqn` at it: the
+    folder a hostile party would hand you. Returns the item's offset."""
+    import io
+
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    metadata = read_metadata(folder)
+    shard = folder / "__0_0.distcp"
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    start = shard.stat().st_size
+    with open(shard, "ab") as handle:
+        handle.write(buffer.getvalue())
+    info = metadata.storage_data[MetadataIndex(fqn)]
+    info.relative_path, info.offset, info.length = shard.name, start, len(buffer.getvalue())
+    write_metadata(folder, metadata)
+    return start
+
+
 class RunsCommand:
     """Unpickles to os.system(command): what a hostile .metadata or byte item does."""
 

@@ -5,7 +5,6 @@ unsafe byte item are findings by path; nothing from the folder runs."""
 from __future__ import annotations
 
 import datetime
-import io
 import json
 
 import pytest
@@ -14,7 +13,12 @@ import torch
 from pytest_ckpt.audit.render import render_text
 from pytest_ckpt.cli import main
 from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
-from tests.distributed.conftest import RunsCommand, read_metadata, write_metadata
+from tests.distributed.conftest import (
+    RunsCommand,
+    read_metadata,
+    replace_byte_item,
+    write_metadata,
+)
 
 
 def test_a_genuine_fsdp2_folder_is_ok_in_one_line(fsdp2_folder, capsys) -> None:
@@ -120,18 +124,7 @@ def test_a_gap_an_out_of_bounds_chunk_and_a_wrong_dtype_are_found(dcp_copy) -> N
 
 
 def test_a_byte_item_torch_would_refuse_is_found_by_path(dcp_copy) -> None:
-    from torch.distributed.checkpoint.metadata import MetadataIndex
-
-    metadata = read_metadata(dcp_copy)
-    shard = dcp_copy / "__0_0.distcp"
-    buffer = io.BytesIO()
-    torch.save({"when": datetime.date(2026, 1, 1)}, buffer)
-    start = shard.stat().st_size
-    with open(shard, "ab") as handle:
-        handle.write(buffer.getvalue())
-    info = metadata.storage_data[MetadataIndex("extra.note")]
-    info.relative_path, info.offset, info.length = "__0_0.distcp", start, len(buffer.getvalue())
-    write_metadata(dcp_copy, metadata)
+    start = replace_byte_item(dcp_copy, "extra.note", {"when": datetime.date(2026, 1, 1)})
     (finding,) = audit_dcp_folder(dcp_copy).findings
     assert finding.path == f"__0_0.distcp@{start} (extra.note):root['when']"
     assert finding.global_name == "datetime.date"

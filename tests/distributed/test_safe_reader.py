@@ -13,7 +13,6 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import MetadataIndex
 
 from pytest_ckpt.compare import diff_values
 from pytest_ckpt.distributed.metadata_allowlist import load_dcp_allowlist
@@ -23,7 +22,13 @@ from pytest_ckpt.distributed.safe_reader import (
     load_safely,
 )
 from pytest_ckpt.errors import CheckpointError, UnsafeCheckpointError
-from tests.distributed.conftest import RunsCommand, model_template, read_metadata, write_metadata
+from tests.distributed.conftest import (
+    RunsCommand,
+    model_template,
+    read_metadata,
+    replace_byte_item,
+    write_metadata,
+)
 
 
 def test_a_genuine_folder_loads_identically(fsdp2_folder) -> None:
@@ -75,16 +80,7 @@ def test_the_restricted_unpickler_alone_refuses_by_global(dcp_copy, tmp_path) ->
 
 def test_a_byte_item_calling_os_system_is_refused_and_never_runs(dcp_copy, tmp_path) -> None:
     marker = tmp_path / "marker"
-    metadata = read_metadata(dcp_copy)
-    shard = dcp_copy / "__0_0.distcp"
-    buffer = io.BytesIO()
-    torch.save(RunsCommand(f"touch {marker}"), buffer)
-    start = shard.stat().st_size
-    with open(shard, "ab") as handle:
-        handle.write(buffer.getvalue())
-    info = metadata.storage_data[MetadataIndex("extra.note")]
-    info.relative_path, info.offset, info.length = "__0_0.distcp", start, len(buffer.getvalue())
-    write_metadata(dcp_copy, metadata)
+    replace_byte_item(dcp_copy, "extra.note", RunsCommand(f"touch {marker}"))
     with pytest.raises(UnsafeCheckpointError, match=r"extra\.note: refused byte item: root:"):
         load_safely(model_template(), dcp_copy)
     assert not marker.exists()
