@@ -99,6 +99,11 @@ def distributed_system(
 LOAD_SEED_OFFSET = 1_000_003
 
 
+def supports_world_size_check(subject: Any) -> bool:
+    """Whether `distributed_system` can build this subject (a plugin skips the others)."""
+    return isinstance(subject, (DistributedSubject, ModuleSubject))
+
+
 def _build(context: RankContext, job: _Job, *, seed: int) -> DistributedSystem:
     parallel = Parallel(job.strategy, context.rank, context.world_size, context.group)
     return distributed_system(

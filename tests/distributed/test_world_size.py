@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pytest_ckpt.distributed.module_system import ModuleSubjectSystem
-from pytest_ckpt.distributed.world_size import check_world_size_resume
+from pytest_ckpt.distributed.world_size import check_world_size_resume, supports_world_size_check
 from pytest_ckpt.errors import SubjectError, WorldSizeResumeMismatch
 from pytest_ckpt.subject import ModuleSubject
 from tests.distributed.conftest import small_model
@@ -209,6 +209,8 @@ class NotDistributed:
 
 
 def test_a_subject_without_a_distributed_build_is_told_what_to_provide(tmp_path) -> None:
+    assert not supports_world_size_check(NotDistributed())
+    assert supports_world_size_check(tiny()) and supports_world_size_check(tiny(PlainOptimizer))
     with pytest.raises(SubjectError, match="has no build_distributed"):
         check(NotDistributed(), 1, 1, tmp_path)
 
