@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             args.source, args.target, trust=args.trust, reference_v0=args.reference_v0
         )
     allowlist = load_allowlist(args.allow)
-    reports = [audit_file(path, allowlist=allowlist) for path in args.files]
+    reports = [audit_path(path, allowlist, args.allow) for path in args.files]
     if args.json:
         print(render_json(reports))
     elif args.sarif:
@@ -86,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.error is not None for r in reports):
         return 2
     return 1 if any(r.findings for r in reports) else 0
+
+
+def audit_path(path: str, allowlist, allow: list[str]):
+    """A DCP folder (or a file of one: "audit the folder") goes to the DCP audit; anything
+    else to the file auditor."""
+    from pytest_ckpt.distributed.folder_audit import audit_dcp_target
+
+    dcp_report = audit_dcp_target(path, allowlist=allowlist, allow=allow)
+    return dcp_report or audit_file(path, allowlist=allowlist)
 
 
 def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool = False) -> int:

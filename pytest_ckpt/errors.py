@@ -21,3 +21,17 @@ class ResumeMismatch(CheckpointError):
 
 class SubjectError(CheckpointError):
     """A subject does not satisfy the `Subject` protocol or broke its contract."""
+
+
+class UnsafeCheckpointError(CheckpointLoadError):
+    """A checkpoint would run code or build objects outside the allowlist if loaded: refused
+    before anything from it ran (`pytest_ckpt.distributed.SafeFileSystemReader`)."""
+
+
+class DistributedRunError(CheckpointError):
+    """A rank of a distributed check failed, died or timed out; the message names the rank."""
+
+
+class WorldSizeResumeMismatch(ResumeMismatch):
+    """Resuming at LOAD ranks from a save at SAVE ranks differs from the run that continued:
+    the message names the rank, the key and the first difference."""

@@ -209,3 +209,44 @@ class CheckpointManager:
             from pytest_ckpt.checks.loading import torch_reason
 
             raise CheckpointLoadError(f"{info.path}: {torch_reason(err)}") from err
+
+    # ---- DCP folders: pytest_ckpt.distributed.folders does the work ----------------------
+
+    def _dcp_folders(self) -> Any:
+        from pytest_ckpt.distributed.folders import DcpFolders
+
+        return DcpFolders(self.directory, prefix=self.prefix, clock=self.clock)
+
+    def dcp_path_for(self, step: int) -> Path:
+        return self._dcp_folders().path_for(step)
+
+    def save_dcp(self, state: dict[str, Any], step: int, *, process_group: Any = None) -> Path:
+        """Every rank saves its part of `state` as DCP folder `step`: into a temporary folder,
+        `.metadata` last, renamed into place, then a sidecar with each file's sha256 (see
+        pytest_ckpt.distributed.folders). Returns the folder; honours keep_last."""
+        folders = self._dcp_folders()
+        path = folders.save(state, step, process_group=process_group)
+        if self.keep_last is not None:
+            from pytest_ckpt.distributed.folders import rank_in
+
+            if rank_in(process_group) == 0:
+                folders.prune(self.keep_last)
+        return path
+
+    def list_dcp(self) -> list[Any]:
+        """DCP folders with a sidecar, oldest first (`DcpCheckpointInfo`s)."""
+        return self._dcp_folders().list()
+
+    def latest_dcp(self) -> Any:
+        """The newest DCP folder whose files match its sidecar; None when there is none."""
+        return self._dcp_folders().latest()
+
+    def verify_dcp(self, step: int) -> Any:
+        return self._dcp_folders().verify(step)
+
+    def load_dcp(
+        self, state: dict[str, Any], step: int | None = None, *, process_group: Any = None
+    ) -> Any:
+        """Verify DCP folder `step` (default: the latest), then load it into `state` in place
+        through SafeFileSystemReader; returns its `DcpCheckpointInfo`."""
+        return self._dcp_folders().load(state, step, process_group=process_group)

@@ -141,18 +141,21 @@ class ModuleSubject:
         system["steps"] = state["steps"]
         return system
 
-    def step(self, system: Mapping[str, Any]) -> StepResult:
+    def step(self, system: Mapping[str, Any], *, loss_weight: float = 1.0) -> StepResult:
+        """One optimizer step. `loss_weight` scales what is back-propagated, not the reported
+        loss (under pytest_ckpt.distributed only rank 0's batch contributes a gradient)."""
         model, optimizer, scaler = system["model"], system["optimizer"], system["scaler"]
         batch = self.make_batch(system["generator"])
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss = self.loss_of(self.forward(model, batch), batch)
+        weighted = loss if loss_weight == 1.0 else loss * loss_weight
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(weighted).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
+            weighted.backward()
             optimizer.step()
         value = float(loss.detach())
         for scheduler in system["schedulers"]:
@@ -225,12 +228,22 @@ class ModuleSubject:
         checkpoint saves the model's structure (a config) builds it from that."""
         return self.make_model()
 
-    def _fresh(self, seed: int, state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _fresh(
+        self,
+        seed: int,
+        state: Mapping[str, Any] | None = None,
+        *,
+        parallelize: Callable[[Any], Any] | None = None,
+    ) -> dict[str, Any]:
+        """A system before any step. `parallelize` (pytest_ckpt.distributed) shards the model
+        before the optimizer is made from its parameters."""
         import torch
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self.make_model() if state is None else self.make_model_for(state)
+        if parallelize is not None:
+            model = parallelize(model)
         optimizer, schedulers, scaler = self.make_training_state(model)
         return {
             "model": model,

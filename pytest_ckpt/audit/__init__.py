@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import IO
 
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
 from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
@@ -25,7 +26,9 @@ __all__ = ["Finding", "Report", "audit_file"]
 
 @dataclass(slots=True, frozen=True)
 class Report:
-    """The audit of one file. `error` is set when the file could not be read at all."""
+    """The audit of one file (or one DCP folder: `pytest_ckpt.distributed`). `error` is set
+    when it could not be read at all. `summary`, when set, says what an "ok" verdict vouches
+    for, where that is not "loads with weights_only=True" (a DCP folder)."""
 
     path: str
     format: str | None
@@ -33,6 +36,7 @@ class Report:
     error: str | None = None
     storages: int = 0
     notes: tuple[str, ...] = ()
+    summary: str = ""
 
     @property
     def readable(self) -> bool:
@@ -44,16 +48,21 @@ class Report:
 
 
 def audit_file(
-    path: str | os.PathLike[str], *, allow: Iterable[str] = (), allowlist: Allowlist | None = None
+    path: str | os.PathLike[str] | IO[bytes],
+    *,
+    allow: Iterable[str] = (),
+    allowlist: Allowlist | None = None,
 ) -> Report:
-    """Audit one file against the allowlist of the installed torch (plus `allow` names)."""
+    """Audit one file against the allowlist of the installed torch (plus `allow` names).
+
+    `path` may be a seekable binary stream (reported under its `name`): a DCP byte item."""
     allowlist = allowlist or load_allowlist(allow)
     with gc_paused():
         return _audit(path, allowlist)
 
 
-def _audit(path: str | os.PathLike[str], allowlist: Allowlist) -> Report:
-    name = os.fspath(path)
+def _audit(path: str | os.PathLike[str] | IO[bytes], allowlist: Allowlist) -> Report:
+    name = str(getattr(path, "name", "<stream>")) if hasattr(path, "read") else os.fspath(path)
     try:
         checkpoint = open_checkpoint(path)
     except Unreadable as err:

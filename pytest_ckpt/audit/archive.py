@@ -21,7 +21,7 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, end_of_pickle, iter_ops
 
@@ -46,7 +46,11 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
 
 
-def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike[str] | IO[bytes]) -> Checkpoint:
+    """`path` may also be a seekable binary stream holding one checkpoint from its offset 0
+    (a torch.save'd item inside a DCP shard file: `pytest_ckpt.distributed`)."""
+    if hasattr(path, "read"):
+        return _open_stream(path)  # type: ignore[arg-type]
     try:
         with open(path, "rb") as handle:
             head = handle.read(4)
@@ -74,7 +78,7 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
 
 def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Checkpoint:
     try:
-        reader = reader_class(os.fspath(path))
+        reader = reader_class(path if hasattr(path, "read") else os.fspath(path))
         if reader.has_record("constants.pkl"):
             return Checkpoint("torchscript")
         if not reader.has_record("data.pkl"):
@@ -154,12 +158,30 @@ def _open_zip_with_zipfile(path: str | os.PathLike[str]) -> Checkpoint:
         raise Unreadable(f"corrupt zip archive: {err}") from None
 
 
+def _open_stream(stream: IO[bytes]) -> Checkpoint:
+    stream.seek(0)
+    head = stream.read(4)
+    stream.seek(0)
+    if not head:
+        raise Unreadable("empty")
+    if head == b"PK\x03\x04":
+        return _open_zip(stream)  # type: ignore[arg-type]
+    data = stream.read(MAX_PICKLE_BYTES * 4 + 1)
+    if len(data) > MAX_PICKLE_BYTES * 4:
+        raise Unreadable("not a zip archive and too big to read as a pickle: refusing")
+    return _pickles_in(data)
+
+
 def _open_pickles(path: str | os.PathLike[str]) -> Checkpoint:
     size = os.path.getsize(path)
     if size > MAX_PICKLE_BYTES * 4:
         raise Unreadable(f"{size} bytes and not a zip archive: refusing to read a pickle that big")
     with open(path, "rb") as handle:
         data = handle.read()
+    return _pickles_in(data)
+
+
+def _pickles_in(data: bytes) -> Checkpoint:
     first = _first_value(data)
     if first == LEGACY_MAGIC:
         try:

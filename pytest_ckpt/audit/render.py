@@ -16,6 +16,8 @@ def render_text(reports: Sequence[Report]) -> str:
     for report in reports:
         if report.error is not None:
             lines.append(f"{report.path}: unreadable: {report.error}")
+        elif report.loadable and report.summary:
+            lines.append(f"{report.path}: ok ({report.format}, {report.summary})")
         elif report.loadable:
             lines.append(
                 f"{report.path}: ok ({report.format}, {report.storages} storages): loads with "
@@ -26,7 +28,7 @@ def render_text(reports: Sequence[Report]) -> str:
             for finding in report.findings:
                 helps = (
                     ""
-                    if not finding.global_name
+                    if not finding.global_name or report.format == "dcp"  # DCP's own reader
                     else (
                         "; add_safe_globals would be enough"
                         if finding.allowlist_helps
@@ -48,6 +50,7 @@ def render_json(reports: Sequence[Report]) -> str:
                 "error": r.error,
                 "storages": r.storages,
                 "notes": list(r.notes),
+                **({"summary": r.summary} if r.summary else {}),
                 "findings": [dataclasses.asdict(f) for f in r.findings],
             }
             for r in reports

@@ -1,0 +1,317 @@
+"""`pytest-ckpt audit DIR` for a DCP folder: will `dcp.load` read it without running code,
+and is what it describes there?
+
+A DCP folder is a `.metadata` (a pickle of DCP's dataclasses) and the `.distcp` shard files
+it points into. The audit, like the file auditor, runs nothing from the folder and never
+reads tensor bytes:
+
+1. `.metadata` goes through the static machine against DCP's metadata allowlist; any other
+   global is a finding by path, and then nothing else is read (it is not safe to).
+2. Otherwise it is unpickled by the restricted unpickler (DCP's dataclasses only) and held
+   against the files: every `storage_data` entry must lie inside an existing shard file of
+   the folder; each tensor's chunks must tile it (`chunks`); each chunk's item must declare
+   the dtype and shape the metadata gives it; every chunk and byte item must have its entry.
+3. Byte items (values DCP torch.saves, and its default planner loads with
+   `weights_only=False`) get the weights_only auditor's verdict, findings by path.
+
+Exit statuses as for files: unreadable (2) when `.metadata` itself cannot be read (missing,
+empty, truncated, corrupt, not DCP Metadata); otherwise every problem is a finding (1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from pytest_ckpt.audit import Report, audit_file
+from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
+from pytest_ckpt.audit.archive import Unreadable
+from pytest_ckpt.audit.machine import gc_paused
+from pytest_ckpt.audit.nodes import Finding
+from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
+from pytest_ckpt.distributed.chunks import chunk_problems
+from pytest_ckpt.distributed.items import FileSlice, read_tensor_item
+from pytest_ckpt.errors import CheckpointLoadError
+
+METADATA = ".metadata"
+SHARD_SUFFIX = ".distcp"
+_RANK_METADATA = re.compile(r"__\d+\.metadata")
+_RESAVE = "re-save the checkpoint; if it was copied, copy the whole folder again"
+
+
+def is_dcp_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder holding a DCP `.metadata` file (what `audit_dcp_folder` audits)."""
+    return os.path.isfile(os.path.join(path, METADATA))
+
+
+def dcp_folder_of(path: str | os.PathLike[str]) -> Path | None:
+    """The folder a DCP member file (`.metadata`, `__0_0.distcp`) belongs to, else None."""
+    file = Path(path)
+    if file.is_file() and (
+        file.name == METADATA or file.suffix == SHARD_SUFFIX or _RANK_METADATA.fullmatch(file.name)
+    ):
+        return file.parent
+    return None
+
+
+def audit_dcp_target(
+    path: str | os.PathLike[str], *, allowlist: Allowlist | None = None, allow: Iterable[str] = ()
+) -> Report | None:
+    """The CLI's answer for a DCP folder, or for one of its files (audit the folder
+    instead); None for anything else (a file for the file auditor)."""
+    if is_dcp_folder(path):
+        return audit_dcp_folder(path, allowlist=allowlist, allow=allow)
+    folder = dcp_folder_of(path)
+    if folder is None:
+        return None
+    if is_dcp_folder(folder):
+        hint = f"audit the folder: pytest-ckpt audit {folder}"
+    else:
+        hint = f"its folder {folder} has no {METADATA} (a save that did not finish?)"
+    return Report(os.fspath(path), "dcp", (), error=f"part of a DCP folder, {hint}")
+
+
+def audit_dcp_folder(
+    path: str | os.PathLike[str], *, allowlist: Allowlist | None = None, allow: Iterable[str] = ()
+) -> Report:
+    """Audit one DCP folder. `allowlist`: the weights_only allowlist for byte items and tensor
+    items (default: torch's plus `allow`); `allow`: extra names for `.metadata` too."""
+    allow = tuple(allow)
+    with gc_paused():
+        return _audit_folder(Path(path), allowlist or load_allowlist(allow), allow)
+
+
+def _audit_folder(folder: Path, allowlist: Allowlist, allow: tuple[str, ...]) -> Report:
+    import torch.distributed as dist
+
+    name = os.fspath(folder)
+    if not dist.is_available():
+        return Report(name, "dcp", (), error="this torch build has no torch.distributed")
+    from pytest_ckpt.distributed.metadata_allowlist import load_dcp_allowlist
+    from pytest_ckpt.distributed.metadata_scan import scan_metadata
+    from pytest_ckpt.distributed.safe_reader import (
+        read_metadata_bytes,
+        unpickle_metadata_restricted,
+    )
+
+    if not folder.is_dir():
+        return Report(name, "dcp", (), error="no such folder")
+    meta = folder / METADATA
+    try:
+        data = read_metadata_bytes(meta)
+        dcp_allowlist = load_dcp_allowlist(allow)
+    except FileNotFoundError:
+        return Report(name, "dcp", (), error=f"no {METADATA}: not a DCP folder")
+    except (OSError, CheckpointLoadError, ValueError) as err:
+        return Report(name, "dcp", (), error=str(err))
+    if not data:
+        return Report(name, "dcp", (), error=f"empty {METADATA}")
+    try:
+        findings = scan_metadata(data, dcp_allowlist)
+    except TruncatedPickle as err:
+        return Report(name, "dcp", (), error=f"truncated {METADATA}: {err}")
+    except MalformedPickle as err:
+        return Report(name, "dcp", (), error=f"corrupt {METADATA}: {err}")
+    if findings:
+        note = f"the shard files were not checked: {METADATA} is not safe to unpickle"
+        return Report(name, "dcp", tuple(findings), notes=(note,))
+    try:
+        metadata = unpickle_metadata_restricted(data, dcp_allowlist, source=os.fspath(meta))
+    except CheckpointLoadError as err:
+        return Report(name, "dcp", (), error=str(err).removeprefix(f"{meta}: "))
+    return _FolderCheck(folder, allowlist).run(metadata)
+
+
+class _FolderCheck:
+    """The metadata held against the shard files. One instance per audit."""
+
+    def __init__(self, folder: Path, allowlist: Allowlist) -> None:
+        self.folder = folder
+        self.allowlist = allowlist
+        self.findings: list[Finding] = []
+        self.notes: list[str] = []
+        self.handles: dict[str, IO[bytes]] = {}
+        self.sizes: dict[str, int | None] = {}
+        self.untransformed = True
+        self.seen_tensor_items: dict[Any, Any] = {}  # see items.read_tensor_item
+
+    def flag(self, kind: str, where: str, detail: str, fix: str, offset: int = 0) -> None:
+        self.findings.append(Finding(kind, detail, None, fix, False, offset, where))
+
+    def run(self, metadata: Any) -> Report:
+        try:
+            counts = self._check(metadata)
+        except (AttributeError, TypeError, ValueError) as err:  # allow-listed, but ill-formed
+            self.flag(
+                "dcp-malformed",
+                METADATA,
+                f"the metadata does not have DCP's structure ({type(err).__name__}: {err})",
+                _RESAVE,
+            )
+            counts = None
+        finally:
+            for handle in self.handles.values():
+                handle.close()
+        summary = ""
+        if counts is not None:
+            tensors, chunks, byte_items = counts
+            summary = (
+                f"{len(self.handles)} shard file(s), {tensors} tensor(s) in {chunks} chunk(s), "
+                f"{byte_items} byte item(s); dcp.load runs none of its code, every chunk is in "
+                "place"
+            )
+        storages = len(getattr(metadata, "storage_data", None) or ())
+        return Report(
+            os.fspath(self.folder),
+            "dcp",
+            tuple(self.findings),
+            storages=storages,
+            notes=tuple(self.notes),
+            summary=summary,
+        )
+
+    def _check(self, metadata: Any) -> tuple[int, int, int]:
+        from torch.distributed.checkpoint.metadata import (
+            BytesStorageMetadata,
+            TensorStorageMetadata,
+        )
+
+        entries: dict[tuple[str, tuple[int, ...] | None], Any] = {}
+        for index, info in dict(metadata.storage_data).items():
+            offset = None if index.offset is None else tuple(index.offset)
+            entries[(index.fqn, offset)] = info
+        used: set[tuple[str, tuple[int, ...] | None]] = set()
+        tensors = chunks = byte_items = 0
+        for fqn, entry in dict(metadata.state_dict_metadata).items():
+            where = f"state_dict_metadata[{fqn!r}]"
+            if isinstance(entry, TensorStorageMetadata):
+                tensors += 1
+                boxes = [(tuple(c.offsets), tuple(c.sizes)) for c in entry.chunks]
+                for problem in chunk_problems(tuple(entry.size), boxes):
+                    self.flag("dcp-chunks", where, problem, _RESAVE)
+                for offsets, sizes in boxes:
+                    chunks += 1
+                    key = (fqn, offsets)
+                    if key not in entries:
+                        self._missing(where, f"chunk at offsets {list(offsets)}")
+                        continue
+                    used.add(key)
+                    self._tensor_item(fqn, entries[key], str(entry.properties.dtype), sizes)
+            elif isinstance(entry, BytesStorageMetadata):
+                byte_items += 1
+                if (fqn, None) not in entries:
+                    self._missing(where, "byte item")
+                    continue
+                used.add((fqn, None))
+                self._byte_item(fqn, entries[(fqn, None)])
+            else:
+                raise TypeError(f"{where} is a {type(entry).__name__}")
+        if len(entries) > len(used):
+            self.notes.append(
+                f"{len(entries) - len(used)} storage_data entr(y/ies) that no tensor or byte "
+                "item uses (dcp.load ignores them)"
+            )
+        unused = sorted(
+            p.name
+            for p in self.folder.iterdir()
+            if p.suffix == SHARD_SUFFIX and p.name not in self.handles
+        )
+        if unused:
+            self.notes.append(f"shard file(s) no entry points into: {', '.join(unused[:3])}")
+        if not self.untransformed:
+            self.notes.append("items written through stream transforms were not inspected")
+        return tensors, chunks, byte_items
+
+    def _missing(self, where: str, what: str) -> None:
+        self.flag(
+            "dcp-missing-storage",
+            where,
+            f"the {what} has no storage_data entry: dcp.load cannot read it",
+            _RESAVE,
+        )
+
+    def _slice(self, fqn: str, info: Any) -> FileSlice | None:
+        """The item `info` describes, as a file; None (with a finding) if it is not there."""
+        relative, offset, length = info.relative_path, info.offset, info.length
+        where = f"storage_data[{fqn!r}]"
+        if not isinstance(relative, str) or os.path.basename(relative) != relative:
+            self.flag(
+                "dcp-bad-path",
+                where,
+                f"relative_path {relative!r} is not a file name inside the folder",
+                "do not load this folder: it points dcp.load at files outside it",
+            )
+            return None
+        if relative not in self.sizes:
+            path = self.folder / relative
+            self.sizes[relative] = path.stat().st_size if path.is_file() else None
+            if self.sizes[relative] is not None:
+                self.handles[relative] = open(path, "rb")  # noqa: SIM115 (closed in run)
+        size = self.sizes[relative]
+        if size is None:
+            self.flag("dcp-missing-file", where, f"shard file {relative} is missing", _RESAVE)
+            return None
+        if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0:
+            self.flag("dcp-out-of-file", where, f"bad offset/length {offset!r}/{length!r}", _RESAVE)
+            return None
+        if offset + length > size:
+            self.flag(
+                "dcp-out-of-file",
+                where,
+                f"bytes {offset}..{offset + length} of {relative} are past its end ({size} "
+                "bytes): the shard file is truncated",
+                _RESAVE,
+                offset,
+            )
+            return None
+        if getattr(info, "transform_descriptors", None):
+            self.untransformed = False
+            return None
+        return FileSlice(self.handles[relative], offset, length, name=f"{relative}@{offset}")
+
+    def _tensor_item(self, fqn: str, info: Any, dtype: str, sizes: tuple[int, ...]) -> None:
+        item_file = self._slice(fqn, info)
+        if item_file is None:
+            return
+        where = f"{item_file.name} ({fqn})"
+        try:
+            item = read_tensor_item(item_file, self.allowlist, self.seen_tensor_items)
+        except Unreadable as err:
+            self.flag("dcp-item-unreadable", where, f"unreadable tensor item: {err}", _RESAVE)
+            return
+        self._take(where, item.findings)
+        if item.dtype is not None and item.dtype != dtype:
+            self.flag(
+                "dcp-dtype",
+                where,
+                f"the chunk holds {item.dtype}, the metadata says {dtype} (dcp.load would "
+                "cast it silently)",
+                _RESAVE,
+            )
+        if item.shape is not None and item.shape != sizes:
+            self.flag(
+                "dcp-shape",
+                where,
+                f"the chunk holds shape {list(item.shape)}, the metadata says {list(sizes)}",
+                _RESAVE,
+            )
+
+    def _byte_item(self, fqn: str, info: Any) -> None:
+        item_file = self._slice(fqn, info)
+        if item_file is None:
+            return
+        where = f"{item_file.name} ({fqn})"
+        report = audit_file(item_file, allowlist=self.allowlist)
+        if report.error is not None:
+            self.flag(
+                "dcp-item-unreadable", where, f"unreadable byte item: {report.error}", _RESAVE
+            )
+        self._take(where, report.findings)
+
+    def _take(self, where: str, findings: Iterable[Finding]) -> None:
+        for finding in findings:  # copies: a remembered item's findings serve many items
+            self.findings.append(dataclasses.replace(finding, path=f"{where}:{finding.path}"))

@@ -1,0 +1,171 @@
+"""The items inside DCP shard files, read statically: each is a `torch.save` archive at an
+offset of a `.distcp` file (a tensor chunk, or a non-tensor value: a "byte item").
+
+`FileSlice` shows torch's archive reader one item as if it were a file, so only the item's
+zip directory and its `data.pkl` are read, never the tensor bytes. Tensor items are run on
+the auditor's machine with one addition, `ShardTensorInterpreter`, which keeps the storage
+type and the size a tensor record declares, so that the folder audit can hold them against
+the metadata (DCP copies a loaded chunk into its target with `copy_`, which would silently
+cast a chunk of the wrong dtype). Byte items get the auditor's plain weights_only verdict
+(`audit_file` on a `FileSlice`): DCP's default planner unpickles them with
+`torch.load(weights_only=False)`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import IO, Any
+
+from pytest_ckpt.audit.allowlist import Allowlist
+from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
+from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Finding, Node
+from pytest_ckpt.audit.opcodes import MalformedPickle, Op, TruncatedPickle
+from pytest_ckpt.audit.verdict import PickleInterpreter
+
+_TENSOR_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter")
+
+
+class FileSlice(io.RawIOBase):
+    """A read-only, seekable view of `length` bytes at `start` of an open binary file.
+
+    torch's archive reader makes a dozen small reads per item, all in its first few hundred
+    bytes (the data.pkl member) or its last few kilobytes (the zip directory): each end is
+    read once, in one block, and served from memory; anything else is read through.
+    """
+
+    _BLOCK = 8192
+
+    def __init__(self, handle: IO[bytes], start: int, length: int, *, name: str) -> None:
+        super().__init__()
+        self._handle, self._start, self._length, self._pos = handle, start, length, 0
+        self._blocks: dict[int, bytes] = {}  # block offset in the slice -> its bytes
+        self.name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _read(self, offset: int, count: int) -> bytes:
+        self._handle.seek(self._start + offset)
+        return self._handle.read(count)
+
+    def readinto(self, buffer: Any) -> int:
+        count = max(0, min(len(buffer), self._length - self._pos))
+        head_end = min(self._BLOCK, self._length)
+        tail_start = max(0, self._length - self._BLOCK)
+        if self._pos + count <= head_end:
+            block_start = 0
+        elif self._pos >= tail_start:
+            block_start = tail_start
+        else:
+            block_start = -1
+        if block_start < 0:
+            data = self._read(self._pos, count)
+        else:
+            if block_start not in self._blocks:
+                end = head_end if block_start == 0 else self._length
+                self._blocks[block_start] = self._read(block_start, end - block_start)
+            begin = self._pos - block_start
+            data = self._blocks[block_start][begin : begin + count]
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+@dataclass(slots=True, frozen=True)
+class TensorItem:
+    """What a tensor item's pickle declares. `shape` is None past 8 dimensions (the auditor
+    keeps short tuples only)."""
+
+    dtype: str | None  # "torch.float32"; None for an untyped storage
+    shape: tuple[int, ...] | None
+    findings: tuple[Finding, ...]
+
+
+class ShardTensorInterpreter(PickleInterpreter):
+    """The auditor's run of a tensor item, keeping each storage reference's type name."""
+
+    def __init__(self, data: bytes, allowlist: Allowlist, storage_sizes: dict[str, int]) -> None:
+        super().__init__(data, allowlist, storage_sizes=storage_sizes, fast_records=False)
+        self.storage_types: dict[int, str] = {}  # id(storage node) -> storage type name
+
+    def _op_BINPERSID(self, op: Op) -> None:
+        pid = self._top(op)
+        super()._op_BINPERSID(op)
+        items = pid.items if isinstance(pid, Node) else None
+        storage_type = items[1] if items and len(items) == 5 else None
+        if isinstance(storage_type, Node) and storage_type.type_name == GLOBAL_TYPE:
+            self.storage_types[id(self.stack[-1])] = storage_type.name or "?"
+
+
+def _storage_dtypes() -> dict[str, str]:
+    """Storage type name -> dtype name, from torch's weights_only allowlist."""
+    import torch
+    import torch._weights_only_unpickler as wo
+
+    return {
+        name: str(value.dtype)
+        for name, value in wo._get_allowed_globals().items()
+        if name.endswith("Storage") and isinstance(getattr(value, "dtype", None), torch.dtype)
+    }
+
+
+_DTYPES: dict[str, str] = {}
+
+
+def warm_up() -> None:
+    """Build what the first tensor item would (for processes forked after this)."""
+    if not _DTYPES:
+        _DTYPES.update(_storage_dtypes())
+
+
+def read_tensor_item(
+    stream: FileSlice, allowlist: Allowlist, seen: dict[Any, TensorItem] | None = None
+) -> TensorItem:
+    """The dtype and shape a tensor item declares, and what torch would refuse in it.
+    Raises Unreadable for an item that is not a checkpoint at all.
+
+    `seen` (one per audit) keeps the verdict on each distinct (data.pkl, storage sizes): a
+    model's tensors of one shape and dtype pickle to the same bytes, and the verdict is a
+    function of those and the allowlist alone."""
+    checkpoint = open_checkpoint(stream)
+    if checkpoint.format != "zip":
+        raise Unreadable(f"a {checkpoint.format} item where DCP writes a torch.save archive")
+    key = (checkpoint.pickle, tuple(sorted(checkpoint.storage_sizes.items())))
+    if seen is not None and key in seen:
+        return seen[key]
+    item = _interpret(checkpoint, allowlist)
+    if seen is not None:
+        seen[key] = item
+    return item
+
+
+def _interpret(checkpoint: Any, allowlist: Allowlist) -> TensorItem:
+    interpreter = ShardTensorInterpreter(checkpoint.pickle, allowlist, checkpoint.storage_sizes)
+    try:
+        root, findings = interpreter.run()
+    except (TruncatedPickle, MalformedPickle) as err:
+        raise Unreadable(f"broken tensor pickle: {err}") from None
+    dtype, shape = None, None
+    args = dict(root.children).get("(args)") if isinstance(root, Node) else None
+    if root.type_name in _TENSOR_TYPES and isinstance(args, Node) and args.items:
+        storage, size = args.items[0], args.items[2] if len(args.items) > 2 else None
+        storage_type = interpreter.storage_types.get(id(storage))
+        warm_up()
+        dtype = _DTYPES.get(storage_type or "")
+        items = size.items if isinstance(size, Node) else None
+        if items is not None and all(type(n) is int for n in items):
+            shape = tuple(items)
+    return TensorItem(dtype, shape, tuple(findings))

@@ -1,0 +1,51 @@
+"""A tensor's chunks must tile it: no gap, no overlap, nothing out of bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_ckpt.distributed.chunks import chunk_problems
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks"),
+    [
+        ((8, 4), [((0, 0), (4, 4)), ((4, 0), (4, 4))]),  # FSDP2 on 2 ranks
+        ((8, 4), [((0, 0), (8, 2)), ((0, 2), (8, 2))]),  # split along dim 1
+        ((3,), [((0,), (2,)), ((2,), (1,)), ((3,), (0,))]),  # an empty chunk at the end
+        ((), [((), ())]),  # a 0-d tensor
+        ((0, 5), []),  # an empty tensor
+    ],
+)
+def test_chunks_that_tile_the_tensor_have_no_problem(shape, chunks) -> None:
+    assert chunk_problems(shape, chunks) == []
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "problem"),
+    [
+        ((8, 4), [((0, 0), (4, 4)), ((3, 0), (4, 4))], "chunk 0 (offsets [0, 0], sizes [4, 4]) "
+         "and chunk 1 (offsets [3, 0], sizes [4, 4]) overlap"),
+        ((8, 4), [((0, 0), (4, 4)), ((4, 0), (3, 4))], "the chunks cover 28 of the 32 elements "
+         "of shape [8, 4]: a gap"),
+        ((8, 4), [((0, 0), (4, 4)), ((5, 0), (4, 4))], "chunk 1 (offsets [5, 0], sizes [4, 4]) "
+         "lies outside the shape [8, 4]"),
+        ((8, 4), [((0,), (8,))], "chunk 0 (offsets [0], sizes [8]) does not have the tensor's 2 "
+         "dimension(s)"),
+        ((), [((), ()), ((), ())], "chunk 0 (offsets [], sizes []) and chunk 1 (offsets [], "
+         "sizes []) overlap"),
+        ((4,), [((0,), (4,)), ((0,), (-1,))], "chunk 1 (offsets [0], sizes [-1]) lies outside"),
+    ],
+)  # fmt: skip
+def test_gaps_overlaps_and_strays_are_named(shape, chunks, problem) -> None:
+    problems = chunk_problems(shape, chunks)
+    assert len(problems) == 1 and problems[0].startswith(problem)
+
+
+def test_an_overlap_far_along_dim_0_is_still_found() -> None:
+    long = ((0, 0), (100, 1))  # stays "active" through the sweep
+    chunks = [long] + [((i, 1), (1, 1)) for i in range(100)] + [((50, 0), (1, 1))]
+    assert chunk_problems((100, 2), chunks) == [
+        "chunk 0 (offsets [0, 0], sizes [100, 1]) and chunk 101 (offsets [50, 0], sizes [1, 1]) "
+        "overlap"
+    ]
