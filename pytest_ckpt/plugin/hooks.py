@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_ckpt.distributed.world_size_option import pair_id
 from pytest_ckpt.plugin.matrix import collect_matrix
 from pytest_ckpt.plugin.options import add_options, check_report_option_form, resolve_options
 from pytest_ckpt.plugin.session import SESSION_KEY, CkptSession, ckpt_session
@@ -35,7 +36,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize `ckpt_stage` and `ckpt_grid` together, so ids read `BLENDING-2x2` (or
-    `WARMUP` for a subject without slot grids)."""
+    `WARMUP` for a subject without slot grids), then `ckpt_world_size` (`BLENDING-2x2-2:1`)."""
     names, ckpt = metafunc.fixturenames, ckpt_session(metafunc.config)
     if "ckpt_stage" in names and "ckpt_grid" in names:
         cells = [(stage, grid) for stage in ckpt.stages() for grid in ckpt.grids()]
@@ -45,6 +46,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("ckpt_stage", ckpt.stages(), ids=str)
     elif "ckpt_grid" in names:
         metafunc.parametrize("ckpt_grid", ckpt.grids(), ids=grid_id)
+    if "ckpt_world_size" in names:
+        metafunc.parametrize("ckpt_world_size", ckpt.options.world_sizes, ids=pair_id)
 
 
 @pytest.hookimpl(trylast=True)

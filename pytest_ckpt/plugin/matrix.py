@@ -4,6 +4,7 @@
                                    (and the forward probe's outputs, if the subject has one)
     ckpt::resume[BLENDING-2x2]     continue N steps vs save -> load -> resume N steps
     ckpt::snapshot[BLENDING-2x2]   the loaded state and one resumed step vs a reviewed snapshot
+    ckpt::world_size[BLENDING-2x2-2:1]  with --ckpt-world-sizes: saved at 2 ranks, resumed at 1
 
 They are ordinary test functions collected from this module by `MatrixModule`, so they get
 fixtures, `-k`, xdist and syrupy like any other test; `ckpt_stage` and `ckpt_grid` are
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from pytest_ckpt.distributed.world_size_option import pair_id
 from pytest_ckpt.plugin.report import strip_ansi
 from pytest_ckpt.plugin.session import CELL_PROPERTY, ckpt_session
 
@@ -34,6 +36,8 @@ class MatrixModule(pytest.Module):
         return importlib.import_module(__name__)
 
     def funcnamefilter(self, name: str) -> bool:
+        if name == "world_size":  # only when --ckpt-world-sizes names pairs
+            return bool(ckpt_session(self.config).options.world_sizes)
         return name in GENERATED_TESTS
 
     def classnamefilter(self, name: str) -> bool:
@@ -49,6 +53,8 @@ def collect_matrix(session: pytest.Session) -> list[pytest.Item]:
     for item in items:
         params = item.callspec.params  # type: ignore[attr-defined]
         kind = item.originalname  # type: ignore[attr-defined]
+        if "ckpt_world_size" in params:
+            kind = f"world_size {pair_id(params['ckpt_world_size'])}"
         grid = ckpt.grid_label(params["ckpt_grid"])
         item.user_properties.append((CELL_PROPERTY, (kind, params["ckpt_stage"], grid)))
     return items
@@ -121,3 +127,23 @@ def snapshot(matrix_subject, matrix_system, ckpt_check, snapshot, tmp_path, pyte
         else:
             head = f"snapshot {name} (subject {subject}) differs:"
         pytest.fail(f"{head}\n{diff}", pytrace=False)
+
+
+def world_size(
+    matrix_subject, ckpt_stage, ckpt_grid, ckpt_world_size, ckpt_check, ckpt_options, tmp_path
+) -> None:
+    """Saved with DCP at SAVE ranks, resumed at LOAD ranks in fresh processes: parameters,
+    optimizer state, metrics and per-rank RNG streams equal the run that continued."""
+    from pytest_ckpt.distributed.world_size import check_world_size_resume
+
+    save, load = ckpt_world_size
+    with ckpt_check():
+        check_world_size_resume(
+            matrix_subject,
+            stage=ckpt_stage,
+            grid=ckpt_grid,
+            save_world_size=save,
+            load_world_size=load,
+            steps=ckpt_options.resume_steps,
+            workdir=tmp_path,
+        )

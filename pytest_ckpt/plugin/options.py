@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pytest_ckpt.distributed.world_size_option import parse_world_sizes, world_sizes_value
 from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
 from pytest_ckpt.subject import DEFAULT_SUBJECT, STAGE_NAME
 from pytest_ckpt.vocabulary import DEFAULT_GRIDS, DEFAULT_STAGES, GRID, Grid, parse_grid
@@ -112,6 +113,7 @@ class CkptOptions:
     snapshot_rtol: float
     snapshot_atol: float
     snapshot_tolerances: tuple[str, ...]  # ToleranceRule texts (plain strings travel to xdist)
+    world_sizes: tuple[tuple[int, int], ...] = ()  # (save, load) rank counts; () for none
 
     def stage_list(self, reachable: tuple[str, ...]) -> tuple[str, ...]:
         """The stages to test for a subject that can reach `reachable`.
@@ -178,6 +180,14 @@ OPTIONS = (
         "tolerant",
         "floats in snapshots: 'tolerant' (default; compared with rtol/atol, so committed "
         "snapshots hold on any CPU) or 'exact' (digests and full text; one machine only)",
+    ),
+    OptionSpec(
+        "--ckpt-world-sizes",
+        "ckpt_world_sizes",
+        world_sizes_value,
+        "none",
+        "also check resume across world sizes: SAVE:LOAD pairs, e.g. 2:1,1:2 (FSDP2 or DDP on "
+        "gloo, CPU processes on localhost; default: none)",
     ),
     OptionSpec(
         "--ckpt-snapshot-rtol",
@@ -265,6 +275,7 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         snapshot_rtol=float(values["ckpt_snapshot_rtol"]),
         snapshot_atol=float(values["ckpt_snapshot_atol"]),
         snapshot_tolerances=rules,
+        world_sizes=parse_world_sizes(values["ckpt_world_sizes"]),
     )
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 KINDS = ("roundtrip", "resume", "snapshot")
+WORLD_SIZE = "world_size "
 _MARKS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -41,10 +42,25 @@ class MatrixReport:
     messages: dict[tuple[str, str, str], str] = field(default_factory=dict)
     stage_order: list[str] = field(default_factory=list)
     grid_order: list[str] = field(default_factory=list)
+    pair_order: list[str] = field(default_factory=list)  # world-size pairs, `2:1`
+    nodeids: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
-    def record(self, cell: tuple[str, str, str], when: str, outcome: str, message: str) -> None:
-        """Keep the first failing phase, else the call phase's outcome."""
-        _kind, stage, grid = key = cell
+    def record(
+        self,
+        cell: tuple[str, str, str],
+        when: str,
+        outcome: str,
+        message: str,
+        *,
+        nodeid: str | None = None,
+    ) -> None:
+        """Keep the first failing phase, else the call phase's outcome. A world-size cell's
+        kind is `world_size 2:1`."""
+        kind, stage, grid = key = cell
+        if nodeid is not None:
+            self.nodeids[key] = nodeid
+        if kind.startswith(WORLD_SIZE) and kind[len(WORLD_SIZE) :] not in self.pair_order:
+            self.pair_order.append(kind[len(WORLD_SIZE) :])
         if stage not in self.stage_order:
             self.stage_order.append(stage)
         if grid not in self.grid_order:
@@ -73,10 +89,30 @@ class MatrixReport:
             for stage in self.stage_order
         ]
 
+    def world_size_rows(self) -> list[list[str]]:
+        """The world-size checks, one cell per stage x grid: `2:1 ok, 1:2 FAIL`."""
+        if not self.pair_order:
+            return []
+
+        def cell(stage: str, grid: str) -> str:
+            outcomes = (
+                self.outcomes.get((WORLD_SIZE + p, stage, grid), "") for p in self.pair_order
+            )
+            marks = (_MARKS.get(outcome, "--") for outcome in outcomes)
+            return ", ".join(
+                f"{pair} {mark}" for pair, mark in zip(self.pair_order, marks, strict=True)
+            )
+
+        grids = self.grid_order if self.has_grids else [""]
+        header = ["stage \\ grid", *grids] if self.has_grids else ["stage", "save:load"]
+        return [header] + [
+            [stage] + [cell(stage, grid) for grid in grids] for stage in self.stage_order
+        ]
+
     def failures(self) -> list[tuple[str, str]]:
         return [
-            (f"ckpt::{kind}[{stage}-{grid}]" if grid else f"ckpt::{kind}[{stage}]", message)
-            for (kind, stage, grid), message in self.messages.items()
+            (self.nodeids.get(key) or _nodeid(*key), message)
+            for key, message in self.messages.items()
         ]
 
     @property
@@ -88,13 +124,13 @@ class MatrixReport:
         return self.subject
 
     def terminal_lines(self) -> list[str]:
-        rows = self.rows()
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         cells = f"each cell: {'/'.join(KINDS)}" if self.has_grids else "no slot grids"
-        lines = [f"subject {self.subject_label}; {cells}"]
-        lines += [
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-        ]
+        lines = [f"subject {self.subject_label}; {cells}", *_aligned(self.rows())]
+        if self.pair_order:
+            lines += [
+                "resume across world sizes (save:load ranks):",
+                *_aligned(self.world_size_rows()),
+            ]
         return lines
 
     def markdown(self) -> str:
@@ -110,9 +146,28 @@ class MatrixReport:
             "|" + "---|" * len(rows[0]),
         ]
         lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        world = self.world_size_rows()
+        if world:
+            lines += ["", "Resume across world sizes (save:load ranks):", ""]
+            lines += ["| " + " | ".join(world[0]) + " |", "|" + "---|" * len(world[0])]
+            lines += ["| " + " | ".join(row) + " |" for row in world[1:]]
         failures = self.failures()
         if failures:
             lines += ["", "### Failures", ""]
             for nodeid, message in failures:
                 lines += [f"**`{nodeid}`**", "", "```", message.strip(), "```", ""]
         return "\n".join(lines).rstrip() + "\n"
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def _nodeid(kind: str, stage: str, grid: str) -> str:
+    cell = f"{stage}-{grid}" if grid else stage
+    if kind.startswith(WORLD_SIZE):
+        return f"ckpt::world_size[{cell}-{kind[len(WORLD_SIZE) :]}]"
+    return f"ckpt::{kind}[{cell}]"

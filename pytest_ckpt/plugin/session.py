@@ -62,6 +62,7 @@ class CkptSession:
             raise pytest.UsageError(str(err)) from None
         self.stages()
         self.grids()
+        self.check_world_sizes()
         self.check_subject_fixture()
         if hasattr(self.config, "workerinput") and "OMP_NUM_THREADS" not in os.environ:
             # N xdist workers each running torch on every core thrash (measured 20x slower on
@@ -154,13 +155,27 @@ class CkptSession:
                 "that subject"
             )
 
+    def check_world_sizes(self) -> None:
+        if not self.options.world_sizes:
+            return
+        from pytest_ckpt.distributed.world_size import supports_world_size_check
+
+        if not supports_world_size_check(self.subject):
+            raise pytest.UsageError(
+                f"--ckpt-world-sizes: subject {self.subject.name} has no distributed build: "
+                "give it build_distributed() (pytest_ckpt.distributed.protocol), or test a "
+                "ModuleSubject, which has one"
+            )
+
     # ---- the generated matrix -----------------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         cell = dict(report.user_properties).get(CELL_PROPERTY)
         if cell is not None:
             message = failure_text(report.longreprtext) if report.failed else ""
-            self.report.record(tuple(cell), report.when, report.outcome, message)
+            self.report.record(
+                tuple(cell), report.when, report.outcome, message, nodeid=report.nodeid
+            )
 
     def summary_lines(self) -> list[str]:
         if not self.options.enabled or hasattr(self.config, "workerinput") or self.report.empty:

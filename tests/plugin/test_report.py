@@ -27,6 +27,7 @@ def record(report: MatrixReport, properties: list, outcome: str, text: str) -> N
         outcome=outcome,
         longreprtext=text,
         when="call",
+        nodeid="ckpt::x",
     )
     CkptSession.pytest_runtest_logreport(SimpleNamespace(report=report), test_report)  # type: ignore[arg-type]
 
