@@ -158,7 +158,7 @@ def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool
 def write_checkpoint_atomically(state: object, path: Path) -> None:
     import torch
 
-    from pytest_ckpt.manager import write_atomically
+    from pytest_ckpt.durable import write_atomically
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path.parent, path, lambda handle: torch.save(state, handle))

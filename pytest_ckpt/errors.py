@@ -11,6 +11,10 @@ class CheckpointLoadError(CheckpointError):
     """`torch.load(weights_only=True)` refused or could not read the file."""
 
 
+class CheckpointIntegrityError(CheckpointError):
+    """A checkpoint's bytes do not match its sidecar (or the sidecar is unreadable)."""
+
+
 class RoundTripMismatch(CheckpointError):
     """What came back from a round trip differs from what went in."""
 
@@ -35,3 +39,26 @@ class DistributedRunError(CheckpointError):
 class WorldSizeResumeMismatch(ResumeMismatch):
     """Resuming at LOAD ranks from a save at SAVE ranks differs from the run that continued:
     the message names the rank, the key and the first difference."""
+
+
+# Reading files: raised by the auditor and static migrate, never caught as CheckpointError.
+
+
+class Unreadable(Exception):
+    """The file cannot be read as a checkpoint at all (exit status 2)."""
+
+
+class TruncatedPickle(ValueError):
+    """The pickle ends (or declares more data than it has) before STOP."""
+
+
+class MalformedPickle(ValueError):
+    """An opcode or argument that no pickle protocol defines."""
+
+
+class ConversionRefused(Exception):
+    """Some objects cannot be converted faithfully; `refusals` lists them by path."""
+
+    def __init__(self, refusals: list[str]) -> None:
+        super().__init__("; ".join(refusals))
+        self.refusals = refusals

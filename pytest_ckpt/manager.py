@@ -12,24 +12,27 @@ place (how a broken loader once hid through a whole audit phase of a well-known 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_ckpt.errors import CheckpointError, CheckpointLoadError
+from pytest_ckpt.durable import file_sha256, fsync_directory, write_atomically
+from pytest_ckpt.errors import CheckpointError, CheckpointIntegrityError, CheckpointLoadError
+
+__all__ = [
+    "CheckpointInfo",
+    "CheckpointIntegrityError",
+    "CheckpointManager",
+    "file_sha256",
+    "write_atomically",
+]
 
 SIDECAR_SCHEMA_VERSION = 1
 _CHUNK = 1 << 20
-
-
-class CheckpointIntegrityError(CheckpointError):
-    """A checkpoint's bytes do not match its sidecar (or the sidecar is unreadable)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -44,37 +47,6 @@ class CheckpointInfo:
 
 def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(directory: Path, final: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temp file in `directory`, fsync, then `os.replace` onto `final`."""
-    # Not a `with` block: the file must outlive it to be renamed into place.
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", delete=False)  # noqa: SIM115
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, final)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 class CheckpointManager:
@@ -129,7 +101,7 @@ class CheckpointManager:
         }
         text = json.dumps(sidecar, indent=2).encode()
         write_atomically(self.directory, final.with_suffix(".json"), lambda h: h.write(text))
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         if self.keep_last is not None:
             for old in self.list()[: -self.keep_last]:
                 old.path.with_suffix(".json").unlink(missing_ok=True)

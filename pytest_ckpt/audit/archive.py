@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, end_of_pickle, iter_ops
+from pytest_ckpt.errors import Unreadable
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -31,10 +32,6 @@ MAX_PICKLE_BYTES = 1 << 30  # a data.pkl larger than this is refused, not read
 _USED = frozenset(
     {"data.pkl", "data", "version", ".data", "byteorder", ".format_version", ".storage_alignment"}
 )
-
-
-class Unreadable(Exception):
-    """The file cannot be read as a checkpoint at all (exit status 2)."""
 
 
 @dataclass(slots=True)

@@ -14,16 +14,10 @@ import struct
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from pytest_ckpt.errors import MalformedPickle, TruncatedPickle
+
 _BY_CODE = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
 PREVIEW = 80  # longest string/bytes value kept (for paths and checks), in characters
-
-
-class TruncatedPickle(ValueError):
-    """The pickle ends (or declares more data than it has) before STOP."""
-
-
-class MalformedPickle(ValueError):
-    """An opcode or argument that no pickle protocol defines."""
 
 
 class Op(NamedTuple):

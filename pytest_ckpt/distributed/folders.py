@@ -21,13 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_ckpt.errors import CheckpointError
-from pytest_ckpt.manager import (
-    CheckpointIntegrityError,
-    _fsync_directory,
-    file_sha256,
-    write_atomically,
-)
+from pytest_ckpt.durable import file_sha256, fsync_directory, write_atomically
+from pytest_ckpt.errors import CheckpointError, CheckpointIntegrityError
 
 SIDECAR_SCHEMA_VERSION = 1
 _FIELDS = {"schema_version", "step", "folder", "files", "world_size", "torch_version", "created"}
@@ -106,7 +101,7 @@ class DcpFolders:
             sidecar.unlink(missing_ok=True)  # a re-save of this step: unoffered from here on
             shutil.rmtree(final, ignore_errors=True)
             os.replace(temporary, final)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
             record = {
                 "schema_version": SIDECAR_SCHEMA_VERSION,
                 "step": step,
@@ -118,7 +113,7 @@ class DcpFolders:
             }
             text = json.dumps(record, indent=2).encode()
             write_atomically(self.directory, sidecar, lambda handle: handle.write(text))
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         _barrier(group)
         return final
 

@@ -25,6 +25,7 @@ from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
 from pytest_ckpt.audit.machine import PickleMachine
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle
+from pytest_ckpt.errors import ConversionRefused
 from pytest_ckpt.migrate import rules
 from pytest_ckpt.migrate.markers import (
     Converted,
@@ -38,14 +39,6 @@ from pytest_ckpt.migrate.markers import (
 _TENSOR_REBUILD = "torch._utils._rebuild_tensor_v2"
 _PARAMETER_REBUILD = "torch._utils._rebuild_parameter"
 _PARAMETER = "torch.nn.parameter.Parameter"
-
-
-class ConversionRefused(Exception):
-    """Some objects cannot be converted faithfully; `refusals` lists them by path."""
-
-    def __init__(self, refusals: list[str]) -> None:
-        super().__init__("; ".join(refusals))
-        self.refusals = refusals
 
 
 @dataclass(slots=True)
