@@ -17,7 +17,13 @@ KERNELS = ("native", "default")
 
 
 def run_pytest(folder: str, kernels: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    # A user's shell: no kernel override, and none of an outer pytest-xdist worker's variables
+    # (syrupy reads PYTEST_XDIST_WORKER and then leaves its summary out).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "ATEN_CPU_CAPABILITY" and not k.startswith("PYTEST_")
+    }
     if kernels != "native":
         env["ATEN_CPU_CAPABILITY"] = kernels
     return subprocess.run(
