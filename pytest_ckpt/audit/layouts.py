@@ -1,0 +1,241 @@
+"""`pytest-ckpt audit PATH` for whatever a framework wrote at PATH: one file of any known
+kind, or a folder walked for every checkpoint-like file, each with its own verdict.
+
+A file goes to the audit of what it is: safetensors (`audit.safetensors`), an SB3
+`model.save` zip (`audit.sb3`), JSON (parsed, nothing in it runs), a DCP folder's member
+(the DCP audit), else the torch.load auditor. A folder is walked without following a
+symlink out of it or into a sub-folder, without opening anything but regular files (a FIFO
+would block), to a bounded depth and count. A DCP folder inside it is audited whole.
+Folders whose files say which framework wrote them are named on each of their files:
+"HF Trainer checkpoint" (`checkpoint-N/` of `transformers.Trainer`), "accelerate
+save_state", "DCP folder"; and a `.ckpt` file is a "Lightning checkpoint". Files that are
+not checkpoint-like (a README, a tokenizer) are listed as skipped, never read as pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_ckpt.audit import Report, audit_file
+from pytest_ckpt.audit.allowlist import Allowlist
+from pytest_ckpt.audit.escape import shown_path
+from pytest_ckpt.audit.safetensors import audit_safetensors, looks_like_safetensors
+from pytest_ckpt.audit.sb3 import audit_sb3_zip, is_sb3_zip
+
+CHECKPOINT_SUFFIXES = frozenset(
+    {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".safetensors", ".distcp", ".tar"}
+)
+MAX_DEPTH = 32
+MAX_ENTRIES = 100_000  # directory entries looked at in one walk
+MAX_JSON_BYTES = 64 << 20
+SKIPPED = "skipped"  # the `format` of a file listed but not audited
+HF_TRAINER = "HF Trainer checkpoint"
+ACCELERATE = "accelerate save_state"
+LIGHTNING = "Lightning checkpoint"
+DCP = "DCP folder"
+_HF_DIR = re.compile(r"checkpoint-\d+")
+_HF_FILES = re.compile(r"training_args\.bin|optimizer\.pt|scheduler\.pt|rng_state(_\d+)?\.pth")
+_ACCELERATE_FILES = re.compile(r"random_states_\d+\.pkl")
+_PICKLE_HEADS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+@dataclass(slots=True)
+class TargetAudit:
+    """What one PATH argument came to: a report per file (skipped ones included, with format
+    "skipped"), the recognised layouts as (folder, name), and notes on the walk itself."""
+
+    path: str
+    folder: bool
+    reports: list[Report] = field(default_factory=list)
+    layouts: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def audit_target(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> TargetAudit:
+    """The audit of one command-line PATH: a folder (walked, unless it is a DCP folder) or
+    one file."""
+    from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
+
+    if os.path.isdir(path):
+        if is_dcp_folder(path):
+            report = audit_dcp_folder(path, allowlist=allowlist, allow=allow)
+            return TargetAudit(path, False, [report], [(path, DCP)])
+        return walk_folder(path, allowlist, allow)
+    report = audit_one_file(path, allowlist, allow)
+    if Path(path).suffix == ".ckpt":
+        report = _with_note(report, LIGHTNING)
+    return TargetAudit(path, False, [report])
+
+
+def audit_one_file(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> Report:
+    """One file, by what it is (see the module docstring); never raises for a bad file."""
+    from pytest_ckpt.distributed.folder_audit import audit_dcp_target
+
+    dcp_report = audit_dcp_target(path, allowlist=allowlist, allow=allow)
+    if dcp_report is not None:
+        return dcp_report
+    shown = shown_path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return Report(shown, None, (), error="no such file")
+    except OSError as err:
+        return Report(shown, None, (), error=f"cannot read: {err.strerror or err}")
+    if not stat.S_ISREG(mode):
+        return Report(shown, None, (), error="not a regular file (a FIFO, socket or device)")
+    kind = _kind(path)
+    if kind == "safetensors":
+        report = audit_safetensors(path)
+    elif kind == "sb3":
+        report = audit_sb3_zip(path, allowlist)
+    elif kind == "json":
+        report = check_json(path)
+    else:
+        report = audit_file(path, allowlist=allowlist)
+    return _renamed(report, shown)
+
+
+def check_json(path: str) -> Report:
+    """A JSON file a framework wrote beside its checkpoints (trainer_state.json): parsed, so
+    a corrupt one is said, but nothing in it is code."""
+    size = os.path.getsize(path)
+    if size > MAX_JSON_BYTES:
+        return Report(path, "json", (), summary=f"{size} bytes: too big to check, not read")
+    try:
+        with open(path, "rb") as handle:
+            json.loads(handle.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        return Report(path, "json", (), error=f"not valid JSON: {str(err).splitlines()[0]}")
+    return Report(path, "json", (), summary="valid JSON, not a checkpoint: nothing in it runs")
+
+
+def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> TargetAudit:
+    """Every checkpoint-like file under `root`, in name order, each audited once."""
+    from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
+
+    result = TargetAudit(root, True)
+    real_root = os.path.realpath(root)
+    pending: list[tuple[str, int]] = [(root, 0)]
+    seen = 0
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as err:
+            result.notes.append(f"{shown_path(folder)}: cannot list: {err.strerror or err}")
+            continue
+        layout = folder_layout(Path(folder).name, [e.name for e in entries])
+        if layout:
+            result.layouts.append((shown_path(folder), layout))
+        subfolders = []
+        for entry in entries:
+            seen += 1
+            if seen > MAX_ENTRIES:
+                result.notes.append(f"stopped after {MAX_ENTRIES} entries: not all audited")
+                return result
+            if entry.is_dir(follow_symlinks=False):
+                if is_dcp_folder(entry.path):
+                    report = audit_dcp_folder(entry.path, allowlist=allowlist, allow=allow)
+                    result.reports.append(_renamed(report, shown_path(entry.path)))
+                    result.layouts.append((shown_path(entry.path), DCP))
+                elif depth + 1 >= MAX_DEPTH:
+                    result.reports.append(_skipped(entry.path, f"deeper than {MAX_DEPTH}"))
+                else:
+                    subfolders.append((entry.path, depth + 1))
+                continue
+            why = _not_followed(entry, real_root)
+            if why:
+                result.reports.append(_skipped(entry.path, why))
+                continue
+            report = _audit_entry(entry.path, allowlist, allow)
+            if layout and report.format != SKIPPED:
+                report = _with_note(report, f"part of an {layout}: {shown_path(folder)}")
+            if entry.name.endswith(".ckpt") and report.format != SKIPPED:
+                report = _with_note(report, LIGHTNING)
+            result.reports.append(report)
+        pending.extend(reversed(subfolders))
+    return result
+
+
+def folder_layout(name: str, files: list[str]) -> str | None:
+    """The framework whose save writes a folder like this one, by its file names."""
+    names = set(files)
+    if "trainer_state.json" in names and (
+        _HF_DIR.fullmatch(name) or any(_HF_FILES.fullmatch(f) for f in names)
+    ):
+        return HF_TRAINER
+    if any(_ACCELERATE_FILES.fullmatch(f) for f in names):
+        return ACCELERATE
+    return None
+
+
+def _not_followed(entry: os.DirEntry[str], real_root: str) -> str | None:
+    """Why a walk entry is not opened, or None for a regular file (or a symlink to one
+    inside the folder)."""
+    if entry.is_symlink():
+        target = os.path.realpath(entry.path)
+        if os.path.commonpath([real_root, target]) != real_root:
+            return "a symlink out of the folder: not followed"
+        try:
+            mode = os.stat(target).st_mode
+        except OSError:
+            return "a broken symlink"
+        if not stat.S_ISREG(mode):
+            return "a symlink to something other than a file: not followed"
+        return None
+    if not entry.is_file(follow_symlinks=False):
+        return "not a regular file (a FIFO, socket or device): not opened"
+    return None
+
+
+def _audit_entry(path: str, allowlist: Allowlist, allow: Iterable[str]) -> Report:
+    """A walked file: audited if checkpoint-like (by suffix or first bytes), checked if JSON,
+    else listed as skipped."""
+    suffix = Path(path).suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES or suffix == ".json" or _kind(path) != "other":
+        return audit_one_file(path, allowlist, allow)
+    return _skipped(path, "not checkpoint-like")
+
+
+def _kind(path: str) -> str:
+    """ "safetensors", "sb3", "json", "checkpoint" (zip or pickle bytes) or "other"."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return "json"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return "checkpoint"  # the auditor says why it cannot be read
+    if suffix == ".safetensors" or looks_like_safetensors(head):
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04":
+        return "sb3" if is_sb3_zip(path) else "checkpoint"
+    if head[:2] in _PICKLE_HEADS:
+        return "checkpoint"
+    return "checkpoint" if suffix in CHECKPOINT_SUFFIXES else "other"
+
+
+def _skipped(path: str, why: str) -> Report:
+    return Report(shown_path(path), SKIPPED, (), summary=why)
+
+
+def _renamed(report: Report, path: str) -> Report:
+    return report if report.path == path else _replace(report, path=path)
+
+
+def _with_note(report: Report, note: str) -> Report:
+    return _replace(report, notes=(*report.notes, note))
+
+
+def _replace(report: Report, **changes: object) -> Report:
+    from dataclasses import replace
+
+    return replace(report, **changes)
