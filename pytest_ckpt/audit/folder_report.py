@@ -6,10 +6,11 @@ looked at, so a folder's clean and skipped files are in the report too."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 
 from pytest_ckpt.audit import Report
-from pytest_ckpt.audit.layouts import SKIPPED, TargetAudit
+from pytest_ckpt.audit.layouts import DCP, SKIPPED, TargetAudit
 from pytest_ckpt.audit.render import render_text
 
 
@@ -18,8 +19,13 @@ def render_targets_text(targets: Sequence[TargetAudit]) -> str:
 
 
 def _target_lines(target: TargetAudit) -> list[str]:
-    lines = [f"{folder}: {name}" for folder, name in target.layouts if target.folder]
+    """A folder's layout is announced just before the first of its files."""
+    unannounced = {folder: name for folder, name in target.layouts if name != DCP}
+    lines = []
     for report in target.reports:
+        name = unannounced.pop(os.path.dirname(report.path), None)
+        if name is not None:
+            lines.append(f"{os.path.dirname(report.path)}/: {name}")
         if report.format == SKIPPED:
             lines.append(f"{report.path}: skipped: {report.summary}")
         else:

@@ -65,7 +65,7 @@ def audit_target(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> 
     if os.path.isdir(path):
         if is_dcp_folder(path):
             report = audit_dcp_folder(path, allowlist=allowlist, allow=allow)
-            return TargetAudit(path, False, [report], [(path, DCP)])
+            return TargetAudit(path, False, [_with_note(report, DCP)], [(path, DCP)])
         return walk_folder(path, allowlist, allow)
     report = audit_one_file(path, allowlist, allow)
     if Path(path).suffix == ".ckpt":
@@ -143,7 +143,8 @@ def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> T
             if entry.is_dir(follow_symlinks=False):
                 if is_dcp_folder(entry.path):
                     report = audit_dcp_folder(entry.path, allowlist=allowlist, allow=allow)
-                    result.reports.append(_renamed(report, shown_path(entry.path)))
+                    report = _with_note(_renamed(report, shown_path(entry.path)), DCP)
+                    result.reports.append(report)
                     result.layouts.append((shown_path(entry.path), DCP))
                 elif depth + 1 >= MAX_DEPTH:
                     result.reports.append(_skipped(entry.path, f"deeper than {MAX_DEPTH}"))
@@ -156,7 +157,7 @@ def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> T
                 continue
             report = _audit_entry(entry.path, allowlist, allow)
             if layout and report.format != SKIPPED:
-                report = _with_note(report, f"part of an {layout}: {shown_path(folder)}")
+                report = _with_note(report, f"in an {layout}")
             if entry.name.endswith(".ckpt") and report.format != SKIPPED:
                 report = _with_note(report, LIGHTNING)
             result.reports.append(report)
