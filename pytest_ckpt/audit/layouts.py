@@ -29,7 +29,7 @@ from pytest_ckpt.audit.safetensors import audit_safetensors, looks_like_safetens
 from pytest_ckpt.audit.sb3 import audit_sb3_zip, is_sb3_zip
 
 CHECKPOINT_SUFFIXES = frozenset(
-    {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".safetensors", ".distcp", ".tar"}
+    {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".safetensors", ".distcp"}
 )
 MAX_DEPTH = 32
 MAX_ENTRIES = 100_000  # directory entries looked at in one walk
