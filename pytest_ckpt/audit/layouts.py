@@ -65,7 +65,7 @@ def audit_target(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> 
     if os.path.isdir(path):
         if is_dcp_folder(path):
             report = audit_dcp_folder(path, allowlist=allowlist, allow=allow)
-            return TargetAudit(path, False, [_with_note(report, DCP)], [(path, DCP)])
+            return TargetAudit(path, False, [report], [(path, DCP)])  # its "(dcp, ...)" names it
         return walk_folder(path, allowlist, allow)
     report = audit_one_file(path, allowlist, allow)
     if Path(path).suffix == ".ckpt":
