@@ -98,6 +98,8 @@ def audit_one_file(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -
         report = check_json(path)
     else:
         report = audit_file(path, allowlist=allowlist)
+        if Path(path).suffix.lower() == ".safetensors":
+            report = _with_note(report, "named .safetensors but it is not one: audited as a pickle")
     return _renamed(report, shown)
 
 
@@ -206,7 +208,8 @@ def _audit_entry(path: str, allowlist: Allowlist, allow: Iterable[str]) -> Repor
 
 
 def _kind(path: str) -> str:
-    """ "safetensors", "sb3", "json", "checkpoint" (zip or pickle bytes) or "other"."""
+    """ "safetensors", "sb3", "json", "checkpoint" or "other", by the first bytes before the
+    name: a pickle named `.safetensors` is still a pickle (and what torch.load would run)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
         return "json"
@@ -215,13 +218,31 @@ def _kind(path: str) -> str:
             head = handle.read(16)
     except OSError:
         return "checkpoint"  # the auditor says why it cannot be read
-    if suffix == ".safetensors" or looks_like_safetensors(head):
+    if looks_like_safetensors(head):
         return "safetensors"
     if head[:4] == b"PK\x03\x04":
-        return "sb3" if is_sb3_zip(path) else "checkpoint"
+        if is_sb3_zip(path):
+            return "sb3"
+        if suffix in CHECKPOINT_SUFFIXES or _is_torch_zip(path):
+            return "checkpoint"
+        return "other"  # a zip of something else (a dataset): not a checkpoint
     if head[:2] in _PICKLE_HEADS:
         return "checkpoint"
+    if suffix == ".safetensors":
+        return "safetensors"  # a broken one: its audit says what is wrong
     return "checkpoint" if suffix in CHECKPOINT_SUFFIXES else "other"
+
+
+def _is_torch_zip(path: str) -> bool:
+    """A zip whose members include a torch.save pickle (`<folder>/data.pkl`)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return True  # damaged: the auditor says how
+    return any(n.endswith("/data.pkl") or n.endswith("/constants.pkl") for n in names)
 
 
 def _skipped(path: str, why: str) -> Report:

@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -218,13 +219,22 @@ def test_the_exit_status_is_the_worst_of_the_files(tmp_path, capsys) -> None:
     )
 
 
-def test_a_pickle_without_a_checkpoint_suffix_is_audited_and_text_is_not(tmp_path) -> None:
+def test_files_are_audited_by_their_first_bytes_not_only_their_names(tmp_path) -> None:
     folder = tmp_path / "f"
     folder.mkdir()
-    torch.save({"when": __import__("datetime").date(2026, 1, 1)}, folder / "state")
+    when = {"when": __import__("datetime").date(2026, 1, 1)}
+    torch.save(when, folder / "state")
+    torch.save(when, folder / "model.safetensors")  # a pickle in disguise
     (folder / "tokenizer.model").write_bytes(b"\x0a\x05hello")
+    with zipfile.ZipFile(folder / "dataset.zip", "w") as archive:
+        archive.writestr("images/0.png", b"\x89PNG")
     reports = {Path(r.path).name: r for r in walk_folder(str(folder), load_allowlist()).reports}
-    assert reports["state"].findings and reports["tokenizer.model"].format == "skipped"
+    assert reports["state"].findings
+    disguised = reports["model.safetensors"]
+    assert disguised.format == "zip" and disguised.findings
+    assert "named .safetensors but it is not one: audited as a pickle" in disguised.notes
+    assert reports["tokenizer.model"].format == "skipped"
+    assert reports["dataset.zip"].format == "skipped"
 
 
 def test_the_walk_is_bounded_in_depth_and_entries(tmp_path, monkeypatch) -> None:
