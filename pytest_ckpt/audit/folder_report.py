@@ -30,7 +30,6 @@ def _target_lines(target: TargetAudit) -> list[str]:
             lines.append(f"{report.path}: skipped: {report.summary}")
         else:
             lines.append(render_text([report]))
-    lines += [f"note: {note}" for note in target.notes]
     if target.folder:
         lines.append(total_line(target))
     return lines

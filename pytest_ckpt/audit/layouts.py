@@ -5,7 +5,9 @@ A file goes to the audit of what it is: safetensors (`audit.safetensors`), an SB
 `model.save` zip (`audit.sb3`), JSON (parsed, nothing in it runs), a DCP folder's member
 (the DCP audit), else the torch.load auditor. A folder is walked without following a
 symlink out of it or into a sub-folder, without opening anything but regular files (a FIFO
-would block), to a bounded depth and count. A DCP folder inside it is audited whole.
+would block), to a bounded depth and count (past either, the walk reports an unreadable
+entry: what it did not look at, it does not vouch for). A DCP folder inside it is audited
+whole.
 Folders whose files say which framework wrote them are named on each of their files:
 "HF Trainer checkpoint" (`checkpoint-N/` of `transformers.Trainer`), "accelerate
 save_state", "DCP folder"; and a `.ckpt` file is a "Lightning checkpoint". Files that are
@@ -20,6 +22,7 @@ import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 from pytest_ckpt.audit import Report, audit_file
@@ -48,13 +51,13 @@ _PICKLE_HEADS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 @dataclass(slots=True)
 class TargetAudit:
     """What one PATH argument came to: a report per file (skipped ones included, with format
-    "skipped"), the recognised layouts as (folder, name), and notes on the walk itself."""
+    "skipped"; entries the walk could not look at, as unreadable ones) and the recognised
+    layouts as (folder, name)."""
 
     path: str
     folder: bool
     reports: list[Report] = field(default_factory=list)
     layouts: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def audit_target(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> TargetAudit:
@@ -128,10 +131,11 @@ def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> T
     while pending:
         folder, depth = pending.pop()
         try:
-            with os.scandir(folder) as scan:
-                entries = sorted(scan, key=lambda e: e.name)
+            with os.scandir(folder) as scan:  # never more than the budget left in memory
+                entries = sorted(islice(scan, MAX_ENTRIES - seen + 1), key=lambda e: e.name)
         except OSError as err:
-            result.notes.append(f"{shown_path(folder)}: cannot list: {err.strerror or err}")
+            error = f"cannot list the folder: {err.strerror or err}"
+            result.reports.append(Report(shown_path(folder), None, (), error=error))
             continue
         layout = folder_layout(Path(folder).name, [e.name for e in entries])
         if layout:
@@ -139,8 +143,9 @@ def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> T
         subfolders = []
         for entry in entries:
             seen += 1
-            if seen > MAX_ENTRIES:
-                result.notes.append(f"stopped after {MAX_ENTRIES} entries: not all audited")
+            if seen > MAX_ENTRIES:  # unreadable, not ok: what was not looked at is not vouched for
+                error = f"over {MAX_ENTRIES} entries: the walk stopped, the rest is not audited"
+                result.reports.append(Report(shown_path(root), None, (), error=error))
                 return result
             if entry.is_dir(follow_symlinks=False):
                 if is_dcp_folder(entry.path):
@@ -149,7 +154,8 @@ def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> T
                     result.reports.append(report)
                     result.layouts.append((shown_path(entry.path), DCP))
                 elif depth + 1 >= MAX_DEPTH:
-                    result.reports.append(_skipped(entry.path, f"deeper than {MAX_DEPTH}"))
+                    error = f"deeper than {MAX_DEPTH} folders: not audited"
+                    result.reports.append(Report(shown_path(entry.path), None, (), error=error))
                 else:
                     subfolders.append((entry.path, depth + 1))
                 continue

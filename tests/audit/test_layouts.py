@@ -242,15 +242,18 @@ def test_the_walk_is_bounded_in_depth_and_entries(tmp_path, monkeypatch) -> None
     deep.mkdir(parents=True)
     torch.save({"w": torch.zeros(1)}, deep / "lost.pt")
     target = walk_folder(str(tmp_path), load_allowlist())
-    assert [r.summary for r in target.reports] == [f"deeper than {layouts.MAX_DEPTH}"]
+    assert [r.error for r in target.reports] == [
+        f"deeper than {layouts.MAX_DEPTH} folders: not audited"
+    ]
     many = tmp_path / "many"
     many.mkdir()
     for i in range(8):
         (many / f"{i}.txt").write_text("x")
     monkeypatch.setattr(layouts, "MAX_ENTRIES", 5)
     target = walk_folder(str(many), load_allowlist())
-    assert len(target.reports) == 5
-    assert target.notes == ["stopped after 5 entries: not all audited"]
+    assert len(target.reports) == 6 and [r.format for r in target.reports[:5]] == ["skipped"] * 5
+    assert target.reports[-1].error == "over 5 entries: the walk stopped, the rest is not audited"
+    assert target.reports[-1].path == str(many)
 
 
 def test_a_fifo_given_as_an_argument_is_unreadable_not_a_hang(tmp_path) -> None:
