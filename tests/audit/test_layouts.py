@@ -183,6 +183,11 @@ def test_json_and_sarif_include_every_file_and_parse(run_folder, capsys) -> None
     assert {r["path"] for r in reports} == walked and len(reports) == len(walked)
     skipped = {r["path"] for r in reports if r["format"] == "skipped"}
     assert f"{run_folder}/events.fifo" in skipped
+    by_path = {r["path"]: r for r in reports}
+    assert by_path[f"{run_folder}/checkpoint-500/training_args.bin"]["notes"] == [
+        "in an HF Trainer checkpoint"
+    ]
+    assert by_path[f"{run_folder}/dcp"]["notes"] == ["DCP folder"]
     assert main(["audit", "--sarif", str(run_folder)]) == 1
     sarif = json.loads(capsys.readouterr().out)
     artifacts = sarif["runs"][0]["artifacts"]
