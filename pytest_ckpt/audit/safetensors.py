@@ -9,7 +9,9 @@ file, a header that is not UTF-8 or not JSON (NaN, lone surrogates and non-integ
 integers belong included), an unknown dtype, shape or offsets that are not unsigned
 integers, offsets that do not tile the data section from 0 to its end without gap or
 overlap (sorted by offset), and a byte count other than numel x dtype bits / 8.
-The package is not needed: only the header is read, never tensor bytes.
+The package is not needed: only the header is read, never tensor bytes. A header of over
+two million JSON values is refused unchecked (the reader might accept it; checking it
+would take gigabytes).
 
 A tensor name given twice is read (the last one wins) but is a finding: two parsers of one
 file may disagree on which tensor it holds.
@@ -21,7 +23,9 @@ import json
 import math
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 from pytest_ckpt.audit import Report
 from pytest_ckpt.audit.escape import shown
@@ -29,6 +33,9 @@ from pytest_ckpt.audit.nodes import Finding
 
 MAX_HEADER_BYTES = 100_000_000  # the Rust reader's limit
 MAX_JSON_DEPTH = 128  # serde_json's recursion limit
+# An auditor limit, not the reader's: JSON values (commas + 1) a header may hold, so that
+# checking one costs at most ~0.5 GB; real headers hold about six per tensor.
+MAX_HEADER_VALUES = 2_000_000
 _U64 = 1 << 64
 METADATA_KEY = "__metadata__"
 TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
@@ -123,6 +130,11 @@ def check_header(raw: bytes, data_bytes: int) -> Header:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise BadSafetensors(f"the header is not UTF-8 (byte {err.start})") from None
+    if raw.count(b",") >= MAX_HEADER_VALUES:
+        raise BadSafetensors(
+            f"the header holds over {MAX_HEADER_VALUES} JSON values: refusing to check it "
+            f"(an auditor limit: real headers hold about six per tensor)"
+        )
     duplicates: list[str] = []
     try:
         top = json.loads(
@@ -179,13 +191,15 @@ def check_header(raw: bytes, data_bytes: int) -> Header:
 def _object(pairs: list[tuple[str, object]], duplicates: list[str]) -> dict[str, object]:
     """A JSON object; a repeated key is refused inside a tensor's info and for `__metadata__`
     (the reader's structs refuse it) and recorded elsewhere (its maps keep the last)."""
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            if key in (*TENSOR_FIELDS, METADATA_KEY):
-                raise ValueError(f"duplicate field {key!r}")
-            duplicates.append(key)
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                if key in (*TENSOR_FIELDS, METADATA_KEY):
+                    raise ValueError(f"duplicate field {key!r}")
+                duplicates.append(key)
+            seen.add(key)
     return result
 
 
@@ -201,9 +215,9 @@ def _check_strings_and_depth(top: dict[str, object]) -> None:
         value, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise BadSafetensors(f"the header nests deeper than {MAX_JSON_DEPTH} levels")
-        items: list[object] = []
+        items: Iterable[object] = ()
         if isinstance(value, dict):
-            items = [*value.keys(), *value.values()]
+            items = chain(value.keys(), value.values())
         elif isinstance(value, list):
             items = value
         for item in items:

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ckpt.audit.safetensors import DTYPE_BITS, audit_safetensors, looks_like_safetensors
+from pytest_ckpt.audit.safetensors import (
+    DTYPE_BITS,
+    MAX_HEADER_VALUES,
+    audit_safetensors,
+    looks_like_safetensors,
+)
 from pytest_ckpt.cli import main
 
 
@@ -209,6 +214,14 @@ def test_control_characters_in_names_are_escaped_in_every_output(tmp_path, capsy
         assert "fake: ok" not in text.replace("'evil\\n\\x1b[31mfake: ok\\u202e'", "")
     assert "'evil\\n\\x1b[31mfake: ok\\u202e'" in out
     assert len(out.splitlines()) == 3  # the unreadable line, the finding's two
+
+
+def test_a_header_too_big_to_check_in_bounded_memory_is_refused(tmp_path) -> None:
+    values = b",".join([b"0"] * MAX_HEADER_VALUES)
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(with_header(b'{"__metadata__":null,"x":[' + values + b"]}"))
+    report = audit_safetensors(path)
+    assert report.error is not None and "auditor limit" in report.error
 
 
 def test_sniffing_knows_a_safetensors_header_from_a_pickle() -> None:
