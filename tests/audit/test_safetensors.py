@@ -105,6 +105,14 @@ HOSTILE = {
         ),
         "overlaps",
     ),
+    "name-twice-other-span": (  # both keep the last entry, which leaves [0, 4) uncovered
+        with_header(
+            b'{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},'
+            b'"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}',
+            b"\0" * 8,
+        ),
+        "gap",
+    ),
     "shape-size-mismatch": (with_header(TENSOR.replace(b"[2]", b"[3]"), b"\0" * 8), "12 bytes"),
     "sub-byte-not-whole": (
         with_header(b'{"q":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', b"\0\0"),
