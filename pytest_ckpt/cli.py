@@ -1,7 +1,9 @@
-"""`pytest-ckpt audit FILE...`: will torch.load(weights_only=True) accept these files?
+"""`pytest-ckpt audit PATH...`: will torch.load(weights_only=True) accept these files?
 `pytest-ckpt migrate IN OUT [--trust]`: convert a legacy checkpoint so that it will.
 
 Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
+A PATH may be a folder (every checkpoint-like file in it, a verdict each and a total), a
+safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.audit.layouts`.
 Migrate exit status: 0 written; 1 refused (OUT not written); 2 unreadable or bad arguments.
 Errors are one line on stderr, never a traceback; nothing from a file is ever executed
 (except under --trust, which says so).
@@ -23,7 +25,9 @@ from pathlib import Path
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.archive import Unreadable
-from pytest_ckpt.audit.render import render_json, render_sarif, render_text
+from pytest_ckpt.audit.folder_report import render_targets_text, with_artifacts
+from pytest_ckpt.audit.layouts import audit_target
+from pytest_ckpt.audit.render import render_json, render_sarif
 
 
 def _dotted(text: str) -> str:
@@ -36,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-ckpt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="statically audit checkpoint files")
-    audit.add_argument("files", nargs="+", metavar="FILE")
+    audit.add_argument("files", nargs="+", metavar="PATH", help="files or folders")
     fmt = audit.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON report")
     fmt.add_argument("--sarif", action="store_true", help="print a SARIF 2.1.0 report")
@@ -73,28 +77,20 @@ def main(argv: list[str] | None = None) -> int:
             args.source, args.target, trust=args.trust, reference_v0=args.reference_v0
         )
     allowlist = load_allowlist(args.allow)
-    reports = [audit_path(path, allowlist, args.allow) for path in args.files]
+    targets = [audit_target(path, allowlist, args.allow) for path in args.files]
+    reports = [report for target in targets for report in target.reports]
     if args.json:
         print(render_json(reports))
     elif args.sarif:
-        print(render_sarif(reports))
+        print(with_artifacts(render_sarif(reports), reports))
     else:
-        print(render_text(reports))
+        print(render_targets_text(targets))
     for report in reports:
         if report.error is not None:
             print(f"pytest-ckpt audit: {report.path}: {report.error}", file=sys.stderr)
     if any(r.error is not None for r in reports):
         return 2
     return 1 if any(r.findings for r in reports) else 0
-
-
-def audit_path(path: str, allowlist, allow: list[str]):
-    """A DCP folder (or a file of one: "audit the folder") goes to the DCP audit; anything
-    else to the file auditor."""
-    from pytest_ckpt.distributed.folder_audit import audit_dcp_target
-
-    dcp_report = audit_dcp_target(path, allowlist=allowlist, allow=allow)
-    return dcp_report or audit_file(path, allowlist=allowlist)
 
 
 def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool = False) -> int:

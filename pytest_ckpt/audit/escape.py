@@ -1,0 +1,20 @@
+"""Text taken from a file (a tensor name, a member name, a file name) shown safely: a hostile
+name must not be able to forge an output line or move the terminal's cursor."""
+
+from __future__ import annotations
+
+MAX_SHOWN = 120  # characters of a name shown before it is cut
+
+
+def shown(text: str, limit: int = MAX_SHOWN) -> str:
+    """`text` quoted as a Python literal (control, format and surrogate characters escaped),
+    cut at `limit` characters with the full length said."""
+    if len(text) > limit:
+        return f"{text[:limit]!r}... ({len(text)} characters)"
+    return repr(text)
+
+
+def shown_path(text: str) -> str:
+    """A path as is when every character is printable, else quoted like `shown` (uncut, so
+    two different names never look the same)."""
+    return text if text.isprintable() else repr(text)
