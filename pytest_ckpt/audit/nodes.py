@@ -15,6 +15,7 @@ from pytest_ckpt.audit.advice import (
     GENERIC_KIND,
     INT_FIX,
     MODULE_FIX,
+    NUMPY_RNG_FIX,
     OBJECT_STATE_FIX,
     fix_for_name,
 )
@@ -227,6 +228,8 @@ def collect_findings(root: Any, loose: list[Finding], flagged: list[Node]) -> li
             finding.also_at = also
             finding.more_sites = max(route_counts.get(id(node), 0) - len(also), 0)
             _refine_fix(finding, node)
+            if site is not None and _in_legacy_rng_state(site):
+                finding.fix = NUMPY_RNG_FIX.advice
             if node.blocks_allowlisting:
                 finding.allowlist_helps = False
                 finding.needs = ()
@@ -236,6 +239,13 @@ def collect_findings(root: Any, loose: list[Finding], flagged: list[Node]) -> li
         if inner and node.findings:
             _fold(node.findings[0], inner)
     return findings
+
+
+def _in_legacy_rng_state(site: _Site) -> bool:
+    """Is this the key array of np.random.get_state()'s ('MT19937', keys, pos, ...)?"""
+    parent = site.parent
+    items = parent.items if parent is not None else None
+    return bool(items) and site.label == 1 and value_is(items[0], "MT19937")  # type: ignore[index]
 
 
 def _foldable(finding: Finding) -> bool:

@@ -43,10 +43,12 @@ def _sites(finding: Finding) -> str:
 
 
 def _groups(findings: Sequence[Finding]) -> Iterator[tuple[Finding, list[Finding]]]:
-    """Findings grouped by what they say (offsets aside), in order of first appearance."""
+    """Findings grouped by the global and fix they name (or what they say, offsets aside),
+    in order of first appearance."""
     groups: dict[tuple, list[Finding]] = {}
     for finding in findings:
-        key = (finding.kind, finding.global_name, _OFFSET.sub("", finding.detail), finding.fix)
+        what = finding.global_name or f"{finding.kind}: {_OFFSET.sub('', finding.detail)}"
+        key = (what, finding.fix)
         groups.setdefault(key, []).append(finding)
     for members in groups.values():
         yield members[0], members

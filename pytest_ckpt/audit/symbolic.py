@@ -118,8 +118,9 @@ class AcceptedOpcodes:
     def _take_over(self, result: Node, source: Any) -> None:
         """An object built from a refused global carries that global's finding."""
         if isinstance(source, Node) and source.type_name == GLOBAL_TYPE and source.findings:
-            for finding in source.findings:
-                self._flag(result, finding)
+            if not result.findings:  # moved, not flagged again: the cap counts each once
+                self.nodes_with_findings.append(result)
+            result.findings += source.findings
             source.findings = []
 
     def _op_REDUCE(self, op: Op) -> None:
@@ -162,7 +163,7 @@ class AcceptedOpcodes:
                 self._flag(
                     result,
                     self._global_finding(
-                        cls.name or "?",
+                        display(cls.name or "?"),
                         op.offset,
                         f"NEWOBJ of {display(cls.name or '?')}: torch only creates nn.Parameter or "
                         "allow-listed classes",
