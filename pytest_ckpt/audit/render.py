@@ -18,6 +18,7 @@ from pathlib import PurePath
 from urllib.parse import quote
 
 from pytest_ckpt.audit import Report
+from pytest_ckpt.audit.global_kinds import kind_of
 from pytest_ckpt.audit.nodes import MAX_FINDINGS, Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -54,8 +55,22 @@ def _groups(findings: Sequence[Finding]) -> Iterator[tuple[Finding, list[Finding
         yield members[0], members
 
 
+def _undecided(finding: Finding) -> bool:
+    """A global the auditor cannot tell class from function: it is never offered."""
+    name = finding.global_name
+    return bool(name) and not finding.needs and kind_of(name or "") == "unknown"
+
+
 def _allowlist_line(report: Report) -> str:
     if report.safe_globals is None:
+        blockers = [f for f in report.findings if not f.needs]
+        if blockers and all(_undecided(f) for f in blockers):
+            names = sorted({escape(f.global_name or "") for f in blockers})
+            return (
+                f"  allowlist: none offered: the auditor cannot tell whether {', '.join(names)} "
+                "are classes or functions (no source found, or the saving script's __main__), "
+                "and it never offers what may run code"
+            )
         return "  allowlist: no torch.serialization.safe_globals list makes torch load this file"
     names = ", ".join(escape(name) for name in report.safe_globals)
     return (
@@ -64,22 +79,23 @@ def _allowlist_line(report: Report) -> str:
     )
 
 
+def _helps(report: Report, finding: Finding) -> str:
+    if not finding.global_name or report.format == "dcp":  # DCP has its own reader
+        return ""
+    if report.safe_globals is not None:
+        return "; add_safe_globals would be enough"
+    if _undecided(finding):
+        return "; not offered for add_safe_globals (class or function: the auditor cannot tell)"
+    return "; add_safe_globals would not be enough"
+
+
 def _finding_lines(report: Report) -> list[str]:
     lines = []
     for first, members in _groups(report.findings):
         for finding in members[:SHOWN_PER_KIND]:
-            helps = (
-                ""
-                if not finding.global_name or report.format == "dcp"  # DCP's own reader
-                else (
-                    "; add_safe_globals would be enough"
-                    if report.safe_globals is not None
-                    else "; add_safe_globals would not be enough"
-                )
-            )
             lines.append(
                 f"  {escape(finding.path)}: {escape(finding.detail)}. Fix: "
-                f"{escape(finding.fix)}{helps}{_sites(finding)}"
+                f"{escape(finding.fix)}{_helps(report, finding)}{_sites(finding)}"
             )
         if len(members) > SHOWN_PER_KIND:
             lines.append(

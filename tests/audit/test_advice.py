@@ -288,3 +288,29 @@ def test_the_auditors_own_main_module_never_answers_for_the_savers():
     assert kind_of("tests.audit.advice_fixtures.Stage") == "class"
     assert kind_of("tests.audit.advice_fixtures._fixed") == "unknown"  # no such name
     assert kind_of("timeit.timeit") == kind_of("torch.hub.load") == "code"
+
+
+def test_the_cli_refuses_to_allow_a_code_running_name_and_says_why(tmp_path):
+    path = tmp_path / "ok.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(path), "--allow", "timeit.timeit"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "refusing to allow timeit.timeit" in result.stderr
+
+
+def test_a_name_the_auditor_cannot_place_is_never_offered_and_the_text_says_why(tmp_path):
+    payload = PROTO2 + b"}X\x01\x00\x00\x00v" + global_op("nowhere_pkg.kinds", "Color")
+    payload += b"K\x01\x85Rs."  # {'v': nowhere_pkg.kinds.Color(1)}: an Enum, or a function
+    report = audit_file(write_zip(tmp_path / "unplaced.pt", payload))
+    assert report.safe_globals is None
+    (finding,) = report.findings
+    assert not finding.needs and "cannot tell" in finding.fix
+    assert "looks like an Enum member" not in finding.fix
+    text = render_text([report])
+    assert "none offered: the auditor cannot tell whether nowhere_pkg.kinds.Color" in text
+    assert "would be enough" not in text
