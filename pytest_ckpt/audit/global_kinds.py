@@ -94,29 +94,54 @@ def _kind_of_value(module: object, name: str) -> Kind:
 
 
 def _kind_in_source(module: str, name: str) -> Kind:
+    return _top_level_kinds(module).get(name, "unknown")
+
+
+@lru_cache(maxsize=256)
+def _top_level_kinds(module: str) -> dict[str, Kind]:
+    """What each top-level name of `module`'s source is (parsed once per module)."""
     path = _source_of(module)
     if path is None:
-        return "unknown"
+        return {}
     try:
         tree = ast.parse(path.read_bytes())
     except (OSError, SyntaxError, ValueError):
-        return "unknown"
-    kind: Kind = "unknown"
+        return {}
+    kinds: dict[str, Kind] = {}
     for node in tree.body:  # the last top-level definition wins, as at import
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            kind = "class"
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
-            kind = "function"
-        elif _assigns(node, name):
-            kind = "unknown"
-    return kind
+        if isinstance(node, ast.ClassDef):
+            kinds[node.name] = "class"
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            kinds[node.name] = "function"
+        else:
+            for target in _assigned(node):
+                kinds[target] = "unknown"
+    return kinds
 
 
-def _assigns(node: ast.stmt, name: str) -> bool:
-    targets = node.targets if isinstance(node, ast.Assign) else []
-    if isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+def _assigned(node: ast.stmt) -> list[str]:
+    """Top-level names a statement binds other than by def/class (then their kind is
+    unknown: `Stage = enum.Enum(...)`, an import, a conditional definition)."""
+    if isinstance(node, ast.Assign):
+        targets = node.targets
+    elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
         targets = [node.target]
-    return any(isinstance(t, ast.Name) and t.id == name for t in targets)
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+    elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+        return [n.name for n in ast.walk(node) if isinstance(n, _DEFINITIONS)] + [
+            t.id
+            for n in ast.walk(node)
+            if isinstance(n, ast.Assign)
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        ]
+    else:
+        return []
+    return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+_DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 def _source_of(module: str) -> Path | None:

@@ -314,3 +314,18 @@ def test_a_name_the_auditor_cannot_place_is_never_offered_and_the_text_says_why(
     text = render_text([report])
     assert "none offered: the auditor cannot tell whether nowhere_pkg.kinds.Color" in text
     assert "would be enough" not in text
+
+
+def test_source_reading_trusts_only_unconditional_top_level_definitions(tmp_path, monkeypatch):
+    from pytest_ckpt.audit import global_kinds
+
+    (tmp_path / "placed_mod.py").write_text(
+        "import enum\nraise SystemExit('imported')\nclass A: pass\ndef f(): pass\n"
+        "B = enum.Enum('B', 'x')\nif True:\n    class C: pass\nclass D: pass\nD = print\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    global_kinds.kind_of.cache_clear()
+    global_kinds._top_level_kinds.cache_clear()
+    kinds = [global_kinds.kind_of(f"placed_mod.{name}") for name in "AfBCD"]
+    assert kinds == ["class", "function", "unknown", "unknown", "unknown"]
+    assert "placed_mod" not in sys.modules
