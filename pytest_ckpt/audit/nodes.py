@@ -162,6 +162,11 @@ def _refine_fix(finding: Finding, node: Node) -> None:
     finding.allowlist_helps = fix.allowlist_helps and is_class
 
 
+def one_primitive(args: Node) -> bool:
+    """Is this argument tuple a single primitive (an Enum's value, a float subclass's)?"""
+    return args.items is not None and len(args.items) == 1 and not isinstance(args.items[0], Node)
+
+
 def value_is(value: Any, text: str) -> bool:
     """Is `value` the complete string (or bytes) `text`?"""
     return isinstance(value, Blob) and value.complete and value.preview in (text, text.encode())

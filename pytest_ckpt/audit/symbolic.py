@@ -28,15 +28,13 @@ from pytest_ckpt.audit.nodes import (
     Node,
     attribute_label,
     key_label,
+    one_primitive,
     value_is,
 )
 from pytest_ckpt.audit.numpy_pickles import reduce_result
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op
 
-
-def _one_primitive(args: Node) -> bool:
-    """Is this argument tuple a single primitive (an Enum's value, a float subclass's)?"""
-    return args.items is not None and len(args.items) == 1 and not isinstance(args.items[0], Node)
+_SETS = ("builtins.set", "builtins.frozenset")
 
 
 def _operand_text(value: Any) -> str:
@@ -126,29 +124,27 @@ class AcceptedOpcodes:
     def _op_REDUCE(self, op: Op) -> None:
         args = self._pop(op)
         func = self._top(op)
+        items = (args.items if isinstance(args, Node) else None) or [None, None]
         if isinstance(func, Node) and func.type_name == GLOBAL_TYPE:
             result_type = self.allow.result_type(func.name or "")
-            items = (args.items if isinstance(args, Node) else None) or [None, None]
             if func.name == "torch._tensor._rebuild_from_type_v2":
                 new_type = items[1]
                 if isinstance(new_type, Node) and new_type.type_name == GLOBAL_TYPE:
                     result_type = new_type.name or TENSOR
             result_type = reduce_result(func.name or "", items[0]) or result_type
             result = Node(result_type if func.name in self.allow.names else func.name or "?")
-            if isinstance(args, Node) and _one_primitive(args):
+            if isinstance(args, Node) and one_primitive(args):
                 result.shape = "enum-like"
             self._take_over(result, func)
         else:
             result = Node("?")
-            self._flag(
-                result,
-                self._operation_finding(
-                    f"REDUCE at offset {op.offset} calls something that is not a global",
-                    op.offset,
-                    "store primitives and tensors only",
-                ),
-            )
-        result.add_child("(args)", args)
+            detail = f"REDUCE at offset {op.offset} calls something that is not a global"
+            advice = "store primitives and tensors only"
+            self._flag(result, self._operation_finding(detail, op.offset, advice))
+        if result.type_name in _SETS and isinstance(items[0], Node):  # set([...]): its items
+            result.children = [("[...]", child) for _i, child in items[0].children]
+        else:
+            result.add_child("(args)", args)
         self.stack[-1] = result
 
     def _op_NEWOBJ(self, op: Op) -> None:
@@ -156,7 +152,7 @@ class AcceptedOpcodes:
         cls = self._pop(op)
         if isinstance(cls, Node) and cls.type_name == GLOBAL_TYPE:
             result = Node(cls.name or "?")
-            if isinstance(args, Node) and _one_primitive(args):  # float/int subclasses
+            if isinstance(args, Node) and one_primitive(args):  # float/int subclasses
                 arg = args.items[0]  # type: ignore[index]
                 result.shape = {float: "float-like", int: "int-like"}.get(type(arg), "")
             if not cls.findings and cls.name not in self.allow.classes and cls.name != PARAMETER:

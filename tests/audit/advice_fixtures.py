@@ -63,6 +63,7 @@ def real_objects() -> dict[str, Callable[[], Any]]:
         "numpy_generator": lambda: {"rng": np.random.default_rng(0)},
         "enum": lambda: {"stage": stage},
         "enum_value_and_key": lambda: {"stage": stage, "by_stage": {stage: 1}},
+        "sets": lambda: {"s": {stage}, "f": frozenset({stage})},
         "path": lambda: {"dir": pathlib.PosixPath("/runs/a")},
         "path_twice": lambda: {"dir": path, "dirs": [path]},
         "dataclass": lambda: {"record": Record(0.5)},

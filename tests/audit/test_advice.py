@@ -329,3 +329,9 @@ def test_source_reading_trusts_only_unconditional_top_level_definitions(tmp_path
     kinds = [global_kinds.kind_of(f"placed_mod.{name}") for name in "AfBCD"]
     assert kinds == ["class", "function", "unknown", "unknown", "unknown"]
     assert "placed_mod" not in sys.modules
+
+
+def test_an_object_inside_a_set_has_a_path_in_words(real_files):
+    report = audit_file(real_files["sets"])  # its list is applied with the others'
+    stage = next(f for f in report.findings if f.global_name.endswith(".Stage"))
+    assert (stage.path, stage.also_at) == ("root['s'][...]", ["root['f'][...]"])
