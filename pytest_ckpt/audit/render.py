@@ -159,7 +159,9 @@ def artifact_uri(path: str) -> str:
     file: URI when absolute); bytes that are not UTF-8 survive as their %XX escapes."""
     posix = path.replace(os.sep, "/") if os.sep != "/" else path
     encoded = quote(posix, safe="/", errors="surrogateescape")
-    return f"file://{encoded}" if PurePath(path).is_absolute() else encoded
+    if not PurePath(path).is_absolute():
+        return encoded
+    return f"file://{encoded}" if encoded.startswith("/") else f"file:///{encoded}"  # C:/...
 
 
 def render_sarif(reports: Sequence[Report]) -> str:

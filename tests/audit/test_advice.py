@@ -335,3 +335,17 @@ def test_an_object_inside_a_set_has_a_path_in_words(real_files):
     report = audit_file(real_files["sets"])  # its list is applied with the others'
     stage = next(f for f in report.findings if f.global_name.endswith(".Stage"))
     assert (stage.path, stage.also_at) == ("root['s'][...]", ["root['f'][...]"])
+
+
+def test_a_module_from_the_savers_main_is_still_advised_state_dict(tmp_path, monkeypatch):
+    """An nn.Module the auditor cannot place (a training script's __main__) is told by its
+    pickled state (_parameters, _buffers, _modules), not by its name."""
+    monkeypatch.setattr(fx.TinyNet, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "TinyNet", fx.TinyNet, raising=False)
+    path = tmp_path / "script_model.pt"
+    torch.save({"net": fx.TinyNet()}, path)
+    report = audit_file(path)
+    top = next(f for f in report.findings if f.path == "root['net']")
+    assert top.global_name == "__main__.TinyNet"
+    assert top.fix.startswith("store module.state_dict() plus its constructor config")
+    assert report.safe_globals is None and not top.needs

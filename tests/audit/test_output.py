@@ -65,6 +65,7 @@ def test_sarif_uri_is_percent_encoded_and_every_report_parses(tmp_path):
     assert uri["uri"] == artifact_uri(str(path))
     assert uri["uri"].startswith("file:///") and uri["uri"].endswith("/a%20b%25%23%3F%1B.pt")
     assert artifact_uri("rel dir/x.pt") == "rel%20dir/x.pt"
+    assert artifact_uri("/abs/\udcff.pt") == "file:///abs/%FF.pt"  # bytes that are not UTF-8
     (report,) = json.loads(render_json([audit_file(path)]))
     assert report["safe_globals"] == ["datetime.date"] and report["findings_omitted"] == 0
 
