@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_ckpt.audit.advice import (
     ENUM_FIX,
@@ -100,16 +100,19 @@ _MAX_SITES = 5  # paths listed per shared object; the rest are counted
 _HEAD = 5  # labels kept at the start of an elided path
 
 
-class _Site:
+class _Site(NamedTuple):
     """How the walk first reached a node: its parent, label, depth, first labels, and the
-    flagged object whose own rebuilding (constructor arguments, pickled state) holds it."""
+    flagged object whose own rebuilding (constructor arguments, pickled state) holds it.
+    A tuple: the walk makes one per object of the pickle."""
 
-    __slots__ = ("depth", "head", "label", "owner", "parent")
+    parent: Node | None
+    label: str | int
+    depth: int
+    head: tuple[str, ...]
+    owner: Node | None
 
-    def __init__(self, parent, label, depth, head, owner) -> None:
-        self.parent, self.label, self.depth, self.head, self.owner = (
-            parent, label, depth, head, owner,
-        )  # fmt: skip
+
+new_site = tuple.__new__  # NamedTuple's own __new__ is a Python function: this is the C one
 
 
 def _text(label: str | int) -> str:
@@ -186,7 +189,7 @@ def collect_findings(root: Any, loose: list[Finding], flagged: list[Node]) -> li
     extra_routes: dict[int, list[tuple[Node, str | int]]] = {}
     route_counts: dict[int, int] = {}
     if isinstance(root, Node) and flagged:
-        sites[id(root)] = _Site(None, "root", 0, ("root",), None)
+        sites[id(root)] = new_site(_Site, (None, "root", 0, ("root",), None))
         queue: deque[Node] = deque([root])
         while queue:
             node = queue.popleft()
@@ -198,7 +201,7 @@ def collect_findings(root: Any, loose: list[Finding], flagged: list[Node]) -> li
                     head = (*site.head, _text(label)) if depth < _HEAD else site.head
                     owns = node.findings and str(label).startswith(_OWNING_LABELS)
                     owner = node if owns else site.owner
-                    sites[key] = _Site(node, label, depth, head, owner)
+                    sites[key] = new_site(_Site, (node, label, depth, head, owner))
                     queue.append(child)
                 elif child.findings:
                     count = route_counts.get(key, 0) + 1
