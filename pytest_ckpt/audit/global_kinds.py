@@ -44,6 +44,12 @@ CODE_RUNNING_MODULES = (
     "torch._export", "torch.export",
     "torch.onnx", "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.lib.format",
     "numpy.lib.npyio", "setuptools", "distutils", "pip",
+    # classes whose constructor opens, writes or connects: "only classes" is not enough
+    "zipfile", "tarfile", "gzip", "bz2", "lzma", "mmap", "fileinput", "mailbox", "wave",
+    "sunau", "aifc", "_ctypes", "torch._C._distributed_c10d", "torch._C._distributed_rpc",
+    "torch.distributed.distributed_c10d", "torch.utils.tensorboard", "antigravity", "this",
+    "turtle", "curses", "readline", "rlcompleter", "ensurepip", "venv", "compileall",
+    "py_compile", "zipapp", "modulefinder", "imp",
 )  # fmt: skip
 CODE_RUNNING_NAMES = frozenset(
     {

@@ -98,6 +98,8 @@ CODE_RUNNING = (
     ("shelve", "open"),
     ("torch.ops", "load_library"),
     ("runpy", "run_path"),
+    ("zipfile", "ZipFile"),  # classes too: constructing one opens or writes a file
+    ("subprocess", "Popen"),
 )
 
 
