@@ -25,7 +25,9 @@ from pathlib import Path
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.archive import Unreadable
+from pytest_ckpt.audit.escape import escape
 from pytest_ckpt.audit.folder_report import render_targets_text, with_artifacts
+from pytest_ckpt.audit.global_kinds import runs_code
 from pytest_ckpt.audit.layouts import audit_target
 from pytest_ckpt.audit.render import render_json, render_sarif
 
@@ -33,6 +35,11 @@ from pytest_ckpt.audit.render import render_json, render_sarif
 def _dotted(text: str) -> str:
     if "." not in text or text.startswith(".") or text.endswith("."):
         raise argparse.ArgumentTypeError(f"expected a dotted name like module.Name, got {text!r}")
+    if runs_code(text):
+        raise argparse.ArgumentTypeError(
+            f"refusing to allow {text}: torch would call it with arguments the file chooses, "
+            "which runs code; allow-list classes only"
+        )
     return text
 
 
@@ -87,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         print(render_targets_text(targets))
     for report in reports:
         if report.error is not None:
-            print(f"pytest-ckpt audit: {report.path}: {report.error}", file=sys.stderr)
+            print(
+                f"pytest-ckpt audit: {escape(report.path)}: {escape(report.error)}",
+                file=sys.stderr,
+            )
     if any(r.error is not None for r in reports):
         return 2
     return 1 if any(r.findings for r in reports) else 0

@@ -16,6 +16,7 @@ from typing import IO
 
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
 from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
+from pytest_ckpt.audit.exact_allowlist import exact_safe_globals
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
@@ -37,6 +38,10 @@ class Report:
     storages: int = 0
     notes: tuple[str, ...] = ()
     summary: str = ""
+    # The names torch.serialization.safe_globals needs to load it ([] when it loads as is),
+    # None when no allowlist can (exact_allowlist); findings_omitted: past the cap.
+    safe_globals: list[str] | None = None
+    findings_omitted: int = 0
 
     @property
     def readable(self) -> bool:
@@ -78,18 +83,38 @@ def _audit(path: str | os.PathLike[str] | IO[bytes], allowlist: Allowlist) -> Re
             "root",
         )
         return Report(name, "torchscript", (finding,))
+    try:
+        findings, interpreter = _scan(checkpoint, allowlist)
+    except TruncatedPickle as err:
+        return Report(name, checkpoint.format, (), error=f"truncated: {err}")
+    except MalformedPickle as err:
+        return Report(name, checkpoint.format, (), error=f"corrupt pickle: {err}")
+    omitted = interpreter.findings_omitted
+    safe_globals: list[str] | None = []
+    if findings:
+        safe_globals = None if omitted else _exact(checkpoint, allowlist, findings)
+        for finding in findings:  # "would be enough" is only ever said of the whole file
+            finding.allowlist_helps = safe_globals is not None
+    return Report(
+        name,
+        checkpoint.format,
+        tuple(findings),
+        storages=interpreter.storages,
+        notes=tuple(checkpoint.notes),
+        safe_globals=safe_globals,
+        findings_omitted=omitted,
+    )
+
+
+def _scan(checkpoint: Checkpoint, allowlist: Allowlist) -> tuple[list[Finding], PickleInterpreter]:
+    """Every finding of one readable checkpoint (raises TruncatedPickle, MalformedPickle)."""
     interpreter = PickleInterpreter(
         checkpoint.pickle,
         allowlist,
         start=checkpoint.pickle_start,
         storage_sizes=checkpoint.storage_sizes if checkpoint.format == "zip" else None,
     )
-    try:
-        _root, findings = interpreter.run()
-    except TruncatedPickle as err:
-        return Report(name, checkpoint.format, (), error=f"truncated: {err}")
-    except MalformedPickle as err:
-        return Report(name, checkpoint.format, (), error=f"corrupt pickle: {err}")
+    _root, findings = interpreter.run()
     if checkpoint.format == "raw-pickle":
         findings.insert(
             0,
@@ -108,13 +133,18 @@ def _audit(path: str | os.PathLike[str] | IO[bytes], allowlist: Allowlist) -> Re
         trailer = _storage_keys_problem(checkpoint, interpreter.end, allowlist)
         if trailer is not None:
             findings.append(trailer)
-    return Report(
-        name,
-        checkpoint.format,
-        tuple(findings),
-        storages=interpreter.storages,
-        notes=tuple(checkpoint.notes),
-    )
+    return findings, interpreter
+
+
+def _exact(checkpoint: Checkpoint, allowlist: Allowlist, findings: list[Finding]):
+    def scan(extended: Allowlist) -> list[Finding] | None:
+        try:
+            again, interpreter = _scan(checkpoint, extended)
+        except (TruncatedPickle, MalformedPickle):
+            return None
+        return None if interpreter.findings_omitted else again
+
+    return exact_safe_globals(findings, allowlist, scan)
 
 
 def _storage_keys_problem(checkpoint: Checkpoint, start: int, allowlist: Allowlist):

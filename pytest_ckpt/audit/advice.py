@@ -3,9 +3,10 @@
 Used by the plugin (for objects found in memory) and the auditor (for globals named in a
 file), so both give the same advice; migration's conversion table (`migrate.rules`) names
 these fixes, one per rule, and carries them out. `allowlist_helps` says whether
-`add_safe_globals` would be enough: it is not for classes whose pickle needs more than the
-allowlisted class (deque's `extend`, defaultdict's factory, numpy's reconstruct helpers) or
-for callables.
+allow-listing the class could be enough: it is not for classes whose pickle needs an
+operation torch refuses (deque's `extend`, defaultdict's items), and never for a function or
+a name whose kind is unknown (`global_kinds`: only classes are ever advised). Whether a
+given *file* loads with a list is decided by `exact_allowlist`, never from these flags.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import enum
 import types
 from dataclasses import dataclass
 
+from pytest_ckpt.audit.global_kinds import kind_of, runs_code
+
 
 @dataclass(slots=True, frozen=True)
 class Fix:
@@ -23,6 +26,13 @@ class Fix:
     allowlist_helps: bool
 
 
+_NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
+NUMPY_ARRAY_FIX = Fix(
+    "numpy object", "store a tensor (torch.from_numpy(a)) or a list (a.tolist())", False
+)
+NUMPY_SCALAR_FIX = Fix(
+    "numpy object", "store a Python number: float(x), int(x) or bool(x) (x.item())", False
+)
 _BY_QUALNAME: dict[str, Fix] = {
     "collections.deque": Fix("deque", "store list(d) (and maxlen separately)", False),
     "collections.defaultdict": Fix("defaultdict", "store dict(d)", False),
@@ -39,11 +49,29 @@ _BY_QUALNAME: dict[str, Fix] = {
     "functools.partial": Fix("callable", "store the callable's name and look it up on load", False),
     "torch._C.Generator": Fix("torch.Generator", "store generator.get_state()", False),
     "torch.Generator": Fix("torch.Generator", "store generator.get_state()", False),
+    **{f"{module}._reconstruct": NUMPY_ARRAY_FIX for module in _NUMPY_MULTIARRAY},
+    **{f"{module}.scalar": NUMPY_SCALAR_FIX for module in _NUMPY_MULTIARRAY},
 }
 
 MODULE_FIX = Fix(
     "nn.Module",
-    "store module.state_dict() plus a config dict; rebuild the module, then load_state_dict",
+    "store module.state_dict() plus its constructor config (a dict of primitives); rebuild "
+    "the module from the config, then load_state_dict",
+    True,
+)
+FLOAT_FIX = Fix("float subclass", "store float(x)", True)
+INT_FIX = Fix("int subclass", "store int(x)", True)
+FUNCTION_FIX = Fix(
+    "function",
+    "store the function's dotted name (f.__module__ + '.' + f.__qualname__) and look it up "
+    "on load; never allow-list a function: torch would let the file call it",
+    False,
+)
+NUMPY_RNG_FIX = Fix(
+    "numpy RNG",
+    "store the generator's state as data: rng.bit_generator.state (a dict of ints), or for "
+    "np.random.get_state() its key array as a tensor (torch.from_numpy(state[1])) or a list, "
+    "and the other fields as ints and floats",
     False,
 )
 ENUM_FIX = Fix("Enum", "store .value (or .name) and rebuild the enum when loading", True)
@@ -53,13 +81,14 @@ OBJECT_STATE_FIX = Fix(
 
 _BY_MODULE_PREFIX: tuple[tuple[str, Fix], ...] = (
     ("torch.nn.modules", MODULE_FIX),
+    ("numpy.random", NUMPY_RNG_FIX),
     (
         "numpy",
         Fix(
             "numpy object", "store a Python number (.item()) or a tensor (torch.from_numpy)", False
         ),
     ),
-    ("pathlib", Fix("path", "store str(path)", False)),
+    ("pathlib", Fix("path", "store str(path)", True)),
     (
         "omegaconf",
         Fix("OmegaConf config", "store OmegaConf.to_container(cfg, resolve=True)", False),
@@ -82,6 +111,10 @@ def fix_for_type(cls: type) -> Fix:
         return Fix("dataclass", "store to_dict() and rebuild with from_dict()", True)
     if is_module_class(cls):
         return MODULE_FIX
+    if issubclass(cls, float) and cls.__module__ != "numpy":
+        return FLOAT_FIX
+    if issubclass(cls, int) and cls is not bool and cls.__module__ != "numpy":
+        return INT_FIX
     if cls in (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.LambdaType):
         return Fix("callable", "store the callable's name and look it up on load", False)
     return fix_for_name(qualname)
@@ -90,22 +123,9 @@ def fix_for_type(cls: type) -> Fix:
 GENERIC_KIND = "object"
 
 
-# Globals whose call during unpickling runs code or touches the system: never "fixable".
-_DANGEROUS_MODULES = (
-    "os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "importlib", "runpy",
-    "pickle", "_pickle", "marshal", "ctypes", "webbrowser", "pty", "code", "codeop", "types",
-    "functools", "operator", "torch._C._jit", "torch.jit",
-)  # fmt: skip
-_DANGEROUS_BUILTINS = frozenset(
-    {"eval", "exec", "compile", "open", "getattr", "setattr", "__import__", "globals", "vars"}
-)
-
-
 def is_dangerous(qualname: str) -> bool:
-    module, _, name = qualname.rpartition(".")
-    if module == "builtins":
-        return name in _DANGEROUS_BUILTINS
-    return any(module == m or module.startswith(m + ".") for m in _DANGEROUS_MODULES)
+    """Does calling this global during unpickling run code or touch the system?"""
+    return runs_code(qualname)
 
 
 def fix_for_name(qualname: str) -> Fix:
@@ -113,15 +133,12 @@ def fix_for_name(qualname: str) -> Fix:
     if qualname in _BY_QUALNAME:
         return _BY_QUALNAME[qualname]
     if is_dangerous(qualname):
-        return Fix(
-            "code execution",
-            f"never load this file with the unsafe (non-weights_only) loader: unpickling it calls "
-            f"{qualname}",
-            False,
-        )
+        return code_fix(qualname)
     for prefix, fix in _BY_MODULE_PREFIX:
         if qualname == prefix or qualname.startswith(prefix + "."):
             return fix
+    if kind_of(qualname) == "function":
+        return FUNCTION_FIX
     return Fix(
         GENERIC_KIND,
         "convert it to primitives (str/int/float/bool/None, list, dict, tensors), e.g. with "
@@ -135,4 +152,14 @@ def is_module_class(cls: type) -> bool:
     return any(
         f"{base.__module__}.{base.__qualname__}" == "torch.nn.modules.module.Module"
         for base in cls.__mro__
+    )
+
+
+def code_fix(qualname: str) -> Fix:
+    """A global whose call runs code: never allow-list it, never load the file unsafely."""
+    return Fix(
+        "code execution",
+        f"never load this file with the unsafe (non-weights_only) loader and never allow-list "
+        f"{qualname}: unpickling it calls {qualname}, which runs code the file chooses",
+        False,
     )

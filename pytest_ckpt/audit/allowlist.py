@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_ckpt.audit.global_kinds import kind_of
+
 TENSOR = "torch.Tensor"
 PARAMETER = "torch.nn.parameter.Parameter"
 ORDERED_DICT = "collections.OrderedDict"
@@ -86,8 +88,9 @@ def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
     user = wo._get_user_allowed_globals()
     names = set(default) | set(user) | set(extra)
     classes = {name for name, value in {**default, **user}.items() if isinstance(value, type)}
-    # --allow names are taken as classes: allow-listing is how users admit their own types.
-    classes |= set(extra)
+    # --allow names are taken as classes (allow-listing is how users admit their own types)
+    # unless they are known functions, which torch will call but never build (NEWOBJ/BUILD).
+    classes |= {name for name in extra if kind_of(name) != "function"}
     return Allowlist(
         names=frozenset(names),
         classes=frozenset(classes),

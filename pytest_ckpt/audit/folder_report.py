@@ -10,8 +10,9 @@ import os
 from collections.abc import Sequence
 
 from pytest_ckpt.audit import Report
+from pytest_ckpt.audit.escape import escape
 from pytest_ckpt.audit.layouts import DCP, SKIPPED, TargetAudit
-from pytest_ckpt.audit.render import render_text
+from pytest_ckpt.audit.render import artifact_uri, render_text
 
 
 def render_targets_text(targets: Sequence[TargetAudit]) -> str:
@@ -25,9 +26,9 @@ def _target_lines(target: TargetAudit) -> list[str]:
     for report in target.reports:
         name = unannounced.pop(os.path.dirname(report.path), None)
         if name is not None:
-            lines.append(f"{os.path.dirname(report.path)}/: {name}")
+            lines.append(f"{escape(os.path.dirname(report.path))}/: {name}")
         if report.format == SKIPPED:
-            lines.append(f"{report.path}: skipped: {report.summary}")
+            lines.append(f"{escape(report.path)}: skipped: {escape(report.summary or '')}")
         else:
             lines.append(render_text([report]))
     if target.folder:
@@ -43,7 +44,7 @@ def total_line(target: TargetAudit) -> str:
     unsafe = sum(r.error is None and bool(r.findings) for r in reports)
     ok = len(reports) - skipped - unreadable - unsafe
     return (
-        f"total: {len(reports)} file(s) in {target.path}: {ok} ok, {unsafe} with findings, "
+        f"total: {len(reports)} file(s) in {escape(target.path)}: {ok} ok, {unsafe} with findings, "
         f"{unreadable} unreadable, {skipped} skipped"
     )
 
@@ -54,7 +55,7 @@ def with_artifacts(sarif_text: str, reports: Sequence[Report]) -> str:
     sarif = json.loads(sarif_text)
     sarif["runs"][0]["artifacts"] = [
         {
-            "location": {"uri": report.path},
+            "location": {"uri": artifact_uri(report.path)},
             "properties": {"format": report.format, "verdict": verdict(report)},
         }
         for report in reports

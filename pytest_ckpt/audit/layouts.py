@@ -27,7 +27,6 @@ from pathlib import Path
 
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist
-from pytest_ckpt.audit.escape import shown_path
 from pytest_ckpt.audit.safetensors import audit_safetensors, looks_like_safetensors
 from pytest_ckpt.audit.sb3 import audit_sb3_zip, is_sb3_zip
 
@@ -83,15 +82,14 @@ def audit_one_file(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -
     dcp_report = audit_dcp_target(path, allowlist=allowlist, allow=allow)
     if dcp_report is not None:
         return dcp_report
-    shown = shown_path(path)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        return Report(shown, None, (), error="no such file")
+        return Report(path, None, (), error="no such file")
     except OSError as err:
-        return Report(shown, None, (), error=f"cannot read: {err.strerror or err}")
+        return Report(path, None, (), error=f"cannot read: {err.strerror or err}")
     if not stat.S_ISREG(mode):
-        return Report(shown, None, (), error="not a regular file (a FIFO, socket or device)")
+        return Report(path, None, (), error="not a regular file (a FIFO, socket or device)")
     kind = _kind(path)
     if kind == "safetensors":
         report = audit_safetensors(path)
@@ -103,7 +101,7 @@ def audit_one_file(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -
         report = audit_file(path, allowlist=allowlist)
         if Path(path).suffix.lower() == ".safetensors":
             report = _with_note(report, "named .safetensors but it is not one: audited as a pickle")
-    return _renamed(report, shown)
+    return _renamed(report, path)
 
 
 def check_json(path: str) -> Report:
@@ -135,27 +133,27 @@ def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> T
                 entries = sorted(islice(scan, MAX_ENTRIES - seen + 1), key=lambda e: e.name)
         except OSError as err:
             error = f"cannot list the folder: {err.strerror or err}"
-            result.reports.append(Report(shown_path(folder), None, (), error=error))
+            result.reports.append(Report(folder, None, (), error=error))
             continue
         layout = folder_layout(Path(folder).name, [e.name for e in entries])
         if layout:
-            result.layouts.append((shown_path(folder), layout))
+            result.layouts.append((folder, layout))
         subfolders = []
         for entry in entries:
             seen += 1
             if seen > MAX_ENTRIES:  # unreadable, not ok: what was not looked at is not vouched for
                 error = f"over {MAX_ENTRIES} entries: the walk stopped, the rest is not audited"
-                result.reports.append(Report(shown_path(root), None, (), error=error))
+                result.reports.append(Report(root, None, (), error=error))
                 return result
             if entry.is_dir(follow_symlinks=False):
                 if is_dcp_folder(entry.path):
                     report = audit_dcp_folder(entry.path, allowlist=allowlist, allow=allow)
-                    report = _with_note(_renamed(report, shown_path(entry.path)), DCP)
+                    report = _with_note(_renamed(report, entry.path), DCP)
                     result.reports.append(report)
-                    result.layouts.append((shown_path(entry.path), DCP))
+                    result.layouts.append((entry.path, DCP))
                 elif depth + 1 >= MAX_DEPTH:
                     error = f"deeper than {MAX_DEPTH} folders: not audited"
-                    result.reports.append(Report(shown_path(entry.path), None, (), error=error))
+                    result.reports.append(Report(entry.path, None, (), error=error))
                 else:
                     subfolders.append((entry.path, depth + 1))
                 continue
@@ -252,7 +250,7 @@ def _is_torch_zip(path: str) -> bool:
 
 
 def _skipped(path: str, why: str) -> Report:
-    return Report(shown_path(path), SKIPPED, (), summary=why)
+    return Report(path, SKIPPED, (), summary=why)
 
 
 def _renamed(report: Report, path: str) -> Report:

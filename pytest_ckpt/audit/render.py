@@ -1,42 +1,134 @@
-"""Audit reports as text (one line per problem), JSON, or SARIF 2.1.0 for code-scanning UIs."""
+"""Audit reports as text (one line per problem), JSON, or SARIF 2.1.0 for code-scanning UIs.
+
+Everything a file put in a report (global names, keys, member names) is data: the text
+report escapes every character that is not printable (ESC, CR, newlines, bidi controls), so
+a file cannot draw its own "ok" line; JSON and SARIF escape through `json.dumps`, and the
+SARIF artifact URI is percent-encoded. Repeats are grouped, so a file with a thousand
+findings of one kind prints a few lines.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import PurePath
+from urllib.parse import quote
 
 from pytest_ckpt.audit import Report
+from pytest_ckpt.audit.escape import escape
+from pytest_ckpt.audit.global_kinds import kind_of
+from pytest_ckpt.audit.nodes import MAX_FINDINGS, Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SHOWN_PER_KIND = 3  # findings of one kind listed before "... and N more of the same kind"
+SHOWN_SITES = 3  # other paths of one object listed before "and N more"
+_OFFSET = re.compile(r"offset \d+")
+
+
+def _sites(finding: Finding) -> str:
+    if not finding.also_at:
+        return ""
+    listed = finding.also_at[:SHOWN_SITES]
+    more = len(finding.also_at) - len(listed) + finding.more_sites
+    tail = f" and {more} more" if more else ""
+    return f" (the same object is also at {', '.join(map(escape, listed))}{tail})"
+
+
+def _groups(findings: Sequence[Finding]) -> Iterator[tuple[Finding, list[Finding]]]:
+    """Findings grouped by the global and fix they name (or what they say, offsets aside),
+    in order of first appearance."""
+    groups: dict[tuple, list[Finding]] = {}
+    for finding in findings:
+        what = finding.global_name or f"{finding.kind}: {_OFFSET.sub('', finding.detail)}"
+        key = (what, finding.fix)
+        groups.setdefault(key, []).append(finding)
+    for members in groups.values():
+        yield members[0], members
+
+
+# Formats no torch.serialization.safe_globals list applies to: DCP has its own reader,
+# safetensors has no pickle, an SB3 zip's `data` is cloudpickled whatever torch allows.
+NOT_TORCH_LOAD = frozenset({"dcp", "safetensors", "sb3-zip"})
+
+
+def _undecided(finding: Finding) -> bool:
+    """A global the auditor cannot tell class from function: it is never offered."""
+    name = finding.global_name
+    return bool(name) and not finding.needs and kind_of(name or "") == "unknown"
+
+
+def _allowlist_line(report: Report) -> str:
+    if report.safe_globals is None:
+        blockers = [f for f in report.findings if not f.needs]
+        if blockers and all(_undecided(f) for f in blockers):
+            names = sorted({escape(f.global_name or "") for f in blockers})
+            return (
+                f"  allowlist: none offered: the auditor cannot tell whether {', '.join(names)} "
+                "are classes or functions (no source found, or the saving script's __main__), "
+                "and it never offers what may run code"
+            )
+        return "  allowlist: no torch.serialization.safe_globals list makes torch load this file"
+    names = ", ".join(escape(name) for name in report.safe_globals)
+    return (
+        f"  allowlist: torch.serialization.safe_globals([{names}]) makes torch load this file "
+        "(only if you trust these classes: an allowed class's code runs on load)"
+    )
+
+
+def _helps(report: Report, finding: Finding) -> str:
+    if not finding.global_name or report.format in NOT_TORCH_LOAD:
+        return ""
+    if report.safe_globals is not None:
+        return "; add_safe_globals would be enough"
+    if _undecided(finding):
+        return "; not offered for add_safe_globals (class or function: the auditor cannot tell)"
+    return "; add_safe_globals would not be enough"
+
+
+def _finding_lines(report: Report) -> list[str]:
+    lines = []
+    for first, members in _groups(report.findings):
+        for finding in members[:SHOWN_PER_KIND]:
+            lines.append(
+                f"  {escape(finding.path)}: {escape(finding.detail)}. Fix: "
+                f"{escape(finding.fix)}{_helps(report, finding)}{_sites(finding)}"
+            )
+        if len(members) > SHOWN_PER_KIND:
+            lines.append(
+                f"  ... and {len(members) - SHOWN_PER_KIND} more of the same kind "
+                f"({escape(_OFFSET.sub('offset ...', first.detail))})"
+            )
+    return lines
 
 
 def render_text(reports: Sequence[Report]) -> str:
     lines = []
     for report in reports:
+        path = escape(report.path)
         if report.error is not None:
-            lines.append(f"{report.path}: unreadable: {report.error}")
+            lines.append(f"{path}: unreadable: {escape(report.error)}")
         elif report.loadable and report.summary:
-            lines.append(f"{report.path}: ok ({report.format}, {report.summary})")
+            lines.append(f"{path}: ok ({report.format}, {escape(report.summary)})")
         elif report.loadable:
             lines.append(
-                f"{report.path}: ok ({report.format}, {report.storages} storages): loads with "
+                f"{path}: ok ({report.format}, {report.storages} storages): loads with "
                 f"weights_only=True"
             )
         else:
-            lines.append(f"{report.path}: {len(report.findings)} finding(s) ({report.format})")
-            for finding in report.findings:
-                helps = (
-                    ""
-                    if not finding.global_name or report.format == "dcp"  # DCP's own reader
-                    else (
-                        "; add_safe_globals would be enough"
-                        if finding.allowlist_helps
-                        else "; add_safe_globals would not be enough"
-                    )
+            total = len(report.findings) + report.findings_omitted
+            lines.append(f"{path}: {total} finding(s) ({report.format})")
+            lines += _finding_lines(report)
+            if report.findings_omitted:
+                lines.append(
+                    f"  ... and {report.findings_omitted} more finding(s) not kept (the "
+                    f"auditor keeps {MAX_FINDINGS} per pickle)"
                 )
-                lines.append(f"  {finding.path}: {finding.detail}. Fix: {finding.fix}{helps}")
-        lines += [f"  note: {note}" for note in report.notes]
+            if report.format not in NOT_TORCH_LOAD:
+                lines.append(_allowlist_line(report))
+        lines += [f"  note: {escape(note)}" for note in report.notes]
     return "\n".join(lines)
 
 
@@ -46,11 +138,15 @@ def render_json(reports: Sequence[Report]) -> str:
             {
                 "path": r.path,
                 "format": r.format,
-                "loadable": r.loadable,
+                "loadable": None
+                if r.format == "skipped"
+                else r.loadable,  # not a checkpoint: no verdict
                 "error": r.error,
                 "storages": r.storages,
                 "notes": list(r.notes),
                 **({"summary": r.summary} if r.summary else {}),
+                "safe_globals": r.safe_globals,
+                "findings_omitted": r.findings_omitted,
                 "findings": [dataclasses.asdict(f) for f in r.findings],
             }
             for r in reports
@@ -59,10 +155,20 @@ def render_json(reports: Sequence[Report]) -> str:
     )
 
 
+def artifact_uri(path: str) -> str:
+    """A SARIF artifactLocation.uri for a local path: percent-encoded, '/'-separated (a
+    file: URI when absolute); bytes that are not UTF-8 survive as their %XX escapes."""
+    posix = path.replace(os.sep, "/") if os.sep != "/" else path
+    encoded = quote(posix, safe="/", errors="surrogateescape")
+    if not PurePath(path).is_absolute():
+        return encoded
+    return f"file://{encoded}" if encoded.startswith("/") else f"file:///{encoded}"  # C:/...
+
+
 def render_sarif(reports: Sequence[Report]) -> str:
     results = []
     for report in reports:
-        location = {"physicalLocation": {"artifactLocation": {"uri": report.path}}}
+        location = {"physicalLocation": {"artifactLocation": {"uri": artifact_uri(report.path)}}}
         if report.error is not None:
             results.append(
                 {
@@ -88,7 +194,18 @@ def render_sarif(reports: Sequence[Report]) -> str:
                         "global": finding.global_name,
                         "allowlistHelps": finding.allowlist_helps,
                         "pickleOffset": finding.offset,
+                        "alsoAt": finding.also_at,
+                        "safeGlobals": report.safe_globals,
                     },
+                }
+            )
+        if report.findings_omitted:
+            results.append(
+                {
+                    "ruleId": "findings-omitted",
+                    "level": "note",
+                    "message": {"text": f"{report.findings_omitted} more finding(s) not kept"},
+                    "locations": [location],
                 }
             )
     sarif = {

@@ -21,15 +21,20 @@ from pytest_ckpt.audit.allowlist import (
     SETITEM_TARGETS,
     TENSOR,
 )
+from pytest_ckpt.audit.global_kinds import advisable, display
 from pytest_ckpt.audit.nodes import (
     GLOBAL_TYPE,
     Finding,
     Node,
     attribute_label,
     key_label,
+    one_primitive,
     value_is,
 )
+from pytest_ckpt.audit.numpy_pickles import reduce_result
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op
+
+_SETS = ("builtins.set", "builtins.frozenset")
 
 
 def _operand_text(value: Any) -> str:
@@ -80,12 +85,10 @@ class AcceptedOpcodes:
         self._push(self._tuple([self._pop(op)]))
 
     def _op_TUPLE2(self, op: Op) -> None:
-        b, a = self._pop(op), self._pop(op)
-        self._push(self._tuple([a, b]))
+        self._push(self._tuple([self._pop(op), self._pop(op)][::-1]))
 
     def _op_TUPLE3(self, op: Op) -> None:
-        c, b, a = self._pop(op), self._pop(op), self._pop(op)
-        self._push(self._tuple([a, b, c]))
+        self._push(self._tuple([self._pop(op), self._pop(op), self._pop(op)][::-1]))
 
     def _op_BINPUT(self, op: Op) -> None:
         self.memo_put(op.arg, self._top(op))
@@ -101,51 +104,47 @@ class AcceptedOpcodes:
         module, name = op.arg
         dotted = self.allow.resolve(module, name)
         node = Node(GLOBAL_TYPE, name=dotted)
+        shown = display(dotted)  # a name is the file's data: long ones are cut for reports
         if module in self.allow.blocked_modules:
-            self._flag(
-                node,
-                self._global_finding(
-                    dotted, op.offset, f"global {dotted}: module {module} is blocked by torch"
-                ),
-            )
+            detail = f"global {shown}: module {display(module)} is blocked by torch"
+            self._flag(node, self._global_finding(shown, op.offset, detail))
         elif dotted not in self.allow.names:
-            self._flag(
-                node, self._global_finding(dotted, op.offset, f"unsupported global {dotted}")
-            )
+            detail = f"unsupported global {shown}"
+            self._flag(node, self._global_finding(shown, op.offset, detail))
         self._push(node)
 
     def _take_over(self, result: Node, source: Any) -> None:
         """An object built from a refused global carries that global's finding."""
         if isinstance(source, Node) and source.type_name == GLOBAL_TYPE and source.findings:
-            for finding in source.findings:
-                self._flag(result, finding)
+            if not result.findings:  # moved, not flagged again: the cap counts each once
+                self.nodes_with_findings.append(result)
+            result.findings += source.findings
             source.findings = []
 
     def _op_REDUCE(self, op: Op) -> None:
         args = self._pop(op)
         func = self._top(op)
+        items = (args.items if isinstance(args, Node) else None) or [None, None]
         if isinstance(func, Node) and func.type_name == GLOBAL_TYPE:
             result_type = self.allow.result_type(func.name or "")
-            if func.name == "torch._tensor._rebuild_from_type_v2" and isinstance(args, Node):
-                new_type = (args.items or [None, None])[1]
+            if func.name == "torch._tensor._rebuild_from_type_v2":
+                new_type = items[1]
                 if isinstance(new_type, Node) and new_type.type_name == GLOBAL_TYPE:
                     result_type = new_type.name or TENSOR
+            result_type = reduce_result(func.name or "", items[0]) or result_type
             result = Node(result_type if func.name in self.allow.names else func.name or "?")
-            items = args.items if isinstance(args, Node) else None
-            if items is not None and len(items) == 1 and not isinstance(items[0], Node):
+            if isinstance(args, Node) and one_primitive(args):
                 result.shape = "enum-like"
             self._take_over(result, func)
         else:
             result = Node("?")
-            self._flag(
-                result,
-                self._operation_finding(
-                    f"REDUCE at offset {op.offset} calls something that is not a global",
-                    op.offset,
-                    "store primitives and tensors only",
-                ),
-            )
-        result.add_child("(args)", args)
+            detail = f"REDUCE at offset {op.offset} calls something that is not a global"
+            advice = "store primitives and tensors only"
+            self._flag(result, self._operation_finding(detail, op.offset, advice))
+        if result.type_name in _SETS and isinstance(items[0], Node):  # set([...]): its items
+            result.children = [("[...]", child) for _i, child in items[0].children]
+        else:
+            result.add_child("(args)", args)
         self.stack[-1] = result
 
     def _op_NEWOBJ(self, op: Op) -> None:
@@ -153,13 +152,16 @@ class AcceptedOpcodes:
         cls = self._pop(op)
         if isinstance(cls, Node) and cls.type_name == GLOBAL_TYPE:
             result = Node(cls.name or "?")
+            if isinstance(args, Node) and one_primitive(args):  # float/int subclasses
+                arg = args.items[0]  # type: ignore[index]
+                result.shape = {float: "float-like", int: "int-like"}.get(type(arg), "")
             if not cls.findings and cls.name not in self.allow.classes and cls.name != PARAMETER:
                 self._flag(
                     result,
                     self._global_finding(
-                        cls.name or "?",
+                        display(cls.name or "?"),
                         op.offset,
-                        f"NEWOBJ of {cls.name}: torch only creates nn.Parameter or "
+                        f"NEWOBJ of {display(cls.name or '?')}: torch only creates nn.Parameter or "
                         "allow-listed classes",
                     ),
                 )
@@ -184,14 +186,13 @@ class AcceptedOpcodes:
             raise MalformedPickle(f"BUILD at offset {op.offset} on a primitive")
         buildable = {TENSOR, PARAMETER, ORDERED_DICT} | self.allow.classes
         if inst.type_name not in buildable and not inst.findings:
-            self._flag(
-                inst,
-                self._operation_finding(
-                    f"BUILD (setting object state) on {inst.type_name} at offset {op.offset}",
-                    op.offset,
-                    "store the object's state as a dict of primitives instead",
-                ),
+            finding = self._operation_finding(
+                f"BUILD (setting object state) on {display(inst.type_name)} at offset {op.offset}",
+                op.offset,
+                "store the object's state as a dict of primitives instead",
             )
+            finding.needs = (inst.type_name,) if advisable(inst.type_name) else ()
+            self._flag(inst, finding)
         if isinstance(state, Node):
             inst.shape = "object-state"
         self._lift_state(inst, state)
@@ -203,10 +204,12 @@ class AcceptedOpcodes:
         if state.type_name == "builtins.dict":
             for label, child in state.children:
                 inst.children.append((attribute_label(label), child))
-        elif state.type_name == "builtins.tuple" and state.items is not None:
-            for part in state.items:  # (dict_state, slot_state)
-                if isinstance(part, Node) and part.type_name == "builtins.dict":
+        elif state.type_name == "builtins.tuple":
+            for i, part in state.children:  # (dict_state, slot_state), or a numpy array's
+                if part.type_name == "builtins.dict":
                     self._lift_state(inst, part)
+                else:  # (version, shape, dtype, ...): a state the class reads itself
+                    inst.children.append((f".__setstate__[{i}]", part))
         else:
             inst.children.append((".__setstate__", state))
 
@@ -354,9 +357,8 @@ class RefusedOpcodes:
 
     def _op_EXT1(self, op: Op) -> None:
         node = Node(GLOBAL_TYPE, name=f"<extension {op.arg}>")
-        self._flag(
-            node, self._global_finding(node.name or "", op.offset, f"extension code {op.arg}")
-        )
+        finding = self._global_finding(node.name or "", op.offset, f"extension code {op.arg}")
+        self._flag(node, finding)
         self._push(node)
 
     _op_EXT2 = _op_EXT4 = _op_EXT1

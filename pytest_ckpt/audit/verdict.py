@@ -29,7 +29,7 @@ from typing import Any
 from pytest_ckpt.audit.advice import fix_for_name
 from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.audit.machine import PickleMachine, gc_paused
-from pytest_ckpt.audit.nodes import Finding, Node, collect_findings
+from pytest_ckpt.audit.nodes import MAX_FINDINGS, Finding, Node, collect_findings
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op
 from pytest_ckpt.audit.symbolic import AcceptedOpcodes, RefusedOpcodes
 from pytest_ckpt.audit.tensor_records import DeferredRecord, take_tensor_records
@@ -78,10 +78,15 @@ class PickleInterpreter(AcceptedOpcodes, RefusedOpcodes, PickleMachine):
         self.clean_reads: dict[tuple[bytes, ...], tuple] = {}  # see tensor_records
         self.guarded: set[int] = set()  # memo entries clean_reads depends on
         self.refused_opcodes: set[str] = set()
+        self.flags = self.findings_omitted = 0
 
     # ---- findings ------------------------------------------------------------------------
 
     def _flag(self, node: Node | None, finding: Finding) -> None:
+        self.flags += 1
+        if self.flags > MAX_FINDINGS:  # count the rest: reports stay bounded (nodes.py)
+            self.findings_omitted += 1
+            return
         if node is None:
             self.loose.append(finding)
             return

@@ -5,7 +5,6 @@ nor opens a FIFO, nor runs unbounded."""
 
 from __future__ import annotations
 
-import ast
 import enum
 import json
 import os
@@ -23,6 +22,7 @@ import torch
 from pytest_ckpt.audit import layouts
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.layouts import folder_layout, walk_folder
+from pytest_ckpt.audit.render import artifact_uri
 from pytest_ckpt.cli import main
 from tests.audit.conftest import torch_verdicts
 from tests.audit.test_safetensors import safetensors_bytes
@@ -153,24 +153,19 @@ def test_a_folder_gets_a_verdict_per_file_named_layouts_and_a_total(run_folder) 
     assert f"{root}/link-out.pt: skipped: a symlink out of the folder: not followed" in lines
     assert f"{root}/loop: skipped: a symlink to something other than a file: not followed" in lines
     assert any(line.startswith(f"{root}/link-in.pt: ok (zip") for line in lines)
-    assert any(line.startswith(f"'{root}/odd\\nname.pt': ok (zip") for line in lines)
+    assert any(line.startswith(f"{root}/odd\\nname.pt: ok (zip") for line in lines)
     assert "outside" not in out and "evil" not in out
     assert (
         lines[-1] == f"total: 19 file(s) in {root}: 12 ok, 3 with findings, 0 unreadable, 4 skipped"
     )
 
 
-def _unquoted(path: str) -> str:
-    """A report path as the file system spells it (names with odd characters are quoted)."""
-    return ast.literal_eval(path) if path.startswith("'") else path
-
-
 def test_folder_verdicts_agree_with_torch_load(run_folder) -> None:
     target = walk_folder(str(run_folder), load_allowlist())
     ours = {
-        _unquoted(report.path): report.loadable
+        report.path: report.loadable
         for report in target.reports
-        if _unquoted(report.path).endswith(PICKLE_SUFFIXES) and report.format != layouts.SKIPPED
+        if report.path.endswith(PICKLE_SUFFIXES) and report.format != layouts.SKIPPED
     }
     assert len(ours) == 10
     assert torch_verdicts([Path(p) for p in ours]) == ours
@@ -183,6 +178,8 @@ def test_json_and_sarif_include_every_file_and_parse(run_folder, capsys) -> None
     assert {r["path"] for r in reports} == walked and len(reports) == len(walked)
     skipped = {r["path"] for r in reports if r["format"] == "skipped"}
     assert f"{run_folder}/events.fifo" in skipped
+    # a file listed but not audited carries no verdict, never "loadable": true
+    assert {r["loadable"] for r in reports if r["format"] == "skipped"} == {None}
     by_path = {r["path"]: r for r in reports}
     assert by_path[f"{run_folder}/checkpoint-500/training_args.bin"]["notes"] == [
         "in an HF Trainer checkpoint"
@@ -191,16 +188,16 @@ def test_json_and_sarif_include_every_file_and_parse(run_folder, capsys) -> None
     assert main(["audit", "--sarif", str(run_folder)]) == 1
     sarif = json.loads(capsys.readouterr().out)
     artifacts = sarif["runs"][0]["artifacts"]
-    assert {a["location"]["uri"] for a in artifacts} == walked
+    assert {a["location"]["uri"] for a in artifacts} == {artifact_uri(p) for p in walked}
     verdicts = [a["properties"]["verdict"] for a in artifacts]
     assert (verdicts.count("findings"), verdicts.count("skipped")) == (3, 4)
     assert {
         r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
         for r in sarif["runs"][0]["results"]
     } == {
-        f"{run_folder}/checkpoint-500/training_args.bin",
-        f"{run_folder}/checkpoint-500/rng_state.pth",
-        f"{run_folder}/accelerate/checkpoint_0/random_states_0.pkl",
+        artifact_uri(f"{run_folder}/checkpoint-500/training_args.bin"),
+        artifact_uri(f"{run_folder}/checkpoint-500/rng_state.pth"),
+        artifact_uri(f"{run_folder}/accelerate/checkpoint_0/random_states_0.pkl"),
     }
 
 
