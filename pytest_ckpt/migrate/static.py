@@ -4,12 +4,14 @@ The pickle runs on the auditor's pickle machine (`audit.machine`) with concrete 
 not on Python's unpickler: GLOBAL only names things, and the only callables ever invoked are
 torch's weights_only allowlist (OrderedDict, set, torch.Size, ...) and our own converters.
 What the file would have built becomes what the rules of `migrate.rules` say (an Enum member
-its value, an object the dict of its state, a datetime an ISO string, ...); tensors stay
-tensors, their storage bytes read from the archive.
+its value, an object the dict of its state, a datetime an ISO string, ...); tensors are
+rebuilt by torch's own functions (`migrate.calls`) on storages read as torch reads them
+(`migrate.storages`). The final pass (`migrate.finish`) writes the markers out.
 
-Each conversion is reported with its path. Anything else (a call of os.system, an unknown
-callable with non-primitive arguments, an extension code) is refused, by path, and then the
-whole file is refused: a partial conversion is not written.
+Each conversion is reported with its path. Anything else (a call of os.system or of any
+function, an object built from constructor arguments or a non-dict state, an extension
+code) is refused, by path, and then the whole file is refused: a partial conversion is not
+written. Exceptions from ill-formed pickles (the stack or memo) are "unreadable" (exit 2).
 """
 
 from __future__ import annotations
