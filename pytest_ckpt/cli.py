@@ -27,6 +27,12 @@ from pytest_ckpt.audit.archive import Unreadable
 from pytest_ckpt.audit.render import render_json, render_sarif, render_text
 
 
+def _printable(text: str) -> str:
+    """`text` with every character a terminal would act on escaped (names and keys come
+    from the file: a newline or an escape sequence in them must not reach the terminal)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _dotted(text: str) -> str:
     if "." not in text or text.startswith(".") or text.endswith("."):
         raise argparse.ArgumentTypeError(f"expected a dotted name like module.Name, got {text!r}")
@@ -132,19 +138,20 @@ def migrate_command(
             try:
                 loaded = load_trusted(src)
             except Exception as err:  # whatever the file's own code raised
-                print(f"pytest-ckpt migrate: {src}: cannot unpickle: {err!r:.200}", file=sys.stderr)
+                reason = _printable(f"{err!r:.200}")
+                print(f"pytest-ckpt migrate: {src}: cannot unpickle: {reason}", file=sys.stderr)
                 return 2
             result = to_primitives(loaded, "root", conversions)
         else:
             converted = convert_file(src)
             result, conversions = converted.result, converted.conversions
     except Unreadable as err:
-        print(f"pytest-ckpt migrate: {src}: {err}", file=sys.stderr)
+        print(f"pytest-ckpt migrate: {src}: {_printable(str(err))}", file=sys.stderr)
         return 2
     except ConversionRefused as refused:
         print(f"pytest-ckpt migrate: {src}: refused; {out} not written:", file=sys.stderr)
         for line in refused.refusals:
-            print(f"  {line}", file=sys.stderr)
+            print(f"  {_printable(line)}", file=sys.stderr)
         return 1
     if reference_v0:  # the reference system's own adapter: named by string, never imported
         adapt_v0 = importlib.import_module("pytest_ckpt.reference.schema_v0").adapt_v0
@@ -152,7 +159,8 @@ def migrate_command(
             result = adapt_v0(result)
         except (KeyError, TypeError, ValueError) as err:
             print(
-                f"pytest-ckpt migrate: {src}: not a schema-0 reference checkpoint ({err}); "
+                f"pytest-ckpt migrate: {src}: not a schema-0 reference checkpoint "
+                f"({_printable(str(err))}); "
                 f"{out} not written",
                 file=sys.stderr,
             )
@@ -162,7 +170,8 @@ def migrate_command(
         write_checkpoint_atomically(result, out, overwrite=force)
     except _NotLoadable as err:
         print(
-            f"pytest-ckpt migrate: the converted file would not load ({err}); {out} not written",
+            f"pytest-ckpt migrate: the converted file would not load ({_printable(str(err))}); "
+            f"{out} not written",
             file=sys.stderr,
         )
         return 1
@@ -180,7 +189,7 @@ def migrate_command(
         print(f"pytest-ckpt migrate: cannot write {out}: {err}", file=sys.stderr)
         return 2
     for line in conversions:
-        print(f"converted {line}")
+        print(f"converted {_printable(line)}")
     print(f"wrote {out} ({len(conversions)} conversion(s)); it loads with weights_only=True")
     return 0
 

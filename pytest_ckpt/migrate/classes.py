@@ -102,7 +102,7 @@ def _in_file(origin: str | None, names: list[str]) -> Found:
         if len(source) > _MAX_SOURCE:
             return Found(UNKNOWN)
         tree = ast.parse(source)
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return Found(UNKNOWN)
     body: list[ast.stmt] = tree.body
     for depth, name in enumerate(names):

@@ -35,12 +35,16 @@ Path = Any  # a str (the root) or a (parent Path, suffix) pair
 
 
 def render(path: Path) -> str:
+    """The text of a lazy path; a very deep one keeps its first and last steps."""
     parts = []
     while isinstance(path, tuple):
         path, suffix = path
         parts.append(suffix)
     parts.append(path)
-    return "".join(reversed(parts))
+    parts.reverse()
+    if len(parts) > 48:
+        parts = [*parts[:32], f"...({len(parts) - 48} more)...", *parts[-16:]]
+    return "".join(parts)
 
 
 def _leaf_types() -> tuple[type, ...]:
@@ -192,9 +196,9 @@ class Finisher:
             self._child(item, (path, f"[{key!r}]"), shell, key)
         return shell
 
-    def _key(self, key: Any, path: Path) -> Any:
+    def _key(self, key: Any, path: Path, depth: int = 0) -> Any:
         """A dict key as written: primitives, converted Enum members and datetimes, and
-        tuples of those (keys are small: a short recursion)."""
+        tuples of those (keys are small: a short recursion, bounded)."""
         if type(key) in self.leaves:
             return key
         if isinstance(key, EnumValue):
@@ -202,8 +206,8 @@ class Finisher:
             return key.value
         if isinstance(key, Converted) and type(key.value) in (str, float):
             return key.value
-        if type(key) is tuple and len(key) < 64:
-            items = [self._key(item, path) for item in key]
+        if type(key) is tuple and len(key) < 64 and depth < 16:
+            items = [self._key(item, path, depth + 1) for item in key]
             return _BAD_KEY if any(item is _BAD_KEY for item in items) else tuple(items)
         self.refuse((path, " (a key)"), f"a dict key migrate cannot convert ({type(key).__name__})")
         return _BAD_KEY

@@ -118,6 +118,11 @@ def _write_cases(folder) -> dict[str, list]:
         pdb=global_op("pdb", "run") + _text(code) + b"\x85R",
     )
     runs["calls"] = [write_zip(folder / "calls.pt", calls), folder / "calls-out.pt"]
+    hostile_name = _text("evil\x1b[2J") + _text("f\nx") + b"\x93" + _text("v") + b"\x85R"
+    runs["escape"] = [
+        write_zip(folder / "esc.pt", _dict_of(**{"k\x1b": hostile_name})),
+        folder / "e",
+    ]
     torch.save(_tensors(), folder / "tensors.pt")
     runs["tensors"] = [folder / "tensors.pt", folder / "tensors-out.pt"]
     torch.save(
@@ -210,6 +215,13 @@ def test_a_call_of_a_function_is_never_an_enum_member(batch) -> None:
         assert f"{name} is a function: a call of it is code, not an Enum member" in result.stderr
     assert "converted" not in result.stdout and not argvs["calls"][1].exists()
     assert not (folder / "ran").exists()
+
+
+def test_names_and_keys_from_the_file_are_printed_escaped(batch) -> None:
+    result = batch[2]["escape"]
+    assert result.returncode == 1, result.stderr
+    assert "\x1b" not in result.stderr and "f\nx" not in result.stderr
+    assert "root['k\\x1b']: cannot tell whether evil\\x1b[2J.f\\nx is an Enum" in result.stderr
 
 
 @pytest.mark.parametrize("case", FAITHFUL)
