@@ -102,14 +102,27 @@ class CheckpointManager:
         pending sidecar replaces the old one; at every moment the file matches one of them.
         `keep_last` never removes the checkpoint just saved.
         """
-        import torch
-
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
-        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path_for(step)
-        if final.is_dir() or final.with_suffix(".json").is_dir():
-            raise CheckpointError(f"{final}: a directory is in the way of checkpoint {step}")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if final.is_dir() or final.with_suffix(".json").is_dir():
+                raise CheckpointError(f"{final}: a directory is in the way of checkpoint {step}")
+            info = self._write(state, step, final)
+        except OSError as err:
+            raise CheckpointError(f"{final}: cannot save: {err.strerror or err}") from err
+        if self.keep_last is not None:
+            others = [old for old in self.list() if old.step != step]
+            for old in others[: max(len(others) - (self.keep_last - 1), 0)]:
+                old.path.with_suffix(".json").unlink(missing_ok=True)
+                old.path.unlink(missing_ok=True)
+        return info
+
+    def _write(self, state: Any, step: int, final: Path) -> CheckpointInfo:
+        """Bytes to a temp file, the pending sidecar, then the two renames (see `save`)."""
+        import torch
+
         handle = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".tmp-", delete=False)  # noqa: SIM115
         temp = Path(handle.name)
         try:
@@ -135,11 +148,6 @@ class CheckpointManager:
             fsync_directory(self.directory)
         finally:
             temp.unlink(missing_ok=True)
-        if self.keep_last is not None:
-            others = [old for old in self.list() if old.step != step]
-            for old in others[: max(len(others) - (self.keep_last - 1), 0)]:
-                old.path.with_suffix(".json").unlink(missing_ok=True)
-                old.path.unlink(missing_ok=True)
         return info
 
     def _read_sidecar(self, path: Path, sidecar: Path | None = None) -> CheckpointInfo:
@@ -203,8 +211,12 @@ class CheckpointManager:
         load() report them with the reason)."""
         if not self.directory.is_dir():
             return []
+        try:
+            entries = list(self.directory.iterdir())
+        except OSError as err:
+            raise CheckpointError(f"{self.directory}: cannot list: {err.strerror or err}") from err
         found = []
-        for path in self.directory.iterdir():
+        for path in entries:
             if self._pattern.fullmatch(path.name) and path.is_file():
                 try:
                     found.append(self._read_sidecar(path))

@@ -156,6 +156,9 @@ def test_a_directory_named_like_a_checkpoint_is_not_a_checkpoint(tmp_path) -> No
         manager.load(7)
     with pytest.raises(CheckpointError, match=r"ckpt-00000007.pt: a directory is in the way"):
         manager.save(_state(7), 7)
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(CheckpointError, match=r"file/ckpt-00000001.pt: cannot save"):
+        CheckpointManager(tmp_path / "file").save(_state(1), 1)
 
 
 def test_keep_last_never_removes_the_checkpoint_just_saved(tmp_path) -> None:

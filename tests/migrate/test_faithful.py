@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from pytest_ckpt.checks.compare import diff_values
 from tests.audit.conftest import torch_verdicts
 from tests.audit.test_hostile import PROTO2, global_op, write_zip
 from tests.migrate.faithful import describe_pairs, refused_paths, run_migrations
@@ -143,6 +144,7 @@ def _write_cases(folder) -> dict[str, list]:
     torch.manual_seed(0)
     torch.save(Net(), folder / "model.pt")
     runs["model"] = [folder / "model.pt", folder / "model-out.pt"]
+    runs["model-trust"] = [folder / "model.pt", folder / "model-trust.pt", "--trust"]
     inside: list = []
     pair = (inside, 1)
     inside.append(pair)  # reached from the tuple first, pickle writes it with POP
@@ -274,6 +276,9 @@ def test_a_whole_model_keeps_its_config_and_every_submodules_arguments(batch) ->
     for name, tensor in expected.items():
         assert torch.equal(record["state_dict"][name], tensor), name
     Net().load_state_dict(record["state_dict"])  # strict: nothing missing or unexpected
+    assert results["model-trust"].returncode == 0, results["model-trust"].stderr
+    trusted = torch.load(argvs["model-trust"][1], weights_only=True)
+    assert diff_values(record, trusted) == []  # --trust: the same record
 
 
 def test_a_tuple_inside_its_own_cycle_is_refused_as_torch_cannot_load_it(batch) -> None:
