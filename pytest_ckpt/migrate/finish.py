@@ -78,8 +78,11 @@ class Finisher:
             task = self.tasks.pop()
             if task[0] == "visit":
                 self._visit(*task[1:])
-            else:
+            elif task[0] == "tuple":
                 self._close_tuple(*task[1:])
+            else:  # "attributes": set what was converted on the object it belongs to
+                for name, item in task[2].items():
+                    setattr(task[1], name, item)
         return result[0]
 
     # ---- report ---------------------------------------------------------------------------
@@ -168,8 +171,12 @@ class Finisher:
         kind = type(value)
         if kind is collections.OrderedDict:
             shell = collections.OrderedDict()
-            if "_metadata" in getattr(value, "__dict__", {}):
-                shell._metadata = value._metadata  # type: ignore[attr-defined]
+            attributes = dict(getattr(value, "__dict__", {}))  # a state_dict's _metadata
+            if attributes:
+                converted: dict[str, Any] = dict.fromkeys(attributes)
+                self.tasks.append(("attributes", shell, converted))
+                for name, item in attributes.items():
+                    self._child(item, (path, f".{name}"), converted, name)
             return self._dict(node, value, shell, path)
         if kind in (dict, collections.Counter):
             return self._dict(node, value, kind(), path)

@@ -25,7 +25,7 @@ import collections
 import datetime
 import enum
 import pathlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,11 +225,6 @@ RULES: tuple[Rule, ...] = (
 def rule_for_global(name: str) -> Rule | None:
     """The rule for what a call of the global `name` builds, if one has it."""
     return next((rule for rule in RULES if rule.builds(name)), None)
-
-
-def first_live(rules: Iterable[Rule], value: Any) -> Rule | None:
-    """The first of `rules` that recognises the live `value`."""
-    return next((rule for rule in rules if rule.live(value)), None)
 
 
 def merged_state(dict_state: Any, slot_state: Any) -> dict[str, Any]:

@@ -50,12 +50,13 @@ def describe(value, ids, storages):
     if isinstance(value, dict):
         return ["dict", type(value).__name__,
                 [[describe(k, ids, storages), describe(v, ids, storages)]
-                 for k, v in value.items()]]
+                 for k, v in value.items()],
+                [[k, describe(v, ids, storages)] for k, v in vars(value).items()]
+                if hasattr(value, "__dict__") else []]
     if isinstance(value, (list, tuple)):
         return [type(value).__name__, [describe(v, ids, storages) for v in value]]
     if hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
-        return ["dict", "dict", [[describe(k, ids, storages), describe(v, ids, storages)]
-                                 for k, v in vars(value).items()]]
+        return describe(dict(vars(value)), ids, storages)  # an object: the dict of its state
     return ["object", type(value).__qualname__, repr(value)[:80]]
 
 keep = []
@@ -73,10 +74,10 @@ def describe_files(paths: list[pathlib.Path], *, weights_only: bool) -> dict[str
         [sys.executable, "-c", DESCRIBE, "1" if weights_only else "0", *map(str, paths)],
         capture_output=True,
         text=True,
-        check=True,
         cwd=ROOT,
         timeout=300,
     )
+    assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
 

@@ -68,6 +68,7 @@ def _tensors() -> dict:
         "twice": [base, base],
         "counter": collections.Counter(a=2),
         "size": torch.Size([2, 3]),
+        "state_dict": torch.nn.BatchNorm1d(2).state_dict(),  # an OrderedDict with _metadata
     }
 
 
