@@ -4,14 +4,16 @@
 Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
 A PATH may be a folder (every checkpoint-like file in it, a verdict each and a total), a
 safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.audit.layouts`.
-Migrate exit status: 0 written; 1 refused (OUT not written); 2 unreadable or bad arguments.
+Migrate exit status: 0 written; 1 refused (OUT not written or replaced); 2 unreadable or bad
+arguments.
 Errors are one line on stderr, never a traceback; nothing from a file is ever executed
 (except under --trust, which says so).
 
 Migrate is static by default (pytest_ckpt.migrate.static: nothing from the file runs);
 `--trust` unpickles for real (pytest_ckpt.migrate.trusted). Either way IN is never
-overwritten, OUT is written atomically and only if every object converted, and OUT must
-pass the auditor before it is kept.
+overwritten, an existing OUT only with --force; OUT is written atomically and only if every
+object converted and the written bytes pass the auditor (checked before the rename, so a
+refused conversion never touches an existing OUT).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="unpickle IN for real (RUNS CODE FROM THE FILE): only for files you wrote yourself",
     )
+    migrate.add_argument("--force", action="store_true", help="replace OUT if it exists")
     migrate.add_argument(
         "--reference-v0",
         action="store_true",
@@ -81,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "migrate":
         return migrate_command(
-            args.source, args.target, trust=args.trust, reference_v0=args.reference_v0
+            args.source,
+            args.target,
+            trust=args.trust,
+            reference_v0=args.reference_v0,
+            force=args.force,
         )
     allowlist = load_allowlist(args.allow)
     targets = [audit_target(path, allowlist, args.allow) for path in args.files]
@@ -103,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.findings for r in reports) else 0
 
 
-def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool = False) -> int:
+class _NotLoadable(Exception):
+    """The converted bytes fail the audit: they are not kept."""
+
+
+def migrate_command(
+    source: str, target: str, *, trust: bool, reference_v0: bool = False, force: bool = False
+) -> int:
     """`pytest-ckpt migrate`: its exit status, having printed what it converted or why not.
     Migration is imported here, not with the module: `pytest-ckpt audit` does not need it."""
     from pytest_ckpt.migrate.static import ConversionRefused, convert_file
@@ -112,22 +125,34 @@ def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool
     if out.exists() and src.exists() and os.path.samefile(src, out):
         print(f"pytest-ckpt migrate: refusing to overwrite the input {src}", file=sys.stderr)
         return 2
+    if (out.exists() or out.is_symlink()) and not force:
+        print(
+            f"pytest-ckpt migrate: {out} exists; not replaced (fix: pass --force to replace it)",
+            file=sys.stderr,
+        )
+        return 1
     conversions: list[str] = []
     try:
         if trust:
             from pytest_ckpt.migrate.trusted import load_trusted, to_primitives
 
-            result = to_primitives(load_trusted(src), "root", conversions)
+            try:
+                loaded = load_trusted(src)
+            except Exception as err:  # whatever the file's own code raised
+                reason = escape(f"{err!r:.200}")
+                print(f"pytest-ckpt migrate: {src}: cannot unpickle: {reason}", file=sys.stderr)
+                return 2
+            result = to_primitives(loaded, "root", conversions)
         else:
             converted = convert_file(src)
             result, conversions = converted.result, converted.conversions
     except Unreadable as err:
-        print(f"pytest-ckpt migrate: {src}: {err}", file=sys.stderr)
+        print(f"pytest-ckpt migrate: {src}: {escape(str(err))}", file=sys.stderr)
         return 2
     except ConversionRefused as refused:
         print(f"pytest-ckpt migrate: {src}: refused; {out} not written:", file=sys.stderr)
         for line in refused.refusals:
-            print(f"  {line}", file=sys.stderr)
+            print(f"  {escape(line)}", file=sys.stderr)
         return 1
     if reference_v0:  # the reference system's own adapter: named by string, never imported
         adapt_v0 = importlib.import_module("pytest_ckpt.reference.schema_v0").adapt_v0
@@ -135,39 +160,62 @@ def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool
             result = adapt_v0(result)
         except (KeyError, TypeError, ValueError) as err:
             print(
-                f"pytest-ckpt migrate: {src}: not a schema-0 reference checkpoint ({err}); "
+                f"pytest-ckpt migrate: {src}: not a schema-0 reference checkpoint "
+                f"({escape(str(err))}); "
                 f"{out} not written",
                 file=sys.stderr,
             )
             return 1
         conversions.append("root: schema 0 reference checkpoint -> schema 1")
     try:
-        write_checkpoint_atomically(result, out)
-    except (OSError, RuntimeError) as err:
-        print(f"pytest-ckpt migrate: cannot write {out}: {err}", file=sys.stderr)
-        return 2
-    report = audit_file(out)
-    if not report.loadable:
-        out.unlink()
-        reason = report.error or report.findings[0].detail
+        write_checkpoint_atomically(result, out, overwrite=force)
+    except _NotLoadable as err:
         print(
-            f"pytest-ckpt migrate: the converted file would not load ({reason}); {out} not kept",
+            f"pytest-ckpt migrate: the converted file would not load ({escape(str(err))}); "
+            f"{out} not written",
             file=sys.stderr,
         )
         return 1
+    except RecursionError:
+        print(
+            f"pytest-ckpt migrate: {src}: refused; {out} not written: nested deeper than "
+            f"torch.save can write (fix: flatten the structure before saving)",
+            file=sys.stderr,
+        )
+        return 1
+    except FileExistsError:
+        print(f"pytest-ckpt migrate: {out} appeared meanwhile; not replaced", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as err:
+        print(f"pytest-ckpt migrate: cannot write {out}: {err}", file=sys.stderr)
+        return 2
     for line in conversions:
-        print(f"converted {line}")
+        print(f"converted {escape(line)}")
     print(f"wrote {out} ({len(conversions)} conversion(s)); it loads with weights_only=True")
     return 0
 
 
-def write_checkpoint_atomically(state: object, path: Path) -> None:
+def _audit_before_rename(temp: Path) -> None:
+    report = audit_file(temp)
+    if not report.loadable:
+        raise _NotLoadable(report.error or report.findings[0].detail)
+
+
+def write_checkpoint_atomically(state: object, path: Path, *, overwrite: bool = True) -> None:
+    """torch.save `state` to a temp file beside `path`, audit it, then move it into place
+    (with `overwrite=False`, only if `path` does not exist)."""
     import torch
 
     from pytest_ckpt.durable import write_atomically
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path.parent, path, lambda handle: torch.save(state, handle))
+    write_atomically(
+        path.parent,
+        path,
+        lambda handle: torch.save(state, handle),
+        check=_audit_before_rename,
+        overwrite=overwrite,
+    )
 
 
 if __name__ == "__main__":

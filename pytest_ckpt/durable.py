@@ -28,16 +28,35 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(directory: Path, final: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temp file in `directory`, fsync, then `os.replace` onto `final`."""
+def write_atomically(
+    directory: Path,
+    final: Path,
+    write: Callable[[Any], None],
+    *,
+    check: Callable[[Path], None] | None = None,
+    overwrite: bool = True,
+) -> None:
+    """Write via a temp file in `directory`, fsync, then move it onto `final`.
+
+    `check(temp_path)` runs on the complete temp file before the move: if it raises, the temp
+    file is removed and `final` is untouched. With `overwrite=False` the move is a hard link
+    that fails with FileExistsError when `final` exists (no window where it is replaced).
+    """
     # Not a `with` block: the file must outlive it to be renamed into place.
     handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", delete=False)  # noqa: SIM115
+    temp = Path(handle.name)
     try:
         with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, final)
+        if check is not None:
+            check(temp)
+        if overwrite:
+            os.replace(temp, final)
+        else:
+            os.link(temp, final)
+            temp.unlink()
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise

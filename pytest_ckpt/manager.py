@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,6 @@ __all__ = [
 ]
 
 SIDECAR_SCHEMA_VERSION = 1
-_CHUNK = 1 << 20
 
 
 @dataclass(slots=True, frozen=True)
@@ -43,6 +43,23 @@ class CheckpointInfo:
     bytes: int
     torch_version: str
     created: str
+
+
+_FIELDS = frozenset(
+    {"schema_version", "step", "file", "sha256", "bytes", "torch_version", "created"}
+)
+
+
+def _sidecar_fields(info: CheckpointInfo) -> dict[str, Any]:
+    return {
+        "schema_version": SIDECAR_SCHEMA_VERSION,
+        "step": info.step,
+        "file": info.path.name,
+        "sha256": info.sha256,
+        "bytes": info.bytes,
+        "torch_version": info.torch_version,
+        "created": info.created,
+    }
 
 
 def _utc_now() -> str:
@@ -73,102 +90,165 @@ class CheckpointManager:
     def path_for(self, step: int) -> Path:
         return self.directory / f"{self.prefix}-{step:08d}.pt"
 
-    def save(self, state: Any, step: int) -> CheckpointInfo:
-        """Atomically write `state` as checkpoint `step`; returns what was written."""
-        import torch
+    def _pending_for(self, path: Path) -> Path:
+        """The sidecar of a re-save of `path`, written before the new bytes replace the old."""
+        return path.with_name(f".pending-{path.stem}.json")
 
+    def save(self, state: Any, step: int) -> CheckpointInfo:
+        """Atomically write `state` as checkpoint `step`; returns what was written.
+
+        Re-saving an existing step is crash-safe too: the new sidecar is first written beside
+        the old one (`.pending-<name>.json`), then the new bytes replace the old, then the
+        pending sidecar replaces the old one; at every moment the file matches one of them.
+        `keep_last` never removes the checkpoint just saved.
+        """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
-        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path_for(step)
-        write_atomically(self.directory, final, lambda handle: torch.save(state, handle))
-        info = CheckpointInfo(
-            step=step,
-            path=final,
-            sha256=file_sha256(final),
-            bytes=final.stat().st_size,
-            torch_version=torch.__version__,
-            created=self.clock(),
-        )
-        sidecar = {
-            "schema_version": SIDECAR_SCHEMA_VERSION,
-            "step": info.step,
-            "file": final.name,
-            "sha256": info.sha256,
-            "bytes": info.bytes,
-            "torch_version": info.torch_version,
-            "created": info.created,
-        }
-        text = json.dumps(sidecar, indent=2).encode()
-        write_atomically(self.directory, final.with_suffix(".json"), lambda h: h.write(text))
-        fsync_directory(self.directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if final.is_dir() or final.with_suffix(".json").is_dir():
+                raise CheckpointError(f"{final}: a directory is in the way of checkpoint {step}")
+            info = self._write(state, step, final)
+        except OSError as err:
+            raise CheckpointError(f"{final}: cannot save: {err.strerror or err}") from err
         if self.keep_last is not None:
-            for old in self.list()[: -self.keep_last]:
+            others = [old for old in self.list() if old.step != step]
+            for old in others[: max(len(others) - (self.keep_last - 1), 0)]:
                 old.path.with_suffix(".json").unlink(missing_ok=True)
                 old.path.unlink(missing_ok=True)
         return info
 
-    def _read_sidecar(self, path: Path) -> CheckpointInfo:
-        sidecar = path.with_suffix(".json")
+    def _write(self, state: Any, step: int, final: Path) -> CheckpointInfo:
+        """Bytes to a temp file, the pending sidecar, then the two renames (see `save`)."""
+        import torch
+
+        handle = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".tmp-", delete=False)  # noqa: SIM115
+        temp = Path(handle.name)
+        try:
+            with handle:
+                torch.save(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            info = CheckpointInfo(
+                step=step,
+                path=final,
+                sha256=file_sha256(temp),
+                bytes=temp.stat().st_size,
+                torch_version=torch.__version__,
+                created=self.clock(),
+            )
+            text = json.dumps(_sidecar_fields(info), indent=2).encode()
+            pending = self._pending_for(final)
+            write_atomically(self.directory, pending, lambda h: h.write(text))
+            fsync_directory(self.directory)
+            os.replace(temp, final)
+            fsync_directory(self.directory)
+            os.replace(pending, final.with_suffix(".json"))
+            fsync_directory(self.directory)
+        finally:
+            temp.unlink(missing_ok=True)
+        return info
+
+    def _read_sidecar(self, path: Path, sidecar: Path | None = None) -> CheckpointInfo:
+        """The sidecar of checkpoint file `path`, every field checked: a CheckpointIntegrityError
+        naming the sidecar and what is wrong, never a TypeError later."""
+        sidecar = path.with_suffix(".json") if sidecar is None else sidecar
         try:
             data = json.loads(sidecar.read_text())
         except FileNotFoundError:
             raise CheckpointIntegrityError(f"{path}: no sidecar {sidecar.name}") from None
         except (OSError, ValueError) as err:
             raise CheckpointIntegrityError(f"{sidecar}: unreadable sidecar: {err}") from None
-        expected = {"schema_version", "step", "file", "sha256", "bytes", "torch_version", "created"}
-        if not isinstance(data, dict) or set(data) != expected:
-            raise CheckpointIntegrityError(f"{sidecar}: sidecar fields are not {sorted(expected)}")
+        if not isinstance(data, dict) or set(data) != _FIELDS:
+            raise CheckpointIntegrityError(f"{sidecar}: sidecar fields are not {sorted(_FIELDS)}")
         if data["schema_version"] != SIDECAR_SCHEMA_VERSION or data["file"] != path.name:
             raise CheckpointIntegrityError(f"{sidecar}: sidecar does not describe {path.name}")
-        return CheckpointInfo(
-            data["step"],
-            path,
-            data["sha256"],
-            data["bytes"],
-            data["torch_version"],
-            data["created"],
+        match = self._pattern.fullmatch(path.name)
+        step = data["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or match is None:
+            raise CheckpointIntegrityError(f"{sidecar}: step must be an int, got {step!r}")
+        if step != int(match.group(1)):
+            raise CheckpointIntegrityError(f"{sidecar}: step {step} is not {path.name}'s")
+        size, sha = data["bytes"], data["sha256"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise CheckpointIntegrityError(f"{sidecar}: bytes must be an int >= 0, got {size!r}")
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            raise CheckpointIntegrityError(f"{sidecar}: sha256 is not 64 hex digits: {sha!r}")
+        for name in ("torch_version", "created"):
+            if not isinstance(data[name], str):
+                raise CheckpointIntegrityError(f"{sidecar}: {name} must be a string")
+        return CheckpointInfo(step, path, sha, size, data["torch_version"], data["created"])
+
+    def _checked(self, path: Path) -> CheckpointInfo:
+        """Checkpoint file `path` with the sidecar its bytes match: its own, or the pending
+        one of a re-save that died between the two renames."""
+        if not path.is_file():
+            what = "is not a regular file" if path.exists() else "no such checkpoint"
+            raise CheckpointIntegrityError(f"{path}: {what}")
+        info = self._read_sidecar(path)
+        try:
+            actual = file_sha256(path)
+        except OSError as err:
+            raise CheckpointIntegrityError(f"{path}: cannot read: {err}") from None
+        if actual == info.sha256:
+            return info
+        pending = self._pending_for(path)
+        if pending.is_file():
+            try:
+                staged = self._read_sidecar(path, pending)
+            except CheckpointIntegrityError:
+                staged = None
+            if staged is not None and staged.sha256 == actual:
+                return staged
+        raise CheckpointIntegrityError(
+            f"{path}: sha256 {actual[:12]}... does not match its sidecar {info.sha256[:12]}..."
         )
 
     def list(self) -> list[CheckpointInfo]:
-        """Checkpoints with a sidecar, oldest first. Files without one (a save that did not
-        finish) are not checkpoints yet and are left out."""
+        """Checkpoints with a valid sidecar, oldest first. Files without one (a save that did
+        not finish) and sidecars that do not describe their file are left out (verify() and
+        load() report them with the reason)."""
         if not self.directory.is_dir():
             return []
+        try:
+            entries = list(self.directory.iterdir())
+        except OSError as err:
+            raise CheckpointError(f"{self.directory}: cannot list: {err.strerror or err}") from err
         found = []
-        for path in self.directory.iterdir():
-            if self._pattern.fullmatch(path.name) and path.with_suffix(".json").exists():
+        for path in entries:
+            if self._pattern.fullmatch(path.name) and path.is_file():
                 try:
                     found.append(self._read_sidecar(path))
                 except CheckpointIntegrityError:
-                    continue  # a sidecar being replaced right now; verify() reports it
+                    continue
         return sorted(found, key=lambda info: info.step)
 
     def latest(self) -> CheckpointInfo | None:
         """The newest checkpoint whose bytes match its sidecar; None only when there is none."""
         for info in reversed(self.list()):
-            if file_sha256(info.path) == info.sha256:
-                return info
+            try:
+                return self._checked(info.path)
+            except CheckpointIntegrityError:
+                continue
         return None
 
     def verify(self, step: int) -> CheckpointInfo:
-        path = self.path_for(step)
-        if not path.exists():
-            raise CheckpointIntegrityError(f"{path}: no such checkpoint")
-        info = self._read_sidecar(path)
-        actual = file_sha256(path)
-        if actual != info.sha256:
-            raise CheckpointIntegrityError(
-                f"{path}: sha256 {actual[:12]}... does not match its sidecar {info.sha256[:12]}..."
-            )
-        return info
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise CheckpointError(f"{self.directory}: step must be an int >= 0, got {step!r}")
+        return self._checked(self.path_for(step))
 
-    def load(self, step: int | None = None) -> Any:
-        """Verify, then `torch.load(weights_only=True)` checkpoint `step` (default: latest)."""
+    def load(self, step: int | CheckpointInfo | None = None) -> Any:
+        """Verify, then `torch.load(weights_only=True)` checkpoint `step` (default: latest).
+        `step` may be what `latest()` or `list()` returned."""
         import pickle
 
         import torch
 
+        if isinstance(step, CheckpointInfo):
+            if step.path != self.path_for(step.step):
+                raise CheckpointError(f"{step.path}: not a checkpoint of {self.directory}")
+            step = step.step
         if step is None:
             info = self.latest()
             if info is None:
@@ -181,6 +261,8 @@ class CheckpointManager:
             from pytest_ckpt.checks.loading import torch_reason
 
             raise CheckpointLoadError(f"{info.path}: {torch_reason(err)}") from err
+        except OSError as err:
+            raise CheckpointLoadError(f"{info.path}: cannot read: {err}") from err
 
     # ---- DCP folders: pytest_ckpt.distributed.folders does the work ----------------------
 

@@ -125,3 +125,96 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path) -> None
             assert file_sha256(latest.path) == latest.sha256
             assert torch.equal(manager.load()["weights"], payload["weights"])
     assert kills == 100
+
+
+def test_a_sidecar_with_a_string_step_is_an_integrity_error_not_a_type_error(tmp_path) -> None:
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(1), 1)
+    manager.save(_state(2), 2)
+    sidecar = manager.path_for(2).with_suffix(".json")
+    data = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**data, "step": "2"}))
+    assert [info.step for info in manager.list()] == [1]
+    assert manager.latest().step == 1 and manager.load()["step"] == 1
+    with pytest.raises(CheckpointIntegrityError, match=r"ckpt-00000002.json: step must be an int"):
+        manager.load(2)
+    sidecar.write_text(json.dumps({**data, "bytes": "many"}))
+    with pytest.raises(CheckpointIntegrityError, match=r"ckpt-00000002.json: bytes must be"):
+        manager.verify(2)
+
+
+def test_a_directory_named_like_a_checkpoint_is_not_a_checkpoint(tmp_path) -> None:
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(1), 1)
+    (tmp_path / "ckpt-00000007.pt").mkdir()
+    (tmp_path / "ckpt-00000007.json").write_text(
+        manager.path_for(1).with_suffix(".json").read_text().replace("00000001", "00000007")
+    )
+    assert [info.step for info in manager.list()] == [1]
+    assert manager.latest().step == 1 and manager.load()["step"] == 1
+    with pytest.raises(CheckpointIntegrityError, match=r"ckpt-00000007.pt: is not a regular file"):
+        manager.load(7)
+    with pytest.raises(CheckpointError, match=r"ckpt-00000007.pt: a directory is in the way"):
+        manager.save(_state(7), 7)
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(CheckpointError, match=r"file/ckpt-00000001.pt: cannot save"):
+        CheckpointManager(tmp_path / "file").save(_state(1), 1)
+
+
+def test_keep_last_never_removes_the_checkpoint_just_saved(tmp_path) -> None:
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.save(_state(10), 10)
+    info = manager.save(_state(5), 5)
+    assert info.path.exists() and [i.step for i in manager.list()] == [5]
+    assert manager.load(5)["step"] == 5
+    two = CheckpointManager(tmp_path / "two", keep_last=2)
+    for step in (10, 9, 5):
+        two.save(_state(step), step)
+    assert [i.step for i in two.list()] == [5, 10]
+
+
+class _Died(BaseException):
+    """The process died here (SIGKILL, power loss): nothing after it runs."""
+
+
+@pytest.mark.parametrize("renames_before_death", [0, 1, 2])
+def test_dying_while_resaving_a_step_keeps_a_good_copy(
+    tmp_path, monkeypatch, renames_before_death
+) -> None:
+    """A re-save renames three times (pending sidecar, bytes, sidecar): dying before any of
+    them leaves the old checkpoint or the new one, complete and verified, never neither."""
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(1), 3)
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        if len(calls) == renames_before_death:
+            raise _Died
+        calls.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(_Died):
+        manager.save(_state(2), 3)
+    monkeypatch.setattr(os, "replace", real_replace)
+    fresh = CheckpointManager(tmp_path)
+    loaded = fresh.load(3)
+    assert loaded["step"] in (1, 2) and torch.equal(
+        loaded["weights"], _state(loaded["step"])["weights"]
+    )
+    assert fresh.latest().step == 3 and fresh.verify(3).sha256 == file_sha256(fresh.path_for(3))
+    fresh.save(_state(4), 3)  # a later save of the step after the crash completes as usual
+    assert fresh.load(3)["step"] == 4
+
+
+def test_load_accepts_what_latest_and_list_return(tmp_path) -> None:
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(1), 1)
+    manager.save(_state(2), 2)
+    assert manager.load(manager.latest())["step"] == 2
+    assert manager.load(manager.list()[0])["step"] == 1
+    other = CheckpointManager(tmp_path / "other")
+    with pytest.raises(CheckpointError, match=r"ckpt-00000002.pt: not a checkpoint of .*other"):
+        other.load(manager.latest())
+    with pytest.raises(CheckpointError, match="step must be an int >= 0, got '2'"):
+        manager.load("2")

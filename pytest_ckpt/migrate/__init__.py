@@ -4,8 +4,11 @@ current schema.
 - `schema`: the schema versions and the upgrade chain (`upgrade`, re-exported here);
 - `rules`: the conversion table, one rule per kind of refused object, for both modes below;
 - `static`: the static converter (`pytest-ckpt migrate`), run on the auditor's pickle machine:
-  nothing from the file runs;
-- `trusted`: `--trust`, the one place that unpickles with `weights_only=False`.
+  nothing from the file runs; `markers` (what it builds), `calls` (torch's allow-listed
+  calls, bounded), `storages` (tensor bytes as torch reads them), `classes` (is a global an
+  Enum class or a function, without importing it);
+- `trusted`: `--trust`, the one place that unpickles with `weights_only=False`;
+- `finish`: the one final pass both modes run, iterative, sharing kept, refusals by path.
 """
 
 from __future__ import annotations

@@ -1,20 +1,19 @@
-"""What the static converter's machine builds, and the final pass that makes it primitives.
+"""What the static converter's machine builds where a value is not yet what is written.
 
 `ConcreteMachine` (`migrate.static`) pushes real values where it can (strings, numbers,
 tensors, the results of torch's allow-listed calls) and, for what the rules of
 `migrate.rules` convert or what must be refused, the markers below; `convert_call` says
-which a call of a global becomes. `finish` then replaces every marker by what is written,
-reporting each conversion and refusal by its path.
+which a call of a global becomes. `migrate.finish` then replaces every marker by what is
+written (--trust builds the same markers from live objects: `migrate.trusted`).
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_ckpt.migrate import rules
+from pytest_ckpt.migrate import classes, rules
 
 
 @dataclass(slots=True, eq=False)
@@ -42,9 +41,20 @@ class Converted:
 
 
 @dataclass(slots=True, eq=False)
+class TzInfo:
+    """A `datetime.timezone`: read into the datetime that carries it, refused alone."""
+
+    tz: datetime.tzinfo
+
+
+@dataclass(slots=True, eq=False)
 class ObjectRecord:
+    """An object built as its class plus a dict of attributes. `refused` is set when the
+    pickle then treats it as something else (APPENDS, SETITEMS: a list or dict subclass)."""
+
     cls: str
     state: dict[str, Any] = field(default_factory=dict)
+    refused: str | None = None
 
 
 class DequeList(list):
@@ -60,37 +70,89 @@ class DefaultDict(dict):
 
 
 def convert_call(name: str, args: tuple) -> Any:
-    """What a known constructor call becomes, by the rule for the global it calls, or None
-    when we do not know it (a class called with one primitive is taken for an Enum)."""
+    """What a call of the global `name` (not in torch's allowlist) becomes: a marker, a
+    `Refused` saying why not, or None when no rule knows it."""
     rule = rules.rule_for_global(name)
     if rule in (rules.DATETIME, rules.DATE, rules.TIME) and args:
         state = args[0]
         if isinstance(state, str):
             state = state.encode("latin-1")
-        if isinstance(state, bytes):
-            value = _decode_datetime(name, state, args[1] if len(args) > 1 else None)
+        tz = args[1] if len(args) > 1 else None
+        if isinstance(state, bytes) and len(args) <= 2 and (tz is None or isinstance(tz, TzInfo)):
+            try:
+                value = _decode_datetime(name, state, tz.tz if tz is not None else None)
+            except (IndexError, ValueError) as err:
+                return Refused(f"{name} with a state it cannot be built from ({err})")
             return Converted(rule.convert(value), rule.note(name))
-    if rule is rules.TIMEDELTA and all(isinstance(a, int) for a in args):
-        return Converted(datetime.timedelta(*args), rule.note(name))  # seconds once finished
-    if name == "datetime.timezone" and args and isinstance(args[0], Converted):
-        return datetime.timezone(args[0].value)  # a datetime's tzinfo: read, not converted
-    if rule is rules.DEQUE and args:
-        return DequeList(args[0] if isinstance(args[0], list) else [])
-    if rule is rules.DEFAULTDICT:
+        return None
+    if rule is rules.TIMEDELTA and 0 < len(args) <= 3 and all(type(a) is int for a in args):
+        try:
+            return Converted(datetime.timedelta(*args), rule.note(name))  # seconds once finished
+        except OverflowError as err:
+            return Refused(f"{name} out of range ({err})")
+    if name == "datetime.timezone":
+        return _timezone(args)
+    if rule is rules.DEQUE and args and type(args[0]) in (list, tuple):
+        return DequeList(args[0])
+    if rule is rules.DEFAULTDICT and len(args) <= 1:
         return DefaultDict()
     if rule in (rules.FROZENSET, rules.SET) and len(args) <= 1:
-        return SetList(args[0] if args else [])
-    if rule is rules.PATH and all(isinstance(a, str) for a in args):
+        items = args[0] if args else []
+        return SetList(items) if type(items) in (list, tuple) else None
+    if rule is rules.PATH and args and all(type(a) is str for a in args):
         return Converted(rule.convert("/".join(args).replace("//", "/")), rule.note(name))
-    if rule is rules.OBJECT and args and isinstance(args[0], GlobalRef):
-        return ObjectRecord(args[0].name)
-    if len(args) == 1 and isinstance(args[0], rules.PRIMITIVES):
-        return EnumValue(name, args[0])
+    if rule is rules.OBJECT:
+        if len(args) == 3 and isinstance(args[0], GlobalRef) and args[2] is None:
+            base = args[1]
+            if isinstance(base, GlobalRef) and base.name == "builtins.object":
+                return new_object(args[0].name)
+        return None
+    if len(args) == 1 and type(args[0]) in (int, float, str, bool, type(None), bytes):
+        return enum_member(name, args[0])
     return None
 
 
-def _decode_datetime(name: str, state: bytes, tz: Any) -> Any:
-    tzinfo = tz if isinstance(tz, datetime.tzinfo) else None
+def new_object(cls: str) -> ObjectRecord | Refused:
+    """An object of class `cls` about to get its state, or why it is not converted."""
+    reason = rules.object_refusal(cls)
+    return ObjectRecord(cls) if reason is None else Refused(reason)
+
+
+def enum_member(name: str, value: Any) -> EnumValue | Refused:
+    """`name(value)` with one primitive: an Enum member only if `name` is an Enum class with
+    a member of that value (`migrate.classes`); a function call is code, never a member."""
+    found = classes.find_global(name)
+    if found.kind == classes.ENUM:
+        if found.values is None or any(type(v) is type(value) and v == value for v in found.values):
+            return EnumValue(name, value)
+        return Refused(f"{name} has no member with value {value!r}; fix: store .value")
+    if found.kind == classes.FUNCTION:
+        return Refused(
+            f"{name} is a function: a call of it is code, not an Enum member; refusing to "
+            f"convert; fix: never load this file with weights_only=False"
+        )
+    if found.kind == classes.OTHER:
+        return Refused(rules.refuse_call(name))
+    return Refused(
+        f"cannot tell whether {name} is an Enum class without importing it; fix: run "
+        f"migrate where its module can be found, or --trust if you wrote the file"
+    )
+
+
+def _timezone(args: tuple) -> TzInfo | Refused | None:
+    if not args or len(args) > 2 or not isinstance(args[0], Converted):
+        return None
+    offset = args[0].value
+    names = args[1:]
+    if not isinstance(offset, datetime.timedelta) or not all(type(n) is str for n in names):
+        return None
+    try:
+        return TzInfo(datetime.timezone(offset, *names))
+    except ValueError as err:
+        return Refused(f"datetime.timezone out of range ({err})")
+
+
+def _decode_datetime(name: str, state: bytes, tzinfo: Any) -> Any:
     if name == "datetime.date":
         return datetime.date(state[0] * 256 + state[1], state[2], state[3])
     if name == "datetime.time":
@@ -107,61 +169,3 @@ def _decode_datetime(name: str, state: bytes, tz: Any) -> Any:
         (state[7] << 16) | (state[8] << 8) | state[9],
         tzinfo,
     )
-
-
-# ---- final pass: markers -> primitives, with paths ----------------------------------------------
-
-
-def finish(value: Any, path: str, conversions: list[str], refusals: list[str]) -> Any:
-    """Replace every marker under `value` by its primitive form, reporting each by path."""
-    if isinstance(value, Refused):
-        refusals.append(f"{path}: {value.reason}")
-        return None
-    if isinstance(value, EnumValue):
-        conversions.append(f"{path}: {rules.ENUM.note(value.cls)} {value.value!r}")
-        return value.value
-    if isinstance(value, Converted):
-        conversions.append(f"{path}: {value.what}")
-        inner = value.value
-        if isinstance(inner, datetime.timedelta):
-            return rules.TIMEDELTA.convert(inner)
-        return finish(inner, path, conversions, refusals) if isinstance(inner, list) else inner
-    if isinstance(value, GlobalRef):
-        refusals.append(f"{path}: a bare reference to {value.name}")
-        return None
-    if isinstance(value, ObjectRecord):
-        if value.state.keys() >= rules.MODULE_STATE:  # an nn.Module, whatever its class name
-            conversions.append(f"{path}: {rules.MODULE.note(value.cls)}")
-            return rules.module_record(
-                value.cls,
-                value,
-                state_of=lambda record: record.state,
-                is_module=lambda child: isinstance(child, ObjectRecord),
-                leaf=lambda tensor, name: finish(tensor, f"{path}.{name}", [], refusals),
-            )
-        conversions.append(f"{path}: {rules.OBJECT.note(value.cls)}")
-        return {k: finish(v, f"{path}.{k}", conversions, refusals) for k, v in value.state.items()}
-    if isinstance(value, (DequeList, SetList)):
-        rule = rules.DEQUE if isinstance(value, DequeList) else rules.SET
-        conversions.append(f"{path}: {rule.note(rule.kind)}")
-        return [finish(v, f"{path}[{i}]", conversions, refusals) for i, v in enumerate(value)]
-    if isinstance(value, DefaultDict):
-        conversions.append(f"{path}: {rules.DEFAULTDICT.note(rules.DEFAULTDICT.kind)}")
-        return {k: finish(v, f"{path}[{k!r}]", conversions, refusals) for k, v in value.items()}
-    if isinstance(value, set):
-        conversions.append(f"{path}: {rules.SET.note(rules.SET.kind)}")
-        return [finish(v, f"{path}[{i}]", conversions, refusals) for i, v in enumerate(value)]
-    if isinstance(value, collections.OrderedDict):
-        result = collections.OrderedDict(
-            (k, finish(v, f"{path}[{k!r}]", conversions, refusals)) for k, v in value.items()
-        )
-        if hasattr(value, "_metadata"):
-            result._metadata = value._metadata  # type: ignore[attr-defined]
-        return result
-    if isinstance(value, dict):
-        return {k: finish(v, f"{path}[{k!r}]", conversions, refusals) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finish(v, f"{path}[{i}]", conversions, refusals) for i, v in enumerate(value)]
-    if isinstance(value, tuple):
-        return tuple(finish(v, f"{path}[{i}]", conversions, refusals) for i, v in enumerate(value))
-    return value  # primitives and tensors

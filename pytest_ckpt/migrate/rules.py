@@ -11,17 +11,21 @@ checks that the auditor gives it for the rule's globals and live types.
     datetime / date / time -> ISO string;  timedelta -> seconds
     deque, set, frozenset  -> list;  defaultdict -> dict
     pathlib path           -> str
-    nn.Module              -> {"class", "config", "state_dict"}
+    nn.Module              -> {"class", "config", "state_dict", "modules"}
+
+What no rule converts faithfully is refused, in both modes, with the same line
+(`refuse_call`, `object_refusal`): a call of a function, an object built from constructor
+arguments (a namedtuple) or from a state that is not a dict of attributes (numpy, a
+`__setstate__`), an object whose class the auditor advises more than its state for.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime
 import enum
 import pathlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,7 @@ from pytest_ckpt.audit.advice import (
     OBJECT_STATE_FIX,
     Fix,
     fix_for_name,
+    is_dangerous,
     is_module_class,
 )
 
@@ -86,27 +91,81 @@ def _seconds(value: datetime.timedelta) -> float:
     return value.total_seconds()
 
 
-def _is_dict_subclass(value: Any) -> bool:
+def _is_plain_object(value: Any) -> bool:
+    """Would pickle write `value` as its class and a dict of attributes (the default
+    `object.__reduce_ex__`, what the static mode reads as NEWOBJ + BUILD)?"""
+    return default_state(value) is not None
+
+
+def default_state(value: Any) -> dict[str, Any] | None:
+    """The attributes pickle saves for `value` when it uses the default reduction
+    (`copyreg.__newobj__(cls)` and a dict state, no list or dict items); else None."""
+    import copyreg
+
+    try:
+        reduced = value.__reduce_ex__(2)
+    except Exception:  # a class that refuses to be pickled: not convertible
+        return None
+    if not isinstance(reduced, tuple) or len(reduced) < 2:
+        return None
+    func, args = reduced[0], reduced[1]
+    if func is copyreg.__newobj_ex__:
+        if not (isinstance(args, tuple) and len(args) == 3 and not args[1] and not args[2]):
+            return None
+    elif func is not copyreg.__newobj__ or args != (type(value),):
+        return None
+    if any(item is not None for item in reduced[3:5]):
+        return None
+    state = reduced[2] if len(reduced) > 2 else None
+    if isinstance(state, tuple) and len(state) == 2:
+        dict_state, slot_state = state
+        if all(part is None or isinstance(part, dict) for part in state):
+            return merged_state(dict_state, slot_state)
+        return None
+    return dict(state) if isinstance(state, dict) else ({} if state is None else None)
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def refuse_call(name: str) -> str:
+    """The refusal of a call of the global `name` no rule converts (both modes)."""
+    fix = fix_for_name(name)
+    if is_dangerous(name):
+        return f"{name} is called when unpickling: refusing to convert; fix: {fix.advice}"
+    return f"a call of {name} is not data migrate can convert; fix: {fix.advice}"
+
+
+def refuse_arguments(cls: str) -> str:
+    """The refusal of an object built from constructor arguments (a namedtuple)."""
     return (
-        isinstance(value, dict)
-        and type(value) is not dict
-        and not isinstance(value, collections.OrderedDict)
+        f"{cls} is built from constructor arguments (cls.__new__(cls, *args)), not a dict "
+        f"of attributes; fix: store a tuple or a dict (namedtuple: ._asdict())"
     )
 
 
-def _is_object(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) or hasattr(value, "__reduce_ex__")
-
-
-def _live_module(module: Any) -> dict[str, Any]:
-    cls = type(module)
-    return module_record(
-        f"{cls.__module__}.{cls.__qualname__}",
-        module,
-        state_of=vars,
-        is_module=lambda child: child is not None,
-        leaf=lambda tensor, name: tensor,
+def refuse_state(cls: str) -> str:
+    return (
+        f"{cls} is rebuilt from a state that is not a dict of attributes (its own "
+        f"__reduce__ or __setstate__); fix: {fix_for_name(cls).advice}"
     )
+
+
+def object_refusal(cls: str) -> str | None:
+    """Why an object of class `cls` is not converted to the dict of its state, or None: the
+    auditor advises more than its state for it (numpy, OmegaConf, an optimizer, ...)."""
+    fix = fix_for_name(cls)
+    if fix.allowlist_helps or fix is MODULE_FIX:
+        return None
+    return f"{cls} object: its state is not its data ({fix.kind}); fix: {fix.advice}"
+
+
+def module_internals() -> frozenset[str]:
+    """The attributes every nn.Module has (from the installed torch): not its config."""
+    import torch
+
+    return frozenset(vars(torch.nn.Module())) - {"training"}
 
 
 ENUM = Rule(
@@ -136,26 +195,24 @@ MODULE = Rule(
     MODULE_FIX,
     "module -> state_dict + config",
     live=lambda value: is_module_class(type(value)),
-    convert=_live_module,
     subject=lambda value: None,
 )
 DEQUE = _for_class("deque", collections.deque, "-> list")
 SET = Rule("set", None, "-> list", globals=frozenset({"builtins.set"}), live=_instance_of(set))
 FROZENSET = _for_class("frozenset", frozenset, "-> list")
-# --trust writes every dict subclass but OrderedDict (which torch loads) as a plain dict.
 DEFAULTDICT = Rule(
     "defaultdict",
     fix_for_name("collections.defaultdict"),
     "-> dict",
     globals=frozenset({"collections.defaultdict"}),
-    live=_is_dict_subclass,
+    live=_instance_of(collections.defaultdict),
 )
 OBJECT = Rule(
     "object",
     OBJECT_STATE_FIX,
     "object -> dict of its state",
     globals=frozenset({"copyreg._reconstructor"}),
-    live=_is_object,
+    live=_is_plain_object,
     subject=lambda value: type(value).__qualname__,
 )
 
@@ -170,43 +227,6 @@ def rule_for_global(name: str) -> Rule | None:
     return next((rule for rule in RULES if rule.builds(name)), None)
 
 
-def first_live(rules: Iterable[Rule], value: Any) -> Rule | None:
-    """The first of `rules` that recognises the live `value`."""
-    return next((rule for rule in rules if rule.live(value)), None)
-
-
 def merged_state(dict_state: Any, slot_state: Any) -> dict[str, Any]:
     """An object's BUILD state, `(dict_state, slot_state)`, as one dict of attributes."""
     return {**(dict_state or {}), **(slot_state or {})}
-
-
-def module_record(
-    cls: str,
-    module: Any,
-    *,
-    state_of: Callable[[Any], Mapping[str, Any]],
-    is_module: Callable[[Any], bool],
-    leaf: Callable[[Any, str], Any],
-) -> dict[str, Any]:
-    """An nn.Module as `{"class", "config", "state_dict"}`: its tensors by dotted name and the
-    primitive public attributes, from its state (`state_of(module)`: the attributes pickle
-    saves, whichever mode reads them). `leaf(tensor, dotted_name)` is what is written."""
-    tensors: dict[str, Any] = {}
-
-    def collect(current: Any, prefix: str) -> None:
-        state = state_of(current)
-        for group in ("_parameters", "_buffers"):
-            for name, tensor in (state.get(group) or {}).items():
-                if tensor is not None:
-                    tensors[prefix + name] = leaf(tensor, prefix + name)
-        for name, child in (state.get("_modules") or {}).items():
-            if is_module(child):
-                collect(child, f"{prefix}{name}.")
-
-    collect(module, "")
-    config = {
-        key: value
-        for key, value in state_of(module).items()
-        if not key.startswith("_") and isinstance(value, PRIMITIVES)
-    }
-    return {"class": cls, "config": config, "state_dict": tensors}

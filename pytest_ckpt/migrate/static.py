@@ -4,19 +4,20 @@ The pickle runs on the auditor's pickle machine (`audit.machine`) with concrete 
 not on Python's unpickler: GLOBAL only names things, and the only callables ever invoked are
 torch's weights_only allowlist (OrderedDict, set, torch.Size, ...) and our own converters.
 What the file would have built becomes what the rules of `migrate.rules` say (an Enum member
-its value, an object the dict of its state, a datetime an ISO string, ...); tensors stay
-tensors, their storage bytes read from the archive.
+its value, an object the dict of its state, a datetime an ISO string, ...); tensors are
+rebuilt by torch's own functions (`migrate.calls`) on storages read as torch reads them
+(`migrate.storages`). The final pass (`migrate.finish`) writes the markers out.
 
-Each conversion is reported with its path. Anything else (a call of os.system, an unknown
-callable with non-primitive arguments, an extension code) is refused, by path, and then the
-whole file is refused: a partial conversion is not written.
+Each conversion is reported with its path. Anything else (a call of os.system or of any
+function, an object built from constructor arguments or a non-dict state, an extension
+code) is refused, by path, and then the whole file is refused: a partial conversion is not
+written. Exceptions from ill-formed pickles (the stack or memo) are "unreadable" (exit 2).
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,18 +28,18 @@ from pytest_ckpt.audit.machine import PickleMachine
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle
 from pytest_ckpt.errors import ConversionRefused
 from pytest_ckpt.migrate import rules
+from pytest_ckpt.migrate.calls import TorchRefuses, call_allowed, one_line
+from pytest_ckpt.migrate.finish import Finisher
 from pytest_ckpt.migrate.markers import (
     Converted,
     GlobalRef,
     ObjectRecord,
     Refused,
+    SetList,
     convert_call,
-    finish,
+    new_object,
 )
-
-_TENSOR_REBUILD = "torch._utils._rebuild_tensor_v2"
-_PARAMETER_REBUILD = "torch._utils._rebuild_parameter"
-_PARAMETER = "torch.nn.parameter.Parameter"
+from pytest_ckpt.migrate.storages import ArchiveStorages, StorageRefused
 
 
 @dataclass(slots=True)
@@ -64,16 +65,15 @@ class ConcreteMachine(PickleMachine):
     the stack or memo, reported by `convert_file` as a malformed pickle).
     """
 
-    def __init__(self, checkpoint, archive: zipfile.ZipFile | None, prefix: str) -> None:
+    def __init__(self, checkpoint, storages: ArchiveStorages | None, budget: int) -> None:
         import torch._weights_only_unpickler as wo
 
         super().__init__(checkpoint.pickle, start=checkpoint.pickle_start)
         self.allowed = {**wo._get_allowed_globals(), **wo._get_user_allowed_globals()}
         self.allowlist = load_allowlist()
         self.checkpoint = checkpoint
-        self.archive = archive
-        self.prefix = prefix
-        self.storages: dict[str, Any] = {}
+        self.storages = storages
+        self.budget = budget  # bytes torch's constructors may still allocate from arguments
         self.refused: list[Refused] = []
 
     def unsupported(self, op: Op) -> Exception:
@@ -175,29 +175,55 @@ class ConcreteMachine(PickleMachine):
         items = self.pop_mark()
         self.stack.append(dict(zip(items[::2], items[1::2], strict=True)))
 
+    def _target(self, op: Op, kinds: tuple[type, ...], what: str) -> Any:
+        """The object under the items an APPEND/SETITEM/ADDITEMS adds: one of `kinds`, or
+        None when it is refused already or now (an object that is a list or dict subclass).
+        Anything else cannot take items in any unpickler: a malformed pickle."""
+        target = self.stack[-1]
+        if isinstance(target, kinds):
+            return target
+        if isinstance(target, ObjectRecord):
+            if target.refused is None:
+                target.refused = (
+                    f"{target.cls} is a {what} subclass; fix: store a plain {what} "
+                    f"({what}(value)) and its attributes separately"
+                )
+            return None
+        if isinstance(target, Refused):
+            return None
+        raise MalformedPickle(f"{op.name} at offset {op.offset} onto a {type(target).__name__}")
+
     def _op_APPEND(self, op: Op) -> None:
         item = self.stack.pop()
-        self.stack[-1].append(item)
+        target = self._target(op, (list,), "list")
+        if target is not None:
+            target.append(item)
 
     def _op_APPENDS(self, op: Op) -> None:
         items = self.pop_mark()
-        self.stack[-1].extend(items)
+        target = self._target(op, (list,), "list")
+        if target is not None:
+            target.extend(items)
 
     def _op_SETITEM(self, op: Op) -> None:
         value, key = self.stack.pop(), self.stack.pop()
-        self.stack[-1][key] = value
+        target = self._target(op, (dict,), "dict")
+        if target is not None:
+            target[key] = value
 
     def _op_SETITEMS(self, op: Op) -> None:
         items = self.pop_mark()
-        for key, value in zip(items[::2], items[1::2], strict=True):
-            self.stack[-1][key] = value
+        target = self._target(op, (dict,), "dict")
+        if target is not None:
+            for key, value in zip(items[::2], items[1::2], strict=True):
+                target[key] = value
 
     def _op_ADDITEMS(self, op: Op) -> None:
         items = self.pop_mark()
-        target = self.stack[-1]
+        target = self._target(op, (set, SetList), "set")
         if isinstance(target, set):
             target.update(items)
-        else:
+        elif target is not None:
             target.extend(items)
 
     def _op_FROZENSET(self, op: Op) -> None:
@@ -231,28 +257,19 @@ class ConcreteMachine(PickleMachine):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             return self._refuse(f"persistent id at offset {op.offset} is not a storage")
         _tag, storage_type, key, _location, numel = pid
-        if self.archive is None:
+        if self.storages is None:
             return self._refuse("storages outside a zip archive are not converted")
-        if key in self.storages:
-            return self.storages[key]
         # An allow-listed storage type arrives as torch's own StorageType value (it has a
         # dtype); UntypedStorage is a class, so it stays a name.
         dtype = getattr(storage_type, "dtype", None)
         if dtype is None and getattr(storage_type, "name", None) == "torch.storage.UntypedStorage":
             dtype = torch.uint8
-        if not isinstance(dtype, torch.dtype):
+        if not isinstance(dtype, torch.dtype) or type(numel) is not int or numel < 0:
             return self._refuse(f"unknown storage type {storage_type!r}")
-        size = torch._utils._element_size(dtype)
         try:
-            raw = self.archive.read(f"{self.prefix}/data/{key}")
-        except KeyError:
-            return self._refuse(f"storage {key!r} missing from the archive")
-        if len(raw) < numel * size:
-            return self._refuse(f"storage {key!r} is shorter than it declares")
-        flat = torch.frombuffer(bytearray(raw[: numel * size]), dtype=torch.uint8)
-        storage = flat.view(dtype) if numel else torch.empty(0, dtype=dtype)
-        self.storages[key] = storage
-        return storage
+            return self.storages.storage(str(key), dtype, numel)
+        except StorageRefused as err:
+            return self._refuse(str(err))
 
     def _refuse(self, reason: str) -> Refused:
         refused = Refused(reason)
@@ -265,49 +282,49 @@ class ConcreteMachine(PickleMachine):
         self.stack.append(self._call(func, args, op))
 
     def _call(self, func: Any, args: Any, op: Op) -> Any:
-        import torch
-
         if not isinstance(func, GlobalRef) or not isinstance(args, tuple):
             return self._refuse(f"REDUCE at offset {op.offset} of something that is not a global")
         name = func.name
-        if name == _TENSOR_REBUILD:
-            storage, offset, size, stride = args[:4]
-            if isinstance(storage, Refused):
-                return storage
-            return torch.as_strided(storage, tuple(size), tuple(stride), offset)
-        if name == _PARAMETER_REBUILD:
-            if isinstance(args[0], Refused):
-                return args[0]
-            return torch.nn.Parameter(args[0], requires_grad=bool(args[1]))
-        if name == "torch._tensor._rebuild_from_type_v2":
-            inner, new_type, inner_args, state = args
-            if state or getattr(new_type, "name", None) not in ("torch.Tensor", _PARAMETER):
-                return self._refuse("a tensor subclass or a tensor with Python attributes")
-            return self._call(inner, inner_args, op)
+        refused = next((arg for arg in args if isinstance(arg, Refused)), None)
+        if refused is not None:  # a tensor of a refused storage, say: one reason, once
+            return refused
         if name == "builtins.bytes" and not args:
             return self._refuse("b'' (pickled as a call of bytes(), which weights_only refuses)")
-        if name in self.allowed and not name.startswith("torch._utils._rebuild"):
-            return self.allowed[name](*args)  # torch's own allowlist: safe by its contract
+        if name in self.allowed and rules.rule_for_global(name) is None:
+            return self._allowed_call(name, args)
         if is_dangerous(name):
-            return self._refuse(f"{name} is called when unpickling: refusing to convert")
+            return self._refuse(rules.refuse_call(name))
         known = convert_call(name, args)  # may be an empty (falsy) list or dict
         if known is None:
-            return self._refuse(f"call of {name} with arguments that are not primitives")
+            return self._refuse(rules.refuse_call(name))
+        if isinstance(known, Refused):
+            self.refused.append(known)
         return known
+
+    def _allowed_call(self, name: str, args: tuple) -> Any:
+        outcome = call_allowed(name, self.allowed, args, self.budget)
+        if isinstance(outcome, str):
+            return self._refuse(outcome)
+        value, spent = outcome
+        self.budget -= spent
+        return value
 
     def _op_NEWOBJ(self, op: Op) -> None:
         args = self.stack.pop()
         cls = self.stack.pop()
-        if not isinstance(cls, GlobalRef) or is_dangerous(cls.name):
-            self.stack.append(self._refuse(f"NEWOBJ at offset {op.offset} of {cls}"))
-            return
-        known = convert_call(cls.name, args)
-        if known is not None:
-            self.stack.append(known)
-        elif cls.name == "collections.OrderedDict":
+        if not isinstance(cls, GlobalRef) or not isinstance(args, tuple):
+            self.stack.append(self._refuse(f"NEWOBJ at offset {op.offset} of {cls!r:.60}"))
+        elif is_dangerous(cls.name):
+            self.stack.append(self._refuse(rules.refuse_call(cls.name)))
+        elif cls.name == "collections.OrderedDict" and not args:
             self.stack.append(collections.OrderedDict())
+        elif args:
+            self.stack.append(self._refuse(rules.refuse_arguments(cls.name)))
         else:
-            self.stack.append(ObjectRecord(cls.name))
+            made = new_object(cls.name)
+            if isinstance(made, Refused):
+                self.refused.append(made)
+            self.stack.append(made)
 
     def _op_BUILD(self, op: Op) -> None:
         state = self.stack.pop()
@@ -315,18 +332,33 @@ class ConcreteMachine(PickleMachine):
         slot_state = None
         if isinstance(state, tuple) and len(state) == 2:
             state, slot_state = state
-        merged = rules.merged_state(state, slot_state)
+        parts_ok = all(part is None or type(part) is dict for part in (state, slot_state))
+        if isinstance(inst, Refused):
+            return
         if isinstance(inst, ObjectRecord):
-            inst.state.update(merged)
-        elif isinstance(inst, collections.OrderedDict):
-            for key, value in merged.items():
+            if parts_ok and all(type(key) is str for key in (state or {})):
+                inst.state.update(rules.merged_state(state, slot_state))
+            elif inst.refused is None:
+                inst.refused = rules.refuse_state(inst.cls)
+        elif type(inst) is collections.OrderedDict and parts_ok:
+            for key, value in rules.merged_state(state, slot_state).items():
+                if type(key) is not str:
+                    raise MalformedPickle(f"BUILD at offset {op.offset} with a key {key!r:.40}")
                 setattr(inst, key, value)  # state_dict's _metadata
         else:
-            self.stack[-1] = self._refuse(f"BUILD at offset {op.offset} on {type(inst).__name__}")
+            self.stack[-1] = self._refuse(
+                f"BUILD at offset {op.offset} on a {type(inst).__name__} (a tensor with "
+                f"Python attributes?): not converted"
+            )
 
     def _op_NEWOBJ_EX(self, op: Op) -> None:
-        self.stack.pop()  # kwargs
-        self._op_NEWOBJ(op)
+        kwargs = self.stack.pop()
+        if not kwargs:
+            self._op_NEWOBJ(op)
+            return
+        self.stack.pop()  # args
+        cls = self.stack.pop()
+        self.stack.append(self._refuse(rules.refuse_arguments(getattr(cls, "name", "?"))))
 
 
 def convert_file(path: str | os.PathLike[str]) -> Conversion:
@@ -334,27 +366,32 @@ def convert_file(path: str | os.PathLike[str]) -> Conversion:
     checkpoint = open_checkpoint(path)
     if checkpoint.format not in ("zip", "legacy", "raw-pickle"):
         raise Unreadable(f"{checkpoint.format} files cannot be converted")
-    archive = zipfile.ZipFile(path) if checkpoint.format == "zip" else None
+    storages = ArchiveStorages(path) if checkpoint.format == "zip" else None
     try:
-        prefix = archive.infolist()[0].filename.split("/", 1)[0] if archive else ""
-        machine = ConcreteMachine(checkpoint, archive, prefix)
+        budget = max(os.path.getsize(path), 1 << 20)
+        machine = ConcreteMachine(checkpoint, storages, budget)
         try:
             raw = machine.execute()
         except (TruncatedPickle, MalformedPickle) as err:
             raise Unreadable(f"cannot convert: {err}") from None
+        except TorchRefuses as err:
+            raise Unreadable(f"cannot convert: {err}") from None
         except (IndexError, KeyError, TypeError, ValueError) as err:
             raise Unreadable(
-                f"cannot convert: malformed pickle ({type(err).__name__}: {err})"
+                f"cannot convert: malformed pickle ({type(err).__name__}: {one_line(err)})"
             ) from None
-        conversions: list[str] = []
-        refusals: list[str] = []
-        result = finish(raw, "root", conversions, refusals)
-        unseen = len(machine.refused) - len(refusals)  # refused objects the result dropped
-        if unseen > 0:
-            refusals.append(f"<discarded>: {unseen} refused object(s) built and thrown away")
+        finisher = Finisher()
+        result = finisher.run(raw)
+        refusals = finisher.refusals
+        if not refusals and machine.refused:  # refused objects the result dropped
+            reasons = "; ".join(sorted({r.reason for r in machine.refused})[:3])
+            refusals.append(
+                f"<discarded>: {len(machine.refused)} refused object(s) built and thrown "
+                f"away ({reasons})"
+            )
         if refusals:
             raise ConversionRefused(refusals)
-        return Conversion(result, conversions)
+        return Conversion(result, finisher.conversions)
     finally:
-        if archive is not None:
-            archive.close()
+        if storages is not None:
+            storages.close()

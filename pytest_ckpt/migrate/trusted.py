@@ -2,30 +2,46 @@
 
 This is the one place in pytest-ckpt that calls `torch.load(..., weights_only=False)`. It
 runs code from the file: imports its classes and calls whatever its pickle names. It exists
-for legacy files the static converter refuses (a custom `__reduce__`, a class it cannot
-read) and prints a warning every time. Never use it on a file you did not write.
+for legacy files the static converter refuses (a class whose module it cannot find) and
+prints a warning every time. Never use it on a file you did not write.
 
-The conversions are the rules of `migrate.rules`, applied to the live objects, so the output
-is the static mode's.
+The live objects become the markers the static machine builds (`classify`), and the one
+final pass (`migrate.finish`) converts both: the same rules, the same output, the same
+refusals. An object is a "dict of its state" only when pickle would write it as one (the
+default reduction, `rules.default_state`); anything else is refused, as the static mode
+refuses its REDUCE.
 """
 
 from __future__ import annotations
 
 import collections
+import datetime
+import enum
 import os
+import pathlib
 import sys
 from typing import Any
 
+from pytest_ckpt.errors import ConversionRefused
 from pytest_ckpt.migrate import rules
+from pytest_ckpt.migrate.finish import Finisher
+from pytest_ckpt.migrate.markers import (
+    Converted,
+    DefaultDict,
+    DequeList,
+    EnumValue,
+    ObjectRecord,
+    Refused,
+    SetList,
+    TzInfo,
+    new_object,
+)
 
 WARNING = (
     "WARNING: --trust unpickles {path} with weights_only=False: this RUNS CODE FROM THE FILE. "
     "Use it only on checkpoints you wrote yourself."
 )
-
-# replaced by what their `convert` gives
-_CONVERTED = (rules.DATETIME, rules.DATE, rules.TIME, rules.TIMEDELTA, rules.PATH, rules.MODULE)
-_AS_LISTS = (rules.DEQUE, rules.SET, rules.FROZENSET)  # written as lists of converted items
+_AS_ISO = (datetime.datetime, datetime.date, datetime.time)
 
 
 def load_trusted(path: str | os.PathLike[str]) -> Any:
@@ -35,55 +51,64 @@ def load_trusted(path: str | os.PathLike[str]) -> Any:
     return torch.load(path, weights_only=False, map_location="cpu")  # the documented exception
 
 
-def _object_state(obj: Any) -> dict[str, Any]:
-    """The state pickle would BUILD the object from (so --trust matches the static path)."""
-    reduced = obj.__reduce_ex__(2)
-    state = reduced[2] if len(reduced) > 2 else None
-    if isinstance(state, tuple) and len(state) == 2:
-        return rules.merged_state(*state)
-    return dict(state or {})
-
-
-def _report(rule: rules.Rule, value: Any, path: str, conversions: list[str]) -> None:
-    conversions.append(f"{path}: {rule.note(rule.subject(value))}")
-
-
-def to_primitives(value: Any, path: str, conversions: list[str]) -> Any:
-    """The same conversions as the static converter, applied to real objects."""
+def classify(value: Any) -> Any:
+    """The marker the static machine builds for what pickle would write for `value`."""
     import torch
 
-    if rules.ENUM.live(value):  # before the primitives: an IntEnum is an int
-        _report(rules.ENUM, value, path, conversions)
-        return rules.ENUM.convert(value)
-    if isinstance(value, (torch.Tensor, str, bytes, int, float, bool, complex, type(None))):
-        return value
-    if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
-        return value
-    rule = rules.first_live(_CONVERTED, value)
-    if rule is not None:
-        _report(rule, value, path, conversions)
-        return rule.convert(value)
-    rule = rules.first_live(_AS_LISTS, value)
-    if rule is not None:
-        _report(rule, value, path, conversions)
-        return [to_primitives(v, f"{path}[{i}]", conversions) for i, v in enumerate(value)]
-    if isinstance(value, collections.OrderedDict):
-        result = collections.OrderedDict(
-            (k, to_primitives(v, f"{path}[{k!r}]", conversions)) for k, v in value.items()
-        )
-        if hasattr(value, "_metadata"):
-            result._metadata = value._metadata  # type: ignore[attr-defined]
-        return result
-    if isinstance(value, dict):
-        if rules.DEFAULTDICT.live(value):
-            _report(rules.DEFAULTDICT, value, path, conversions)
-        return {k: to_primitives(v, f"{path}[{k!r}]", conversions) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_primitives(v, f"{path}[{i}]", conversions) for i, v in enumerate(value)]
-    if isinstance(value, tuple):
-        return tuple(to_primitives(v, f"{path}[{i}]", conversions) for i, v in enumerate(value))
-    if rules.OBJECT.live(value):
-        _report(rules.OBJECT, value, path, conversions)
-        state = _object_state(value)
-        return {k: to_primitives(v, f"{path}.{k}", conversions) for k, v in state.items()}
-    return value
+    cls = type(value)
+    name = rules.qualified_name(cls)
+    if isinstance(value, enum.Enum):
+        if type(value.value) not in (int, float, str, bool, type(None), bytes):
+            return Refused(rules.refuse_call(name))  # pickled with a value it cannot convert
+        return EnumValue(name, value.value)
+    if isinstance(value, torch.Tensor):  # Tensor and Parameter are the final pass's leaves
+        return Refused(f"a tensor subclass {name}; fix: store a plain tensor")
+    if cls in _AS_ISO:
+        return Converted(value.isoformat(), rules.rule_for_global(name).note(name))
+    if cls is datetime.timedelta:
+        return Converted(value, rules.TIMEDELTA.note(name))
+    if isinstance(value, datetime.tzinfo) and cls is datetime.timezone:
+        return TzInfo(value)
+    if isinstance(value, pathlib.PurePath):
+        return Converted(str(value), rules.PATH.note(name))
+    if cls is collections.deque:
+        return DequeList(value)
+    if cls is collections.defaultdict:
+        return DefaultDict(value)
+    if cls is frozenset:
+        return SetList(value)
+    state = rules.default_state(value)
+    if state is None:
+        return Refused(_reduce_refusal(value, name))
+    made = new_object(name)
+    if isinstance(made, ObjectRecord):
+        made.state.update(state)
+    return made
+
+
+def _reduce_refusal(value: Any, name: str) -> str:
+    """The static mode's refusal of what pickle writes for `value`: the call it makes."""
+    import copyreg
+
+    try:
+        reduced = value.__reduce_ex__(2)
+    except Exception as err:
+        return f"{name} cannot be pickled ({type(err).__name__})"
+    if isinstance(reduced, str):
+        return rules.refuse_call(f"{value.__module__}.{reduced}")
+    func = reduced[0]
+    if func in (copyreg.__newobj__, copyreg.__newobj_ex__):
+        return rules.refuse_arguments(name) if len(reduced[1]) > 1 else rules.refuse_state(name)
+    func_name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
+    return rules.refuse_call(func_name)
+
+
+def to_primitives(value: Any, path: str = "root", conversions: list[str] | None = None) -> Any:
+    """The static converter's output for the live `value`; raises ConversionRefused."""
+    finisher = Finisher(classify)
+    result = finisher.run(value, path)
+    if conversions is not None:
+        conversions.extend(finisher.conversions)
+    if finisher.refusals:
+        raise ConversionRefused(finisher.refusals)
+    return result

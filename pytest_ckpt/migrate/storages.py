@@ -1,0 +1,99 @@
+"""Tensor storages for the static converter, read the way `torch.load` reads them.
+
+Through torch's own archive reader (`torch._C.PyTorchFileReader`), so that an archive with
+two members of one name gives the bytes torch would give (which copy its reader finds is
+its business, not zipfile's); byte-swapped when the archive's `byteorder` record differs
+from this machine's, as torch does; wrapped in a `TypedStorage` for torch's own rebuild
+functions. Nothing is unpickled. A member that inflates beyond the file's own size (torch.save
+never compresses) or is shorter than its storage declares is refused, not read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+from collections import Counter
+from typing import Any
+
+from pytest_ckpt.errors import Unreadable
+
+
+class StorageRefused(Exception):
+    """A storage that cannot be read faithfully; the message says why."""
+
+
+class ArchiveStorages:
+    """The storages of one zip checkpoint; `close()` when done."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import torch
+
+        self.file_size = os.path.getsize(path)
+        self.loaded: dict[str, Any] = {}
+        self._zip: zipfile.ZipFile | None = None
+        self._prefix = ""
+        reader_class = getattr(torch._C, "PyTorchFileReader", None)
+        try:
+            if reader_class is not None and hasattr(reader_class, "get_record_size"):
+                self._reader = reader_class(os.fspath(path))
+            else:  # zipfile reads the last of duplicate members: refuse those
+                self._reader = None
+                self._zip = zipfile.ZipFile(path)
+                self._prefix = self._zip.infolist()[0].filename.split("/", 1)[0] + "/"
+                twice = [n for n, k in Counter(self._zip.namelist()).items() if k > 1]
+                if twice:
+                    raise Unreadable(f"archive member {twice[0]} appears more than once")
+            order = self._record("byteorder") if self._has("byteorder") else b"little"
+        except (RuntimeError, zipfile.BadZipFile, OSError) as err:
+            raise Unreadable(f"cannot read the archive: {err}") from None
+        if order not in (b"little", b"big"):
+            raise Unreadable(f"unknown endianness type {order[:16]!r} in the byteorder record")
+        self.swap = order.decode() != sys.byteorder
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def _has(self, name: str) -> bool:
+        if self._reader is not None:
+            return bool(self._reader.has_record(name))
+        return self._prefix + name in self._zip.NameToInfo  # type: ignore[union-attr]
+
+    def _size(self, name: str) -> int:
+        if self._reader is not None:
+            return int(self._reader.get_record_size(name))
+        return self._zip.getinfo(self._prefix + name).file_size  # type: ignore[union-attr]
+
+    def _record(self, name: str) -> bytes:
+        if self._reader is not None:
+            return bytes(self._reader.get_record(name))
+        return self._zip.read(self._prefix + name)  # type: ignore[union-attr]
+
+    def storage(self, key: str, dtype: Any, numel: int) -> Any:
+        """The TypedStorage `key` of `numel` elements of `dtype` (one object per key, so
+        views keep sharing it); raises StorageRefused."""
+        import torch
+
+        if key in self.loaded:
+            return self.loaded[key]
+        name = f"data/{key}"
+        if not self._has(name):
+            raise StorageRefused(f"storage {key!r} missing from the archive")
+        nbytes = numel * torch._utils._element_size(dtype)
+        size = self._size(name)
+        if size > self.file_size:
+            raise StorageRefused(
+                f"storage {key!r} inflates to {size} bytes from a {self.file_size}-byte file"
+            )
+        if size < nbytes:
+            raise StorageRefused(f"storage {key!r} is shorter than it declares")
+        raw = self._record(name)[:nbytes]
+        untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else None
+        if untyped is None:
+            untyped = torch.UntypedStorage(0)
+        if self.swap:
+            untyped.byteswap(dtype)
+        typed = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+        self.loaded[key] = typed
+        return typed
