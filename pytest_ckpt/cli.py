@@ -3,7 +3,7 @@
 
 Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
 A PATH may be a folder (every checkpoint-like file in it, a verdict each and a total), a
-safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.audit.layouts`.
+safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.targets.layouts`.
 Migrate exit status: 0 written; 1 refused (OUT not written or replaced); 2 unreadable or bad
 arguments.
 Errors are one line on stderr, never a traceback; nothing from a file is ever executed
@@ -28,10 +28,10 @@ from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.archive import Unreadable
 from pytest_ckpt.audit.escape import escape
-from pytest_ckpt.audit.folder_report import render_targets_text, with_artifacts
 from pytest_ckpt.audit.global_kinds import runs_code
-from pytest_ckpt.audit.layouts import audit_target
 from pytest_ckpt.audit.render import render_json, render_sarif
+from pytest_ckpt.targets.folder_report import render_targets_text, with_artifacts
+from pytest_ckpt.targets.layouts import audit_target
 
 
 def _dotted(text: str) -> str:

@@ -10,11 +10,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pytest_ckpt"
 MAX_LINES = 400
-# layer -> layers it must never import (`cli -> migrate, audit`; `plugin -> checks, subject`;
-# `checks -> audit`; `migrate -> audit, manager`; `adapters -> subject`; everyone ->
-# vocabulary, errors).
+# layer -> layers it must never import (`cli -> migrate, audit, targets`; `targets -> audit,
+# distributed`; `plugin -> checks, subject`; `checks -> audit`; `migrate -> audit, manager`;
+# `adapters -> subject`; everyone -> vocabulary, errors).
 FORBIDDEN = {
-    "audit": {"checks", "plugin", "migrate", "cli", "manager", "subject", "reference"},
+    "audit": {
+        "checks",
+        "plugin",
+        "migrate",
+        "cli",
+        "manager",
+        "subject",
+        "reference",
+        "distributed",
+        "targets",
+    },
+    # what a PATH is (file, folder, DCP folder): above audit and distributed, below cli
+    "targets": {"checks", "plugin", "migrate", "cli", "reference"},
     "checks": {"plugin", "migrate", "cli", "reference"},
     "migrate": {"checks", "plugin", "cli", "reference"},
     # adapters are subjects: users of the protocol, like the reference, never of the harness

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from pytest_ckpt.audit import Report
 from pytest_ckpt.audit.escape import escape
-from pytest_ckpt.audit.layouts import DCP, SKIPPED, TargetAudit
 from pytest_ckpt.audit.render import artifact_uri, render_text
+from pytest_ckpt.targets.layouts import DCP, SKIPPED, TargetAudit
 
 
 def render_targets_text(targets: Sequence[TargetAudit]) -> str:
