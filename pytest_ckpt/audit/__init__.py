@@ -19,6 +19,7 @@ from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
+from pytest_ckpt.audit.oracle import TorchRefusal, legacy_refusal, zip_refusal
 from pytest_ckpt.audit.verdict import PickleInterpreter
 
 __all__ = ["Finding", "Report", "audit_file"]
@@ -52,83 +53,140 @@ def audit_file(
     *,
     allow: Iterable[str] = (),
     allowlist: Allowlist | None = None,
+    map_location: str | None = None,
 ) -> Report:
     """Audit one file against the allowlist of the installed torch (plus `allow` names).
 
-    `path` may be a seekable binary stream (reported under its `name`): a DCP byte item."""
+    `path` may be a seekable binary stream (reported under its `name`): a DCP byte item.
+    The verdict is for `torch.load(path, weights_only=True, map_location=map_location)` on
+    this host: with None, a storage saved on a device this host lacks ("cuda:0" on a CPU-only
+    host) is refused, as torch refuses it."""
     allowlist = allowlist or load_allowlist(allow)
     with gc_paused():
-        return _audit(path, allowlist)
+        return _audit(path, allowlist, map_location)
 
 
-def _audit(path: str | os.PathLike[str] | IO[bytes], allowlist: Allowlist) -> Report:
+def _audit(
+    path: str | os.PathLike[str] | IO[bytes], allowlist: Allowlist, map_location: str | None
+) -> Report:
     name = str(getattr(path, "name", "<stream>")) if hasattr(path, "read") else os.fspath(path)
     try:
         checkpoint = open_checkpoint(path)
     except Unreadable as err:
         return Report(name, None, (), error=str(err))
-    if checkpoint.format == "torchscript":
-        finding = Finding(
-            "torchscript",
-            "a TorchScript archive: torch.load(weights_only=True) refuses these",
-            None,
-            "load it with torch.jit.load (only if you trust it), or save a state_dict",
-            False,
-            0,
-            "root",
-        )
-        return Report(name, "torchscript", (finding,))
+    if checkpoint.format in _REFUSED_FORMATS:
+        return Report(name, checkpoint.format, (_REFUSED_FORMATS[checkpoint.format],))
     interpreter = PickleInterpreter(
         checkpoint.pickle,
         allowlist,
         start=checkpoint.pickle_start,
         storage_sizes=checkpoint.storage_sizes if checkpoint.format == "zip" else None,
+        map_location=map_location,
     )
     try:
         _root, findings = interpreter.run()
+        if checkpoint.format == "legacy":
+            findings += _legacy_pickles_problems(checkpoint, interpreter.end, allowlist)
     except TruncatedPickle as err:
         return Report(name, checkpoint.format, (), error=f"truncated: {err}")
     except MalformedPickle as err:
         return Report(name, checkpoint.format, (), error=f"corrupt pickle: {err}")
+    notes = list(checkpoint.notes)
     if checkpoint.format == "raw-pickle":
-        findings.insert(
-            0,
-            Finding(
-                "format",
-                "a raw pickle, not a torch checkpoint: torch.load fails with "
-                "'Invalid magic number'",
-                None,
-                "write checkpoints with torch.save",
-                False,
-                0,
-                "root",
-            ),
-        )
-    if checkpoint.format == "legacy" and interpreter.end < len(checkpoint.pickle):
-        trailer = _storage_keys_problem(checkpoint, interpreter.end, allowlist)
-        if trailer is not None:
-            findings.append(trailer)
+        findings.insert(0, _RAW_PICKLE)
+    elif not findings:
+        refusal = _torch_refusal(checkpoint, interpreter, map_location, notes)
+        if refusal is not None:
+            findings.append(refusal)
     return Report(
         name,
         checkpoint.format,
         tuple(findings),
         storages=interpreter.storages,
-        notes=tuple(checkpoint.notes),
+        notes=tuple(notes),
     )
 
 
-def _storage_keys_problem(checkpoint: Checkpoint, start: int, allowlist: Allowlist):
-    """The legacy format's storage-key pickle must itself pass the same checks."""
-    try:
-        _keys, findings = PickleInterpreter(checkpoint.pickle, allowlist, start=start).run()
-    except (TruncatedPickle, MalformedPickle) as err:
-        return Finding(
-            "corrupt",
-            f"storage keys after the object pickle: {err}",
-            None,
-            "re-save the checkpoint",
-            False,
-            start,
-            "<storage keys>",
+def _torch_refusal(
+    checkpoint: Checkpoint,
+    interpreter: PickleInterpreter,
+    map_location: str | None,
+    notes: list[str],
+) -> Finding | None:
+    """Stage two, after a clean static pass: torch's own unpickler where the static pass
+    does not cover every check torch makes (`verdict.OracleGate`, `oracle`)."""
+    legacy = checkpoint.format == "legacy"
+    if not (legacy or interpreter.needs_oracle()):
+        return None
+    reason = interpreter.oracle_refused_reason()
+    if reason is not None:
+        notes.append(
+            f"not cross-checked with torch's unpickler ({reason}): argument, state and "
+            "storage checks torch makes while loading are not covered by this verdict"
         )
-    return findings[0] if findings else None
+        return None
+    try:
+        if legacy:
+            assert checkpoint.read_at is not None
+            legacy_refusal(checkpoint.pickle, checkpoint.read_at, checkpoint.size, map_location)
+        else:
+            zip_refusal(checkpoint.pickle, checkpoint.storage_sizes, map_location)
+    except TorchRefusal as refusal:
+        return Finding(
+            "torch-refuses",
+            f"torch's weights_only unpickler refuses it: {refusal}",
+            None,
+            "re-save the checkpoint with torch.save from tensors and plain containers",
+            False,
+            0,
+            "root",
+        )
+    return None
+
+
+def _legacy_pickles_problems(
+    checkpoint: Checkpoint, data_end: int, allowlist: Allowlist
+) -> list[Finding]:
+    """torch runs every pickle of the legacy format through the weights_only unpickler:
+    the magic number, protocol version and sys_info before the object, the storage keys
+    after it. Each gets the same static checks (a payload in sys_info is refused too)."""
+    starts = checkpoint.pickle_starts
+    problems = []
+    for start, what in ((starts[0], "magic number"), (starts[1], "protocol version"),
+                        (starts[2], "sys_info"), (data_end, "storage keys")):  # fmt: skip
+        _value, findings = PickleInterpreter(checkpoint.pickle, allowlist, start=start).run()
+        for finding in findings:
+            finding.path = f"<legacy {what} pickle>"
+            problems.append(finding)
+    return problems
+
+
+_RAW_PICKLE = Finding(
+    "format",
+    "a raw pickle, not a torch checkpoint: torch.load fails with 'Invalid magic number'",
+    None,
+    "write checkpoints with torch.save",
+    False,
+    0,
+    "root",
+)
+_REFUSED_FORMATS = {
+    "torchscript": Finding(
+        "torchscript",
+        "a TorchScript archive: torch.load(weights_only=True) refuses these",
+        None,
+        "load it with torch.jit.load (only if you trust it), or save a state_dict",
+        False,
+        0,
+        "root",
+    ),
+    "legacy-tar": Finding(
+        "legacy-tar",
+        "a legacy .tar checkpoint: torch.load(weights_only=True) refuses these",
+        None,
+        "load it with weights_only=False only if you trust it, then re-save it with torch.save",
+        False,
+        0,
+        "root",
+    ),
+}

@@ -101,7 +101,7 @@ class AcceptedOpcodes:
         module, name = op.arg
         dotted = self.allow.resolve(module, name)
         node = Node(GLOBAL_TYPE, name=dotted)
-        if module in self.allow.blocked_modules:
+        if self.allow.blocked(module, name):
             self._flag(
                 node,
                 self._global_finding(
@@ -127,7 +127,8 @@ class AcceptedOpcodes:
         if isinstance(func, Node) and func.type_name == GLOBAL_TYPE:
             result_type = self.allow.result_type(func.name or "")
             if func.name == "torch._tensor._rebuild_from_type_v2" and isinstance(args, Node):
-                new_type = (args.items or [None, None])[1]
+                parts = args.items or []  # a 1-tuple is torch's TypeError, not ours
+                new_type = parts[1] if len(parts) > 1 else None
                 if isinstance(new_type, Node) and new_type.type_name == GLOBAL_TYPE:
                     result_type = new_type.name or TENSOR
             result = Node(result_type if func.name in self.allow.names else func.name or "?")
