@@ -19,7 +19,13 @@ from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
-from pytest_ckpt.audit.oracle import TorchRefusal, legacy_refusal, zip_refusal
+from pytest_ckpt.audit.oracle import (
+    FileTruncated,
+    NeedsTensorData,
+    TorchRefusal,
+    legacy_refusal,
+    zip_refusal,
+)
 from pytest_ckpt.audit.verdict import PickleInterpreter
 
 __all__ = ["Finding", "Report", "audit_file"]
@@ -95,7 +101,10 @@ def _audit(
     if checkpoint.format == "raw-pickle":
         findings.insert(0, _RAW_PICKLE)
     elif not findings:
-        refusal = _torch_refusal(checkpoint, interpreter, map_location, notes)
+        try:
+            refusal = _torch_refusal(checkpoint, interpreter, map_location, notes)
+        except FileTruncated as err:
+            return Report(name, checkpoint.format, (), error=f"truncated: {err}")
         if refusal is not None:
             findings.append(refusal)
     return Report(
@@ -118,6 +127,17 @@ def _torch_refusal(
     legacy = checkpoint.format == "legacy"
     if not (legacy or interpreter.needs_oracle()):
         return None
+    problem = interpreter.resource_problem()
+    if problem is not None:
+        return Finding(
+            "resource-limit",
+            f"not vouched for: {problem}",
+            None,
+            "store tensors with torch.save, not sizes for a constructor to allocate",
+            False,
+            0,
+            "root",
+        )
     reason = interpreter.oracle_refused_reason()
     if reason is not None:
         notes.append(
@@ -131,6 +151,17 @@ def _torch_refusal(
             legacy_refusal(checkpoint.pickle, checkpoint.read_at, checkpoint.size, map_location)
         else:
             zip_refusal(checkpoint.pickle, checkpoint.storage_sizes, map_location)
+    except NeedsTensorData as err:
+        return Finding(
+            "resource-limit",
+            f"not vouched for: torch's unpickler would read tensor bytes here ({err}), and "
+            "the auditor never reads them",
+            None,
+            "store tensors and plain containers; do not pass storages to allow-listed calls",
+            False,
+            0,
+            "root",
+        )
     except TorchRefusal as refusal:
         return Finding(
             "torch-refuses",

@@ -13,6 +13,7 @@ from pytest_ckpt.audit.advice import ENUM_FIX, GENERIC_KIND, OBJECT_STATE_FIX, F
 from pytest_ckpt.audit.opcodes import Blob
 
 GLOBAL_TYPE = "<global>"  # the type of a Node standing for a GLOBAL (a class or function)
+STATE_LABEL = "<state>"  # links an object to its BUILD state dict: entries read as attributes
 
 _IDENTIFIER_KEY = re.compile(r"\['([A-Za-z_][A-Za-z0-9_]*)'\]")
 _MAX_PATH_PARTS = 40  # longer paths are shown with the middle elided
@@ -64,7 +65,11 @@ def key_label(key: Any) -> str:
     return f"[{key!r}]"
 
 
-def attribute_label(label: str) -> str:
+def attribute_label(label: str | int) -> str:
+    """An entry of a BUILD state as an attribute; int labels (an APPEND onto the state
+    dict, which torch refuses) and odd keys show as `__dict__` items."""
+    if isinstance(label, int):
+        return f".__dict__[{label}]"
     match = _IDENTIFIER_KEY.fullmatch(label)
     return f".{match.group(1)}" if match else f".__dict__{label}"
 
@@ -72,13 +77,22 @@ def attribute_label(label: str) -> str:
 def _path_to(node: Node, parents: dict[int, tuple[Node | None, str | int]]) -> str | None:
     if id(node) not in parents:
         return None
-    labels: list[str] = []
+    raw: list[str | int] = []
     current: Node | None = node
     while current is not None:
         parent, label = parents[id(current)]
-        labels.append(f"[{label}]" if isinstance(label, int) else label)
+        raw.append(label)
         current = parent
-    labels.reverse()
+    raw.reverse()
+    labels: list[str] = []
+    for i, label in enumerate(raw):
+        if label == STATE_LABEL:
+            if i == len(raw) - 1:
+                labels.append(".__dict__")
+        elif i and raw[i - 1] == STATE_LABEL:
+            labels.append(attribute_label(label))
+        else:
+            labels.append(f"[{label}]" if isinstance(label, int) else str(label))
     if len(labels) > _MAX_PATH_PARTS:
         hidden = len(labels) - _MAX_PATH_PARTS
         labels = [*labels[:5], f"...({hidden} levels)...", *labels[5 - _MAX_PATH_PARTS :]]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import struct
 import warnings
 from collections.abc import Callable, Mapping
@@ -36,10 +37,21 @@ from typing import Any
 from pytest_ckpt.audit.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
 
 _MESSAGE_CHARS = 240
+# torch's errors for reading a meta storage or tensor: our storages, not the file, at fault
+_NO_DATA = re.compile(r"'meta' device type|meta tensor|out of meta|on meta tensors", re.I)
 
 
 class TorchRefusal(Exception):
     """torch's unpickler (or a check torch.load makes around it) refuses the file."""
+
+
+class FileTruncated(Exception):
+    """The file ends inside the storage data torch.load would read (legacy format)."""
+
+
+class NeedsTensorData(Exception):
+    """torch's unpickler would read tensor bytes here (an allow-listed call iterating a
+    storage, say), which a meta storage does not have: torch's verdict is not known."""
 
 
 def _one_line(err: BaseException) -> str:
@@ -49,8 +61,10 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
-def _bounds_mode() -> Any:
-    """A dispatch mode that runs torch's CPU `set_` bounds check for every meta `set_`."""
+def _bounds_mode(really_meta: set[int]) -> Any:
+    """A dispatch mode that runs torch's CPU `set_` bounds check for every `set_` onto a
+    storage that torch would have on a real device (`really_meta`: the `_cdata` of those
+    torch too would make on meta, where it checks nothing)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -59,7 +73,7 @@ def _bounds_mode() -> Any:
     class StorageBounds(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func in set_overloads:
+            if func in set_overloads and args[1]._cdata not in really_meta:
                 target, storage, *rest = args
                 shadow = torch._C._construct_storage_from_data_pointer(
                     8, torch.device("cpu"), storage.nbytes()
@@ -70,8 +84,9 @@ def _bounds_mode() -> Any:
     return StorageBounds()
 
 
-def _restore_location(location: Any, map_location: str | None) -> None:
-    """Raise where torch.load's default_restore_location would, for a storage at `location`."""
+def _restore_location(location: Any, map_location: str | None) -> bool:
+    """Raise where torch.load's default_restore_location would, for a storage at `location`;
+    whether torch restores it on the meta device."""
     import torch
     from torch.serialization import _maybe_decode_ascii, default_restore_location
 
@@ -82,6 +97,7 @@ def _restore_location(location: Any, map_location: str | None) -> None:
     # there fails
     with contextlib.suppress(NotImplementedError):
         default_restore_location(meta, target)
+    return target == "meta"
 
 
 def _storage_dtype(storage_type: Any) -> Any:
@@ -91,7 +107,7 @@ def _storage_dtype(storage_type: Any) -> Any:
 
 
 def _zip_persistent_load(
-    record_sizes: Mapping[str, int], map_location: str | None
+    record_sizes: Mapping[str, int], map_location: str | None, really_meta: set[int]
 ) -> Callable[[Any], Any]:
     """torch.serialization._load's persistent_load, with meta storages."""
     import torch
@@ -118,7 +134,8 @@ def _zip_persistent_load(
                 f"({nbytes} bytes)"
             )
         storage = torch.UntypedStorage(nbytes, device="meta")
-        _restore_location(location, map_location)
+        if _restore_location(location, map_location):
+            really_meta.add(storage._cdata)
         typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
         if nbytes:  # torch caches storages whose data pointer is set: the non-empty ones
             loaded[key] = typed
@@ -127,7 +144,12 @@ def _zip_persistent_load(
     return persistent_load
 
 
-def _run(data: bytes, start: int, persistent_load: Callable[[Any], Any] | None) -> tuple:
+def _run(
+    data: bytes,
+    start: int,
+    persistent_load: Callable[[Any], Any] | None,
+    really_meta: set[int] | None = None,
+) -> tuple:
     """torch's Unpickler over `data[start:]`: (the object, the offset after its STOP)."""
     import torch
     from torch._weights_only_unpickler import Unpickler
@@ -139,7 +161,7 @@ def _run(data: bytes, start: int, persistent_load: Callable[[Any], Any] | None) 
         unpickler.persistent_load = persistent_load
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with _bounds_mode():
+        with _bounds_mode(really_meta if really_meta is not None else set()):
             result = unpickler.load()
         torch._utils._validate_loaded_sparse_tensors()
     return result, stream.tell()
@@ -153,17 +175,21 @@ def _refusing(job: Callable[[], Any]) -> Any:
 
     try:
         return job()
-    except TorchRefusal:
+    except (TorchRefusal, FileTruncated):
         raise
     except Exception as err:  # see the docstring: every exception is torch's refusal
+        if isinstance(err, (NotImplementedError, RuntimeError)) and _NO_DATA.search(str(err)):
+            raise NeedsTensorData(_one_line(err)) from None  # our storages, not the file
         raise TorchRefusal(_one_line(err)) from None
     finally:
         torch._utils._sparse_tensors_to_validate.clear()
 
 
 def zip_refusal(data: bytes, record_sizes: Mapping[str, int], map_location: str | None) -> None:
-    """Raise TorchRefusal where torch.load(weights_only=True) refuses this data.pkl."""
-    _refusing(lambda: _run(data, 0, _zip_persistent_load(record_sizes, map_location)))
+    """Raise TorchRefusal where torch.load(weights_only=True) refuses this data.pkl, and
+    NeedsTensorData where its verdict depends on tensor bytes."""
+    meta: set[int] = set()
+    _refusing(lambda: _run(data, 0, _zip_persistent_load(record_sizes, map_location, meta), meta))
 
 
 def legacy_refusal(
@@ -187,7 +213,9 @@ def legacy_refusal(
             raise TorchRefusal(f"RuntimeError: Invalid protocol version: {protocol!r}")
         _sys_info, pos = _run(data, pos, None)
         roots: dict[Any, Any] = {}
-        _result, pos = _run(data, pos, _legacy_persistent_load(roots, map_location))
+        meta: set[int] = set()
+        load = _legacy_persistent_load(roots, map_location, meta)
+        _result, pos = _run(data, pos, load, meta)
         keys, pos = _run(data, pos, None)
         for key in keys:
             if key not in roots:
@@ -196,7 +224,7 @@ def legacy_refusal(
             element = torch._utils._element_size(typed.dtype)
             header = read_at(pos, 8)
             if len(header) < 8:
-                raise RuntimeError("unexpected EOF in a storage size record")
+                raise FileTruncated(f"the file ends in the size record of storage {key!r}")
             (count,) = struct.unpack("<q", header)
             if count * element != typed._untyped_storage.nbytes():
                 raise RuntimeError(
@@ -205,12 +233,14 @@ def legacy_refusal(
                 )
             pos += 8 + count * element
             if pos > file_size:
-                raise RuntimeError("unexpected EOF: the file ends inside storage data")
+                raise FileTruncated(f"the file ends inside the bytes of storage {key!r}")
 
     _refusing(job)
 
 
-def _legacy_persistent_load(roots: dict[Any, Any], map_location: str | None) -> Callable:
+def _legacy_persistent_load(
+    roots: dict[Any, Any], map_location: str | None, really_meta: set[int]
+) -> Callable:
     """torch.serialization._legacy_load's persistent_load, with meta storages."""
     import torch
     from torch.serialization import _maybe_decode_ascii
@@ -231,7 +261,8 @@ def _legacy_persistent_load(roots: dict[Any, Any], map_location: str | None) -> 
         nbytes = numel * element
         if root_key not in roots:
             storage = torch.UntypedStorage(nbytes, device="meta")
-            _restore_location(location, map_location)
+            if _restore_location(location, map_location):
+                really_meta.add(storage._cdata)
             roots[root_key] = torch.storage.TypedStorage(
                 wrap_storage=storage, dtype=dtype, _internal=True
             )

@@ -23,9 +23,9 @@ from pytest_ckpt.audit.allowlist import (
 )
 from pytest_ckpt.audit.nodes import (
     GLOBAL_TYPE,
+    STATE_LABEL,
     Finding,
     Node,
-    attribute_label,
     key_label,
     value_is,
 )
@@ -198,12 +198,12 @@ class AcceptedOpcodes:
         self._lift_state(inst, state)
 
     def _lift_state(self, inst: Node, state: Any) -> None:
-        """Attach the state's entries to `inst` as attributes (`.stage`), so paths read well."""
+        """Link the state to `inst` under `STATE_LABEL`: its entries read as attributes in
+        paths (`.stage`). A link, not a copy: a state BUILT a million times stays one node."""
         if not isinstance(state, Node):
             return
         if state.type_name == "builtins.dict":
-            for label, child in state.children:
-                inst.children.append((attribute_label(label), child))
+            inst.children.append((STATE_LABEL, state))
         elif state.type_name == "builtins.tuple" and state.items is not None:
             for part in state.items:  # (dict_state, slot_state)
                 if isinstance(part, Node) and part.type_name == "builtins.dict":

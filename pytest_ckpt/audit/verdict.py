@@ -62,13 +62,16 @@ class OracleGate:
     object creation, state, set, persistent id, or a SETITEM(S) with an odd count or a
     non-primitive key makes the pickle `exotic`: torch's unpickler decides. It may not run
     (`oracle_blockers`) where a global is not on torch's own allowlist (a user's --allow name
-    is code we do not call), where an allocating callable gets a size that is not a small
-    literal, or where the calls would visit far more items than the pickle holds.
+    is code we do not call), nor where an allocating callable gets a size that is not a small
+    literal, or where the calls would visit far more items than the pickle holds: those two
+    are `resource_problem`s, reported as findings, since the auditor cannot vouch for them.
     """
 
     def _vet_call(self, func: Any, args: Any, op: Op) -> None:
         name = func.name if isinstance(func, Node) and func.type_name == GLOBAL_TYPE else None
         items = args.items if isinstance(args, Node) else None
+        if isinstance(args, Node) and args.type_name == "builtins.list" and not args.appended:
+            items = []  # func(*[]): torch calls with whatever REDUCE's argument unpacks to
         if not (name == ORDERED_DICT and items == [] and op.name == "REDUCE"):
             self.exotic = True
         if isinstance(args, Node):
@@ -76,15 +79,17 @@ class OracleGate:
                 len(child.children) + child.appended for _label, child in args.children
             )
         if name in self.allow.allocating:
-            elements = 1
+            elements = 1  # what the call may allocate: ints and sizes as its arguments
             for item in items if items is not None else [None]:
                 if type(item) is int:
                     elements *= max(item, 1)
-                elif isinstance(item, Node) or items is None:
+                elif items is None or (isinstance(item, Node) and item.type_name == "torch.Size"):
                     elements = _SMALL_ALLOCATION + 1
             if elements > _SMALL_ALLOCATION:
-                self.oracle_blockers.append(
-                    f"{name} at offset {op.offset} is called with a size torch would allocate"
+                self.resource_problems.append(
+                    f"{name} at offset {op.offset} is called with a size the file chooses "
+                    f"(over {_SMALL_ALLOCATION} elements, or not a literal): torch.load "
+                    "would allocate it"
                 )
 
     def _op_GLOBAL(self, op: Op) -> None:
@@ -141,11 +146,17 @@ class OracleGate:
         return self.exotic
 
     def oracle_refused_reason(self) -> str | None:
-        """Why torch's unpickler may not run over this pickle, if it may not."""
-        if self.oracle_blockers:
-            return self.oracle_blockers[0]
+        """Why torch's unpickler may not run over this pickle (the verdict stays the static
+        one, with a note), if it may not."""
+        return self.oracle_blockers[0] if self.oracle_blockers else None
+
+    def resource_problem(self) -> str | None:
+        """Why the auditor will not vouch for this pickle at all: loading it allocates what
+        the file says, or does work far beyond its size (a finding, not a note)."""
+        if self.resource_problems:
+            return self.resource_problems[0]
         if self.oracle_work > _ORACLE_WORK:
-            return f"its calls would visit {self.oracle_work} items"
+            return f"its calls visit {self.oracle_work} items, far more than the pickle holds"
         return None
 
 
@@ -174,7 +185,8 @@ class PickleInterpreter(OracleGate, AcceptedOpcodes, RefusedOpcodes, PickleMachi
         # Whether the static run covers all that torch checks (see OracleGate), and why
         # torch's own unpickler may not be run over this pickle, if it may not.
         self.exotic = False
-        self.oracle_blockers: list[str] = []
+        self.oracle_blockers: list[str] = []  # names torch's unpickler may not call
+        self.resource_problems: list[str] = []  # calls the auditor will not run for torch
         self.oracle_work = 0
         self.allow = allowlist
         self.storage_sizes = storage_sizes
