@@ -38,7 +38,7 @@ from pytest_ckpt.audit.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
 
 _MESSAGE_CHARS = 240
 # torch's errors for reading a meta storage or tensor: our storages, not the file, at fault
-_NO_DATA = re.compile(r"'meta' device type|meta tensor|out of meta|on meta tensors", re.I)
+_NO_DATA = re.compile(r"'meta' device type|meta tensor|out of meta|device \"meta\"", re.I)
 
 
 class TorchRefusal(Exception):

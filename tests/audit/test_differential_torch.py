@@ -34,18 +34,30 @@ def _write(path: Path, data_pkl: bytes, members: dict[str, bytes]) -> Path:
     return path
 
 
-def disagreements(tmp: Path, cases: list[tuple[bytes, dict[str, bytes]]]) -> list[str]:
-    """Write each case, audit it here, ask torch in one fresh process; the cases where the
-    two verdicts differ, as `file: audit=.. torch=..` lines."""
+def disagreements(tmp: Path, cases: list[tuple[bytes, dict[str, bytes]]]) -> tuple[list, list]:
+    """Write each case, audit it here, ask torch in one fresh process. Returns the cases
+    where the verdicts differ (`file: audit=.. torch=..` lines) and, apart, those torch
+    loads that the auditor declines to vouch for by design (a `resource-limit` finding:
+    a size the file chooses for a constructor, or a call that reads tensor bytes)."""
     paths = [_write(tmp / f"case{i}.pt", data, members) for i, (data, members) in enumerate(cases)]
     ours = {str(path): audit_file(path, allowlist=ALLOWLIST) for path in paths}
     torch_says = torch_verdicts(paths)
-    wrong = []
+    wrong, declined = [], []
     for path, report in ours.items():
-        if report.loadable != torch_says[path]:
-            detail = report.error or [f.detail for f in report.findings] or report.notes
-            wrong.append(f"{path}: audit={report.loadable} torch={torch_says[path]} {detail}")
-    return wrong
+        if report.loadable == torch_says[path]:
+            continue
+        detail = report.error or [f.detail for f in report.findings] or report.notes
+        line = f"{path}: audit={report.loadable} torch={torch_says[path]} {detail}"
+        kinds = {finding.kind for finding in report.findings}
+        (declined if torch_says[path] and kinds == {"resource-limit"} else wrong).append(line)
+    return wrong, declined
+
+
+def check(tmp: Path, cases: list) -> None:
+    wrong, declined = disagreements(tmp, cases)
+    print(f"differential: {len(cases)} cases, {len(wrong)} disagreements, {len(declined)} declined")
+    assert wrong == [], f"{len(wrong)} of {len(cases)} disagree:\n" + "\n".join(wrong[:20])
+    assert len(declined) <= len(cases) // 200, "\n".join(declined[:20])
 
 
 def generated_cases(seed: int, grammar_cases: int, mutation_cases: int) -> list[tuple]:
@@ -61,15 +73,11 @@ def generated_cases(seed: int, grammar_cases: int, mutation_cases: int) -> list[
 
 
 def test_differential_default_run_has_no_disagreements(tmp_path) -> None:
-    cases = generated_cases(seed=14, grammar_cases=250, mutation_cases=150)
-    wrong = disagreements(tmp_path, cases)
-    assert wrong == [], f"{len(wrong)} of {len(cases)} disagree:\n" + "\n".join(wrong[:20])
+    check(tmp_path, generated_cases(seed=14, grammar_cases=250, mutation_cases=150))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", range(50))
 def test_differential_nightly_100k_has_no_disagreements(tmp_path, batch) -> None:
     """100k cases in 50 batches of 2000 (1200 generated, 800 mutations), a seed per batch."""
-    cases = generated_cases(seed=1000 + batch, grammar_cases=1200, mutation_cases=800)
-    wrong = disagreements(tmp_path, cases)
-    assert wrong == [], f"{len(wrong)} of {len(cases)} disagree:\n" + "\n".join(wrong[:20])
+    check(tmp_path, generated_cases(seed=1000 + batch, grammar_cases=1200, mutation_cases=800))
