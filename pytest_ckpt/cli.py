@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.archive import Unreadable
+from pytest_ckpt.audit.archive import Unreadable, regular_file_size
 from pytest_ckpt.audit.render import render_json, render_sarif, render_text
 
 
@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_dotted,
         metavar="module.Name",
         help="treat this global as allow-listed (as torch.serialization.add_safe_globals would)",
+    )
+    audit.add_argument(
+        "--map-location",
+        default=None,
+        metavar="DEVICE",
+        help="the verdict is for torch.load(..., map_location=DEVICE), e.g. cpu; without it, "
+        "storages saved on a device this host lacks (cuda:0 on a CPU-only host) are refused",
     )
     migrate = commands.add_parser(
         "migrate", help="convert a legacy checkpoint to primitives and tensors (weights_only-safe)"
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             args.source, args.target, trust=args.trust, reference_v0=args.reference_v0
         )
     allowlist = load_allowlist(args.allow)
-    reports = [audit_path(path, allowlist, args.allow) for path in args.files]
+    reports = [audit_path(path, allowlist, args.allow, args.map_location) for path in args.files]
     if args.json:
         print(render_json(reports))
     elif args.sarif:
@@ -88,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.findings for r in reports) else 0
 
 
-def audit_path(path: str, allowlist, allow: list[str]):
+def audit_path(path: str, allowlist, allow: list[str], map_location: str | None = None):
     """A DCP folder (or a file of one: "audit the folder") goes to the DCP audit; anything
     else to the file auditor."""
     from pytest_ckpt.distributed.folder_audit import audit_dcp_target
 
     dcp_report = audit_dcp_target(path, allowlist=allowlist, allow=allow)
-    return dcp_report or audit_file(path, allowlist=allowlist)
+    return dcp_report or audit_file(path, allowlist=allowlist, map_location=map_location)
 
 
 def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool = False) -> int:
@@ -103,6 +110,11 @@ def migrate_command(source: str, target: str, *, trust: bool, reference_v0: bool
     from pytest_ckpt.migrate.static import ConversionRefused, convert_file
 
     src, out = Path(source), Path(target)
+    try:  # before anything opens it: a FIFO would block, a device never ends
+        regular_file_size(src)
+    except Unreadable as err:
+        print(f"pytest-ckpt migrate: {src}: {err}", file=sys.stderr)
+        return 2
     if out.exists() and src.exists() and os.path.samefile(src, out):
         print(f"pytest-ckpt migrate: refusing to overwrite the input {src}", file=sys.stderr)
         return 2

@@ -123,11 +123,13 @@ def _torch_reader(path: str | os.PathLike[str], reader_class: Any) -> Any:
     reader takes str paths only; torch.load itself reads through the open file)."""
     if hasattr(path, "read"):
         return reader_class(path)
+    name = os.fspath(path)
     try:
-        return reader_class(os.fspath(path))
+        name.encode("utf-8")
     except UnicodeEncodeError:
         handle = open(path, "rb")  # noqa: SIM115 - the reader reads through it, and owns it
         return reader_class(handle)
+    return reader_class(name)
 
 
 def _too_big(member: str, size: int) -> str:
