@@ -39,6 +39,8 @@ class Allowlist:
     # allowed callables that allocate what their int arguments say (bytearray(n), storages,
     # the legacy tensor constructors): the oracle runs them only on small literal sizes
     allocating: frozenset[str] = frozenset()
+    # storage types whose dtype can require grad (floating point and complex)
+    grad_storages: frozenset[str] = frozenset()
 
     def resolve(self, module: str, name: str) -> str:
         """The dotted name torch looks up for GLOBAL module/name (after Python 2 mappings)."""
@@ -112,7 +114,20 @@ def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
         import_mapping=dict(IMPORT_MAPPING),
         torch_names=frozenset(default),
         allocating=frozenset(_allocating(default)),
+        grad_storages=frozenset(_grad_storages(default)),
     )
+
+
+def _grad_storages(default: Mapping[str, Any]) -> set[str]:
+    import torch
+
+    names = set()
+    for name, value in default.items():
+        dtype = getattr(value, "dtype", None)
+        is_dtype = name.endswith("Storage") and isinstance(dtype, torch.dtype)
+        if is_dtype and (dtype.is_floating_point or dtype.is_complex):
+            names.add(name)
+    return names
 
 
 def _allocating(default: Mapping[str, Any]) -> set[str]:

@@ -38,6 +38,7 @@ from pytest_ckpt.audit.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
 
 _MESSAGE_CHARS = 240
 # torch's errors for reading a meta storage or tensor: our storages, not the file, at fault
+_NO_KERNEL = re.compile(r"'(Quantized)?Meta' backend|no fake impl or Meta kernel")
 _NO_DATA = re.compile(r"'meta' device type|meta tensor|out of meta|device \"meta\"", re.I)
 
 
@@ -51,7 +52,12 @@ class FileTruncated(Exception):
 
 class NeedsTensorData(Exception):
     """torch's unpickler would read tensor bytes here (an allow-listed call iterating a
-    storage, say), which a meta storage does not have: torch's verdict is not known."""
+    storage, say), which a meta storage does not have, or runs an operator that has no meta
+    kernel (`no_kernel`: quantized and nested tensors): torch's verdict is not known."""
+
+    def __init__(self, message: str, *, no_kernel: bool) -> None:
+        super().__init__(message)
+        self.no_kernel = no_kernel
 
 
 def _one_line(err: BaseException) -> str:
@@ -178,8 +184,11 @@ def _refusing(job: Callable[[], Any]) -> Any:
     except (TorchRefusal, FileTruncated):
         raise
     except Exception as err:  # see the docstring: every exception is torch's refusal
-        if isinstance(err, (NotImplementedError, RuntimeError)) and _NO_DATA.search(str(err)):
-            raise NeedsTensorData(_one_line(err)) from None  # our storages, not the file
+        if isinstance(err, (NotImplementedError, RuntimeError)):  # our storages' fault?
+            if _NO_KERNEL.search(str(err)):
+                raise NeedsTensorData(_one_line(err), no_kernel=True) from None
+            if _NO_DATA.search(str(err)):
+                raise NeedsTensorData(_one_line(err), no_kernel=False) from None
         raise TorchRefusal(_one_line(err)) from None
     finally:
         torch._utils._sparse_tensors_to_validate.clear()

@@ -57,11 +57,11 @@ _RECORD = b"".join(
         rb"Q(" + _INT + rb")",  # BINPERSID, 10: the storage offset
         rb"(" + _SHAPE + rb")" + _PUT,  # 11, 12: size
         rb"(" + _SHAPE + rb")" + _PUT,  # 13, 14: stride
-        rb"[\x88\x89]",  # requires_grad
-        _GET,  # 15: collections.OrderedDict
-        rb"\)R" + _PUT,  # 16: EMPTY_TUPLE REDUCE, the (empty) backward hooks
-        rb"t" + _PUT,  # 17: TUPLE, the arguments
-        rb"R" + _PUT,  # 18: REDUCE, the tensor
+        rb"([\x88\x89])",  # 15: requires_grad
+        _GET,  # 16: collections.OrderedDict
+        rb"\)R" + _PUT,  # 17: EMPTY_TUPLE REDUCE, the (empty) backward hooks
+        rb"t" + _PUT,  # 18: TUPLE, the arguments
+        rb"R" + _PUT,  # 19: REDUCE, the tensor
     ]
 )
 TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
@@ -138,14 +138,16 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             break
         (
             rebuild_get, tag_get, type_get, new_key, key_put, key_get, location_get, numel_op,
-            id_put, offset_op, size_shape, size_put, stride_shape, stride_put, hooks_get,
-            hooks_put, args_put, tensor_put,
+            id_put, offset_op, size_shape, size_put, stride_shape, stride_put, grad_op,
+            hooks_get, hooks_put, args_put, tensor_put,
         ) = match.groups()  # fmt: skip
         signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
         cached = clean_reads.get(signature) or _validated_reads(interp, signature)
         if cached is None:
             break
         reads, rebuild, hooks, storage_type, element_size = cached
+        if grad_op == b"\x88" and storage_type.name not in interp.allow.grad_storages:
+            break  # torch: only floating point and complex tensors can require grad
         if rebuild.findings or hooks.findings or storage_type.findings:
             break  # flagged since (BUILD or APPEND onto them): the interpreter's job
         if key_get is None:
@@ -233,7 +235,7 @@ def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple
         and _is_clean_global(hooks, ORDERED_DICT)
         and _is_clean_global(storage_type, None)
         and value_is(tag, "storage")
-        and _loads_here(location, interp.map_location)
+        and loads_here(location, interp.map_location)
     ):
         return None
     interp.guarded.update(reads)
@@ -261,10 +263,13 @@ def _shape_ints(shape: bytes) -> list[int]:
 
 
 def _extent(size_shape: bytes, stride_shape: bytes) -> int:
+    return tensor_extent(_shape_ints(size_shape), _shape_ints(stride_shape))
+
+
+def tensor_extent(size: list[int], stride: list[int]) -> int:
     """How many elements from the storage offset a tensor of this size and stride spans
     (0 when it is empty); -1 for what only torch's `set_` should judge (a rank mismatch, a
     negative size or stride)."""
-    size, stride = _shape_ints(size_shape), _shape_ints(stride_shape)
     if len(size) != len(stride) or any(v < 0 for v in size + stride):
         return -1
     if 0 in size:
@@ -277,7 +282,7 @@ def _index(op: bytes) -> int:
     return op[1] if len(op) == 2 else _LONG_INDEX(op)[0]
 
 
-def _loads_here(location: Any, map_location: str | None) -> bool:
+def loads_here(location: Any, map_location: str | None) -> bool:
     """A storage location torch restores on this host without asking: "cpu", or any text
     when storages are mapped to the CPU (anything else is torch's to judge)."""
     if map_location in ("cpu", "meta"):

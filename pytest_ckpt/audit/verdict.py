@@ -32,7 +32,13 @@ from pytest_ckpt.audit.machine import PickleMachine, gc_paused
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Finding, Node, collect_findings
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op
 from pytest_ckpt.audit.symbolic import AcceptedOpcodes, RefusedOpcodes
-from pytest_ckpt.audit.tensor_records import DeferredRecord, take_tensor_records
+from pytest_ckpt.audit.tensor_records import (
+    REBUILD_TENSOR_V2,
+    DeferredRecord,
+    loads_here,
+    take_tensor_records,
+    tensor_extent,
+)
 
 # The opcodes torch's weights_only unpickler implements; everything else it refuses.
 TORCH_OPCODES = frozenset(
@@ -72,7 +78,11 @@ class OracleGate:
         items = args.items if isinstance(args, Node) else None
         if isinstance(args, Node) and args.type_name == "builtins.list" and not args.appended:
             items = []  # func(*[]): torch calls with whatever REDUCE's argument unpacks to
-        if not (name == ORDERED_DICT and items == [] and op.name == "REDUCE"):
+        plain = op.name == "REDUCE" and (
+            (name == ORDERED_DICT and items == [])
+            or (name == REBUILD_TENSOR_V2 and not func.findings and self._plain_tensor(items))
+        )
+        if not plain:
             self.exotic = True
         if isinstance(args, Node):
             self.oracle_work += 1 + sum(
@@ -139,8 +149,55 @@ class OracleGate:
         super()._op_EMPTY_SET(op)  # type: ignore[misc]
 
     def _op_BINPERSID(self, op: Op) -> None:
-        self.exotic = True  # outside a fast-path record: torch checks what we cannot
+        """A storage torch.save wrote (a known type, a record of exactly its size, a location
+        this host restores) is judged here, like the fast path's; any other is torch's."""
+        pid = self.stack[-1] if self.stack else None
+        items = pid.items if isinstance(pid, Node) and pid.type_name == "builtins.tuple" else None
+        kind = items[1] if items and len(items) == 5 else None
+        if isinstance(kind, Node) and kind.type_name != GLOBAL_TYPE:  # an object's .dtype
+            self.stack[-1] = Node("torch.storage.TypedStorage")  # is torch's to judge
+            self.exotic = True
+            return
         super()._op_BINPERSID(op)  # type: ignore[misc]
+        storage = self.stack[-1]
+        if self.storage_sizes is None or items is None or len(items) != 5 or storage.findings:
+            self.exotic = True
+            return
+        _tag, kind, key, location, numel = items
+        element = self.allow.storage_sizes.get(getattr(kind, "name", None) or "")
+        if (
+            element is None
+            or type(numel) is not int
+            or not loads_here(location, self.map_location)
+            or self.storage_decls.get(key.preview) != (kind.name, numel)
+            or self.storage_sizes.get(key.preview) != numel * element
+        ):
+            self.exotic = True
+            return
+        self.plain_storages[id(storage)] = (numel, kind.name)
+
+    def _plain_tensor(self, items: list[Any] | None) -> bool:
+        """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)` as
+        torch.save writes it, in bounds of a plain storage (what the fast path takes)."""
+        if items is None or len(items) != 6:
+            return False
+        storage, offset, size, stride, requires_grad, hooks = items
+        numel, kind = self.plain_storages.get(id(storage), (None, None))
+        if numel is None or type(offset) is not int or type(requires_grad) is not bool:
+            return False
+        if requires_grad and kind not in self.allow.grad_storages:
+            return False
+        if not (isinstance(hooks, Node) and hooks.type_name == ORDERED_DICT):
+            return False
+        shapes = []
+        for shape in (size, stride):
+            if not (isinstance(shape, Node) and shape.type_name == "builtins.tuple"):
+                return False
+            if shape.items is None or any(type(v) is not int for v in shape.items):
+                return False
+            shapes.append(shape.items)
+        extent = tensor_extent(*shapes)
+        return extent >= 0 and offset >= 0 and (extent == 0 or offset + extent <= numel)
 
     def needs_oracle(self) -> bool:
         return self.exotic
@@ -188,6 +245,8 @@ class PickleInterpreter(OracleGate, AcceptedOpcodes, RefusedOpcodes, PickleMachi
         self.oracle_blockers: list[str] = []  # names torch's unpickler may not call
         self.resource_problems: list[str] = []  # calls the auditor will not run for torch
         self.oracle_work = 0
+        # id(storage node) -> (numel, storage type), for the tensors judged here
+        self.plain_storages: dict[int, tuple[int, str]] = {}
         self.allow = allowlist
         self.storage_sizes = storage_sizes
         self.fast_records = fast_records

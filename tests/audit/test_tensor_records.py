@@ -204,7 +204,7 @@ def test_a_record_overwriting_what_others_read_sends_the_next_to_the_interpreter
     b, c, _d = records(data)
     rebuild = memo_index(b.group(1))
     stride = c.group(14)  # record "c" memoises its stride over the rebuild function
-    edited = data[: c.start(11)] + b"q" + bytes([rebuild]) + data[c.start(11) + len(stride) :]
+    edited = data[: c.start(14)] + b"q" + bytes([rebuild]) + data[c.start(14) + len(stride) :]
     verdict, taken = same_with_and_without(edited, sizes)
     assert taken == 1  # "b"; "c" writes a guarded entry, "d" calls a tuple
     paths = {(kind, path) for kind, path, *_ in verdict[2]}
@@ -215,8 +215,8 @@ def test_a_tensor_memoised_over_what_others_read_sends_the_next_to_the_interpret
     data, sizes = saved({name: torch.ones(2) for name in "abcd"})
     b, c, _d = records(data)
     rebuild = memo_index(b.group(1))
-    tensor = c.group(18)  # record "c" memoises the tensor itself over the rebuild function
-    edited = data[: c.start(15)] + b"q" + bytes([rebuild]) + data[c.start(15) + len(tensor) :]
+    tensor = c.group(19)  # record "c" memoises the tensor itself over the rebuild function
+    edited = data[: c.start(19)] + b"q" + bytes([rebuild]) + data[c.start(19) + len(tensor) :]
     verdict, taken = same_with_and_without(edited, sizes)
     assert taken == 1  # "b"; "c" writes a guarded entry, "d" calls a tensor
     paths = {(kind, path) for kind, path, *_ in verdict[2]}
