@@ -1,6 +1,15 @@
-"""Static checkpoint auditor: will `torch.load(weights_only=True)` accept this file, and if not,
-which object, where, and how to fix it. It never imports, calls or constructs anything from
-the file, and never reads tensor bytes.
+"""Checkpoint auditor: will `torch.load(weights_only=True)` accept this file, and if not,
+which object, where, and how to fix it. It never imports anything the file names, never
+calls anything off torch's own allowlist, and never reads tensor bytes.
+
+The verdict has two stages. The static machine (`verdict`) runs first: it builds nothing,
+proves which globals are referenced, and gives every finding its path and fix. Where it
+finds nothing torch refuses by name but the pickle holds more than plain tensors and
+containers (calls, states, sets...), torch's own weights_only unpickler runs over it with
+storages that hold no bytes (`oracle`, whose docstring says why that is safe), so arity,
+argument types, BUILD states, SETITEMS, keys, view bounds and storage locations are judged
+by torch itself. Limits: a pickle, after inflating, of at most 256 MiB (`legacy`); a call
+that would allocate what the file chooses, or read tensor bytes, is not vouched for.
 
     from pytest_ckpt.audit import audit_file
     report = audit_file("model.pt")

@@ -77,6 +77,10 @@ def _bounds_mode(really_meta: set[int]) -> Any:
     set_overloads = {torch.ops.aten.set_.source_Storage_storage_offset}
 
     class StorageBounds(TorchDispatchMode):
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            return False  # no torch.compile here: spare the 1 s import of torch._dynamo
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if func in set_overloads and args[1]._cdata not in really_meta:
