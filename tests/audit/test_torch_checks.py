@@ -164,3 +164,17 @@ def test_archive_members_torch_reads_are_checked(tmp_path, member, value) -> Non
     report = audit_file(path)
     assert report.error is not None and member in report.error
     assert torch_verdicts([path]) == {str(path): False}
+
+
+def test_an_allowed_users_function_is_never_called_by_the_audit(tmp_path, monkeypatch) -> None:
+    """--allow admits a name; the auditor still calls nothing that is not torch's own."""
+    marker = tmp_path / "called"
+    (tmp_path / "user_hooks.py").write_text(
+        f"def boom(*args):\n    open({str(marker)!r}, 'w').close()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    payload = PROTO2 + call("user_hooks.boom", uni("x")) + call("torch.Size", b"(K\x01t")
+    path = write_zip(tmp_path / "hooks.pt", payload + b"\x86.")
+    report = audit_file(path, allowlist=load_allowlist(["user_hooks.boom"]))
+    assert not marker.exists()
+    assert report.loadable and any("not cross-checked" in note for note in report.notes)
