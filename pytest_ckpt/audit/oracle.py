@@ -144,10 +144,11 @@ def _zip_persistent_load(
                 f"({nbytes} bytes)"
             )
         storage = torch.UntypedStorage(nbytes, device="meta")
-        if _restore_location(location, map_location):
+        meta = _restore_location(location, map_location)
+        if meta:
             really_meta.add(storage._cdata)
         typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
-        if nbytes:  # torch caches storages whose data pointer is set: the non-empty ones
+        if nbytes and not meta:  # torch caches storages whose data pointer is set
             loaded[key] = typed
         return typed
 
@@ -280,8 +281,11 @@ def _legacy_persistent_load(
                 wrap_storage=storage, dtype=dtype, _internal=True
             )
         typed = roots[root_key]
-        if typed._untyped_storage.nbytes() == 0:  # torch: a data pointer of 0
+        root_meta = typed._untyped_storage._cdata in really_meta
+        if typed._untyped_storage.nbytes() == 0 or root_meta:  # torch: a data pointer of 0
             typed = torch.storage.TypedStorage(device="meta", dtype=dtype, _internal=True)
+            if root_meta:  # a new storage on the meta device, where set_ checks nothing
+                really_meta.add(typed._untyped_storage._cdata)
         if view_metadata is None:
             return typed
         view_key, offset, view_size = view_metadata

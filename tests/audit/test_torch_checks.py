@@ -66,6 +66,12 @@ REFUSED_BY_TORCH = {
     # a storage on a device this host lacks, without map_location
     "cuda_storage_on_cpu_host": in_dict(tensor(location="cuda:0")),
     "unknown_location": in_dict(tensor(location="bogus")),
+    # a storage first loaded on meta is not cached by torch: the next reference is checked
+    "meta_then_cpu_out_of_bounds": PROTO2
+    + b"("
+    + storage(location="meta")
+    + tensor(size=b"K\x03\x85")
+    + b"t.",
     # arguments and arity of allow-listed callables
     "size_of_a_string": PROTO2 + call("torch.Size", uni("abc")) + b".",
     "bogus_device": PROTO2 + call("torch.device", uni("bogus")) + b".",
