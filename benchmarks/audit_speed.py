@@ -1,8 +1,12 @@
 """Audit speed and memory against torch's own loader and lister, measured in one run.
 
-    .venv/bin/python benchmarks/audit_speed.py [--gigabytes 1.0]
+    .venv/bin/python benchmarks/audit_speed.py [--gigabytes 1.0] [--repeat 3]
+        [--variant clean|dirty|exotic ...]
 
 Builds two checkpoints of about `--gigabytes` each in a temp dir (256 tensors; 4096 tensors)
+per variant: `clean` (a state dict of tensors), `dirty` (the same plus one datetime.date at
+the end, which torch refuses: the audit must find it), `exotic` (the same plus a torch.Size,
+which sends the whole pickle through torch's own unpickler, the audit's second stage)
 and reports, each step in a fresh process: `torch.load(weights_only=True)` time,
 `torch.serialization.get_unsafe_globals_in_checkpoint` time, `pytest_ckpt.audit.audit_file`
 time (modules imported before timing, for all three), and the peak RSS the audit reaches
@@ -39,23 +43,32 @@ MEASURE = textwrap.dedent(
     base = status("VmRSS")
     start = time.perf_counter()
     if what == "load":
-        torch.load(path, weights_only=True)
+        try:
+            torch.load(path, weights_only=True)
+        except Exception:  # a dirty file: timed up to torch's refusal
+            pass
     elif what == "lister":
         torch.serialization.get_unsafe_globals_in_checkpoint(path)
     else:
         report = audit_file(path)
-        assert report.loadable, report
+        assert report.loadable == ("dirty" not in path), report
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "rss_above_torch_mb": (status("VmHWM") - base) / 1024}))
     """
 )
 
 
-def build(path: Path, tensors: int, total_bytes: int) -> None:
+def build(path: Path, tensors: int, total_bytes: int, variant: str) -> None:
+    import datetime
+
     import torch
 
     numel = total_bytes // 4 // tensors
-    state = {f"layer{i}.weight": torch.randn(numel) for i in range(tensors)}
+    state: dict[str, object] = {f"layer{i}.weight": torch.randn(numel) for i in range(tensors)}
+    if variant == "dirty":
+        state["zz.when"] = datetime.date(2026, 1, 1)
+    elif variant == "exotic":
+        state["zz.shape"] = torch.Size([2, 3])
     torch.save(state, path)
 
 
@@ -77,18 +90,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gigabytes", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=["clean", "dirty", "exotic"],
+        help="which files to build (repeatable; default: clean and dirty)",
+    )
     args = parser.parse_args()
     total = int(args.gigabytes * (1 << 30))
+    runs = [(v, t) for v in args.variant or ["clean", "dirty"] for t in (256, 4096)]
     with tempfile.TemporaryDirectory(prefix="audit-speed-") as tmp:
-        for tensors in (256, 4096):
-            path = Path(tmp, f"ckpt-{tensors}.pt")
-            build(path, tensors, total)
+        for variant, tensors in runs:
+            path = Path(tmp, f"ckpt-{variant}-{tensors}.pt")
+            build(path, tensors, total, variant)
             load = measure("load", path, args.repeat)
             lister = measure("lister", path, args.repeat)
             audit = measure("audit", path, args.repeat)
             size_mb = path.stat().st_size / (1 << 20)
             print(
-                f"{tensors} tensors, {size_mb:.0f} MB (best of {args.repeat}, fresh process each):"
+                f"{variant}, {tensors} tensors, {size_mb:.0f} MB "
+                f"(best of {args.repeat}, fresh process each):"
             )
             print(f"  torch.load(weights_only=True)        {load['seconds'] * 1e3:9.1f} ms")
             print(f"  get_unsafe_globals_in_checkpoint     {lister['seconds'] * 1e3:9.1f} ms")

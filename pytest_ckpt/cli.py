@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.archive import Unreadable
+from pytest_ckpt.audit.archive import Unreadable, regular_file_size
 from pytest_ckpt.audit.escape import escape
 from pytest_ckpt.audit.global_kinds import runs_code
 from pytest_ckpt.audit.render import render_json, render_sarif
@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="module.Name",
         help="treat this global as allow-listed (as torch.serialization.add_safe_globals would)",
     )
+    audit.add_argument(
+        "--map-location",
+        default=None,
+        metavar="DEVICE",
+        help="the verdict is for torch.load(..., map_location=DEVICE), e.g. cpu; without it, "
+        "storages saved on a device this host lacks (cuda:0 on a CPU-only host) are refused",
+    )
     migrate = commands.add_parser(
         "migrate", help="convert a legacy checkpoint to primitives and tensors (weights_only-safe)"
     )
@@ -91,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
         )
     allowlist = load_allowlist(args.allow)
-    targets = [audit_target(path, allowlist, args.allow) for path in args.files]
+    targets = [
+        audit_target(path, allowlist, args.allow, map_location=args.map_location)
+        for path in args.files
+    ]
     reports = [report for target in targets for report in target.reports]
     if args.json:
         print(render_json(reports))
@@ -122,6 +132,11 @@ def migrate_command(
     from pytest_ckpt.migrate.static import ConversionRefused, convert_file
 
     src, out = Path(source), Path(target)
+    try:  # before anything opens it: a FIFO would block, a device never ends
+        regular_file_size(src)
+    except Unreadable as err:
+        print(f"pytest-ckpt migrate: {src}: {err}", file=sys.stderr)
+        return 2
     if out.exists() and src.exists() and os.path.samefile(src, out):
         print(f"pytest-ckpt migrate: refusing to overwrite the input {src}", file=sys.stderr)
         return 2

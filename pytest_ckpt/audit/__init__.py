@@ -1,6 +1,15 @@
-"""Static checkpoint auditor: will `torch.load(weights_only=True)` accept this file, and if not,
-which object, where, and how to fix it. It never imports, calls or constructs anything from
-the file, and never reads tensor bytes.
+"""Checkpoint auditor: will `torch.load(weights_only=True)` accept this file, and if not,
+which object, where, and how to fix it. It never imports anything the file names, never
+calls anything off torch's own allowlist, and never reads tensor bytes.
+
+The verdict has two stages. The static machine (`verdict`) runs first: it builds nothing,
+proves which globals are referenced, and gives every finding its path and fix. Where it
+finds nothing torch refuses by name but the pickle holds more than plain tensors and
+containers (calls, states, sets...), torch's own weights_only unpickler runs over it with
+storages that hold no bytes (`oracle`, whose docstring says why that is safe), so arity,
+argument types, BUILD states, SETITEMS, keys, view bounds and storage locations are judged
+by torch itself. Limits: a pickle, after inflating, of at most 256 MiB (`legacy`); a call
+that would allocate what the file chooses, or read tensor bytes, is not vouched for.
 
     from pytest_ckpt.audit import audit_file
     report = audit_file("model.pt")
@@ -20,6 +29,13 @@ from pytest_ckpt.audit.exact_allowlist import exact_safe_globals
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
+from pytest_ckpt.audit.oracle import (
+    FileTruncated,
+    NeedsTensorData,
+    TorchRefusal,
+    legacy_refusal,
+    zip_refusal,
+)
 from pytest_ckpt.audit.verdict import PickleInterpreter
 
 __all__ = ["Finding", "Report", "audit_file"]
@@ -57,89 +73,89 @@ def audit_file(
     *,
     allow: Iterable[str] = (),
     allowlist: Allowlist | None = None,
+    map_location: str | None = None,
 ) -> Report:
     """Audit one file against the allowlist of the installed torch (plus `allow` names).
 
-    `path` may be a seekable binary stream (reported under its `name`): a DCP byte item."""
+    `path` may be a seekable binary stream (reported under its `name`): a DCP byte item.
+    The verdict is for `torch.load(path, weights_only=True, map_location=map_location)` on
+    this host: with None, a storage saved on a device this host lacks ("cuda:0" on a CPU-only
+    host) is refused, as torch refuses it."""
     allowlist = allowlist or load_allowlist(allow)
     with gc_paused():
-        return _audit(path, allowlist)
+        return _audit(path, allowlist, map_location)
 
 
-def _audit(path: str | os.PathLike[str] | IO[bytes], allowlist: Allowlist) -> Report:
+def _audit(
+    path: str | os.PathLike[str] | IO[bytes], allowlist: Allowlist, map_location: str | None
+) -> Report:
     name = str(getattr(path, "name", "<stream>")) if hasattr(path, "read") else os.fspath(path)
     try:
         checkpoint = open_checkpoint(path)
     except Unreadable as err:
         return Report(name, None, (), error=str(err))
-    if checkpoint.format == "torchscript":
-        finding = Finding(
-            "torchscript",
-            "a TorchScript archive: torch.load(weights_only=True) refuses these",
-            None,
-            "load it with torch.jit.load (only if you trust it), or save a state_dict",
-            False,
-            0,
-            "root",
-        )
-        return Report(name, "torchscript", (finding,))
+    if checkpoint.format in _REFUSED_FORMATS:
+        return Report(name, checkpoint.format, (_REFUSED_FORMATS[checkpoint.format],))
     try:
-        findings, interpreter = _scan(checkpoint, allowlist)
+        findings, interpreter = _scan(checkpoint, allowlist, map_location)
     except TruncatedPickle as err:
         return Report(name, checkpoint.format, (), error=f"truncated: {err}")
     except MalformedPickle as err:
         return Report(name, checkpoint.format, (), error=f"corrupt pickle: {err}")
+    notes = list(checkpoint.notes)
     omitted = interpreter.findings_omitted
     safe_globals: list[str] | None = []
     if findings:
-        safe_globals = None if omitted else _exact(checkpoint, allowlist, findings)
+        safe_globals = None if omitted else _exact(checkpoint, allowlist, findings, map_location)
         for finding in findings:  # "would be enough" is only ever said of the whole file
             finding.allowlist_helps = safe_globals is not None
+    else:
+        try:
+            refusal = _torch_refusal(checkpoint, interpreter, map_location, notes)
+        except FileTruncated as err:
+            return Report(name, checkpoint.format, (), error=f"truncated: {err}")
+        if refusal is not None:
+            findings.append(refusal)
+            safe_globals = None
     return Report(
         name,
         checkpoint.format,
         tuple(findings),
         storages=interpreter.storages,
-        notes=tuple(checkpoint.notes),
+        notes=tuple(notes),
         safe_globals=safe_globals,
         findings_omitted=omitted,
     )
 
 
-def _scan(checkpoint: Checkpoint, allowlist: Allowlist) -> tuple[list[Finding], PickleInterpreter]:
-    """Every finding of one readable checkpoint (raises TruncatedPickle, MalformedPickle)."""
+def _scan(
+    checkpoint: Checkpoint, allowlist: Allowlist, map_location: str | None
+) -> tuple[list[Finding], PickleInterpreter]:
+    """Every static finding of one readable checkpoint (raises TruncatedPickle,
+    MalformedPickle): its data pickle, and for a legacy file the other four pickles."""
     interpreter = PickleInterpreter(
         checkpoint.pickle,
         allowlist,
         start=checkpoint.pickle_start,
         storage_sizes=checkpoint.storage_sizes if checkpoint.format == "zip" else None,
+        map_location=map_location,
     )
     _root, findings = interpreter.run()
+    if checkpoint.format == "legacy":
+        findings += _legacy_pickles_problems(checkpoint, interpreter.end, allowlist)
     if checkpoint.format == "raw-pickle":
-        findings.insert(
-            0,
-            Finding(
-                "format",
-                "a raw pickle, not a torch checkpoint: torch.load fails with "
-                "'Invalid magic number'",
-                None,
-                "write checkpoints with torch.save",
-                False,
-                0,
-                "root",
-            ),
-        )
-    if checkpoint.format == "legacy" and interpreter.end < len(checkpoint.pickle):
-        trailer = _storage_keys_problem(checkpoint, interpreter.end, allowlist)
-        if trailer is not None:
-            findings.append(trailer)
+        findings.insert(0, _RAW_PICKLE)
     return findings, interpreter
 
 
-def _exact(checkpoint: Checkpoint, allowlist: Allowlist, findings: list[Finding]):
+def _exact(
+    checkpoint: Checkpoint, allowlist: Allowlist, findings: list[Finding], map_location: str | None
+) -> list[str] | None:
+    """The names that make the static pass clean (`exact_allowlist`), or None."""
+
     def scan(extended: Allowlist) -> list[Finding] | None:
         try:
-            again, interpreter = _scan(checkpoint, extended)
+            again, interpreter = _scan(checkpoint, extended, map_location)
         except (TruncatedPickle, MalformedPickle):
             return None
         return None if interpreter.findings_omitted else again
@@ -147,18 +163,116 @@ def _exact(checkpoint: Checkpoint, allowlist: Allowlist, findings: list[Finding]
     return exact_safe_globals(findings, allowlist, scan)
 
 
-def _storage_keys_problem(checkpoint: Checkpoint, start: int, allowlist: Allowlist):
-    """The legacy format's storage-key pickle must itself pass the same checks."""
-    try:
-        _keys, findings = PickleInterpreter(checkpoint.pickle, allowlist, start=start).run()
-    except (TruncatedPickle, MalformedPickle) as err:
+def _torch_refusal(
+    checkpoint: Checkpoint,
+    interpreter: PickleInterpreter,
+    map_location: str | None,
+    notes: list[str],
+) -> Finding | None:
+    """Stage two, after a clean static pass: torch's own unpickler where the static pass
+    does not cover every check torch makes (`verdict.OracleGate`, `oracle`)."""
+    legacy = checkpoint.format == "legacy"
+    if not (legacy or interpreter.needs_oracle()):
+        return None
+    problem = interpreter.resource_problem()
+    if problem is not None:
         return Finding(
-            "corrupt",
-            f"storage keys after the object pickle: {err}",
+            "resource-limit",
+            f"not vouched for: {problem}",
             None,
-            "re-save the checkpoint",
+            "store tensors with torch.save, not sizes for a constructor to allocate",
             False,
-            start,
-            "<storage keys>",
+            0,
+            "root",
         )
-    return findings[0] if findings else None
+    reason = interpreter.oracle_refused_reason()
+    if reason is not None:
+        notes.append(
+            f"not cross-checked with torch's unpickler ({reason}): argument, state and "
+            "storage checks torch makes while loading are not covered by this verdict"
+        )
+        return None
+    try:
+        if legacy:
+            assert checkpoint.read_at is not None
+            legacy_refusal(checkpoint.pickle, checkpoint.read_at, checkpoint.size, map_location)
+        else:
+            zip_refusal(checkpoint.pickle, checkpoint.storage_sizes, map_location)
+    except NeedsTensorData as err:
+        # quantized and nested tensors: records torch.save writes. But legacy files rebuild a
+        # nested tensor from sizes whose bytes torch has not read yet: torch refuses them.
+        if err.no_kernel and not (legacy and "nested" in str(err)):
+            notes.append(
+                f"partly cross-checked with torch's unpickler: it stopped at an operator "
+                f"the auditor cannot run without tensor bytes ({str(err)[:120]})"
+            )
+            return None
+        return Finding(
+            "resource-limit",
+            f"not vouched for: torch's unpickler would read tensor bytes here ({err}), and "
+            "the auditor never reads them",
+            None,
+            "store tensors and plain containers; do not pass storages to allow-listed calls",
+            False,
+            0,
+            "root",
+        )
+    except TorchRefusal as refusal:
+        return Finding(
+            "torch-refuses",
+            f"torch's weights_only unpickler refuses it: {refusal}",
+            None,
+            "re-save the checkpoint with torch.save from tensors and plain containers",
+            False,
+            0,
+            "root",
+        )
+    return None
+
+
+def _legacy_pickles_problems(
+    checkpoint: Checkpoint, data_end: int, allowlist: Allowlist
+) -> list[Finding]:
+    """torch runs every pickle of the legacy format through the weights_only unpickler:
+    the magic number, protocol version and sys_info before the object, the storage keys
+    after it. Each gets the same static checks (a payload in sys_info is refused too)."""
+    starts = checkpoint.pickle_starts
+    problems = []
+    for start, what in ((starts[0], "magic number"), (starts[1], "protocol version"),
+                        (starts[2], "sys_info"), (data_end, "storage keys")):  # fmt: skip
+        _value, findings = PickleInterpreter(checkpoint.pickle, allowlist, start=start).run()
+        for finding in findings:
+            finding.path = f"<legacy {what} pickle>"
+            problems.append(finding)
+    return problems
+
+
+_RAW_PICKLE = Finding(
+    "format",
+    "a raw pickle, not a torch checkpoint: torch.load fails with 'Invalid magic number'",
+    None,
+    "write checkpoints with torch.save",
+    False,
+    0,
+    "root",
+)
+_REFUSED_FORMATS = {
+    "torchscript": Finding(
+        "torchscript",
+        "a TorchScript archive: torch.load(weights_only=True) refuses these",
+        None,
+        "load it with torch.jit.load (only if you trust it), or save a state_dict",
+        False,
+        0,
+        "root",
+    ),
+    "legacy-tar": Finding(
+        "legacy-tar",
+        "a legacy .tar checkpoint: torch.load(weights_only=True) refuses these",
+        None,
+        "load it with weights_only=False only if you trust it, then re-save it with torch.save",
+        False,
+        0,
+        "root",
+    ),
+}

@@ -36,6 +36,13 @@ class Allowlist:
     blocked_modules: frozenset[str]
     name_mapping: Mapping[tuple[str, str], tuple[str, str]]
     import_mapping: Mapping[str, str]
+    # torch's own default allowlist: the only names `oracle` lets torch's unpickler call
+    torch_names: frozenset[str] = frozenset()
+    # allowed callables that allocate what their int arguments say (bytearray(n), storages,
+    # the legacy tensor constructors): the oracle runs them only on small literal sizes
+    allocating: frozenset[str] = frozenset()
+    # storage types whose dtype can require grad (floating point and complex)
+    grad_storages: frozenset[str] = frozenset()
 
     def resolve(self, module: str, name: str) -> str:
         """The dotted name torch looks up for GLOBAL module/name (after Python 2 mappings)."""
@@ -44,6 +51,15 @@ class Allowlist:
         elif module in self.import_mapping:
             module = self.import_mapping[module]
         return f"{module}.{name}"
+
+    def blocked(self, module: str, name: str) -> bool:
+        """Is GLOBAL module/name in a module torch blocks? torch maps Python 2 names first
+        (`__builtin__.intern` is `sys.intern`), then tests the blocklist."""
+        if (module, name) in self.name_mapping:
+            module = self.name_mapping[(module, name)][0]
+        elif module in self.import_mapping:
+            module = self.import_mapping[module]
+        return module in self.blocked_modules
 
     def result_type(self, callable_name: str) -> str:
         """Type name of REDUCE(callable_name, ...)'s result ("?" when unknowable)."""
@@ -99,7 +115,31 @@ def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
         blocked_modules=frozenset(wo._blocklisted_modules),
         name_mapping=dict(NAME_MAPPING),
         import_mapping=dict(IMPORT_MAPPING),
+        torch_names=frozenset(default),
+        allocating=frozenset(_allocating(default)),
+        grad_storages=frozenset(_grad_storages(default)),
     )
+
+
+def _grad_storages(default: Mapping[str, Any]) -> set[str]:
+    import torch
+
+    names = set()
+    for name, value in default.items():
+        dtype = getattr(value, "dtype", None)
+        is_dtype = name.endswith("Storage") and isinstance(dtype, torch.dtype)
+        if is_dtype and (dtype.is_floating_point or dtype.is_complex):
+            names.add(name)
+    return names
+
+
+def _allocating(default: Mapping[str, Any]) -> set[str]:
+    import torch
+
+    names = {"builtins.bytearray", "torch.storage.UntypedStorage", "torch.storage.TypedStorage"}
+    names |= {f"{cls.__module__}.{cls.__name__}" for cls in torch._tensor_classes}
+    names.add("torch.Tensor")
+    return names & set(default)
 
 
 def default_allowlist_names() -> list[str]:

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, end_of_pickle, iter_ops
+from pytest_ckpt.audit.legacy import MAX_PICKLE_BYTES, ReadAt, read_pickles
 from pytest_ckpt.errors import Unreadable
 
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-LEGACY_PROTOCOL = 1001
-MAX_PICKLE_BYTES = 1 << 30  # a data.pkl larger than this is refused, not read
+_SMALL_MEMBER = 4096  # byteorder, .storage_alignment, .data/serialization_id: a few bytes
 _USED = frozenset(
     {"data.pkl", "data", "version", ".data", "byteorder", ".format_version", ".storage_alignment"}
 )
@@ -41,6 +40,9 @@ class Checkpoint:
     pickle_start: int = 0
     storage_sizes: dict[str, int] = field(default_factory=dict)  # key -> bytes (zip only)
     notes: list[str] = field(default_factory=list)
+    pickle_starts: list[int] = field(default_factory=list)  # legacy: the five pickles
+    read_at: ReadAt | None = None  # legacy: reads the size records after the pickles
+    size: int = 0  # of the file, in bytes
 
 
 def open_checkpoint(path: str | os.PathLike[str] | IO[bytes]) -> Checkpoint:
@@ -48,20 +50,34 @@ def open_checkpoint(path: str | os.PathLike[str] | IO[bytes]) -> Checkpoint:
     (a torch.save'd item inside a DCP shard file: `pytest_ckpt.distributed`)."""
     if hasattr(path, "read"):
         return _open_stream(path)  # type: ignore[arg-type]
+    size = regular_file_size(path)
     try:
         with open(path, "rb") as handle:
             head = handle.read(4)
-    except FileNotFoundError:
-        raise Unreadable("no such file") from None
-    except IsADirectoryError:
-        raise Unreadable("is a directory") from None
     except OSError as err:
         raise Unreadable(f"cannot read: {err.strerror or err}") from None
     if not head:
         raise Unreadable("empty file")
     if head == b"PK\x03\x04":
         return _open_zip(path)
-    return _open_pickles(path)
+    return _open_pickles(path, size)
+
+
+def regular_file_size(path: str | os.PathLike[str]) -> int:
+    """The size of `path`, which must be a regular file: a FIFO would block the read forever
+    and a device (/dev/zero) never ends, so anything else is refused before it is opened."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise Unreadable("no such file") from None
+    except OSError as err:
+        raise Unreadable(f"cannot read: {err.strerror or err}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise Unreadable("is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device, socket or other"
+        raise Unreadable(f"not a regular file ({kind}): refusing to read it")
+    return info.st_size
 
 
 def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
@@ -75,14 +91,15 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
 
 def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Checkpoint:
     try:
-        reader = reader_class(path if hasattr(path, "read") else os.fspath(path))
+        reader = _torch_reader(path, reader_class)
         if reader.has_record("constants.pkl"):
             return Checkpoint("torchscript")
         if not reader.has_record("data.pkl"):
             raise Unreadable("zip archive without data.pkl: not a torch checkpoint")
         size = reader.get_record_size("data.pkl")
         if size > MAX_PICKLE_BYTES:
-            raise Unreadable(f"data.pkl declares {size} bytes: refusing")
+            raise Unreadable(_too_big("data.pkl", size))
+        _check_small_members(reader.has_record, reader.get_record_size, reader.get_record)
         pickle_bytes = reader.get_record("data.pkl")
         sizes: dict[str, int] = {}  # storage key -> bytes
         unused = []
@@ -94,7 +111,65 @@ def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Che
                 unused.append(name)
     except RuntimeError as err:
         raise Unreadable(f"torch cannot read the archive: {_first_sentence(err)}") from None
+    except UnicodeDecodeError:
+        raise Unreadable(
+            "a member name of the archive is not UTF-8: torch.load cannot list the archive"
+        ) from None
     return Checkpoint("zip", pickle_bytes, 0, sizes, _unused_members_note(unused))
+
+
+def _torch_reader(path: str | os.PathLike[str], reader_class: Any) -> Any:
+    """torch's reader on a path, or on an open file where the path is not valid UTF-8 (the
+    reader takes str paths only; torch.load itself reads through the open file)."""
+    if hasattr(path, "read"):
+        return reader_class(path)
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        handle = open(path, "rb")  # noqa: SIM115 - the reader reads through it, and owns it
+        return reader_class(handle)
+    return reader_class(name)
+
+
+def _too_big(member: str, size: int) -> str:
+    return (
+        f"{member} inflates to {size} bytes, past the auditor's bound of "
+        f"{MAX_PICKLE_BYTES >> 20} MiB: refusing to inflate it (a zip bomb, or a pickle too "
+        "big to vouch for)"
+    )
+
+
+def _check_small_members(has: Any, size_of: Any, read: Any) -> None:
+    """The archive members torch.load reads besides data.pkl, and the values it refuses:
+    `byteorder` must be little or big, `.storage_alignment` an integer, and
+    `.data/serialization_id` UTF-8 text (torch reads it as a str)."""
+    values = {}
+    for name in ("byteorder", ".storage_alignment", ".data/serialization_id"):
+        if has(name):
+            if size_of(name) > _SMALL_MEMBER:
+                raise Unreadable(f"archive member {name} holds {size_of(name)} bytes: corrupt")
+            values[name] = bytes(read(name))
+    order = values.get("byteorder")
+    if order is not None and order not in (b"little", b"big"):
+        raise Unreadable(f"archive member byteorder is {order[:20]!r}: torch.load refuses it")
+    alignment = values.get(".storage_alignment")
+    if alignment is not None:
+        try:
+            int(alignment)
+        except ValueError:
+            raise Unreadable(
+                f"archive member .storage_alignment is {alignment[:20]!r}, not an integer: "
+                "torch.load refuses it"
+            ) from None
+    serial = values.get(".data/serialization_id")
+    if serial is not None:
+        try:
+            serial.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unreadable(
+                "archive member .data/serialization_id is not UTF-8: torch.load refuses it"
+            ) from None
 
 
 def _unused_members_note(unused: list[str]) -> list[str]:
@@ -145,7 +220,12 @@ def _open_zip_with_zipfile(path: str | os.PathLike[str]) -> Checkpoint:
             if data is None:
                 raise Unreadable(f"zip archive without {prefix}/data.pkl: not a torch checkpoint")
             if data.file_size > MAX_PICKLE_BYTES:
-                raise Unreadable(f"{prefix}/data.pkl declares {data.file_size} bytes: refusing")
+                raise Unreadable(_too_big(f"{prefix}/data.pkl", data.file_size))
+            _check_small_members(
+                records.__contains__,
+                lambda name: records[name].file_size,
+                lambda name: archive.read(records[name]),
+            )
             pickle_bytes = archive.read(data)
             unused = [name for name in records if name.split("/", 1)[0] not in _USED]
             return Checkpoint("zip", pickle_bytes, 0, sizes, _unused_members_note(unused))
@@ -156,6 +236,8 @@ def _open_zip_with_zipfile(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _open_stream(stream: IO[bytes]) -> Checkpoint:
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
     stream.seek(0)
     head = stream.read(4)
     stream.seek(0)
@@ -163,47 +245,25 @@ def _open_stream(stream: IO[bytes]) -> Checkpoint:
         raise Unreadable("empty")
     if head == b"PK\x03\x04":
         return _open_zip(stream)  # type: ignore[arg-type]
-    data = stream.read(MAX_PICKLE_BYTES * 4 + 1)
-    if len(data) > MAX_PICKLE_BYTES * 4:
-        raise Unreadable("not a zip archive and too big to read as a pickle: refusing")
-    return _pickles_in(data)
+
+    def read_at(offset: int, n: int) -> bytes:
+        stream.seek(offset)
+        return stream.read(n)
+
+    return _non_zip(read_at, size, regular_file=False)
 
 
-def _open_pickles(path: str | os.PathLike[str]) -> Checkpoint:
-    size = os.path.getsize(path)
-    if size > MAX_PICKLE_BYTES * 4:
-        raise Unreadable(f"{size} bytes and not a zip archive: refusing to read a pickle that big")
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return _pickles_in(data)
+def _open_pickles(path: str | os.PathLike[str], size: int) -> Checkpoint:
+    def read_at(offset: int, n: int) -> bytes:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(n)
+
+    return _non_zip(read_at, size, regular_file=True)
 
 
-def _pickles_in(data: bytes) -> Checkpoint:
-    first = _first_value(data)
-    if first == LEGACY_MAGIC:
-        try:
-            after_magic = end_of_pickle(data, 0)
-            after_protocol = end_of_pickle(data, after_magic)
-            after_sys_info = end_of_pickle(data, after_protocol)
-        except (TruncatedPickle, MalformedPickle) as err:
-            raise Unreadable(f"legacy checkpoint with a broken header: {err}") from None
-        if _first_value(data, after_magic) != LEGACY_PROTOCOL:
-            raise Unreadable("legacy checkpoint with an unknown protocol version")
-        return Checkpoint("legacy", data, after_sys_info)
-    return Checkpoint("raw-pickle", data, 0)
-
-
-def _first_value(data: bytes, start: int = 0) -> object:
-    """The value of a pickle that is one integer (the legacy header), else None."""
-    values = []
-    try:
-        for op in iter_ops(data, start):
-            if op.name not in ("PROTO", "FRAME", "STOP"):
-                values.append(op.arg)
-                if len(values) > 1:
-                    return None
-    except TruncatedPickle as err:
-        raise Unreadable(f"truncated pickle: {err}") from None
-    except MalformedPickle as err:
-        raise Unreadable(f"not a checkpoint (neither a zip archive nor a pickle): {err}") from None
-    return values[0] if len(values) == 1 and isinstance(values[0], int) else None
+def _non_zip(read_at: ReadAt, size: int, *, regular_file: bool) -> Checkpoint:
+    kind, data, starts = read_pickles(read_at, size, regular_file=regular_file)
+    if kind == "legacy":
+        return Checkpoint(kind, data, starts[3], pickle_starts=starts, read_at=read_at, size=size)
+    return Checkpoint(kind, data, 0, pickle_starts=starts, size=size)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -23,6 +24,7 @@ from pytest_ckpt.audit.global_kinds import advisable, display, kind_of, runs_cod
 from pytest_ckpt.audit.opcodes import Blob
 
 GLOBAL_TYPE = "<global>"  # the type of a Node standing for a GLOBAL (a class or function)
+STATE_LABEL = "<state>"  # links an object to its BUILD state dict: entries read as attributes
 
 _IDENTIFIER_KEY = re.compile(r"\['([A-Za-z_][A-Za-z0-9_]*)'\]")
 MAX_FINDINGS = 1000  # kept per pickle; past it, findings are counted, not kept
@@ -89,7 +91,11 @@ def key_label(key: Any) -> str:
     return f"[{key!r}]"
 
 
-def attribute_label(label: str) -> str:
+def attribute_label(label: str | int) -> str:
+    """An entry of a BUILD state as an attribute; int labels (an APPEND onto the state
+    dict, which torch refuses) and odd keys show as `__dict__` items."""
+    if isinstance(label, int):
+        return f".__dict__[{label}]"
     match = _IDENTIFIER_KEY.fullmatch(label)
     return f".{match.group(1)}" if match else f".__dict__{label}"
 
@@ -108,7 +114,7 @@ class _Site(NamedTuple):
     parent: Node | None
     label: str | int
     depth: int
-    head: tuple[str, ...]
+    head: tuple[str | int, ...]
     owner: Node | None
 
 
@@ -125,18 +131,32 @@ def _path_to(node: Node, sites: dict[int, _Site]) -> str | None:
     site = sites.get(id(node))
     if site is None:
         return None
-    labels: list[str] = []
+    raw: list[str | int] = []
     current: Node | None = node
-    while current is not None and len(labels) < _MAX_PATH_PARTS - _HEAD:
+    while current is not None and len(raw) < _MAX_PATH_PARTS - _HEAD:
         step = sites[id(current)]
-        labels.append(_text(step.label))
+        raw.append(step.label)
         current = step.parent
-    labels.reverse()
+    raw.reverse()
     if current is None:
-        return "".join(labels)
-    hidden = site.depth + 1 - len(labels) - _HEAD
-    middle = [f"...({hidden} levels)..."] if hidden > 0 else []
-    return "".join([*site.head[: site.depth + 1 - len(labels)], *middle, *labels])
+        return _render(raw)
+    hidden = site.depth + 1 - len(raw) - _HEAD
+    middle = f"...({hidden} levels)..." if hidden > 0 else ""
+    return _render(site.head[: site.depth + 1 - len(raw)]) + middle + _render(raw)
+
+
+def _render(raw: Sequence[str | int]) -> str:
+    """Labels as a path; a BUILD state's entries read as attributes (`STATE_LABEL`)."""
+    labels: list[str] = []
+    for i, label in enumerate(raw):
+        if label == STATE_LABEL:
+            if i == len(raw) - 1:
+                labels.append(".__dict__")
+        elif i and raw[i - 1] == STATE_LABEL:
+            labels.append(attribute_label(label))
+        else:
+            labels.append(_text(label))
+    return "".join(labels)
 
 
 def _refine_fix(finding: Finding, node: Node) -> None:
@@ -147,6 +167,9 @@ def _refine_fix(finding: Finding, node: Node) -> None:
     ):
         return
     labels = {label for label, _child in node.children}
+    for label, child in node.children:  # a BUILD state, linked: its entries are attributes
+        if label == STATE_LABEL:
+            labels |= {attribute_label(entry) for entry, _value in child.children}
     if node.shape == "object-state" and labels >= MODULE_STATE:
         fix, hint = MODULE_FIX, "an nn.Module"
     else:
@@ -198,7 +221,7 @@ def collect_findings(root: Any, loose: list[Finding], flagged: list[Node]) -> li
                 key = id(child)
                 if key not in sites:
                     depth = site.depth + 1
-                    head = (*site.head, _text(label)) if depth < _HEAD else site.head
+                    head = (*site.head, label) if depth < _HEAD else site.head
                     owns = node.findings and str(label).startswith(_OWNING_LABELS)
                     owner = node if owns else site.owner
                     sites[key] = new_site(_Site, (node, label, depth, head, owner))

@@ -24,9 +24,9 @@ from pytest_ckpt.audit.allowlist import (
 from pytest_ckpt.audit.global_kinds import advisable, display
 from pytest_ckpt.audit.nodes import (
     GLOBAL_TYPE,
+    STATE_LABEL,
     Finding,
     Node,
-    attribute_label,
     key_label,
     one_primitive,
     value_is,
@@ -105,7 +105,7 @@ class AcceptedOpcodes:
         dotted = self.allow.resolve(module, name)
         node = Node(GLOBAL_TYPE, name=dotted)
         shown = display(dotted)  # a name is the file's data: long ones are cut for reports
-        if module in self.allow.blocked_modules:
+        if self.allow.blocked(module, name):
             detail = f"global {shown}: module {display(module)} is blocked by torch"
             self._flag(node, self._global_finding(shown, op.offset, detail))
         elif dotted not in self.allow.names:
@@ -128,7 +128,7 @@ class AcceptedOpcodes:
         if isinstance(func, Node) and func.type_name == GLOBAL_TYPE:
             result_type = self.allow.result_type(func.name or "")
             if func.name == "torch._tensor._rebuild_from_type_v2":
-                new_type = items[1]
+                new_type = items[1] if len(items) > 1 else None  # a 1-tuple: torch's TypeError
                 if isinstance(new_type, Node) and new_type.type_name == GLOBAL_TYPE:
                     result_type = new_type.name or TENSOR
             result_type = reduce_result(func.name or "", items[0]) or result_type
@@ -198,12 +198,12 @@ class AcceptedOpcodes:
         self._lift_state(inst, state)
 
     def _lift_state(self, inst: Node, state: Any) -> None:
-        """Attach the state's entries to `inst` as attributes (`.stage`), so paths read well."""
+        """Link the state to `inst` under `STATE_LABEL`: its entries read as attributes in
+        paths (`.stage`). A link, not a copy: a state BUILT a million times stays one node."""
         if not isinstance(state, Node):
             return
         if state.type_name == "builtins.dict":
-            for label, child in state.children:
-                inst.children.append((attribute_label(label), child))
+            inst.children.append((STATE_LABEL, state))
         elif state.type_name == "builtins.tuple":
             for i, part in state.children:  # (dict_state, slot_state), or a numpy array's
                 if part.type_name == "builtins.dict":

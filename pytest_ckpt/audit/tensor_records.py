@@ -54,14 +54,14 @@ _RECORD = b"".join(
         _GET,  # 7: the location, e.g. 'cpu'
         rb"(" + _INT + rb")",  # 8: numel
         rb"t" + _PUT,  # 9: TUPLE, the persistent id
-        rb"Q" + _INT,  # BINPERSID, the storage offset
-        _SHAPE + _PUT,  # 10: size
-        _SHAPE + _PUT,  # 11: stride
-        rb"[\x88\x89]",  # requires_grad
-        _GET,  # 12: collections.OrderedDict
-        rb"\)R" + _PUT,  # 13: EMPTY_TUPLE REDUCE, the (empty) backward hooks
-        rb"t" + _PUT,  # 14: TUPLE, the arguments
-        rb"R" + _PUT,  # 15: REDUCE, the tensor
+        rb"Q(" + _INT + rb")",  # BINPERSID, 10: the storage offset
+        rb"(" + _SHAPE + rb")" + _PUT,  # 11, 12: size
+        rb"(" + _SHAPE + rb")" + _PUT,  # 13, 14: stride
+        rb"([\x88\x89])",  # 15: requires_grad
+        _GET,  # 16: collections.OrderedDict
+        rb"\)R" + _PUT,  # 17: EMPTY_TUPLE REDUCE, the (empty) backward hooks
+        rb"t" + _PUT,  # 18: TUPLE, the arguments
+        rb"R" + _PUT,  # 19: REDUCE, the tensor
     ]
 )
 TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
@@ -76,6 +76,8 @@ class Interpreter(Protocol):
     stack: list[Any]
     allow: Allowlist
     storage_sizes: Mapping[str, int] | None
+    storage_decls: dict[str, tuple[str, int]]  # key -> its first (storage type, numel)
+    map_location: str | None
     clean_reads: dict[tuple[bytes, ...], tuple]  # validated reads, by the GETs' bytes
     guarded: set[int]  # memo entries clean_reads depends on
     records_taken: int
@@ -108,6 +110,7 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     a state dict is thousands of entries in a row.
     """
     data, memo, stack, guarded = interp.data, interp.memo, interp.stack, interp.guarded
+    extents = _EXTENTS
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
     taken = 0
     while True:
@@ -135,13 +138,16 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             break
         (
             rebuild_get, tag_get, type_get, new_key, key_put, key_get, location_get, numel_op,
-            id_put, size_put, stride_put, hooks_get, hooks_put, args_put, tensor_put,
+            id_put, offset_op, size_shape, size_put, stride_shape, stride_put, grad_op,
+            hooks_get, hooks_put, args_put, tensor_put,
         ) = match.groups()  # fmt: skip
         signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
         cached = clean_reads.get(signature) or _validated_reads(interp, signature)
         if cached is None:
             break
         reads, rebuild, hooks, storage_type, element_size = cached
+        if grad_op == b"\x88" and storage_type.name not in interp.allow.grad_storages:
+            break  # torch: only floating point and complex tensors can require grad
         if rebuild.findings or hooks.findings or storage_type.findings:
             break  # flagged since (BUILD or APPEND onto them): the interpreter's job
         if key_get is None:
@@ -155,10 +161,19 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
                 break  # reads the name just written: leave the order to the interpreter
             key = shared.preview
             reads = {**reads, index: shared}
-        if sizes is not None:  # the check of verdict.PickleInterpreter.storage_problem, inline
+        if sizes is not None:  # the checks torch makes on a storage and the tensor's view
             numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == _BININT)
-            if element_size is None or not 0 <= numel * element_size <= sizes.get(key, -1):
+            if element_size is None or numel * element_size != sizes.get(key, -1):
                 break  # the interpreter reports it, on the storage node, with its path
+            declared = (storage_type.name, numel)
+            if interp.storage_decls.setdefault(key, declared) != declared:
+                break  # a shared storage seen with another type or size: torch's own call
+            extent = extents.get((size_shape, stride_shape))
+            if extent is None:
+                extent = extents[(size_shape, stride_shape)] = _extent(size_shape, stride_shape)
+            offset = int.from_bytes(offset_op[1:], "little", signed=offset_op[0] == _BININT)
+            if extent < 0 or offset < 0 or (extent and (offset + extent) > numel):
+                break  # out of bounds, or a shape only torch's set_ can judge
         put_ops = (id_put, size_put, stride_put, hooks_put, args_put)
         try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
             puts = _FIVE_LONG_PUTS(b"".join(put_ops))
@@ -214,12 +229,13 @@ def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple
             return None  # the interpreter reports the bad GET, or builds the entry
         reads[index] = value
         values.append(value)
-    rebuild, tag, storage_type, _location, hooks = values  # torch ignores the location
+    rebuild, tag, storage_type, location, hooks = values
     if not (
         _is_clean_global(rebuild, REBUILD_TENSOR_V2)
         and _is_clean_global(hooks, ORDERED_DICT)
         and _is_clean_global(storage_type, None)
         and value_is(tag, "storage")
+        and loads_here(location, interp.map_location)
     ):
         return None
     interp.guarded.update(reads)
@@ -231,9 +247,47 @@ def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple
     return cached
 
 
+_EXTENTS: dict[tuple[bytes, bytes], int] = {}  # (size, stride) opcodes -> elements spanned
+_INT_WIDTH = {ord("K"): 1, ord("M"): 2, _BININT: 4}
+
+
+def _shape_ints(shape: bytes) -> list[int]:
+    """The ints of a matched size or stride tuple (its opcodes, as the regex matched them)."""
+    values, pos = [], 1 if shape[:1] == b"(" else 0
+    while pos < len(shape) and shape[pos] in _INT_WIDTH:
+        width = _INT_WIDTH[shape[pos]]
+        raw = shape[pos + 1 : pos + 1 + width]
+        values.append(int.from_bytes(raw, "little", signed=shape[pos] == _BININT))
+        pos += 1 + width
+    return values
+
+
+def _extent(size_shape: bytes, stride_shape: bytes) -> int:
+    return tensor_extent(_shape_ints(size_shape), _shape_ints(stride_shape))
+
+
+def tensor_extent(size: list[int], stride: list[int]) -> int:
+    """How many elements from the storage offset a tensor of this size and stride spans
+    (0 when it is empty); -1 for what only torch's `set_` should judge (a rank mismatch, a
+    negative size or stride)."""
+    if len(size) != len(stride) or any(v < 0 for v in size + stride):
+        return -1
+    if 0 in size:
+        return 0
+    return 1 + sum((n - 1) * step for n, step in zip(size, stride, strict=True))
+
+
 def _index(op: bytes) -> int:
     """The memo index of a matched GET or PUT (1-byte or 4-byte form)."""
     return op[1] if len(op) == 2 else _LONG_INDEX(op)[0]
+
+
+def loads_here(location: Any, map_location: str | None) -> bool:
+    """A storage location torch restores on this host without asking: "cpu", or any text
+    when storages are mapped to the CPU (anything else is torch's to judge)."""
+    if map_location in ("cpu", "meta"):
+        return type(location) is Blob and location.kind == "str" and location.complete
+    return map_location is None and value_is(location, "cpu")
 
 
 def _is_clean_global(value: Any, name: str | None) -> bool:

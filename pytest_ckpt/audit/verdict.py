@@ -27,12 +27,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from pytest_ckpt.audit.advice import fix_for_name
-from pytest_ckpt.audit.allowlist import Allowlist
+from pytest_ckpt.audit.allowlist import ORDERED_DICT, Allowlist
 from pytest_ckpt.audit.machine import PickleMachine, gc_paused
-from pytest_ckpt.audit.nodes import MAX_FINDINGS, Finding, Node, collect_findings
+from pytest_ckpt.audit.nodes import GLOBAL_TYPE, MAX_FINDINGS, Finding, Node, collect_findings
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op
 from pytest_ckpt.audit.symbolic import AcceptedOpcodes, RefusedOpcodes
-from pytest_ckpt.audit.tensor_records import DeferredRecord, take_tensor_records
+from pytest_ckpt.audit.tensor_records import (
+    REBUILD_TENSOR_V2,
+    DeferredRecord,
+    loads_here,
+    take_tensor_records,
+    tensor_extent,
+)
 
 # The opcodes torch's weights_only unpickler implements; everything else it refuses.
 TORCH_OPCODES = frozenset(
@@ -48,7 +54,170 @@ TORCH_OPCODES = frozenset(
 _KEEP_ITEMS = 8  # tuples this short keep their items (persistent ids, REDUCE args)
 
 
-class PickleInterpreter(AcceptedOpcodes, RefusedOpcodes, PickleMachine):
+_SMALL_ALLOCATION = 1 << 24  # elements: literal sizes an allocating call may ask for
+_ORACLE_WORK = 20_000_000  # item visits torch's unpickler may make for us
+
+
+class OracleGate:
+    """Which pickles need torch's own unpickler (`oracle`) for a verdict, and which it may
+    not run.
+
+    The static run decides alone only where it mirrors torch exactly: the fast path's tensor
+    records (whose storage size, bounds and location it checks), containers of primitives,
+    `OrderedDict()` and BUILD of a dict onto one (a state dict's `_metadata`). Any other call,
+    object creation, state, set, persistent id, or a SETITEM(S) with an odd count or a
+    non-primitive key makes the pickle `exotic`: torch's unpickler decides. It may not run
+    (`oracle_blockers`) where a global is not on torch's own allowlist (a user's --allow name
+    is code we do not call), nor where an allocating callable gets a size that is not a small
+    literal, or where the calls would visit far more items than the pickle holds: those two
+    are `resource_problem`s, reported as findings, since the auditor cannot vouch for them.
+    """
+
+    def _vet_call(self, func: Any, args: Any, op: Op) -> None:
+        name = func.name if isinstance(func, Node) and func.type_name == GLOBAL_TYPE else None
+        items = args.items if isinstance(args, Node) else None
+        if isinstance(args, Node) and args.type_name == "builtins.list" and not args.appended:
+            items = []  # func(*[]): torch calls with whatever REDUCE's argument unpacks to
+        plain = op.name == "REDUCE" and (
+            (name == ORDERED_DICT and items == [])
+            or (name == REBUILD_TENSOR_V2 and not func.findings and self._plain_tensor(items))
+        )
+        if not plain:
+            self.exotic = True
+        if isinstance(args, Node):
+            self.oracle_work += 1 + sum(
+                len(child.children) + child.appended for _label, child in args.children
+            )
+        if name in self.allow.allocating:
+            elements = 1  # what the call may allocate: ints and sizes as its arguments
+            for item in items if items is not None else [None]:
+                if type(item) is int:
+                    elements *= max(item, 1)
+                elif items is None or (isinstance(item, Node) and item.type_name == "torch.Size"):
+                    elements = _SMALL_ALLOCATION + 1
+            if elements > _SMALL_ALLOCATION:
+                self.resource_problems.append(
+                    f"{name} at offset {op.offset} is called with a size the file chooses "
+                    f"(over {_SMALL_ALLOCATION} elements, or not a literal): torch.load "
+                    "would allocate it"
+                )
+
+    def _op_GLOBAL(self, op: Op) -> None:
+        super()._op_GLOBAL(op)  # type: ignore[misc]
+        name = self.stack[-1].name
+        if name not in self.allow.torch_names:
+            self.oracle_blockers.append(f"{name} is not on torch's own allowlist")
+
+    def _op_REDUCE(self, op: Op) -> None:
+        if len(self.stack) >= 2:
+            self._vet_call(self.stack[-2], self.stack[-1], op)
+        super()._op_REDUCE(op)  # type: ignore[misc]
+
+    def _op_NEWOBJ(self, op: Op) -> None:
+        if len(self.stack) >= 2:
+            self._vet_call(self.stack[-2], self.stack[-1], op)
+        super()._op_NEWOBJ(op)  # type: ignore[misc]
+
+    def _op_BUILD(self, op: Op) -> None:
+        if len(self.stack) >= 2:
+            inst, state = self.stack[-2], self.stack[-1]
+            if not (
+                isinstance(inst, Node)
+                and inst.type_name == ORDERED_DICT
+                and isinstance(state, Node)
+                and state.type_name == "builtins.dict"
+            ):
+                self.exotic = True
+            if isinstance(state, Node):
+                self.oracle_work += 1 + len(state.children)
+        super()._op_BUILD(op)  # type: ignore[misc]
+
+    def _vet_items(self, flat: list[Any]) -> None:
+        if len(flat) % 2 or any(isinstance(key, Node) for key in flat[::2]):
+            self.exotic = True  # torch: an IndexError, or an unhashable key
+
+    def _op_SETITEM(self, op: Op) -> None:
+        self._vet_items([*self.stack[-2:-1], None])
+        super()._op_SETITEM(op)  # type: ignore[misc]
+
+    def _op_SETITEMS(self, op: Op) -> None:
+        self._vet_items(self.stack)
+        super()._op_SETITEMS(op)  # type: ignore[misc]
+
+    def _op_EMPTY_SET(self, op: Op) -> None:
+        self.exotic = True
+        super()._op_EMPTY_SET(op)  # type: ignore[misc]
+
+    def _op_BINPERSID(self, op: Op) -> None:
+        """A storage torch.save wrote (a known type, a record of exactly its size, a location
+        this host restores) is judged here, like the fast path's; any other is torch's."""
+        pid = self.stack[-1] if self.stack else None
+        items = pid.items if isinstance(pid, Node) and pid.type_name == "builtins.tuple" else None
+        kind = items[1] if items and len(items) == 5 else None
+        if isinstance(kind, Node) and kind.type_name != GLOBAL_TYPE:  # an object's .dtype
+            self.stack[-1] = Node("torch.storage.TypedStorage")  # is torch's to judge
+            self.exotic = True
+            return
+        super()._op_BINPERSID(op)  # type: ignore[misc]
+        storage = self.stack[-1]
+        if self.storage_sizes is None or items is None or len(items) != 5 or storage.findings:
+            self.exotic = True
+            return
+        _tag, kind, key, location, numel = items
+        element = self.allow.storage_sizes.get(getattr(kind, "name", None) or "")
+        if (
+            element is None
+            or type(numel) is not int
+            or not loads_here(location, self.map_location)
+            or self.storage_decls.get(key.preview) != (kind.name, numel)
+            or self.storage_sizes.get(key.preview) != numel * element
+        ):
+            self.exotic = True
+            return
+        self.plain_storages[id(storage)] = (numel, kind.name)
+
+    def _plain_tensor(self, items: list[Any] | None) -> bool:
+        """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)` as
+        torch.save writes it, in bounds of a plain storage (what the fast path takes)."""
+        if items is None or len(items) != 6:
+            return False
+        storage, offset, size, stride, requires_grad, hooks = items
+        numel, kind = self.plain_storages.get(id(storage), (None, None))
+        if numel is None or type(offset) is not int or type(requires_grad) is not bool:
+            return False
+        if requires_grad and kind not in self.allow.grad_storages:
+            return False
+        if not (isinstance(hooks, Node) and hooks.type_name == ORDERED_DICT):
+            return False
+        shapes = []
+        for shape in (size, stride):
+            if not (isinstance(shape, Node) and shape.type_name == "builtins.tuple"):
+                return False
+            if shape.items is None or any(type(v) is not int for v in shape.items):
+                return False
+            shapes.append(shape.items)
+        extent = tensor_extent(*shapes)
+        return extent >= 0 and offset >= 0 and (extent == 0 or offset + extent <= numel)
+
+    def needs_oracle(self) -> bool:
+        return self.exotic
+
+    def oracle_refused_reason(self) -> str | None:
+        """Why torch's unpickler may not run over this pickle (the verdict stays the static
+        one, with a note), if it may not."""
+        return self.oracle_blockers[0] if self.oracle_blockers else None
+
+    def resource_problem(self) -> str | None:
+        """Why the auditor will not vouch for this pickle at all: loading it allocates what
+        the file says, or does work far beyond its size (a finding, not a note)."""
+        if self.resource_problems:
+            return self.resource_problems[0]
+        if self.oracle_work > _ORACLE_WORK:
+            return f"its calls visit {self.oracle_work} items, far more than the pickle holds"
+        return None
+
+
+class PickleInterpreter(OracleGate, AcceptedOpcodes, RefusedOpcodes, PickleMachine):
     """Run one pickle symbolically. `run()` returns the root and every finding."""
 
     INLINE = True
@@ -62,10 +231,22 @@ class PickleInterpreter(AcceptedOpcodes, RefusedOpcodes, PickleMachine):
         start: int = 0,
         storage_sizes: Mapping[str, int] | None = None,
         fast_records: bool = True,
+        map_location: str | None = None,
     ) -> None:
         """`storage_sizes` (archive member sizes by storage key) turns on the storage checks
-        of a zip checkpoint; `fast_records` lets whole tensor records skip the opcode loop."""
+        of a zip checkpoint; `fast_records` lets whole tensor records skip the opcode loop;
+        `map_location` is torch.load's (None: storages must load where they were saved)."""
         super().__init__(data, start=start)
+        self.map_location = map_location
+        self.storage_decls: dict[str, tuple[str, int]] = {}  # key -> first (type, numel)
+        # Whether the static run covers all that torch checks (see OracleGate), and why
+        # torch's own unpickler may not be run over this pickle, if it may not.
+        self.exotic = False
+        self.oracle_blockers: list[str] = []  # names torch's unpickler may not call
+        self.resource_problems: list[str] = []  # calls the auditor will not run for torch
+        self.oracle_work = 0
+        # id(storage node) -> (numel, storage type), for the tensors judged here
+        self.plain_storages: dict[int, tuple[int, str]] = {}
         self.allow = allowlist
         self.storage_sizes = storage_sizes
         self.fast_records = fast_records
@@ -178,18 +359,26 @@ class PickleInterpreter(AcceptedOpcodes, RefusedOpcodes, PickleMachine):
                 self.memo[index] = value
 
     def storage_problem(self, key: str, type_name: str, numel: int) -> str | None:
-        """Why torch would refuse this storage reference of a zip checkpoint, if it would."""
+        """Why torch would refuse this storage reference of a zip checkpoint, if it would.
+
+        torch loads each key once, on its first reference (when it holds bytes): the record
+        must hold exactly numel x element size bytes. Later references reuse it unchecked."""
         sizes = self.storage_sizes
         if sizes is None:
             return None
+        first = self.storage_decls.get(key)
+        if first is not None and first[1] != 0:
+            return None
+        self.storage_decls[key] = (type_name, numel)
         size = sizes.get(key)
         if size is None:
             return f"storage {key!r} is not in the archive (data/{key} missing)"
         element = self.allow.storage_sizes.get(type_name)
         if element is None:
             return f"storage {key!r} has unknown storage type {type_name}"
-        if numel < 0 or numel * element > size:
+        if numel < 0 or numel * element != size:
             return (
-                f"storage {key!r} declares {numel} x {element} bytes but the archive holds {size}"
+                f"storage {key!r} declares {numel} x {element} bytes but the archive holds "
+                f"{size}: torch needs them equal"
             )
         return None

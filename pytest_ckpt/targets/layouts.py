@@ -59,7 +59,9 @@ class TargetAudit:
     layouts: list[tuple[str, str]] = field(default_factory=list)
 
 
-def audit_target(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> TargetAudit:
+def audit_target(
+    path: str, allowlist: Allowlist, allow: Iterable[str] = (), *, map_location: str | None = None
+) -> TargetAudit:
     """The audit of one command-line PATH: a folder (walked, unless it is a DCP folder) or
     one file."""
     from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
@@ -68,14 +70,16 @@ def audit_target(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> 
         if is_dcp_folder(path):
             report = audit_dcp_folder(path, allowlist=allowlist, allow=allow)
             return TargetAudit(path, False, [report], [(path, DCP)])  # its "(dcp, ...)" names it
-        return walk_folder(path, allowlist, allow)
-    report = audit_one_file(path, allowlist, allow)
+        return walk_folder(path, allowlist, allow, map_location=map_location)
+    report = audit_one_file(path, allowlist, allow, map_location=map_location)
     if Path(path).suffix == ".ckpt":
         report = _with_note(report, LIGHTNING)
     return TargetAudit(path, False, [report])
 
 
-def audit_one_file(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> Report:
+def audit_one_file(
+    path: str, allowlist: Allowlist, allow: Iterable[str] = (), *, map_location: str | None = None
+) -> Report:
     """One file, by what it is (see the module docstring); never raises for a bad file."""
     from pytest_ckpt.distributed.folder_audit import audit_dcp_target
 
@@ -98,7 +102,7 @@ def audit_one_file(path: str, allowlist: Allowlist, allow: Iterable[str] = ()) -
     elif kind == "json":
         report = check_json(path)
     else:
-        report = audit_file(path, allowlist=allowlist)
+        report = audit_file(path, allowlist=allowlist, map_location=map_location)
         if Path(path).suffix.lower() == ".safetensors":
             report = _with_note(report, "named .safetensors but it is not one: audited as a pickle")
     return _renamed(report, path)
@@ -118,7 +122,9 @@ def check_json(path: str) -> Report:
     return Report(path, "json", (), summary="valid JSON, not a checkpoint: nothing in it runs")
 
 
-def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> TargetAudit:
+def walk_folder(
+    root: str, allowlist: Allowlist, allow: Iterable[str] = (), *, map_location: str | None = None
+) -> TargetAudit:
     """Every checkpoint-like file under `root`, in name order, each audited once."""
     from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
 
@@ -161,7 +167,7 @@ def walk_folder(root: str, allowlist: Allowlist, allow: Iterable[str] = ()) -> T
             if why:
                 result.reports.append(_skipped(entry.path, why))
                 continue
-            report = _audit_entry(entry.path, allowlist, allow)
+            report = _audit_entry(entry.path, allowlist, allow, map_location)
             if layout and report.format != SKIPPED:
                 report = _with_note(report, f"in an {layout}")
             if entry.name.endswith(".ckpt") and report.format != SKIPPED:
@@ -202,12 +208,14 @@ def _not_followed(entry: os.DirEntry[str], real_root: str) -> str | None:
     return None
 
 
-def _audit_entry(path: str, allowlist: Allowlist, allow: Iterable[str]) -> Report:
+def _audit_entry(
+    path: str, allowlist: Allowlist, allow: Iterable[str], map_location: str | None
+) -> Report:
     """A walked file: audited if checkpoint-like (by suffix or first bytes), checked if JSON,
     else listed as skipped."""
     suffix = Path(path).suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES or suffix == ".json" or _kind(path) != "other":
-        return audit_one_file(path, allowlist, allow)
+        return audit_one_file(path, allowlist, allow, map_location=map_location)
     return _skipped(path, "not checkpoint-like")
 
 

@@ -140,7 +140,7 @@ def test_a_global_flagged_after_a_record_used_it_is_taken_over_by_the_next() -> 
 def test_internals_of_a_skipped_record_read_back_later_have_their_paths() -> None:
     data, sizes = three_tensors()
     first = records(data)[0]
-    size_tuple = first.group(10)  # the PUT of record "b"'s size tuple
+    size_tuple = first.group(12)  # the PUT of record "b"'s size tuple
     index = size_tuple[1] if size_tuple[:1] == b"q" else struct.unpack("<I", size_tuple[1:])[0]
     append_to_it = b"j" + struct.pack("<I", index) + b"Na0"  # GET, NONE, APPEND (onto a tuple)
     at = len(data) - 2  # before the final SETITEMS and STOP
@@ -192,7 +192,7 @@ def test_a_record_reading_a_skipped_records_internals_is_left_to_the_interpreter
     data, sizes = three_tensors()
     b, c = records(data)
     location = c.group(7)  # record "c" reads its location: point it at "b"'s size tuple
-    size_tuple = memo_index(b.group(10))
+    size_tuple = memo_index(b.group(12))
     edited = data[: c.start(7)] + b"h" + bytes([size_tuple]) + data[c.start(7) + len(location) :]
     verdict, taken = same_with_and_without(edited, sizes)
     assert verdict == ("ok", 3, [])
@@ -203,8 +203,8 @@ def test_a_record_overwriting_what_others_read_sends_the_next_to_the_interpreter
     data, sizes = saved({name: torch.ones(2) for name in "abcd"})
     b, c, _d = records(data)
     rebuild = memo_index(b.group(1))
-    stride = c.group(11)  # record "c" memoises its stride over the rebuild function
-    edited = data[: c.start(11)] + b"q" + bytes([rebuild]) + data[c.start(11) + len(stride) :]
+    stride = c.group(14)  # record "c" memoises its stride over the rebuild function
+    edited = data[: c.start(14)] + b"q" + bytes([rebuild]) + data[c.start(14) + len(stride) :]
     verdict, taken = same_with_and_without(edited, sizes)
     assert taken == 1  # "b"; "c" writes a guarded entry, "d" calls a tuple
     paths = {(kind, path) for kind, path, *_ in verdict[2]}
@@ -215,8 +215,8 @@ def test_a_tensor_memoised_over_what_others_read_sends_the_next_to_the_interpret
     data, sizes = saved({name: torch.ones(2) for name in "abcd"})
     b, c, _d = records(data)
     rebuild = memo_index(b.group(1))
-    tensor = c.group(15)  # record "c" memoises the tensor itself over the rebuild function
-    edited = data[: c.start(15)] + b"q" + bytes([rebuild]) + data[c.start(15) + len(tensor) :]
+    tensor = c.group(19)  # record "c" memoises the tensor itself over the rebuild function
+    edited = data[: c.start(19)] + b"q" + bytes([rebuild]) + data[c.start(19) + len(tensor) :]
     verdict, taken = same_with_and_without(edited, sizes)
     assert taken == 1  # "b"; "c" writes a guarded entry, "d" calls a tensor
     paths = {(kind, path) for kind, path, *_ in verdict[2]}

@@ -21,10 +21,7 @@ def test_every_truncation_is_unreadable_or_refused_never_a_crash(tmp_path, legac
     for end in range(len(data)):
         cut.write_bytes(data[:end])
         report = audit_file(cut)  # must not raise
-        if legacy and end > 0 and report.error is None:
-            # the object pickle is whole but storage bytes are missing: not loadable either
-            continue
-        assert report.error is not None, end
+        assert report.error is not None, end  # legacy too: pickles whole, storage bytes cut
         assert "\n" not in report.error
 
 

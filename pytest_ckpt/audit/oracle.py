@@ -1,0 +1,299 @@
+"""torch as the oracle: its own weights_only unpickler, run over a pickle the static pass has
+vetted, with storages that hold no bytes.
+
+The static machine (`verdict`) mirrors torch's checks by name; torch checks far more while it
+builds objects (arguments and arity of allow-listed callables, BUILD state types, SETITEMS
+parity, hashable keys, tensor size/stride/offset against the storage, the storage location).
+Re-implementing each would be a second, drifting copy of torch, so after a clean static pass
+`torch._weights_only_unpickler.Unpickler` itself runs over the bytes, and whatever it raises
+is torch's refusal.
+
+Why running it in-process is safe (the contract `audit_file` relies on):
+- it runs only when the static pass proved that every GLOBAL in the pickle names torch's own
+  default allowlist (not the user's `--allow` names nor `add_safe_globals` of the host
+  process), so torch's unpickler can only push and call what torch itself vouches for under
+  `weights_only=True`; it never imports anything;
+- storages are `device="meta"`: they have a size and no bytes, so nothing reads or allocates
+  tensor data (nothing from the file is read past the pickle);
+- the static pass refuses to hand over a pickle whose allow-listed calls could allocate
+  memory the file chooses (`bytearray(n)`, legacy tensor constructors, storages with an int
+  size) or whose calls would do work far beyond the pickle's size (`verdict.OracleGate`).
+
+Meta storages skip one check CPU storages make: `set_` against the storage size. A dispatch
+mode replays every `set_` on a CPU storage of the same size that points at no memory (and
+is never read), so torch's own C++ bounds check decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import struct
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pytest_ckpt.audit.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
+
+_MESSAGE_CHARS = 240
+# torch's errors for reading a meta storage or tensor: our storages, not the file, at fault
+_NO_KERNEL = re.compile(r"'(Quantized)?Meta' backend|no fake impl or Meta kernel")
+_NO_DATA = re.compile(r"'meta' device type|meta tensor|out of meta|device \"meta\"", re.I)
+
+
+class TorchRefusal(Exception):
+    """torch's unpickler (or a check torch.load makes around it) refuses the file."""
+
+
+class FileTruncated(Exception):
+    """The file ends inside the storage data torch.load would read (legacy format)."""
+
+
+class NeedsTensorData(Exception):
+    """torch's unpickler would read tensor bytes here (an allow-listed call iterating a
+    storage, say), which a meta storage does not have, or runs an operator that has no meta
+    kernel (`no_kernel`: quantized and nested tensors): torch's verdict is not known."""
+
+    def __init__(self, message: str, *, no_kernel: bool) -> None:
+        super().__init__(message)
+        self.no_kernel = no_kernel
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "(no message)"
+    if len(text) > _MESSAGE_CHARS:
+        text = text[:_MESSAGE_CHARS] + "..."
+    return f"{type(err).__name__}: {text}"
+
+
+def _bounds_mode(really_meta: set[int]) -> Any:
+    """A dispatch mode that runs torch's CPU `set_` bounds check for every `set_` onto a
+    storage that torch would have on a real device (`really_meta`: the `_cdata` of those
+    torch too would make on meta, where it checks nothing)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    set_overloads = {torch.ops.aten.set_.source_Storage_storage_offset}
+
+    class StorageBounds(TorchDispatchMode):
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            return False  # no torch.compile here: spare the 1 s import of torch._dynamo
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in set_overloads and args[1]._cdata not in really_meta:
+                target, storage, *rest = args
+                shadow = torch._C._construct_storage_from_data_pointer(
+                    8, torch.device("cpu"), storage.nbytes()
+                )  # points at no memory; set_ only checks sizes, and it is dropped at once
+                torch.empty(0, dtype=target.dtype).set_(shadow, *rest, **kwargs)
+            return func(*args, **kwargs)
+
+    return StorageBounds()
+
+
+def _restore_location(location: Any, map_location: str | None) -> bool:
+    """Raise where torch.load's default_restore_location would, for a storage at `location`;
+    whether torch restores it on the meta device."""
+    import torch
+    from torch.serialization import _maybe_decode_ascii, default_restore_location
+
+    location = _maybe_decode_ascii(location)
+    target = map_location if map_location is not None else location
+    meta = torch.UntypedStorage(0, device="meta")
+    # NotImplementedError: the device exists and was validated; only copying a meta storage
+    # there fails
+    with contextlib.suppress(NotImplementedError):
+        default_restore_location(meta, target)
+    return target == "meta"
+
+
+def _storage_dtype(storage_type: Any) -> Any:
+    import torch
+
+    return torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+
+
+def _zip_persistent_load(
+    record_sizes: Mapping[str, int], map_location: str | None, really_meta: set[int]
+) -> Callable[[Any], Any]:
+    """torch.serialization._load's persistent_load, with meta storages."""
+    import torch
+    from torch.serialization import _maybe_decode_ascii
+
+    loaded: dict[str, Any] = {}
+
+    def persistent_load(saved_id: Any) -> Any:
+        if not isinstance(saved_id, tuple):
+            raise AssertionError(f"saved_id must be a tuple, got {type(saved_id).__name__}")
+        if _maybe_decode_ascii(saved_id[0]) != "storage":
+            raise AssertionError("Unknown typename for persistent_load")
+        storage_type, key, location, numel = saved_id[1:]
+        dtype = _storage_dtype(storage_type)
+        if key in loaded:
+            return loaded[key]
+        nbytes = numel * torch._utils._element_size(dtype)
+        name = f"data/{key}"
+        if key not in record_sizes:
+            raise RuntimeError(f"PytorchStreamReader failed locating file {name}")
+        if record_sizes[key] != nbytes:
+            raise RuntimeError(
+                f"record size ({record_sizes[key]} bytes) does not match expected size "
+                f"({nbytes} bytes)"
+            )
+        storage = torch.UntypedStorage(nbytes, device="meta")
+        meta = _restore_location(location, map_location)
+        if meta:
+            really_meta.add(storage._cdata)
+        typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
+        if nbytes and not meta:  # torch caches storages whose data pointer is set
+            loaded[key] = typed
+        return typed
+
+    return persistent_load
+
+
+def _run(
+    data: bytes,
+    start: int,
+    persistent_load: Callable[[Any], Any] | None,
+    really_meta: set[int] | None = None,
+) -> tuple:
+    """torch's Unpickler over `data[start:]`: (the object, the offset after its STOP)."""
+    import torch
+    from torch._weights_only_unpickler import Unpickler
+
+    stream = io.BytesIO(data)
+    stream.seek(start)
+    unpickler = Unpickler(stream, encoding="utf-8")  # torch.load's default encoding
+    if persistent_load is not None:
+        unpickler.persistent_load = persistent_load
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _bounds_mode(really_meta if really_meta is not None else set()):
+            result = unpickler.load()
+        torch._utils._validate_loaded_sparse_tensors()
+    return result, stream.tell()
+
+
+def _refusing(job: Callable[[], Any]) -> Any:
+    """Run `job`; anything torch's code raises is torch refusing the file (the unpickler
+    raises UnpicklingError, TypeError, ValueError, KeyError, IndexError, RuntimeError... by
+    design), so every Exception becomes a TorchRefusal, in one line."""
+    import torch
+
+    try:
+        return job()
+    except (TorchRefusal, FileTruncated):
+        raise
+    except Exception as err:  # see the docstring: every exception is torch's refusal
+        if isinstance(err, (NotImplementedError, RuntimeError)):  # our storages' fault?
+            if _NO_KERNEL.search(str(err)):
+                raise NeedsTensorData(_one_line(err), no_kernel=True) from None
+            if _NO_DATA.search(str(err)):
+                raise NeedsTensorData(_one_line(err), no_kernel=False) from None
+        raise TorchRefusal(_one_line(err)) from None
+    finally:
+        torch._utils._sparse_tensors_to_validate.clear()
+
+
+def zip_refusal(data: bytes, record_sizes: Mapping[str, int], map_location: str | None) -> None:
+    """Raise TorchRefusal where torch.load(weights_only=True) refuses this data.pkl, and
+    NeedsTensorData where its verdict depends on tensor bytes."""
+    meta: set[int] = set()
+    _refusing(lambda: _run(data, 0, _zip_persistent_load(record_sizes, map_location, meta), meta))
+
+
+def legacy_refusal(
+    data: bytes,
+    read_at: Callable[[int, int], bytes],
+    file_size: int,
+    map_location: str | None,
+) -> None:
+    """Raise TorchRefusal where torch.load(weights_only=True) refuses this legacy file: its
+    five pickles (`data` holds them, from offset 0) through torch's unpickler, then the size
+    record of each storage, read with `read_at(offset, n)` (tensor bytes are never read)."""
+
+    def job() -> None:
+        import torch
+
+        magic, pos = _run(data, 0, None)
+        if magic != LEGACY_MAGIC:
+            raise TorchRefusal("RuntimeError: Invalid magic number; corrupt file?")
+        protocol, pos = _run(data, pos, None)
+        if protocol != LEGACY_PROTOCOL:
+            raise TorchRefusal(f"RuntimeError: Invalid protocol version: {protocol!r}")
+        _sys_info, pos = _run(data, pos, None)
+        roots: dict[Any, Any] = {}
+        meta: set[int] = set()
+        load = _legacy_persistent_load(roots, map_location, meta)
+        _result, pos = _run(data, pos, load, meta)
+        keys, pos = _run(data, pos, None)
+        for key in keys:
+            if key not in roots:
+                raise AssertionError(f"storage key {key!r} not found in deserialized_objects")
+            typed = roots[key]
+            element = torch._utils._element_size(typed.dtype)
+            header = read_at(pos, 8)
+            if len(header) < 8:
+                raise FileTruncated(f"the file ends in the size record of storage {key!r}")
+            (count,) = struct.unpack("<q", header)
+            if count * element != typed._untyped_storage.nbytes():
+                raise RuntimeError(
+                    f"storage has wrong byte size: expected {typed._untyped_storage.nbytes()} "
+                    f"got {count * element}"
+                )
+            pos += 8 + count * element
+            if pos > file_size:
+                raise FileTruncated(f"the file ends inside the bytes of storage {key!r}")
+
+    _refusing(job)
+
+
+def _legacy_persistent_load(
+    roots: dict[Any, Any], map_location: str | None, really_meta: set[int]
+) -> Callable:
+    """torch.serialization._legacy_load's persistent_load, with meta storages."""
+    import torch
+    from torch.serialization import _maybe_decode_ascii
+
+    def persistent_load(saved_id: Any) -> Any:
+        if not isinstance(saved_id, tuple):
+            raise AssertionError(f"saved_id must be a tuple, got {type(saved_id).__name__}")
+        typename = _maybe_decode_ascii(saved_id[0])
+        data = saved_id[1:]
+        if typename == "module":
+            return data[0]  # torch compares container source here, then returns the type
+        if typename != "storage":
+            raise RuntimeError(f"Unknown saved id type: {saved_id[0]}")
+        storage_type, root_key, location, numel, view_metadata = data
+        location = _maybe_decode_ascii(location)
+        dtype = storage_type.dtype
+        element = torch._utils._element_size(dtype)
+        nbytes = numel * element
+        if root_key not in roots:
+            storage = torch.UntypedStorage(nbytes, device="meta")
+            if _restore_location(location, map_location):
+                really_meta.add(storage._cdata)
+            roots[root_key] = torch.storage.TypedStorage(
+                wrap_storage=storage, dtype=dtype, _internal=True
+            )
+        typed = roots[root_key]
+        root_meta = typed._untyped_storage._cdata in really_meta
+        if typed._untyped_storage.nbytes() == 0 or root_meta:  # torch: a data pointer of 0
+            typed = torch.storage.TypedStorage(device="meta", dtype=dtype, _internal=True)
+            if root_meta:  # a new storage on the meta device, where set_ checks nothing
+                really_meta.add(typed._untyped_storage._cdata)
+        if view_metadata is None:
+            return typed
+        view_key, offset, view_size = view_metadata
+        if view_key not in roots:
+            untyped = typed._untyped_storage[offset * element : (offset + view_size) * element]
+            roots[view_key] = torch.storage.TypedStorage(
+                wrap_storage=untyped, dtype=dtype, _internal=True
+            )
+        return roots[view_key]
+
+    return persistent_load

@@ -1,0 +1,242 @@
+"""Seeded generators of hostile-but-small data.pkl payloads for the differential test against
+torch: a grammar of pickle programs, and 1-2 byte mutations of a real `torch.save` data.pkl.
+
+The grammar writes opcodes (protocol 2-5 headers) over allow-listed and refused globals,
+REDUCE/NEWOBJ/BUILD/SETITEM(S)/APPEND(S)/MARK/memo operations and tensor records, mostly
+well-formed and sometimes not (odd SETITEMS, unhashable keys, wrong arity or argument types,
+BUILD states of the wrong type, out-of-bounds tensor views, storages on devices this host
+lacks). Sizes stay small: the point is the verdict, not the allocator.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zipfile
+from collections import OrderedDict
+
+import torch
+
+ALLOWED = [
+    "torch.Size", "torch.device", "builtins.set", "builtins.complex", "_codecs.encode",
+    "collections.OrderedDict", "collections.Counter", "torch._utils._rebuild_tensor_v2",
+    "torch._tensor._rebuild_from_type_v2", "torch.nn.parameter.Parameter", "torch.Tensor",
+    "torch.float32", "torch.int64", "builtins.bytearray", "torch._utils._rebuild_parameter",
+    "torch.serialization._get_layout", "torch.FloatStorage", "torch.LongStorage",
+]  # fmt: skip
+REFUSED = [
+    "datetime.date", "collections.deque", "__builtin__.intern", "builtins.getattr",
+    "os.getcwd", "argparse.Namespace", "builtins.print",
+]  # fmt: skip
+STORAGE_KEY_BYTES = 32  # data/0 of the template archive: 8 float32 / 4 int64
+
+
+def _uni(text: str | bytes) -> bytes:
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _global(name: str) -> bytes:
+    module, _, attr = name.rpartition(".")
+    return b"c" + module.encode() + b"\n" + attr.encode() + b"\n"
+
+
+class Grammar:
+    """`program()` is one data.pkl. Every choice comes from the seeded `random.Random`."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.memo: list[int] = []
+
+    def program(self) -> bytes:
+        rng = self.rng
+        self.memo = []
+        proto = rng.choice([2, 2, 2, 2, 3, 4, 5])
+        body = self.value(0)
+        if rng.random() < 0.1:
+            body += rng.choice([b"0", b"2", b"a", b"s", b"b", b"e", b"u", b"R", b"t", b"("])
+            body += self.value(2)
+        return b"\x80" + bytes([proto]) + body + b"."
+
+    def value(self, depth: int) -> bytes:
+        rng = self.rng
+        if depth > 3:
+            return self.primitive()
+        kind = rng.choices(
+            ["primitive", "tuple", "list", "dict", "call", "newobj", "build", "tensor",
+             "memo", "persid", "setitem_target"],
+            weights=[6, 3, 3, 4, 6, 1, 2, 3, 2, 1, 1],
+        )[0]  # fmt: skip
+        out = getattr(self, "_" + kind)(depth + 1)
+        if rng.random() < 0.2 and len(self.memo) < 250:
+            index = len(self.memo)
+            self.memo.append(index)
+            out += b"q" + bytes([index])
+        return out
+
+    def primitive(self) -> bytes:
+        rng = self.rng
+        choice = rng.randrange(12)
+        if choice == 0:
+            return b"K" + bytes([rng.randrange(256)])
+        if choice == 1:
+            return b"M" + struct.pack("<H", rng.randrange(300))
+        if choice == 2:
+            return b"J" + struct.pack("<i", rng.randrange(-(1 << 8), 1 << 10))
+        if choice == 3:
+            return b"G" + struct.pack(">d", rng.uniform(-4, 4))
+        if choice == 4:
+            return _uni(rng.choice(["cpu", "cuda:0", "meta", "abc", "zz", "1+2j", "latin1", "x"]))
+        if choice == 5:
+            return _uni(rng.choice(["nope", "torch.strided", "torch.sparse_coo", "ab\udc80"]))
+        if choice == 6:
+            raw = rng.choice([b"ab", b"\xff\xfe", b""])
+            return b"U" + bytes([len(raw)]) + raw
+        if choice == 7:
+            return rng.choice([b"N", b"\x88", b"\x89"])
+        if choice == 8:
+            return rng.choice([b")", b"]", b"}", b"\x8f"])
+        if choice == 9:
+            return b"\x8a\x01" + bytes([rng.randrange(256)])  # LONG1
+        if choice == 10 and self.memo:
+            return b"h" + bytes([rng.choice(self.memo)])
+        return b"K" + bytes([rng.randrange(4)])
+
+    def _primitive(self, depth: int) -> bytes:
+        return self.primitive()
+
+    def _items(self, depth: int, low: int = 0, high: int = 3) -> list[bytes]:
+        return [self.value(depth) for _ in range(self.rng.randint(low, high))]
+
+    def _tuple(self, depth: int) -> bytes:
+        items = self._items(depth, 0, 4)
+        if 1 <= len(items) <= 3 and self.rng.random() < 0.5:
+            return b"".join(items) + bytes([0x84 + len(items)])
+        return b"(" + b"".join(items) + b"t"
+
+    def _list(self, depth: int) -> bytes:
+        out = b"]"
+        if self.rng.random() < 0.5:
+            return out + b"(" + b"".join(self._items(depth)) + b"e"
+        return out + b"".join(item + b"a" for item in self._items(depth, 0, 2))
+
+    def _dict(self, depth: int) -> bytes:
+        rng = self.rng
+        flat = []
+        for _ in range(rng.randint(0, 3)):
+            key = self.primitive() if rng.random() < 0.8 else self._list(depth)
+            flat += [key, self.value(depth)]
+        if rng.random() < 0.1:
+            flat.append(self.primitive())  # an odd count
+        if rng.random() < 0.5 or len(flat) % 2:
+            return b"}(" + b"".join(flat) + b"u"
+        return b"}" + b"".join(flat[i] + flat[i + 1] + b"s" for i in range(0, len(flat), 2))
+
+    def _args(self, depth: int) -> bytes:
+        return self._tuple(depth) if self.rng.random() < 0.8 else self.value(depth)
+
+    def _name(self) -> str:
+        return self.rng.choice(ALLOWED if self.rng.random() < 0.9 else REFUSED)
+
+    def _call(self, depth: int) -> bytes:
+        name = self._name()
+        if name == "_codecs.encode" and self.rng.random() < 0.6:
+            return _global(name) + _uni("ab") + _uni(self.rng.choice(["latin1", "nope"])) + b"\x86R"
+        if name == "collections.OrderedDict" and self.rng.random() < 0.5:
+            return _global(name) + b")R"
+        return _global(name) + self._args(depth) + b"R"
+
+    def _newobj(self, depth: int) -> bytes:
+        return _global(self._name()) + self._args(depth) + b"\x81"
+
+    def _build(self, depth: int) -> bytes:
+        rng = self.rng
+        target = rng.choice([self._call, self._dict, self._list])(depth)
+        state = rng.choice([self._dict, self._tuple, self.value])(depth)
+        return target + state + b"b"
+
+    def _setitem_target(self, depth: int) -> bytes:
+        """SETITEM(S)/APPEND(S) on whatever the grammar built: torch checks the target."""
+        target = self.value(depth)
+        op = self.rng.choice([b"s", b"a"])
+        pair = self.primitive() + self.primitive() if op == b"s" else self.primitive()
+        return target + pair + op
+
+    def _persid(self, depth: int, numel: int | None = None) -> bytes:
+        rng = self.rng
+        kind = rng.choice(["torch.FloatStorage", "torch.FloatStorage", "torch.LongStorage"])
+        if numel is None:
+            numel = STORAGE_KEY_BYTES // (4 if kind == "torch.FloatStorage" else 8)
+            if rng.random() < 0.15:
+                numel += rng.choice([-1, 1, 5])
+        location = rng.choices(["cpu", "cuda:0", "meta", "mps", "bogus"], [20, 2, 1, 1, 1])[0]
+        key = "0" if rng.random() < 0.95 else "7"
+        return (
+            b"(" + _uni("storage") + _global(kind) + _uni(key) + _uni(location)
+            + b"K" + bytes([max(numel, 0)]) + b"tQ"
+        )  # fmt: skip
+
+    def _tensor(self, depth: int) -> bytes:
+        rng = self.rng
+        ndim = rng.randint(0, 2)
+        size = [rng.randint(0, 9) for _ in range(ndim)]
+        stride = [rng.randint(0, 4) for _ in range(ndim)]
+        if rng.random() < 0.1:
+            stride.append(1)  # a rank mismatch
+        offset = rng.choice([0, 0, 0, 1, 3, 8])
+
+        def shape(values: list[int]) -> bytes:
+            return b"(" + b"".join(b"K" + bytes([v]) for v in values) + b"t"
+
+        hooks = _global("collections.OrderedDict") + b")R"
+        args = self._persid(depth) + b"K" + bytes([offset]) + shape(size) + shape(stride)
+        args += rng.choice([b"\x89", b"\x88"]) + hooks
+        if rng.random() < 0.1:
+            args += self.primitive()  # a wrong arity
+        record = _global("torch._utils._rebuild_tensor_v2") + b"(" + args + b"tR"
+        if rng.random() < 0.15:  # a Parameter around it
+            record = _global("torch._utils._rebuild_parameter") + b"(" + record
+            record += rng.choice([b"\x89", b"\x88"]) + hooks + b"tR"
+        return record
+
+    def _memo(self, depth: int) -> bytes:
+        if self.memo:
+            return b"h" + bytes([self.rng.choice(self.memo)])
+        return self.primitive()
+
+
+def archive_members(state: object) -> dict[str, bytes]:
+    """The members of `torch.save(state)`'s archive, by name inside the archive folder."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        return {info.filename.split("/", 1)[1]: archive.read(info) for info in archive.infolist()}
+
+
+def real_checkpoint() -> dict[str, bytes]:
+    """The archive members of a save that exercises most of the allowlist."""
+    state = {
+        "w": torch.arange(4.0),
+        "view": torch.arange(8.0)[2:6],
+        "p": torch.nn.Parameter(torch.ones(2)),
+        "meta": OrderedDict(a=1, b=[1, 2.5, None, True]),
+        "size": torch.Size([2, 3]),
+        "device": torch.device("cpu"),
+        "set": {1, 2},
+        "complex": complex(1, 2),
+        "bytes": b"\x00ab",
+        "dtype": torch.float16,
+    }
+    return archive_members(state)
+
+
+def mutations(data: bytes, rng: random.Random, count: int) -> list[bytes]:
+    """`count` copies of `data`, each with 1 or 2 bytes set to a random value."""
+    cases = []
+    for _ in range(count):
+        mutated = bytearray(data)
+        for _ in range(rng.choice([1, 2])):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        cases.append(bytes(mutated))
+    return cases
