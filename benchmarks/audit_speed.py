@@ -9,7 +9,9 @@ the end, which torch refuses: the audit must find it), `exotic` (the same plus a
 which sends the whole pickle through torch's own unpickler, the audit's second stage)
 and reports, each step in a fresh process: `torch.load(weights_only=True)` time,
 `torch.serialization.get_unsafe_globals_in_checkpoint` time, `pytest_ckpt.audit.audit_file`
-time (modules imported before timing, for all three), and the peak RSS the audit reaches
+time (modules imported before timing, for all three; for dirty files also the audit plus
+its exact `safe_globals` list, which `pytest-ckpt audit` prints and costs one more static
+pass), and the peak RSS the audit reaches
 above the process's resident size after `import torch` and the auditor's import (Linux: the
 peak is reset through /proc/self/clear_refs just before the audit). Targets: audit <= 0.02x
 load (256 tensors), <= 0.05x load (4096 tensors), <= 2x torch's lister, <= 50 MB above import
@@ -52,6 +54,8 @@ MEASURE = textwrap.dedent(
     else:
         report = audit_file(path)
         assert report.loadable == ("dirty" not in path), report
+        if what == "exact":  # what `pytest-ckpt audit` prints: the exact allowlist too
+            assert report.safe_globals == ([] if report.loadable else ["datetime.date"])
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "rss_above_torch_mb": (status("VmHWM") - base) / 1024}))
     """
@@ -106,6 +110,7 @@ def main() -> None:
             load = measure("load", path, args.repeat)
             lister = measure("lister", path, args.repeat)
             audit = measure("audit", path, args.repeat)
+            exact = measure("exact", path, args.repeat) if variant == "dirty" else None
             size_mb = path.stat().st_size / (1 << 20)
             print(
                 f"{variant}, {tensors} tensors, {size_mb:.0f} MB "
@@ -117,6 +122,9 @@ def main() -> None:
             print(f"  audit / load   = {audit['seconds'] / load['seconds']:.4f}x")
             print(f"  audit / lister = {audit['seconds'] / lister['seconds']:.2f}x")
             print(f"  audit peak RSS above import torch: {audit['rss']:.1f} MB")
+            if exact is not None:  # the list costs one more static pass per round
+                print(f"  audit + exact safe_globals list    {exact['seconds'] * 1e3:9.1f} ms")
+                print(f"  (audit + list) / lister = {exact['seconds'] / lister['seconds']:.2f}x")
             path.unlink()
 
 

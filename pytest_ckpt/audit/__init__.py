@@ -19,8 +19,8 @@ that would allocate what the file chooses, or read tensor bytes, is not vouched 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import IO
 
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
@@ -54,10 +54,28 @@ class Report:
     storages: int = 0
     notes: tuple[str, ...] = ()
     summary: str = ""
-    # The names torch.serialization.safe_globals needs to load it ([] when it loads as is),
-    # None when no allowlist can (exact_allowlist); findings_omitted: past the cap.
-    safe_globals: list[str] | None = None
-    findings_omitted: int = 0
+    findings_omitted: int = 0  # past the cap (nodes.MAX_FINDINGS per pickle)
+    # How to find the exact allowlist of a file with findings (`exact_allowlist`): asked
+    # for on first use of `safe_globals`, since it costs one more static pass per round.
+    exact: Callable[[], list[str] | None] | None = field(default=None, repr=False, compare=False)
+    _exact_result: list = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def safe_globals(self) -> list[str] | None:
+        """The names torch.serialization.safe_globals needs to load the file ([] when it
+        loads as is), or None when no allowlist can. Also settles each finding's
+        `allowlist_helps`: "would be enough" is only ever said of the whole file."""
+        if self.error is not None:
+            return None
+        if not self.findings:
+            return []
+        if not self._exact_result:
+            names = self.exact() if self.exact is not None else None
+            self._exact_result.append(names)
+            object.__setattr__(self, "exact", None)  # the file's pickle is no longer held
+            for finding in self.findings:
+                finding.allowlist_helps = names is not None
+        return self._exact_result[0]
 
     @property
     def readable(self) -> bool:
@@ -104,27 +122,27 @@ def _audit(
         return Report(name, checkpoint.format, (), error=f"corrupt pickle: {err}")
     notes = list(checkpoint.notes)
     omitted = interpreter.findings_omitted
-    safe_globals: list[str] | None = []
-    if findings:
-        safe_globals = None if omitted else _exact(checkpoint, allowlist, findings, map_location)
-        for finding in findings:  # "would be enough" is only ever said of the whole file
-            finding.allowlist_helps = safe_globals is not None
-    else:
+    exact = None
+    if findings and not omitted:
+
+        def exact() -> list[str] | None:
+            return _exact(checkpoint, allowlist, findings, map_location)
+
+    elif not findings:
         try:
             refusal = _torch_refusal(checkpoint, interpreter, map_location, notes)
         except FileTruncated as err:
             return Report(name, checkpoint.format, (), error=f"truncated: {err}")
         if refusal is not None:
-            findings.append(refusal)
-            safe_globals = None
+            findings.append(refusal)  # torch's own refusal: no allowlist (exact stays None)
     return Report(
         name,
         checkpoint.format,
         tuple(findings),
         storages=interpreter.storages,
         notes=tuple(notes),
-        safe_globals=safe_globals,
         findings_omitted=omitted,
+        exact=exact,
     )
 
 

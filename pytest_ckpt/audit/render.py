@@ -138,9 +138,8 @@ def render_json(reports: Sequence[Report]) -> str:
             {
                 "path": r.path,
                 "format": r.format,
-                "loadable": None
-                if r.format == "skipped"
-                else r.loadable,  # not a checkpoint: no verdict
+                # a file listed but not audited (not a checkpoint) has no verdict
+                "loadable": None if r.format == "skipped" else r.loadable,
                 "error": r.error,
                 "storages": r.storages,
                 "notes": list(r.notes),
@@ -178,6 +177,7 @@ def render_sarif(reports: Sequence[Report]) -> str:
                     "locations": [location],
                 }
             )
+        safe_globals = report.safe_globals  # first: it settles each finding's allowlistHelps
         for finding in report.findings:
             results.append(
                 {
@@ -195,7 +195,7 @@ def render_sarif(reports: Sequence[Report]) -> str:
                         "allowlistHelps": finding.allowlist_helps,
                         "pickleOffset": finding.offset,
                         "alsoAt": finding.also_at,
-                        "safeGlobals": report.safe_globals,
+                        "safeGlobals": safe_globals,
                     },
                 }
             )
