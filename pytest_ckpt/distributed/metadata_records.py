@@ -26,14 +26,13 @@ from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.distributed.metadata_entries import Unproven, newobj_result, reduce_result
 
 _GET = rb"(h.|j....)"
-_INT = (
-    rb"(?:K.|M..|J....|" + rb"|".join(b"\x8a" + bytes([n]) + b"." * n for n in range(1, 9)) + rb")"
-)
+_SMALL_INT = rb"(?:K.|M..|J....)"  # BININT1, BININT2, BININT
+_INT = rb"(?:K.|M..|J....|\x8a(?:" + rb"|".join(bytes([n]) + b"." * n for n in range(1, 9)) + rb"))"
 _BOOL = rb"[\x88\x89]"
 # A torch.Size's tuple of ints; the group captures only an empty one (not memoized).
 _SHAPE = (
-    rb"(?:(\))|" + _INT + rb"\x85\x94|" + _INT * 2 + rb"\x86\x94|" + _INT * 3 + rb"\x87\x94|\("
-    + _INT + rb"*t\x94)"
+    rb"(?:(\))|" + _SMALL_INT + rb"\x85\x94|" + _SMALL_INT * 2 + rb"\x86\x94|" + _SMALL_INT * 3
+    + rb"\x87\x94|\(" + _SMALL_INT + rb"*t\x94)"
 )  # fmt: skip
 _SIZE_CALL = _GET + _SHAPE + rb"\x85\x94R\x94"  # GET(torch.Size) shape TUPLE1 REDUCE
 _NEWOBJ_STATE = _GET + rb"\)\x81\x94\}\x94\("  # GET(class) () NEWOBJ, {} MARK
