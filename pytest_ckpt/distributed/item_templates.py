@@ -51,8 +51,10 @@ class _NotCanonical(Exception):
 
 @dataclass(slots=True, frozen=True)
 class _Template:
+    """Offsets are into `_union` (the head block, then what the tail block adds)."""
+
     skeleton: bytes  # the compared bytes of the head and tail blocks, masks cut out
-    segments: tuple[tuple[int, int], ...]  # the compared ranges, offsets in the item
+    segments: tuple[tuple[int, int], ...]  # the compared ranges
     id_fields: tuple[int, int, int, int]  # serialization id: payload, length, two CRCs
     checkpoint: Checkpoint
 
@@ -160,17 +162,30 @@ def _segments(masks: list, head_length: int, tail_start: int, length: int) -> tu
     return tuple(segments)
 
 
-def _skeleton(head: bytes, tail_start: int, tail: bytes, segments: tuple) -> bytes:
-    return b"".join(_byte_at(head, tail_start, tail, begin, end - begin) for begin, end in segments)
+def _union(head: bytes, tail_start: int, tail: bytes) -> tuple[bytes, int, int]:
+    """The two blocks as one string: (bytes, where the tail's part starts in it, the item
+    offset that lands there)."""
+    overlap = max(0, len(head) - tail_start)
+    return head + tail[overlap:], len(head), tail_start + overlap
 
 
-def _id_consistent(head: bytes, tail_start: int, tail: bytes, fields: tuple) -> bool:
+def _mapped(offset: int, end: int, union_tail: int, item_tail: int) -> tuple[int, int]:
+    """An item range [offset, end) as a range of `_union`'s string."""
+    if end <= union_tail:
+        return offset, end
+    if offset >= item_tail:
+        return offset - item_tail + union_tail, end - item_tail + union_tail
+    raise _NotCanonical("a range across the blocks' gap")
+
+
+def _skeleton(union: bytes, segments: tuple) -> bytes:
+    return b"".join([union[begin:end] for begin, end in segments])
+
+
+def _id_consistent(union: bytes, fields: tuple) -> bool:
     payload, length, crc_entry, crc_descriptor = fields
-    crc = zlib.crc32(_byte_at(head, tail_start, tail, payload, length))
-    return all(
-        _U32(_byte_at(head, tail_start, tail, where, 4))[0] == crc
-        for where in (crc_entry, crc_descriptor)
-    )
+    crc = zlib.crc32(union[payload : payload + length])
+    return _U32(union, crc_entry)[0] == crc and _U32(union, crc_descriptor)[0] == crc
 
 
 class ItemTemplates:
@@ -185,13 +200,12 @@ class ItemTemplates:
         template = self._by_length.get(stream.length)
         if template is not None:
             head, tail_start, tail, _length = _blocks(stream)
-            try:
-                same = _skeleton(head, tail_start, tail, template.segments) == template.skeleton
-                if same and _id_consistent(head, tail_start, tail, template.id_fields):
-                    self.proven += 1
-                    return template.checkpoint
-            except _NotCanonical:
-                pass
+            union = _union(head, tail_start, tail)[0]
+            if _skeleton(union, template.segments) == template.skeleton and _id_consistent(
+                union, template.id_fields
+            ):
+                self.proven += 1
+                return template.checkpoint
             return open_checkpoint(stream)
         recording = _RecordingSlice(stream)
         checkpoint = open_checkpoint(recording)  # type: ignore[arg-type]
@@ -206,11 +220,22 @@ class ItemTemplates:
         if not all(end <= len(head) or begin >= tail_start for begin, end in reads):
             return None  # torch read outside the two blocks: not the layout described above
         try:
-            masks, id_fields = _layout(head, tail_start, tail, length)
-            if not _id_consistent(head, tail_start, tail, id_fields):
+            masks, (payload, id_length, crc_entry, crc_descriptor) = _layout(
+                head, tail_start, tail, length
+            )
+            union, union_tail, item_tail = _union(head, tail_start, tail)
+            segments = tuple(
+                _mapped(begin, end, union_tail, item_tail)
+                for begin, end in _segments(masks, len(head), tail_start, length)
+            )
+            id_fields = (
+                _mapped(payload, payload + id_length, union_tail, item_tail)[0],
+                id_length,
+                _mapped(crc_entry, crc_entry + 4, union_tail, item_tail)[0],
+                _mapped(crc_descriptor, crc_descriptor + 4, union_tail, item_tail)[0],
+            )
+            if not _id_consistent(union, id_fields):
                 return None
-            segments = _segments(masks, len(head), tail_start, length)
-            skeleton = _skeleton(head, tail_start, tail, segments)
         except (_NotCanonical, struct.error):
             return None
-        return _Template(skeleton, segments, id_fields, checkpoint)
+        return _Template(_skeleton(union, segments), segments, id_fields, checkpoint)

@@ -80,6 +80,7 @@ _NEWTRUE, _NEWFALSE, _NONE, _BINFLOAT = (
     pickle.BINFLOAT[0],
 )
 _FRAME, _PROTO = pickle.FRAME[0], pickle.PROTO[0]
+_NEWOBJ_START = pickle.EMPTY_TUPLE + pickle.NEWOBJ  # every record: GET(class) () NEWOBJ
 
 _PUSH_PRIMITIVE_OPS = frozenset({"INT", "LONG", "LONG4", "FLOAT"})
 _PUSH_ARG_OPS = frozenset(
@@ -123,10 +124,12 @@ def _run(data: bytes, allow: Allowlist, memo: dict[int, object], take: RecordTak
             memo[len(memo)] = stack[-1]
             pos += 1
         elif code in (_BINGET, _LONG_BINGET):
-            after = take.at_get(pos, stack)
-            if after:
-                pos = after
-                continue
+            width = 2 if code == _BINGET else 5
+            if data[pos + width : pos + width + 2] == _NEWOBJ_START:  # a record, maybe
+                after = take.at_get(pos, stack)
+                if after:
+                    pos = after
+                    continue
             if code == _BINGET:
                 stack.append(memo[data[pos + 1]])
                 pos += 2
