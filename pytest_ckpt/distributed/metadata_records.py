@@ -88,6 +88,8 @@ class RecordTaker:
         self.data, self.allow, self.memo, self.enabled = data, allow, memo, enabled
         self.put_high = -1  # the highest memo index a PUT (not a MEMOIZE) has written
         self.effects: dict[tuple[Any, ...], tuple[tuple[Any, ...], str]] = {}
+        self.flat_effects: dict[tuple[Any, ...], tuple[tuple[Any, ...], str]] = {}
+        self.order = [(FLAT_OBJECT, self._flat), (TENSOR_METADATA, self._tensor)]
         self.taken = 0
 
     def memo_written(self, index: int) -> None:
@@ -95,6 +97,7 @@ class RecordTaker:
         may have read the entry it replaced."""
         self.put_high = max(self.put_high, index)
         self.effects.clear()
+        self.flat_effects.clear()
 
     def at_get(self, pos: int, stack: list[Any]) -> int | None:
         """The offset after the record that starts at this GET, having applied it; None
@@ -108,17 +111,15 @@ class RecordTaker:
             or not self.enabled
         ):
             return None
-        match = FLAT_OBJECT.match(data, pos)
-        effect = None
-        if match is not None:
-            groups = match.groups()
-            effect = self.effects.get(groups) or self._flat(groups)
-        else:
-            match = TENSOR_METADATA.match(data, pos)
+        first, second = self.order  # the kind taken last first: they come in runs
+        match, validate = first[0].match(data, pos), first[1]
+        if match is None:
+            match, validate = second[0].match(data, pos), second[1]
             if match is None:
                 return None
-            groups = match.groups()
-            effect = self.effects.get(groups) or self._tensor(groups)
+            self.order.reverse()
+        groups = match.groups()
+        effect = self.effects.get(groups) or validate(groups)
         writes, node = effect
         memo = self.memo
         base = len(memo)
@@ -142,6 +143,15 @@ class RecordTaker:
         writes += ["builtins.tuple", result]
 
     def _flat(self, groups: tuple[Any, ...]) -> tuple[tuple[Any, ...], str]:
+        """A flat object's effect. Its plain GETs (a MetadataIndex's fqn: another one each
+        time) need only their entry to exist; the effect is kept by the rest of the groups."""
+        key = (groups[0], groups[1::3], groups[2::3])
+        effect = self.flat_effects.get(key)
+        if effect is not None:
+            for plain_get in groups[3::3]:
+                if plain_get is not None:
+                    self._read(plain_get)
+            return effect
         node = newobj_result(self.allow, self._read(groups[0]))
         writes: list[Any] = [node, "builtins.dict"]
         for at in range(1, len(groups), 3):
@@ -151,7 +161,7 @@ class RecordTaker:
             elif plain_get is not None:
                 self._read(plain_get)
         effect = (tuple(writes), node)
-        self.effects[groups] = effect
+        self.effects[groups] = self.flat_effects[key] = effect
         return effect
 
     def _tensor(self, groups: tuple[Any, ...]) -> tuple[tuple[Any, ...], str]:
