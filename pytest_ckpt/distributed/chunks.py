@@ -25,6 +25,17 @@ def _overlap(a: Chunk, b: Chunk) -> bool:
     )
 
 
+def _is_whole(shape: tuple[int, ...], chunk: Chunk) -> bool:
+    """One chunk at offset 0 with the tensor's own (non-negative int) sizes."""
+    offsets, sizes = chunk
+    return (
+        tuple(sizes) == shape
+        and len(offsets) == len(shape)
+        and all(type(n) is int and n >= 0 for n in shape)
+        and all(type(o) is int and o == 0 for o in offsets)
+    )
+
+
 def chunk_problems(shape: Sequence[int], chunks: Sequence[Chunk]) -> list[str]:
     """What is wrong with how `chunks` cover a tensor of `shape`; [] when they tile it.
 
@@ -32,6 +43,8 @@ def chunk_problems(shape: Sequence[int], chunks: Sequence[Chunk]) -> list[str]:
     so each chunk meets only its neighbours): near-linear in the number of chunks.
     """
     shape = tuple(shape)
+    if len(chunks) == 1 and _is_whole(shape, chunks[0]):
+        return []  # what the sweep below finds for one chunk that is the whole tensor
     problems: list[str] = []
     placed: list[tuple[int, Chunk]] = []
     volume = 0

@@ -34,6 +34,7 @@ from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 from pytest_ckpt.distributed.chunks import chunk_problems
+from pytest_ckpt.distributed.item_templates import ItemTemplates
 from pytest_ckpt.distributed.items import FileSlice, read_tensor_item
 from pytest_ckpt.errors import CheckpointLoadError
 
@@ -138,6 +139,7 @@ class _FolderCheck:
         self.sizes: dict[str, int | None] = {}
         self.untransformed = True
         self.seen_tensor_items: dict[Any, Any] = {}  # see items.read_tensor_item
+        self.item_templates = ItemTemplates()
 
     def flag(self, kind: str, where: str, detail: str, fix: str, offset: int = 0) -> None:
         self.findings.append(Finding(kind, detail, None, fix, False, offset, where))
@@ -279,7 +281,9 @@ class _FolderCheck:
             return
         where = f"{item_file.name} ({fqn})"
         try:
-            item = read_tensor_item(item_file, self.allowlist, self.seen_tensor_items)
+            item = read_tensor_item(
+                item_file, self.allowlist, self.seen_tensor_items, self.item_templates
+            )
         except Unreadable as err:
             self.flag("dcp-item-unreadable", where, f"unreadable tensor item: {err}", _RESAVE)
             return

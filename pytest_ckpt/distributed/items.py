@@ -23,6 +23,7 @@ from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Finding, Node
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op, TruncatedPickle
 from pytest_ckpt.audit.verdict import PickleInterpreter
+from pytest_ckpt.distributed.item_templates import ItemTemplates
 
 _TENSOR_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter")
 
@@ -35,7 +36,7 @@ class FileSlice(io.RawIOBase):
     read once, in one block, and served from memory; anything else is read through.
     """
 
-    _BLOCK = 8192
+    BLOCK = 8192
 
     def __init__(self, handle: IO[bytes], start: int, length: int, *, name: str) -> None:
         super().__init__()
@@ -57,14 +58,30 @@ class FileSlice(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def read_at(self, offset: int, count: int) -> bytes:
+        """`count` bytes at `offset` of the slice, through the same block cache."""
+        if offset == 0 and count == min(self.BLOCK, self._length):
+            key = 0
+        elif offset + count == self._length and offset == max(0, self._length - self.BLOCK):
+            key = offset
+        else:
+            return self._read(offset, count)
+        if key not in self._blocks:
+            self._blocks[key] = self._read(offset, count)
+        return self._blocks[key]
+
     def _read(self, offset: int, count: int) -> bytes:
         self._handle.seek(self._start + offset)
         return self._handle.read(count)
 
     def readinto(self, buffer: Any) -> int:
         count = max(0, min(len(buffer), self._length - self._pos))
-        head_end = min(self._BLOCK, self._length)
-        tail_start = max(0, self._length - self._BLOCK)
+        head_end = min(self.BLOCK, self._length)
+        tail_start = max(0, self._length - self.BLOCK)
         if self._pos + count <= head_end:
             block_start = 0
         elif self._pos >= tail_start:
@@ -132,15 +149,19 @@ def warm_up() -> None:
 
 
 def read_tensor_item(
-    stream: FileSlice, allowlist: Allowlist, seen: dict[Any, TensorItem] | None = None
+    stream: FileSlice,
+    allowlist: Allowlist,
+    seen: dict[Any, TensorItem] | None = None,
+    templates: ItemTemplates | None = None,
 ) -> TensorItem:
     """The dtype and shape a tensor item declares, and what torch would refuse in it.
     Raises Unreadable for an item that is not a checkpoint at all.
 
     `seen` (one per audit) keeps the verdict on each distinct (data.pkl, storage sizes): a
     model's tensors of one shape and dtype pickle to the same bytes, and the verdict is a
-    function of those and the allowlist alone."""
-    checkpoint = open_checkpoint(stream)
+    function of those and the allowlist alone. `templates` (one per audit) answers the
+    archive reader's part for items that are another item's archive but for their data."""
+    checkpoint = open_checkpoint(stream) if templates is None else templates.open(stream)
     if checkpoint.format != "zip":
         raise Unreadable(f"a {checkpoint.format} item where DCP writes a torch.save archive")
     key = (checkpoint.pickle, tuple(sorted(checkpoint.storage_sizes.items())))

@@ -17,6 +17,7 @@ from pytest_ckpt.audit.nodes import Finding, Node
 from pytest_ckpt.audit.opcodes import Op
 from pytest_ckpt.audit.verdict import PickleInterpreter
 from pytest_ckpt.distributed.metadata_allowlist import DcpAllowlist
+from pytest_ckpt.distributed.metadata_proof import proves_clean
 
 METADATA = ".metadata"
 
@@ -75,6 +76,17 @@ def _dcp_fix(finding: Finding) -> Finding:
 
 def scan_metadata(data: bytes, allowlist: DcpAllowlist) -> list[Finding]:
     """Every reason the restricted reader would refuse this `.metadata`, by path; [] when
-    it may be unpickled. Raises TruncatedPickle or MalformedPickle for a broken pickle."""
+    it may be unpickled. Raises TruncatedPickle or MalformedPickle for a broken pickle.
+
+    A clean `.metadata` (the common case, and the costly one: some 65 opcodes a tensor) is
+    answered by `metadata_proof` without the machine; anything it cannot prove clean gets
+    the machine's full run, whose findings and errors are the answer."""
+    if proves_clean(data, allowlist.static):
+        return []
+    return scan_metadata_general(data, allowlist)
+
+
+def scan_metadata_general(data: bytes, allowlist: DcpAllowlist) -> list[Finding]:
+    """`scan_metadata` on the machine alone (what the proof is tested against)."""
     _root, findings = DcpMetadataInterpreter(data, allowlist).run()
     return [_dcp_fix(finding) for finding in findings]

@@ -49,3 +49,24 @@ def test_an_overlap_far_along_dim_0_is_still_found() -> None:
         "chunk 0 (offsets [0, 0], sizes [100, 1]) and chunk 101 (offsets [50, 0], sizes [1, 1]) "
         "overlap"
     ]
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunk"),
+    [
+        ((4, 2), ((0, 0), (4, 2))),
+        ((), ((), ())),
+        ((0, 3), ((0, 0), (0, 3))),
+        ((4, 2), ((1, 0), (4, 2))),
+        ((-1,), ((0,), (-1,))),
+        ((4,), ((0, 0), (4, 2))),
+        ((True, 2), ((0, 0), (True, 2))),
+        ((4, 2), ((False, 0), (4, 2))),
+    ],
+)
+def test_the_one_whole_chunk_shortcut_answers_as_the_sweep(shape, chunk, monkeypatch) -> None:
+    from pytest_ckpt.distributed import chunks
+
+    fast = chunk_problems(shape, [chunk])
+    monkeypatch.setattr(chunks, "_is_whole", lambda shape, chunk: False)
+    assert fast == chunk_problems(shape, [chunk])
