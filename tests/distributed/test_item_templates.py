@@ -144,5 +144,6 @@ def test_a_folder_with_a_tampered_item_pickle_is_still_found(tmp_path) -> None:
     last = data.rfind(b"FloatStorage")  # the last item's data.pkl, same length: int16
     shard.write_bytes(data[:last] + b"ShortStorage" + data[last + 12 :])
     report = audit_dcp_folder(folder)
-    assert [f.kind for f in report.findings] == ["dcp-dtype"]
-    assert "torch.int16" in report.findings[0].detail
+    # the item's own audit may also refuse the record (its size no longer matches int16)
+    dtype = [f for f in report.findings if f.kind == "dcp-dtype"]
+    assert len(dtype) == 1 and "torch.int16" in dtype[0].detail, report.findings
