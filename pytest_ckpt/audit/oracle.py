@@ -163,11 +163,11 @@ def _run(
 ) -> tuple:
     """torch's Unpickler over `data[start:]`: (the object, the offset after its STOP)."""
     import torch
-    from torch._weights_only_unpickler import Unpickler
+    from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler
 
     stream = io.BytesIO(data)
     stream.seek(start)
-    unpickler = Unpickler(stream, encoding="utf-8")  # torch.load's default encoding
+    unpickler = WeightsOnlyUnpickler(stream, encoding="utf-8")  # torch.load's default encoding
     if persistent_load is not None:
         unpickler.persistent_load = persistent_load
     with warnings.catch_warnings():
