@@ -19,9 +19,3 @@ def shown(text: str, limit: int = MAX_SHOWN) -> str:
     if len(text) > limit:
         return f"{text[:limit]!r}... ({len(text)} characters)"
     return repr(text)
-
-
-def shown_path(text: str) -> str:
-    """A path as is when every character is printable, else quoted like `shown` (uncut, so
-    two different names never look the same)."""
-    return text if text.isprintable() else repr(text)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist
+from pytest_ckpt.audit.archive import Unreadable, regular_file_size
 from pytest_ckpt.audit.safetensors import audit_safetensors, looks_like_safetensors
 from pytest_ckpt.audit.sb3 import audit_sb3_zip, is_sb3_zip
 
@@ -87,13 +88,9 @@ def audit_one_file(
     if dcp_report is not None:
         return dcp_report
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return Report(path, None, (), error="no such file")
-    except OSError as err:
-        return Report(path, None, (), error=f"cannot read: {err.strerror or err}")
-    if not stat.S_ISREG(mode):
-        return Report(path, None, (), error="not a regular file (a FIFO, socket or device)")
+        regular_file_size(path)  # the auditor's own check, before anything opens the file
+    except Unreadable as err:
+        return Report(path, None, (), error=str(err))
     kind = _kind(path)
     if kind == "safetensors":
         report = audit_safetensors(path)

@@ -270,7 +270,7 @@ def test_a_fifo_given_as_an_argument_is_unreadable_not_a_hang(tmp_path) -> None:
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == f"pytest-ckpt audit: {fifo}: not a regular file (a FIFO, socket or device)"
+        == f"pytest-ckpt audit: {fifo}: not a regular file (a FIFO): refusing to read it"
     )
 
 
