@@ -132,17 +132,19 @@ def migrate_command(
     from pytest_ckpt.migrate.static import ConversionRefused, convert_file
 
     src, out = Path(source), Path(target)
+    shown_src, shown_out = escape(source), escape(target)  # a file name is data too
     try:  # before anything opens it: a FIFO would block, a device never ends
         regular_file_size(src)
     except Unreadable as err:
-        print(f"pytest-ckpt migrate: {src}: {err}", file=sys.stderr)
+        print(f"pytest-ckpt migrate: {shown_src}: {err}", file=sys.stderr)
         return 2
     if out.exists() and src.exists() and os.path.samefile(src, out):
-        print(f"pytest-ckpt migrate: refusing to overwrite the input {src}", file=sys.stderr)
+        print(f"pytest-ckpt migrate: refusing to overwrite the input {shown_src}", file=sys.stderr)
         return 2
     if (out.exists() or out.is_symlink()) and not force:
         print(
-            f"pytest-ckpt migrate: {out} exists; not replaced (fix: pass --force to replace it)",
+            f"pytest-ckpt migrate: {shown_out} exists; not replaced "
+            "(fix: pass --force to replace it)",
             file=sys.stderr,
         )
         return 1
@@ -155,17 +157,21 @@ def migrate_command(
                 loaded = load_trusted(src)
             except Exception as err:  # whatever the file's own code raised
                 reason = escape(f"{err!r:.200}")
-                print(f"pytest-ckpt migrate: {src}: cannot unpickle: {reason}", file=sys.stderr)
+                print(
+                    f"pytest-ckpt migrate: {shown_src}: cannot unpickle: {reason}", file=sys.stderr
+                )
                 return 2
             result = to_primitives(loaded, "root", conversions)
         else:
             converted = convert_file(src)
             result, conversions = converted.result, converted.conversions
     except Unreadable as err:
-        print(f"pytest-ckpt migrate: {src}: {escape(str(err))}", file=sys.stderr)
+        print(f"pytest-ckpt migrate: {shown_src}: {escape(str(err))}", file=sys.stderr)
         return 2
     except ConversionRefused as refused:
-        print(f"pytest-ckpt migrate: {src}: refused; {out} not written:", file=sys.stderr)
+        print(
+            f"pytest-ckpt migrate: {shown_src}: refused; {shown_out} not written:", file=sys.stderr
+        )
         for line in refused.refusals:
             print(f"  {escape(line)}", file=sys.stderr)
         return 1
@@ -175,9 +181,9 @@ def migrate_command(
             result = adapt_v0(result)
         except (KeyError, TypeError, ValueError) as err:
             print(
-                f"pytest-ckpt migrate: {src}: not a schema-0 reference checkpoint "
+                f"pytest-ckpt migrate: {shown_src}: not a schema-0 reference checkpoint "
                 f"({escape(str(err))}); "
-                f"{out} not written",
+                f"{shown_out} not written",
                 file=sys.stderr,
             )
             return 1
@@ -187,26 +193,26 @@ def migrate_command(
     except _NotLoadable as err:
         print(
             f"pytest-ckpt migrate: the converted file would not load ({escape(str(err))}); "
-            f"{out} not written",
+            f"{shown_out} not written",
             file=sys.stderr,
         )
         return 1
     except RecursionError:
         print(
-            f"pytest-ckpt migrate: {src}: refused; {out} not written: nested deeper than "
-            f"torch.save can write (fix: flatten the structure before saving)",
+            f"pytest-ckpt migrate: {shown_src}: refused; {shown_out} not written: nested deeper "
+            "than torch.save can write (fix: flatten the structure before saving)",
             file=sys.stderr,
         )
         return 1
     except FileExistsError:
-        print(f"pytest-ckpt migrate: {out} appeared meanwhile; not replaced", file=sys.stderr)
+        print(f"pytest-ckpt migrate: {shown_out} appeared meanwhile; not replaced", file=sys.stderr)
         return 1
     except (OSError, RuntimeError) as err:
-        print(f"pytest-ckpt migrate: cannot write {out}: {err}", file=sys.stderr)
+        print(f"pytest-ckpt migrate: cannot write {shown_out}: {err}", file=sys.stderr)
         return 2
     for line in conversions:
         print(f"converted {escape(line)}")
-    print(f"wrote {out} ({len(conversions)} conversion(s)); it loads with weights_only=True")
+    print(f"wrote {shown_out} ({len(conversions)} conversion(s)); it loads with weights_only=True")
     return 0
 
 

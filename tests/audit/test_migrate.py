@@ -98,3 +98,23 @@ def test_reference_v0_files_come_out_in_the_current_format(tmp_path, capsys) -> 
     torch.save(legacy_state(), legacy)
     assert main(["migrate", str(legacy), str(tmp_path / "x.pt"), "--reference-v0"]) == 1
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_hostile_file_name_is_printed_escaped(tmp_path) -> None:
+    """A file name is data: an escape sequence or newline in it never reaches the terminal."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "evil\x1b[2J\nok.pt"
+    src.write_bytes(b"not a checkpoint")
+    out = tmp_path / "out\x1b[31m.pt"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest_ckpt.cli", "migrate", str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "\x1b" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "evil\\x1b[2J\\nok.pt" in result.stderr
