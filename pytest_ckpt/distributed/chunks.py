@@ -9,6 +9,7 @@ an out-of-bounds chunk is data that lands nowhere. Pure Python over tuples of in
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 
@@ -36,11 +37,19 @@ def _is_whole(shape: tuple[int, ...], chunk: Chunk) -> bool:
     )
 
 
+# Bounds on the overlap sweep: pairs of chunks compared, overlaps named. A layout that needs
+# more (thousands of chunks stacked on one slab) is refused as unverifiable, never waved on.
+_PAIR_BUDGET = 1_000_000
+_OVERLAPS_NAMED = 10
+
+
 def chunk_problems(shape: Sequence[int], chunks: Sequence[Chunk]) -> list[str]:
     """What is wrong with how `chunks` cover a tensor of `shape`; [] when they tile it.
 
-    Overlaps are found with a sweep along dimension 0 (sharded tensors are split along it,
-    so each chunk meets only its neighbours): near-linear in the number of chunks.
+    Overlaps are found with a sweep along the dimension the chunks are split on (the one
+    with the most distinct offsets), so each chunk meets only the chunks of its own slab:
+    O(n log n) for a split along any one dimension. The work is bounded: past
+    `_PAIR_BUDGET` comparisons the layout is reported as one that cannot be verified.
     """
     shape = tuple(shape)
     if len(chunks) == 1 and _is_whole(shape, chunks[0]):
@@ -59,23 +68,54 @@ def chunk_problems(shape: Sequence[int], chunks: Sequence[Chunk]) -> list[str]:
         elif math.prod(chunk[1]):
             volume += math.prod(chunk[1])
             placed.append((index, chunk))
-    if not shape:  # a 0-d tensor: its chunks are all the one element
-        placed.sort()
-    else:
-        placed.sort(key=lambda item: item[1][0][0])
-    active: list[tuple[int, Chunk]] = []
-    for index, chunk in placed:
-        start = chunk[0][0] if shape else 0
-        active = [(i, c) for i, c in active if not shape or c[0][0] + c[1][0] > start]
-        for other_index, other in active:
-            if _overlap(other, chunk):
-                problems.append(
-                    f"{_describe(other_index, other)} and {_describe(index, chunk)} overlap"
-                )
-        active.append((index, chunk))
+    problems += _overlaps(shape, placed)
     numel = math.prod(shape)
     if not problems and volume != numel:
         problems.append(
             f"the chunks cover {volume} of the {numel} elements of shape {list(shape)}: a gap"
         )
     return problems
+
+
+def _sweep_dimension(shape: tuple[int, ...], placed: list[tuple[int, Chunk]]) -> int | None:
+    """The dimension with the most distinct chunk offsets (the first on a tie); None for 0-d."""
+    if not shape:
+        return None
+    counts = [len({chunk[0][d] for _, chunk in placed}) for d in range(len(shape))]
+    return counts.index(max(counts))
+
+
+def _overlaps(shape: tuple[int, ...], placed: list[tuple[int, Chunk]]) -> list[str]:
+    """Pairs of non-empty, in-bounds chunks that share an element, found by a sweep along
+    `_sweep_dimension`: chunks are taken in order of their start there, and a heap drops
+    those that ended before the next one starts."""
+    dim = _sweep_dimension(shape, placed)
+    start = (lambda chunk: 0) if dim is None else (lambda chunk: chunk[0][dim])
+    end = (lambda chunk: 1) if dim is None else (lambda chunk: chunk[0][dim] + chunk[1][dim])
+    placed = sorted(placed, key=lambda item: (start(item[1]), item[0]))
+    found: list[str] = []
+    active: dict[int, Chunk] = {}
+    ends: list[tuple[int, int]] = []
+    compared = 0
+    for index, chunk in placed:
+        while ends and ends[0][0] <= start(chunk):
+            active.pop(heapq.heappop(ends)[1], None)
+        compared += len(active)
+        if compared > _PAIR_BUDGET:
+            found.append(
+                f"{len(placed)} chunks share slabs so densely that more than {_PAIR_BUDGET} "
+                "pairs would have to be compared: the tiling cannot be verified"
+            )
+            return found
+        for other_index in sorted(active):
+            other = active[other_index]
+            if _overlap(other, chunk):
+                found.append(
+                    f"{_describe(other_index, other)} and {_describe(index, chunk)} overlap"
+                )
+                if len(found) == _OVERLAPS_NAMED:
+                    found.append(f"(stopped after {_OVERLAPS_NAMED} overlaps)")
+                    return found
+        active[index] = chunk
+        heapq.heappush(ends, (end(chunk), index))
+    return found

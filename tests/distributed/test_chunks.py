@@ -70,3 +70,62 @@ def test_the_one_whole_chunk_shortcut_answers_as_the_sweep(shape, chunk, monkeyp
     fast = chunk_problems(shape, [chunk])
     monkeypatch.setattr(chunks, "_is_whole", lambda shape, chunk: False)
     assert fast == chunk_problems(shape, [chunk])
+
+
+def _count_comparisons(monkeypatch) -> list[int]:
+    from pytest_ckpt.distributed import chunks
+
+    calls = [0]
+    compare = chunks._overlap
+
+    def counting(a, b):
+        calls[0] += 1
+        return compare(a, b)
+
+    monkeypatch.setattr(chunks, "_overlap", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_a_split_along_any_dimension_compares_each_chunk_with_its_neighbours_only(
+    dim, monkeypatch
+) -> None:
+    """32,000 chunks split along dimension 1 took minutes with a sweep along dimension 0
+    (every chunk stayed active): the sweep follows the split."""
+    calls = _count_comparisons(monkeypatch)
+    n = 32_000
+    shape = [2, 2, 2]
+    shape[dim] = n
+    chunks = []
+    for i in range(n):
+        offsets, sizes = [0, 0, 0], list(shape)
+        offsets[dim], sizes[dim] = i, 1
+        chunks.append((tuple(offsets), tuple(sizes)))
+    assert chunk_problems(tuple(shape), chunks[::-1]) == []
+    assert calls[0] == 0
+
+
+def test_a_grid_split_compares_within_one_slab() -> None:
+    chunks = [((r, c), (1, 1)) for r in range(60) for c in range(60)]
+    assert chunk_problems((60, 60), chunks) == []
+    chunks.append(((59, 59), (1, 1)))
+    problems = chunk_problems((60, 60), chunks)
+    assert problems == [
+        "chunk 3599 (offsets [59, 59], sizes [1, 1]) and chunk 3600 (offsets [59, 59], "
+        "sizes [1, 1]) overlap"
+    ]
+
+
+def test_thousands_of_stacked_chunks_are_named_a_few_at_a_time() -> None:
+    chunks = [((0, 0), (4, 4))] * 5_000
+    problems = chunk_problems((4, 4), chunks)
+    assert len(problems) == 11 and problems[-1] == "(stopped after 10 overlaps)"
+
+
+def test_a_layout_past_the_comparison_budget_is_never_called_tiled(monkeypatch) -> None:
+    from pytest_ckpt.distributed import chunks as module
+
+    monkeypatch.setattr(module, "_PAIR_BUDGET", 100)
+    chunks = [((r, c), (1, 1)) for r in range(30) for c in range(30)]
+    problems = chunk_problems((30, 30), chunks)
+    assert len(problems) == 1 and problems[0].endswith("the tiling cannot be verified")
