@@ -22,7 +22,7 @@ refuse to load with `weights_only=True`), then whatever the callbacks' and the m
 module's `on_load_checkpoint`, its `state_dict` (strict), the callbacks' `on_load_checkpoint`
 and `load_state_dict`, the optimizer, the schedulers. What the harness needs beyond that (the
 batch generator, the global RNGs, the step count, the seed) is kept under `pytest_ckpt`; the
-fit loop's progress (`loops`) exists only under a real Trainer (`native.py`).
+fit loop's progress (`loops`) exists only under a real Trainer, which this adapter does not run.
 
 No Trainer is needed: `self.log` without one is a no-op, and callbacks receive a
 `TrainerView` (`global_step`, `current_epoch`, `lightning_module`, `callbacks`) where Lightning
