@@ -60,13 +60,19 @@ def restore_global_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(
         (python["version"], tuple(int(w) for w in python["words"].tolist()), python["gauss"])
     )
-    saved = state.get("numpy_rng")
+    if state.get("numpy_rng") is not None:
+        restore_numpy_rng(state["numpy_rng"])
+
+
+def restore_numpy_rng(saved: Mapping[str, Any]) -> None:
+    """Set numpy's global RNG from the `numpy_rng` part of `global_rng_state()`."""
     numpy = numpy_module()
-    if saved is not None and numpy is not None:
-        keys = saved["keys"].numpy().astype(numpy.uint32)
-        numpy.random.set_state(
-            (saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
-        )
+    if numpy is None:
+        raise ImportError("the checkpoint holds numpy's RNG state; pip install numpy")
+    keys = saved["keys"].numpy().astype(numpy.uint32)
+    numpy.random.set_state(
+        (saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
+    )
 
 
 def seed_global_rngs(seed: int) -> None:
