@@ -1,5 +1,5 @@
 """`LightningSubject`: a `LightningModule`, trained by its own `configure_optimizers` and
-`training_step`, as a Subject.
+`training_step`, checkpointed as `Trainer.save_checkpoint` writes it, as a Subject.
 
     LightningSubject(
         lambda: MyLitModel(hidden=16),
@@ -7,54 +7,83 @@
         stages={"WARMUP": 2, "DECAY": 6},
     )
 
-A step is what Lightning's automatic optimization does for one batch: `training_step(batch,
-batch_idx)`, backward, `optimizer.step()`, then each scheduler steps when its `interval`
-("step", or "epoch" every `steps_per_epoch` steps) and `frequency` say. The export is
-ModuleSubject's (model, optimizer, schedulers, generator and RNG states) plus
-`hyper_parameters`: Lightning saves `self.hparams` in every `.ckpt`, and a dataclass, Path,
-Enum or module there is what makes a `.ckpt` refuse to load with `weights_only=True`. No
-Trainer is needed; `self.log` without one is a no-op.
+A step is what Lightning's automatic optimization does for one batch: the callbacks' and the
+module's `on_train_batch_start`, `training_step(batch, batch_idx)`, backward,
+`optimizer.step()`, each scheduler when its `interval` ("step", or "epoch" every
+`steps_per_epoch` steps) and `frequency` say, then the callbacks' and the module's
+`on_train_batch_end`. Callbacks are the module's `configure_callbacks()` and `make_callbacks()`.
 
-Importing this module does not import lightning; making a subject without it installed raises
-an ImportError naming the package (`pip install lightning`).
+The export is the dict Lightning's `_CheckpointConnector.dump_checkpoint` makes: `epoch`,
+`global_step`, `pytorch-lightning_version`, `state_dict`, `callbacks` (each stateful
+callback's `state_dict()` under its `state_key`), `optimizer_states`, `lr_schedulers`,
+`hyper_parameters` (`self.hparams`: a dataclass, Path, Enum or module there makes a `.ckpt`
+refuse to load with `weights_only=True`), then whatever the callbacks' and the module's
+`on_save_checkpoint` add. `rebuild` restores it in the order of a `ckpt_path` resume: the
+module's `on_load_checkpoint`, its `state_dict` (strict), the callbacks' `on_load_checkpoint`
+and `load_state_dict`, the optimizer, the schedulers. What the harness needs beyond that (the
+batch generator, the global RNGs, the step count, the seed) is kept under `pytest_ckpt`; the
+fit loop's progress (`loops`) exists only under a real Trainer, which this adapter does not run.
+
+No Trainer is needed: `self.log` without one is a no-op, and callbacks receive a
+`TrainerView` (`global_step`, `current_epoch`, `lightning_module`, `callbacks`) where Lightning
+passes its Trainer. Importing this module does not import lightning; making a subject without
+it installed raises an ImportError naming the package (`pip install lightning`).
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_ckpt.adapters import require
 from pytest_ckpt.adapters.module import ModuleSubject
+from pytest_ckpt.adapters.rngs import global_rng_state, restore_global_rng_state
 from pytest_ckpt.errors import SubjectError
-from pytest_ckpt.subject import StepResult
+
+HARNESS_KEY = "pytest_ckpt"  # what the harness keeps beside Lightning's own keys
+
+
+@dataclass(slots=True, frozen=True)
+class TrainerView:
+    """What a callback hook reads from its `trainer` argument, without a Trainer."""
+
+    global_step: int
+    current_epoch: int
+    lightning_module: Any
+    callbacks: list[Any]
+    is_global_zero: bool = True
 
 
 class LightningSubject(ModuleSubject):
-    """A `LightningModule` made by `make_module()`; batches from `make_batch(generator)`."""
+    """A `LightningModule` made by `make_module()`; batches from `make_batch(generator)`;
+    extra callbacks from `make_callbacks()` (beside the module's `configure_callbacks()`)."""
 
     def __init__(
         self,
         make_module: Callable[[], Any],
         *,
         make_batch: Callable[[Any], Any],
+        make_callbacks: Callable[[], Sequence[Any]] | None = None,
         stages: Mapping[str, int] | None = None,
         warmup_steps: int = 2,
         steps_per_epoch: int = 1,
         probe: bool = True,
         name: str = "lightning",
     ) -> None:
-        require("lightning.pytorch", "lightning", "LightningSubject")
+        self.lightning = require("lightning.pytorch", "lightning", "LightningSubject")
         super().__init__(
             make_module,
             make_batch=make_batch,
             stages=stages,
             warmup_steps=warmup_steps,
+            steps_per_epoch=steps_per_epoch,
             probe=probe,
             name=name,
         )
-        self.steps_per_epoch = steps_per_epoch
+        self.make_callbacks = make_callbacks
         # id(scheduler) -> (interval, frequency), set when configure_optimizers made it: every
         # scheduler a system holds was made (and registered) by make_training_state.
         self._intervals: dict[int, tuple[str, int]] = {}
@@ -70,36 +99,152 @@ class LightningSubject(ModuleSubject):
             self._intervals[id(scheduler)] = (interval, frequency)
         return optimizers[0], [s for s, _, _ in schedulers], None
 
-    def export_state(self, system: Mapping[str, Any]) -> Mapping[str, Any]:
-        state = dict(super().export_state(system))
-        state["hyper_parameters"] = dict(getattr(system["model"], "hparams", {}) or {})
-        return state
+    def _fresh(self, seed: int, state: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        system = super()._fresh(seed, state, **kwargs)
+        own = lightning_module(system["model"]).configure_callbacks()
+        own = [] if own is None else list(own) if isinstance(own, Sequence) else [own]
+        extra = list(self.make_callbacks()) if self.make_callbacks is not None else []
+        system["callbacks"] = own + extra
+        return system
 
-    def step(self, system: Mapping[str, Any]) -> StepResult:
+    def trainer_view(self, system: Mapping[str, Any]) -> TrainerView:
+        steps = system["steps"]
+        epoch = steps // self.steps_per_epoch
+        return TrainerView(steps, epoch, lightning_module(system["model"]), system["callbacks"])
+
+    # ---- the checkpoint, as Trainer.save_checkpoint and a ckpt_path resume do it ----------
+
+    def export_state(self, system: Mapping[str, Any]) -> Mapping[str, Any]:
+        model, view = system["model"], self.trainer_view(system)
+        checkpoint: dict[str, Any] = {
+            "epoch": view.current_epoch,
+            "global_step": view.global_step,
+            "pytorch-lightning_version": self.lightning.__version__,
+            "state_dict": model.state_dict(),
+            "callbacks": {
+                cb.state_key: state for cb in system["callbacks"] if (state := cb.state_dict())
+            },
+            "optimizer_states": [system["optimizer"].state_dict()],
+            "lr_schedulers": [s.state_dict() for s in system["schedulers"]],
+        }
+        if model.hparams:
+            if hasattr(model, "_hparams_name"):
+                checkpoint[model.CHECKPOINT_HYPER_PARAMS_NAME] = model._hparams_name
+            checkpoint[model.CHECKPOINT_HYPER_PARAMS_KEY] = dict(model.hparams)
+        for callback in system["callbacks"]:
+            callback.on_save_checkpoint(view, model, checkpoint)
+        model.on_save_checkpoint(checkpoint)
+        checkpoint[HARNESS_KEY] = {
+            "generator": system["generator"].get_state(),
+            **global_rng_state(),
+            "steps": system["steps"],
+            "seed": system["seed"],
+        }
+        return checkpoint
+
+    def rebuild(self, state: Mapping[str, Any]) -> Any:
+        """A fresh system restored from a checkpoint dict (as torch.load returned it)."""
+        harness = state[HARNESS_KEY]
+        system = self._fresh(harness["seed"], state)
+        system["steps"] = harness["steps"]
+        model, view = system["model"], self.trainer_view(system)
+        checkpoint = dict(state)  # the hooks may change it, as they may Lightning's
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+        saved_callbacks = checkpoint.get("callbacks") or {}
+        for callback in system["callbacks"]:
+            callback.on_load_checkpoint(view, model, checkpoint)
+        for callback in system["callbacks"]:
+            if saved_callbacks.get(callback.state_key):
+                callback.load_state_dict(copy.deepcopy(saved_callbacks[callback.state_key]))
+        _load_all([system["optimizer"]], checkpoint, "optimizer_states")
+        _load_all(system["schedulers"], checkpoint, "lr_schedulers")
+        system["generator"].set_state(harness["generator"])
+        restore_global_rng_state(harness)
+        return system
+
+    # ---- one step of automatic optimization ---------------------------------------------
+
+    def training_loss(self, system: Mapping[str, Any], batch: Any) -> Any:
         import torch
 
-        model, optimizer = system["model"], system["optimizer"]
-        batch = self.make_batch(system["generator"])
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
+        view = self.trainer_view(system)
+        model = view.lightning_module
+        batch_idx = system["steps"] % self.steps_per_epoch
+        for callback in system["callbacks"]:
+            callback.on_train_batch_start(view, model, batch, batch_idx)
+        model.on_train_batch_start(batch, batch_idx)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*self.log.*", category=UserWarning)
-            output = model.training_step(batch, system["steps"])
-        loss = output if isinstance(output, torch.Tensor) else output["loss"]
-        loss.backward()
-        optimizer.step()
-        system["steps"] += 1
-        value = float(loss.detach())
+            output = _redirected(system["model"], model, "training_step", batch, batch_idx)
+        return output if isinstance(output, torch.Tensor) else output["loss"]
+
+    def step_schedulers(self, system: Mapping[str, Any], loss: float) -> None:
+        import torch
+
         for scheduler in system["schedulers"]:
             interval, frequency = self._intervals.get(id(scheduler), ("epoch", 1))
             period = frequency * (self.steps_per_epoch if interval == "epoch" else 1)
             if system["steps"] % period == 0:
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(value)
+                    scheduler.step(loss)
                 else:
                     scheduler.step()
-        metrics = {"loss": value, "lr": float(optimizer.param_groups[0]["lr"])}
-        return StepResult(metrics=metrics, telemetry=[{"event": "step", "step": system["steps"]}])
+
+    def after_step(self, system: Mapping[str, Any], batch: Any, loss: Any) -> None:
+        """`on_train_batch_end`, with the outputs Lightning passes (`{"loss": ...}`); the
+        batch index is the one `training_step` had."""
+        view = self.trainer_view({**system, "steps": system["steps"] - 1})
+        model = view.lightning_module
+        batch_idx = (system["steps"] - 1) % self.steps_per_epoch
+        outputs = {"loss": loss.detach()}
+        for callback in system["callbacks"]:
+            callback.on_train_batch_end(view, model, outputs, batch, batch_idx)
+        model.on_train_batch_end(outputs, batch, batch_idx)
+
+
+def lightning_module(model: Any) -> Any:
+    """The LightningModule itself: under DDP (pytest_ckpt.distributed) the system holds its
+    wrapper; FSDP2 shards in place."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _redirected(wrapper: Any, module: Any, method: str, *args: Any) -> Any:
+    """`module.<method>(*args)` called through `wrapper(...)`, as Lightning's strategies call
+    `training_step`: the forward hooks of FSDP2 (which gathers the sharded parameters) and
+    DDP (which prepares the gradient reduction) run only for a call of the module itself."""
+    had_own = "forward" in vars(module)
+    original = module.forward
+
+    def forward(*inner: Any) -> Any:
+        _put_back(module, original, had_own)  # the method may call the real forward
+        return getattr(module, method)(*inner)
+
+    module.forward = forward
+    try:
+        return wrapper(*args)
+    finally:
+        _put_back(module, original, had_own)
+
+
+def _put_back(module: Any, original: Any, had_own: bool) -> None:
+    if had_own:
+        module.forward = original
+    else:
+        vars(module).pop("forward", None)
+
+
+def _load_all(objects: Sequence[Any], checkpoint: Mapping[str, Any], key: str) -> None:
+    saved = list(checkpoint.get(key, ()))
+    if len(saved) != len(objects):
+        raise SubjectError(
+            f"the checkpoint's {key!r} holds {len(saved)} state(s); configure_optimizers() "
+            f"made {len(objects)}"
+        )
+    for target, target_state in zip(objects, saved, strict=True):
+        target.load_state_dict(target_state)
 
 
 def _unpack(configured: Any) -> tuple[list[Any], list[tuple[Any, str, int]]]:

@@ -10,11 +10,14 @@
 
 The system is a dict: `model`, `optimizer`, `schedulers` (a list), `scaler` (or None), the
 `generator` batches are drawn from, `steps` and `seed`. A step is one optimizer step on
-`make_batch(generator)`; then every scheduler steps. Stages are the project's own phase names,
-each reached by that many steps from a fresh model (at least one: an empty optimizer state
-would hide an optimizer that the checkpoint drops). The export holds the state_dict of
-everything above plus the states of the generator and of the global torch and python RNGs
-(a model's dropout, a batch's augmentation), so a resumed step is exactly the continued one.
+`make_batch(generator)`; then every scheduler steps (a timm-style scheduler, one with
+`step_update`, as timm's loop drives it: `step_update(num_updates)` after every step and
+`step(epoch)` at the end of every `steps_per_epoch` steps). Stages are the project's own
+phase names, each reached by that many steps from a fresh model (at least one: an empty
+optimizer state would hide an optimizer that the checkpoint drops). The export holds the
+state_dict of everything above plus the states of the generator and of the global torch,
+Python and numpy RNGs (a model's dropout, a batch's augmentation), so a resumed step is
+exactly the continued one.
 
 Batches: a mapping is passed as keyword arguments (`model(**batch)`, as transformers models
 take them); a pair is `(inputs, targets)` (`model(inputs)`); anything else is `model(batch)`.
@@ -22,15 +25,22 @@ The loss is `loss_fn(output, targets)` (`loss_fn(output, batch)` without targets
 output's own `loss` (a transformers `ModelOutput`, a dict with "loss"), else MSE to targets.
 
 The forward probe (`probe`): the model's output in eval mode on one fixed batch, which the
-round-trip check compares between the live and the rebuilt system.
+round-trip check compares between the live and the rebuilt system. Every global RNG is seeded
+for it and put back after, so the probe batch is the same on every call and probing changes
+nothing a step reads.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pytest_ckpt.adapters.rngs import (
+    global_rng_state,
+    isolated_global_rngs,
+    restore_global_rng_state,
+    seed_global_rngs,
+)
 from pytest_ckpt.errors import SubjectError
 from pytest_ckpt.subject import StepResult
 from pytest_ckpt.vocabulary import Grid
@@ -45,7 +55,8 @@ class ModuleSubject:
     `make_model()` builds the model (under a seeded, forked global RNG); `make_batch(g)` draws
     a batch from the `torch.Generator` g; `make_optimizer(model)` (default Adam, lr=1e-3),
     `make_schedulers(optimizer)` (one scheduler or a sequence) and `make_scaler()` (a
-    `torch.amp.GradScaler`) are optional. `stages` maps each phase name to the number of steps
+    `torch.amp.GradScaler`) are optional; `steps_per_epoch` is when a scheduler's epoch ends
+    (for per-epoch timm-style schedulers). `stages` maps each phase name to the number of steps
     that reaches it (default `{"TRAINING": warmup_steps}`). `probe=False` turns the forward
     probe off. Grids do not apply (`supports_grids = False`).
     """
@@ -63,6 +74,7 @@ class ModuleSubject:
         loss_fn: Callable[[Any, Any], Any] | None = None,
         stages: Mapping[str, int] | None = None,
         warmup_steps: int = 2,
+        steps_per_epoch: int = 1,
         probe: bool = True,
         name: str = "module",
     ) -> None:
@@ -73,9 +85,14 @@ class ModuleSubject:
         self.make_scaler = make_scaler
         self.loss_fn = loss_fn
         self.stage_steps = dict(stages) if stages is not None else {"TRAINING": warmup_steps}
+        self.steps_per_epoch = steps_per_epoch
         self.use_probe = probe
         self.name = name
         _check_stage_steps(self.stage_steps)
+        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int):
+            raise ValueError(f"steps_per_epoch must be an int >= 1, got {steps_per_epoch!r}")
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be an int >= 1, got {steps_per_epoch!r}")
 
     # ---- the Subject protocol -----------------------------------------------------------
 
@@ -83,22 +100,17 @@ class ModuleSubject:
         return tuple(sorted(self.stage_steps, key=lambda s: self.stage_steps[s]))
 
     def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
-        import torch
-
         if stage not in self.stage_steps:
             raise ValueError(
                 f"{self.name} has the stages {', '.join(self.stages())}, not {stage!r}"
             )
         system = self._fresh(seed)
-        torch.manual_seed(seed)  # the state captures the global RNGs: do not inherit history
-        random.seed(seed)
+        seed_global_rngs(seed)  # the state captures the global RNGs: do not inherit history
         for _ in range(self.stage_steps[stage]):
             self.step(system)
         return system
 
     def export_state(self, system: Mapping[str, Any]) -> Mapping[str, Any]:
-        import torch
-
         state: dict[str, Any] = {
             "model": system["model"].state_dict(),
             "optimizer": system["optimizer"].state_dict(),
@@ -107,21 +119,14 @@ class ModuleSubject:
             state["schedulers"] = [s.state_dict() for s in system["schedulers"]]
         if system["scaler"] is not None:
             state["scaler"] = system["scaler"].state_dict()
-        state.update(
-            generator=system["generator"].get_state(),
-            torch_rng=torch.get_rng_state(),
-            python_rng=_python_rng_state(),
-            steps=system["steps"],
-            seed=system["seed"],
-        )
+        state["generator"] = system["generator"].get_state()
+        state.update(global_rng_state(), steps=system["steps"], seed=system["seed"])
         return state
 
     def rebuild(self, state: Mapping[str, Any]) -> Any:
         """A fresh system loaded from `state`. The schedulers exist before the optimizer's
         state is loaded: creating a scheduler sets the learning rate, which would otherwise
         overwrite the loaded one."""
-        import torch
-
         system = self._fresh(state["seed"], state)
         system["model"].load_state_dict(state["model"], strict=True)
         system["optimizer"].load_state_dict(state["optimizer"])
@@ -136,8 +141,7 @@ class ModuleSubject:
         if system["scaler"] is not None:
             system["scaler"].load_state_dict(state["scaler"])
         system["generator"].set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(_python_rng_from(state["python_rng"]))
+        restore_global_rng_state(state)
         system["steps"] = state["steps"]
         return system
 
@@ -148,7 +152,7 @@ class ModuleSubject:
         batch = self.make_batch(system["generator"])
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_of(self.forward(model, batch), batch)
+        loss = self.training_loss(system, batch)
         weighted = loss if loss_weight == 1.0 else loss * loss_weight
         if scaler is not None:
             scaler.scale(weighted).backward()
@@ -158,9 +162,9 @@ class ModuleSubject:
             weighted.backward()
             optimizer.step()
         value = float(loss.detach())
-        for scheduler in system["schedulers"]:
-            _step_scheduler(scheduler, value)
         system["steps"] += 1
+        self.step_schedulers(system, value)
+        self.after_step(system, batch, loss)
         metrics: dict[str, Any] = {"loss": value, "lr": float(optimizer.param_groups[0]["lr"])}
         if scaler is not None:
             metrics["scale"] = float(scaler.get_scale())
@@ -168,15 +172,14 @@ class ModuleSubject:
 
     def probe(self, system: Mapping[str, Any]) -> Any:
         """The model's output (tensors only) in eval mode on the fixed probe batch; the global
-        RNG is forked, so probing changes nothing a step would read."""
+        RNGs are seeded for it and restored after, so probing changes nothing a step reads."""
         import torch
 
         if not self.use_probe:
             return None
         model = system["model"]
         was_training = model.training
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(PROBE_SEED)
+        with isolated_global_rngs(PROBE_SEED), torch.no_grad():
             batch = self.make_batch(torch.Generator().manual_seed(PROBE_SEED))
             model.eval()
             try:
@@ -185,6 +188,25 @@ class ModuleSubject:
                 model.train(was_training)
 
     # ---- pieces a subclass (an adapter) may change --------------------------------------
+
+    def training_loss(self, system: Mapping[str, Any], batch: Any) -> Any:
+        """The loss tensor of one training step on `batch` (the model is in train mode)."""
+        return self.loss_of(self.forward(system["model"], batch), batch)
+
+    def step_schedulers(self, system: Mapping[str, Any], loss: float) -> None:
+        """Every scheduler, after the optimizer step (`system["steps"]` already counts it)."""
+        steps = system["steps"]
+        epoch_ended = steps % self.steps_per_epoch == 0
+        for scheduler in system["schedulers"]:
+            if callable(getattr(scheduler, "step_update", None)):  # timm's Scheduler API
+                scheduler.step_update(num_updates=steps)
+                if epoch_ended:
+                    scheduler.step(steps // self.steps_per_epoch)
+            else:  # a torch scheduler steps every step, ReduceLROnPlateau on the loss
+                _step_scheduler(scheduler, loss)
+
+    def after_step(self, system: Mapping[str, Any], batch: Any, loss: Any) -> None:
+        """Called at the end of each step, after the schedulers (for an adapter's hooks)."""
 
     def forward(self, model: Any, batch: Any) -> Any:
         if isinstance(batch, Mapping):
@@ -254,19 +276,6 @@ class ModuleSubject:
             "steps": 0,
             "seed": seed,
         }
-
-
-def _python_rng_state() -> dict[str, Any]:
-    """`random.getstate()` with its 625 words as one int64 tensor: a snapshot shows it as one
-    digest, not 625 numbers."""
-    import torch
-
-    version, words, gauss = random.getstate()
-    return {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss}
-
-
-def _python_rng_from(saved: Mapping[str, Any]) -> tuple:
-    return (saved["version"], tuple(int(w) for w in saved["words"].tolist()), saved["gauss"])
 
 
 def tensors_only(output: Any) -> Any:

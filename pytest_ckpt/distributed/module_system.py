@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pytest_ckpt.adapters.module import ModuleSubject
+from pytest_ckpt.adapters.rngs import global_rng_state, restore_numpy_rng, seed_global_rngs
 from pytest_ckpt.distributed.protocol import DistributedSystem, Parallel
 from pytest_ckpt.subject import StepResult
 from pytest_ckpt.vocabulary import Grid
@@ -18,19 +19,21 @@ class ModuleSubjectSystem:
     """One rank's `ModuleSubject` system, sharded, driven to its stage (that stage's steps)."""
 
     def __init__(
-        self, subject: ModuleSubject, parallel: Parallel, seed: int, stage: str | None = None
+        self,
+        subject: ModuleSubject,
+        parallel: Parallel,
+        seed: int,
+        stage: str | None = None,
+        *,
+        fresh: bool = False,
     ) -> None:
-        """`stage`: one of the subject's stages (default: its first)."""
-        import random
-
-        import torch
-
+        """`stage`: one of the subject's stages (default: its first). `fresh`: no step taken
+        (what the load ranks start from: everything else must come from the checkpoint)."""
         self.subject = subject
         self.parallel = parallel
         self.system = subject._fresh(seed, parallelize=parallel.shard)
-        torch.manual_seed(seed)  # as ModuleSubject.build
-        random.seed(seed)
-        for _ in range(subject.stage_steps[stage or subject.stages()[0]]):
+        seed_global_rngs(seed)  # as ModuleSubject.build
+        for _ in range(0 if fresh else subject.stage_steps[stage or subject.stages()[0]]):
             self.step()
 
     def state_dict(self) -> dict[str, Any]:
@@ -67,10 +70,16 @@ class ModuleSubjectSystem:
         self.system["steps"] = state["steps"]
 
     def rank_state(self) -> dict[str, Any]:
-        return {"generator": self.system["generator"].get_state()}
+        """The rank's data generator and its numpy global RNG, as ModuleSubject's export holds
+        them (the harness adds the torch and Python RNGs)."""
+        state = {"generator": self.system["generator"].get_state()}
+        numpy_rng = global_rng_state().get("numpy_rng")
+        return state if numpy_rng is None else {**state, "numpy_rng": numpy_rng}
 
     def load_rank_state(self, state: dict[str, Any]) -> None:
         self.system["generator"].set_state(state["generator"])
+        if "numpy_rng" in state:
+            restore_numpy_rng(state["numpy_rng"])
 
     def step(self) -> StepResult:
         return self.subject.step(self.system, loss_weight=self.parallel.grad_weight)
@@ -87,10 +96,16 @@ class ModuleSubjectSystem:
 
 
 def build_module_system(
-    subject: ModuleSubject, *, grid: Grid, stage: str, seed: int, parallel: Parallel
+    subject: ModuleSubject,
+    *,
+    grid: Grid,
+    stage: str,
+    seed: int,
+    parallel: Parallel,
+    fresh: bool = False,
 ) -> DistributedSystem:
     if stage not in subject.stages():
         raise ValueError(
             f"{subject.name} has the stages {', '.join(subject.stages())}, not {stage!r}"
         )
-    return ModuleSubjectSystem(subject, parallel, seed, stage)
+    return ModuleSubjectSystem(subject, parallel, seed, stage, fresh=fresh)

@@ -1,7 +1,9 @@
 """How a subject runs under the world-size check: the optional `DistributedSubject` protocol.
 
 A subject that can train sharded gives the harness one live `DistributedSystem` per rank
-from `build_distributed(grid=, stage=, seed=, parallel=)`, already at `stage`. `ModuleSubject`
+from `build_distributed(grid=, stage=, seed=, parallel=)`, already at `stage`; with `fresh=True`
+(passed to a build that takes it) the system before any step, which the load ranks start
+from, so that everything they resume with comes from the checkpoint. `ModuleSubject`
 needs none of this: `module_system` builds its model and optimizer sharded (a plain model
 gets the check for free). A subject asks for DDP instead of FSDP2 with a class attribute
 `distributed_strategy = "ddp"`.
@@ -105,7 +107,9 @@ class DistributedSubject(Protocol):
 
     def build_distributed(
         self, *, grid: Grid, stage: str, seed: int, parallel: Parallel
-    ) -> DistributedSystem: ...
+    ) -> DistributedSystem:
+        """Also called with `fresh=True` where the signature takes it (see above)."""
+        ...
 
 
 def strategy_of(subject: Any) -> str:

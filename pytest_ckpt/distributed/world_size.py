@@ -4,16 +4,18 @@
    where the subject asks); `dcp.save` of its `state_dict()` (for `ModuleSubject`:
    `get_state_dict`) and, under each rank's own key, that rank's torch and Python RNG
    states and `rank_state()`; then it continues `steps` steps.
-2. LOAD ranks, fresh processes: the system built fresh at `stage` with another seed (so
-   that only what the checkpoint restores can make it equal), filled by `dcp.load` through
-   `SafeFileSystemReader` (rank r takes the rank state saved by rank r % SAVE), restored
-   with `load_state_dict` (`set_state_dict`), resumed `steps` steps.
+2. LOAD ranks, fresh processes: a fresh system (another seed, no step taken: only what the
+   checkpoint restores can make it equal, and nothing a restart loses is replayed), filled by
+   `dcp.load` through `SafeFileSystemReader` (rank r takes the rank state saved by rank
+   r % SAVE), restored with `load_state_dict` (`set_state_dict`), resumed `steps` steps.
 3. Each resumed rank r is compared with continued rank r % SAVE, exactly (`torch.equal`, via
    `compare.diff_values`): the RNG and rank states just restored with those saved
    (`restored`), every step's metrics and telemetry (`steps`), then the full parameters and
    optimizer state after the steps (`state`, from `full_state()`: a forgotten scheduler or
    buffer changes no metric, only the final state) and the RNG and rank states
-   (`rank_state`).
+   (`rank_state`). A difference is explained first: each rank's live state is captured at the
+   start of its steps, and what differs is named as the single-process diagnosis names it
+   (`world_size_diagnosis`).
 
 Under torchrun (a process group already initialised) there are no fresh processes to make:
 the first SAVE ranks of the job save and continue in a subgroup, then the first LOAD ranks
@@ -23,6 +25,7 @@ build anew and resume in another; every rank compares and raises the same error.
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 import random
 import shutil
@@ -32,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ckpt.adapters.module import ModuleSubject
-from pytest_ckpt.checks.compare import diff_values
 from pytest_ckpt.checks.roundtrip import normalize_telemetry
 from pytest_ckpt.distributed.launch import RankContext, require_numpy, run_ranks
 from pytest_ckpt.distributed.protocol import (
@@ -41,6 +43,11 @@ from pytest_ckpt.distributed.protocol import (
     Parallel,
     strategy_of,
 )
+from pytest_ckpt.distributed.world_size_diagnosis import (
+    compare_ranks,
+    portable,
+    portable_capture,
+)
 from pytest_ckpt.errors import (
     CheckpointError,
     DistributedRunError,
@@ -48,8 +55,6 @@ from pytest_ckpt.errors import (
     WorldSizeResumeMismatch,
 )
 from pytest_ckpt.vocabulary import Grid
-
-_SHOWN = 5
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,20 +83,31 @@ class _Job:
 
 
 def distributed_system(
-    subject: Any, *, grid: Grid, stage: str, seed: int, parallel: Parallel
+    subject: Any, *, grid: Grid, stage: str, seed: int, parallel: Parallel, fresh: bool = False
 ) -> DistributedSystem:
-    """The subject's own distributed build if it has one; ModuleSubject's otherwise."""
+    """The subject's own distributed build if it has one; ModuleSubject's otherwise. `fresh`:
+    the system before any step (the LOAD ranks), passed to a `build_distributed` that takes it
+    (one that does not is built at `stage`, as before)."""
     if isinstance(subject, DistributedSubject):
-        return subject.build_distributed(grid=grid, stage=stage, seed=seed, parallel=parallel)
+        build = subject.build_distributed
+        extra = {"fresh": True} if fresh and _takes_fresh(build) else {}
+        return build(grid=grid, stage=stage, seed=seed, parallel=parallel, **extra)
     if isinstance(subject, ModuleSubject):
         from pytest_ckpt.distributed.module_system import build_module_system
 
-        return build_module_system(subject, grid=grid, stage=stage, seed=seed, parallel=parallel)
+        return build_module_system(
+            subject, grid=grid, stage=stage, seed=seed, parallel=parallel, fresh=fresh
+        )
     raise SubjectError(
         f"subject {getattr(subject, 'name', type(subject).__name__)!r} has no "
         "build_distributed(grid=, stage=, seed=, parallel=); see "
         "pytest_ckpt.distributed.protocol (ModuleSubject needs none)"
     )
+
+
+def _takes_fresh(build: Any) -> bool:
+    parameters = inspect.signature(build).parameters.values()
+    return any(p.name == "fresh" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 # The LOAD ranks build with another seed: only what the checkpoint restores can then make the
@@ -105,10 +121,10 @@ def supports_world_size_check(subject: Any) -> bool:
     return isinstance(subject, (DistributedSubject, ModuleSubject))
 
 
-def _build(context: RankContext, job: _Job, *, seed: int) -> DistributedSystem:
+def _build(context: RankContext, job: _Job, *, seed: int, fresh: bool) -> DistributedSystem:
     parallel = Parallel(job.strategy, context.rank, context.world_size, context.group)
     return distributed_system(
-        job.subject, grid=job.grid, stage=job.stage, seed=seed, parallel=parallel
+        job.subject, grid=job.grid, stage=job.stage, seed=seed, parallel=parallel, fresh=fresh
     )
 
 
@@ -173,11 +189,18 @@ def save_phase(context: RankContext, job: _Job) -> dict[str, Any]:
     """One SAVE rank: build, save with DCP, continue."""
     import torch.distributed.checkpoint as dcp
 
-    system = _build(context, job, seed=job.seed)
+    system = _build(context, job, seed=job.seed, fresh=False)
     state = {"app": system.state_dict(), f"rank{context.rank}": _rank_bundle(system)}
     dcp.save(state, checkpoint_id=job.checkpoint, process_group=context.group)
     saved = _copied(_rank_bundle(system))
-    return _outcome(system, saved, _run_steps(system, job.steps))
+    before = portable_capture(system)
+    outcome = _outcome(system, saved, _run_steps(system, job.steps))
+    return {
+        **outcome,
+        "saved": portable(state),
+        "before": before,
+        "after": portable_capture(system),
+    }
 
 
 def load_phase(context: RankContext, job: _Job) -> dict[str, Any]:
@@ -186,7 +209,7 @@ def load_phase(context: RankContext, job: _Job) -> dict[str, Any]:
 
     from pytest_ckpt.distributed.safe_reader import load_safely
 
-    system = _build(context, job, seed=job.seed + LOAD_SEED_OFFSET)
+    system = _build(context, job, seed=job.seed + LOAD_SEED_OFFSET, fresh=True)
     source = f"rank{context.rank % job.save_world_size}"
     template = {"app": system.state_dict(), source: _rank_bundle(system)}
     try:
@@ -202,27 +225,8 @@ def load_phase(context: RankContext, job: _Job) -> dict[str, Any]:
             f"{lines[-1] if lines else type(error).__name__}"
         ) from None
     restored = _copied(_rank_bundle(system))
-    return _outcome(system, restored, _run_steps(system, job.steps))
-
-
-def _compare(job: _Job, continued: list[dict], resumed: list[dict]) -> None:
-    n, m = job.save_world_size, job.load_world_size
-    for rank, result in enumerate(resumed):
-        source = continued[rank % n]
-        differences = diff_values(source["start"], result["start"], root="restored")
-        differences += diff_values(source["steps"], result["steps"], root="steps")
-        differences += diff_values(source["full"], result["full"], root="state")
-        differences += diff_values(source["rank"], result["rank"], root="rank_state")
-        if differences:
-            lines = [
-                f"resuming at {m} rank(s) from a save at {n} differs from the run that "
-                f"continued, after {job.steps} step(s): rank {rank} (vs continued rank "
-                f"{rank % n}): {differences[0]}"
-            ]
-            lines += [f"  {d}" for d in differences[1:_SHOWN]]
-            if len(differences) > _SHOWN:
-                lines.append(f"  ... and more (first {_SHOWN} shown)")
-            raise WorldSizeResumeMismatch("\n".join(lines))
+    resumed = portable_capture(system)
+    return {**_outcome(system, restored, _run_steps(system, job.steps)), "resumed": resumed}
 
 
 def check_world_size_resume(
@@ -277,7 +281,7 @@ def check_world_size_resume(
         outcomes.append(outcome)
         seconds[name] = time.perf_counter() - started
     continued, resumed = outcomes
-    _compare(job, continued, resumed)
+    compare_ranks(job, continued, resumed, load_seed=job.seed + LOAD_SEED_OFFSET)
     return WorldSizeResume(
         save_world_size, load_world_size, steps, checkpoint, [c["steps"] for c in continued],
         seconds,
@@ -359,7 +363,7 @@ def _under_torchrun(job: _Job, workdir: Path, timeout: float) -> WorldSizeResume
         random.setstate(python_rng)
     continued = [_read(folder / f"save-rank{r}.pt") for r in range(job.save_world_size)]
     resumed = [_read(folder / f"load-rank{r}.pt") for r in range(job.load_world_size)]
-    _compare(job, continued, resumed)
+    compare_ranks(job, continued, resumed, load_seed=job.seed + LOAD_SEED_OFFSET)
     return WorldSizeResume(
         job.save_world_size, job.load_world_size, job.steps, checkpoint,
         [c["steps"] for c in continued], seconds,

@@ -60,7 +60,7 @@ def test_a_lightning_module_round_trips_and_resumes_exactly(tmp_path) -> None:
         system = subject.build(grid=(1, 1), stage=stage, seed=0)
         state = check_roundtrip(subject, system, tmp_path / f"{stage}.pt").state
         assert state["hyper_parameters"] == {"hidden": 8, "lr": 1e-2, "data_dir": "data"}
-        assert state["schedulers"][0]["last_epoch"] == subject.stage_steps[stage]  # per step
+        assert state["lr_schedulers"][0]["last_epoch"] == subject.stage_steps[stage]  # per step
         check_resume(subject, system, 2, tmp_path / f"{stage}-resume.pt")
 
 
