@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import pickle
 import struct
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -116,7 +117,7 @@ def _torch_side(path: str, allow: tuple[str, ...]) -> Side:
             state = torch.load(
                 path, weights_only=True, mmap=report.format == "zip", map_location="cpu"
             )
-    except (OSError, RuntimeError, ValueError, EOFError) as err:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DiffRefused(f"{path}: torch.load(weights_only=True) failed: {first}") from None
     entries: dict[str, Entry] = {}
