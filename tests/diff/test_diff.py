@@ -102,6 +102,11 @@ def test_tensors_larger_than_a_chunk_are_counted_in_every_chunk(monkeypatch) -> 
     expected = int((~torch.isclose(a, b, rtol=1e-4, atol=1e-4)).sum())
     difference = tensor_difference(a, b, rtol=1e-4, atol=1e-4)
     assert difference.beyond == expected and difference.max_abs == pytest.approx(5, abs=0.01)
+    z = torch.randn(20, dtype=torch.complex64, generator=generator)
+    shifted = z.clone()
+    shifted[5] += 3j
+    complex_difference = tensor_difference(z, shifted, rtol=0, atol=0)
+    assert complex_difference.beyond == 1 and complex_difference.max_abs == pytest.approx(3)
     ints = tensor_difference(torch.arange(50), torch.arange(50).flip(0), rtol=0, atol=0)
     assert ints.beyond == 50 and ints.max_abs == 49
 
