@@ -1,5 +1,7 @@
 """`pytest-ckpt audit PATH...`: will torch.load(weights_only=True) accept these files?
 `pytest-ckpt migrate IN OUT [--trust]`: convert a legacy checkpoint so that it will.
+`pytest-ckpt diff A B`: what differs between two checkpoints (pytest_ckpt.diff; exit 0 equal,
+1 different, 2 unreadable or refused).
 
 Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
 A PATH may be a folder (every checkpoint-like file in it, a verdict each and a total), a
