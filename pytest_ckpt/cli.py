@@ -1,5 +1,7 @@
 """`pytest-ckpt audit PATH...`: will torch.load(weights_only=True) accept these files?
 `pytest-ckpt migrate IN OUT [--trust]`: convert a legacy checkpoint so that it will.
+`pytest-ckpt diff A B`: what differs between two checkpoints (pytest_ckpt.diff; exit 0 equal,
+1 different, 2 unreadable or refused).
 
 Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
 A PATH may be a folder (every checkpoint-like file in it, a verdict each and a total), a
@@ -84,11 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="IN is a schema-0 pytest-ckpt reference checkpoint: write it in the current format",
     )
+    add_diff_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "diff":
+        return diff_command(args)
     if args.command == "migrate":
         return migrate_command(
             args.source,
@@ -237,6 +242,46 @@ def write_checkpoint_atomically(state: object, path: Path, *, overwrite: bool = 
         check=_audit_before_rename,
         overwrite=overwrite,
     )
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def add_diff_parser(commands: argparse._SubParsersAction) -> None:
+    """`pytest-ckpt diff A B`: pytest_ckpt.diff, static; exit 0 equal, 1 different, 2 refused."""
+    diff = commands.add_parser(
+        "diff", help="what differs between two checkpoints (nothing from either runs)"
+    )
+    diff.add_argument("a", metavar="A", help="torch file, safetensors (or its index), DCP folder")
+    diff.add_argument("b", metavar="B")
+    diff.add_argument("--rtol", type=_tolerance, default=0.0, help="relative tolerance (0)")
+    diff.add_argument("--atol", type=_tolerance, default=0.0, help="absolute tolerance (0)")
+    diff.add_argument("--allow", action="append", default=[], type=_dotted, metavar="module.Name")
+    fmt = diff.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print a JSON report")
+    fmt.add_argument("--markdown", action="store_true", help="print Markdown for a PR comment")
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    """Exit 0 equal, 1 different, 2 unreadable or refused (one line on stderr)."""
+    from pytest_ckpt.diff import DiffRefused, diff_checkpoints
+    from pytest_ckpt.diff.render import render_json, render_markdown, render_text
+
+    try:
+        result = diff_checkpoints(args.a, args.b, rtol=args.rtol, atol=args.atol, allow=args.allow)
+    except DiffRefused as err:
+        print(f"pytest-ckpt diff: {escape(str(err))}", file=sys.stderr)
+        return 2
+    render = render_json if args.json else render_markdown if args.markdown else render_text
+    print(render(result))
+    return 0 if result.equal else 1
 
 
 if __name__ == "__main__":

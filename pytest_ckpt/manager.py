@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_ckpt.async_saves import PendingSave, SaveQueue, snapshot_to_cpu, start_dcp_save
 from pytest_ckpt.durable import file_sha256, fsync_directory, write_atomically
 from pytest_ckpt.errors import CheckpointError, CheckpointIntegrityError, CheckpointLoadError
 
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointIntegrityError",
     "CheckpointManager",
+    "PendingSave",
     "file_sha256",
     "write_atomically",
 ]
@@ -66,6 +68,14 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
+def _world_size(process_group: Any) -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(process_group)
+    return 1
+
+
 class CheckpointManager:
     """Numbered checkpoints `<prefix>-<step>.pt` with `<prefix>-<step>.json` sidecars."""
 
@@ -86,6 +96,7 @@ class CheckpointManager:
         self.prefix = prefix
         self.clock = clock
         self._pattern = re.compile(rf"{re.escape(prefix)}-(\d+)\.pt")
+        self._saves = SaveQueue()
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"{self.prefix}-{step:08d}.pt"
@@ -94,8 +105,14 @@ class CheckpointManager:
         """The sidecar of a re-save of `path`, written before the new bytes replace the old."""
         return path.with_name(f".pending-{path.stem}.json")
 
-    def save(self, state: Any, step: int) -> CheckpointInfo:
+    def save(
+        self, state: Any, step: int, *, blocking: bool = True
+    ) -> CheckpointInfo | PendingSave[CheckpointInfo]:
         """Atomically write `state` as checkpoint `step`; returns what was written.
+
+        With `blocking=False`, `state` is copied to CPU first and a `PendingSave` is returned
+        at once; its `wait()` returns the `CheckpointInfo` (pytest_ckpt.async_saves). Saves
+        of one manager are written one at a time in call order, blocking ones included.
 
         Re-saving an existing step is crash-safe too: the new sidecar is first written beside
         the old one (`.pending-<name>.json`), then the new bytes replace the old, then the
@@ -104,6 +121,13 @@ class CheckpointManager:
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
+        what = f"checkpoint {step}"
+        if blocking:
+            return self._saves.run(lambda: self._save_now(state, step), what)
+        snapshot = snapshot_to_cpu(state)
+        return self._saves.submit(lambda: self._save_now(snapshot, step), what)
+
+    def _save_now(self, state: Any, step: int) -> CheckpointInfo:
         final = self.path_for(step)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -274,18 +298,36 @@ class CheckpointManager:
     def dcp_path_for(self, step: int) -> Path:
         return self._dcp_folders().path_for(step)
 
-    def save_dcp(self, state: dict[str, Any], step: int, *, process_group: Any = None) -> Path:
+    def save_dcp(
+        self, state: dict[str, Any], step: int, *, process_group: Any = None, blocking: bool = True
+    ) -> Path | PendingSave[Path]:
         """Every rank saves its part of `state` as DCP folder `step`: into a temporary folder,
         `.metadata` last, renamed into place, then a sidecar with each file's sha256 (see
-        pytest_ckpt.distributed.folders). Returns the folder; honours keep_last."""
-        folders = self._dcp_folders()
-        path = folders.save(state, step, process_group=process_group)
-        if self.keep_last is not None:
-            from pytest_ckpt.distributed.folders import rank_in
+        pytest_ckpt.distributed.folders). Returns the folder; honours keep_last.
 
-            if rank_in(process_group) == 0:
+        With `blocking=False` the save goes through `dcp.async_save` (which copies `state` to
+        CPU before returning) and a `PendingSave` is returned whose `wait()` gives the folder.
+        A DCP save waits for every save of this manager still in flight before it starts."""
+        from pytest_ckpt.distributed.folders import rank_in
+
+        folders = self._dcp_folders()
+        rank = rank_in(process_group)
+
+        def prune(path: Path) -> Path:
+            if self.keep_last is not None and rank == 0:
                 folders.prune(self.keep_last)
-        return path
+            return path
+
+        if blocking:
+            return self._saves.run(
+                lambda: prune(folders.save(state, step, process_group=process_group)),
+                f"DCP checkpoint {step}",
+            )
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        self._saves.drain()  # one DCP save in flight at a time: never two on one temp folder
+        finish = start_dcp_save(folders, state, step, process_group, _world_size(process_group))
+        return self._saves.submit(lambda: prune(finish()), f"DCP checkpoint {step}")
 
     def list_dcp(self) -> list[Any]:
         """DCP folders with a sidecar, oldest first (`DcpCheckpointInfo`s)."""

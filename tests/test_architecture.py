@@ -28,6 +28,8 @@ FORBIDDEN = {
     # what a PATH is (file, folder, DCP folder): above audit and distributed, below cli
     "targets": {"checks", "plugin", "migrate", "cli", "reference"},
     "checks": {"plugin", "migrate", "cli", "reference"},
+    # diff reads what audit and distributed vouched for; cli and checks (golden) use it
+    "diff": {"checks", "plugin", "migrate", "cli", "manager", "reference"},
     "migrate": {"checks", "plugin", "cli", "reference"},
     # adapters are subjects: users of the protocol, like the reference, never of the harness
     "adapters": {"checks", "plugin", "migrate", "cli", "audit", "manager", "reference"},

@@ -130,3 +130,30 @@ def test_static_migration_equals_trust_on_every_legacy_fixture(entry: dict) -> N
     path = FIXTURES / "v0" / entry["file"]
     trusted = to_primitives(torch.load(path, weights_only=False), "root", [])  # our own file
     assert diff_values(trusted, convert_file(path).result) == []
+
+
+def test_a_golden_file_that_stops_matching_says_what_changed_since_git_head(pytester) -> None:
+    """ckpt_backcompat diffs the file against its committed version (pytest_ckpt.diff)."""
+    import hashlib
+    import subprocess
+
+    folder = pytester.mkdir("golden")
+    torch.save({"model": {"w": torch.zeros(4)}, "step": 3}, folder / "a.pt")
+    digest = hashlib.sha256((folder / "a.pt").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(
+        json.dumps({"files": [{"file": "a.pt", "sha256": digest}]})
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(pytester.path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "golden"], check=True)
+    subprocess.run([*git, "commit", "-qm", "golden"], check=True)
+    torch.save({"model": {"w": torch.tensor([0.0, 0.5, 0.0, 0.0])}, "step": 4}, folder / "a.pt")
+    pytester.makepyfile("def test_golden(ckpt_backcompat):\n    ckpt_backcompat('golden')\n")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines(
+        [
+            r".*a.pt: sha256 differs from .*manifest.json; since git HEAD: "
+            r"~ model.w: 1/4 elements, max abs 0.5; ~ step: value 3 -> 4.*"
+        ]
+    )
