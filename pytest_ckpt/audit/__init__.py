@@ -32,7 +32,9 @@ from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 from pytest_ckpt.audit.oracle import (
     FileTruncated,
     NeedsTensorData,
+    ResourceLimit,
     TorchRefusal,
+    Unverifiable,
     legacy_refusal,
     zip_refusal,
 )
@@ -213,18 +215,24 @@ def _torch_refusal(
     try:
         if legacy:
             assert checkpoint.read_at is not None
-            legacy_refusal(checkpoint.pickle, checkpoint.read_at, checkpoint.size, map_location)
-        else:
-            zip_refusal(checkpoint.pickle, checkpoint.storage_sizes, map_location)
-    except NeedsTensorData as err:
-        # quantized and nested tensors: records torch.save writes. But legacy files rebuild a
-        # nested tensor from sizes whose bytes torch has not read yet: torch refuses them.
-        if err.no_kernel and not (legacy and "nested" in str(err)):
-            notes.append(
-                f"partly cross-checked with torch's unpickler: it stopped at an operator "
-                f"the auditor cannot run without tensor bytes ({str(err)[:120]})"
+            unverified = legacy_refusal(
+                checkpoint.pickle, checkpoint.read_at, checkpoint.size, map_location
             )
-            return None
+        else:
+            unverified = zip_refusal(checkpoint.pickle, checkpoint.storage_sizes, map_location)
+    except Unverifiable as err:  # a check that did not run to the end never says ok
+        return _cannot_verify(str(err))
+    except ResourceLimit as err:
+        return Finding(
+            "resource-limit",
+            f"not vouched for: {err}",
+            None,
+            "store tensors with torch.save, not sizes for a constructor to allocate",
+            False,
+            0,
+            "root",
+        )
+    except NeedsTensorData as err:
         return Finding(
             "resource-limit",
             f"not vouched for: torch's unpickler would read tensor bytes here ({err}), and "
@@ -245,7 +253,24 @@ def _torch_refusal(
             0,
             "root",
         )
+    if unverified:  # torch checks these on tensor bytes the auditor does not read
+        return _cannot_verify(
+            unverified[0] + (f" (and {len(unverified) - 1} more)" if len(unverified) > 1 else "")
+        )
     return None
+
+
+def _cannot_verify(reason: str) -> Finding:
+    """The finding of a stage 2 that could not judge everything: never ok (exit 1)."""
+    return Finding(
+        "cannot-verify",
+        f"cannot verify: {reason}",
+        None,
+        "audit the file where it can be loaded for real, or save plain (not nested) tensors",
+        False,
+        0,
+        "root",
+    )
 
 
 def _legacy_pickles_problems(

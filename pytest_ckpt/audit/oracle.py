@@ -19,9 +19,9 @@ Why running it in-process is safe (the contract `audit_file` relies on):
   memory the file chooses (`bytearray(n)`, legacy tensor constructors, storages with an int
   size) or whose calls would do work far beyond the pickle's size (`verdict.OracleGate`).
 
-Meta storages skip one check CPU storages make: `set_` against the storage size. A dispatch
-mode replays every `set_` on a CPU storage of the same size that points at no memory (and
-is never read), so torch's own C++ bounds check decides.
+Meta storages skip checks real ones make (`set_` against the storage size) and have no
+kernels for quantized and nested tensors: `shadow_dispatch` makes them answer as real ones
+would, so the pass runs to the end, and says which objects it could not judge.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pytest_ckpt.audit.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
+from pytest_ckpt.audit.shadow_dispatch import ResourceLimit, Unverifiable, shadow_mode
 
 _MESSAGE_CHARS = 240
 # torch's errors for reading a meta storage or tensor: our storages, not the file, at fault
@@ -52,12 +53,7 @@ class FileTruncated(Exception):
 
 class NeedsTensorData(Exception):
     """torch's unpickler would read tensor bytes here (an allow-listed call iterating a
-    storage, say), which a meta storage does not have, or runs an operator that has no meta
-    kernel (`no_kernel`: quantized and nested tensors): torch's verdict is not known."""
-
-    def __init__(self, message: str, *, no_kernel: bool) -> None:
-        super().__init__(message)
-        self.no_kernel = no_kernel
+    storage, say), which a meta storage does not have: torch's verdict is not known."""
 
 
 def _one_line(err: BaseException) -> str:
@@ -65,33 +61,6 @@ def _one_line(err: BaseException) -> str:
     if len(text) > _MESSAGE_CHARS:
         text = text[:_MESSAGE_CHARS] + "..."
     return f"{type(err).__name__}: {text}"
-
-
-def _bounds_mode(really_meta: set[int]) -> Any:
-    """A dispatch mode that runs torch's CPU `set_` bounds check for every `set_` onto a
-    storage that torch would have on a real device (`really_meta`: the `_cdata` of those
-    torch too would make on meta, where it checks nothing)."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    set_overloads = {torch.ops.aten.set_.source_Storage_storage_offset}
-
-    class StorageBounds(TorchDispatchMode):
-        @classmethod
-        def _should_skip_dynamo(cls) -> bool:
-            return False  # no torch.compile here: spare the 1 s import of torch._dynamo
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func in set_overloads and args[1]._cdata not in really_meta:
-                target, storage, *rest = args
-                shadow = torch._C._construct_storage_from_data_pointer(
-                    8, torch.device("cpu"), storage.nbytes()
-                )  # points at no memory; set_ only checks sizes, and it is dropped at once
-                torch.empty(0, dtype=target.dtype).set_(shadow, *rest, **kwargs)
-            return func(*args, **kwargs)
-
-    return StorageBounds()
 
 
 def _restore_location(location: Any, map_location: str | None) -> bool:
@@ -155,13 +124,9 @@ def _zip_persistent_load(
     return persistent_load
 
 
-def _run(
-    data: bytes,
-    start: int,
-    persistent_load: Callable[[Any], Any] | None,
-    really_meta: set[int] | None = None,
-) -> tuple:
-    """torch's Unpickler over `data[start:]`: (the object, the offset after its STOP)."""
+def _run(data: bytes, start: int, persistent_load: Callable[[Any], Any] | None, mode: Any) -> tuple:
+    """torch's Unpickler over `data[start:]`, under `mode` (`shadow_dispatch`): (the object,
+    the offset after its STOP)."""
     import torch
     from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler
 
@@ -172,7 +137,7 @@ def _run(
         unpickler.persistent_load = persistent_load
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with _bounds_mode(really_meta if really_meta is not None else set()):
+        with mode:
             result = unpickler.load()
         torch._utils._validate_loaded_sparse_tensors()
     return result, stream.tell()
@@ -181,29 +146,38 @@ def _run(
 def _refusing(job: Callable[[], Any]) -> Any:
     """Run `job`; anything torch's code raises is torch refusing the file (the unpickler
     raises UnpicklingError, TypeError, ValueError, KeyError, IndexError, RuntimeError... by
-    design), so every Exception becomes a TorchRefusal, in one line."""
+    design), so every Exception becomes a TorchRefusal, in one line. What our meta storages
+    cannot do is not torch's refusal: an operator with no meta kernel that `shadow_dispatch`
+    does not know is `Unverifiable` (the pass stopped there), reading bytes NeedsTensorData."""
     import torch
 
     try:
         return job()
-    except (TorchRefusal, FileTruncated):
+    except (TorchRefusal, FileTruncated, Unverifiable, ResourceLimit):
         raise
     except Exception as err:  # see the docstring: every exception is torch's refusal
         if isinstance(err, (NotImplementedError, RuntimeError)):  # our storages' fault?
             if _NO_KERNEL.search(str(err)):
-                raise NeedsTensorData(_one_line(err), no_kernel=True) from None
+                raise Unverifiable(f"stage 2 stopped at {_one_line(err)}") from None
             if _NO_DATA.search(str(err)):
-                raise NeedsTensorData(_one_line(err), no_kernel=False) from None
+                raise NeedsTensorData(_one_line(err)) from None
         raise TorchRefusal(_one_line(err)) from None
     finally:
         torch._utils._sparse_tensors_to_validate.clear()
 
 
-def zip_refusal(data: bytes, record_sizes: Mapping[str, int], map_location: str | None) -> None:
-    """Raise TorchRefusal where torch.load(weights_only=True) refuses this data.pkl, and
-    NeedsTensorData where its verdict depends on tensor bytes."""
+def zip_refusal(
+    data: bytes, record_sizes: Mapping[str, int], map_location: str | None
+) -> list[str]:
+    """Raise TorchRefusal where torch.load(weights_only=True) refuses this data.pkl,
+    NeedsTensorData where its verdict depends on tensor bytes, Unverifiable where the pass
+    could not go on, ResourceLimit where torch would allocate what the file chooses.
+    Returns what the pass stood in for and could not judge (then the verdict is not ok)."""
     meta: set[int] = set()
-    _refusing(lambda: _run(data, 0, _zip_persistent_load(record_sizes, map_location, meta), meta))
+    mode = shadow_mode(meta)
+    load = _zip_persistent_load(record_sizes, map_location, meta)
+    _refusing(lambda: _run(data, 0, load, mode))
+    return mode.unverified
 
 
 def legacy_refusal(
@@ -212,25 +186,27 @@ def legacy_refusal(
     file_size: int,
     map_location: str | None,
 ) -> None:
-    """Raise TorchRefusal where torch.load(weights_only=True) refuses this legacy file: its
-    five pickles (`data` holds them, from offset 0) through torch's unpickler, then the size
-    record of each storage, read with `read_at(offset, n)` (tensor bytes are never read)."""
+    """Raise as `zip_refusal` does where torch.load(weights_only=True) refuses this legacy
+    file: its five pickles (`data` holds them, from offset 0) through torch's unpickler, then
+    the size record of each storage, read with `read_at(offset, n)` (tensor bytes are never
+    read). Returns what the pass could not judge."""
+    meta: set[int] = set()
+    mode = shadow_mode(meta)
 
     def job() -> None:
         import torch
 
-        magic, pos = _run(data, 0, None)
+        magic, pos = _run(data, 0, None, mode)
         if magic != LEGACY_MAGIC:
             raise TorchRefusal("RuntimeError: Invalid magic number; corrupt file?")
-        protocol, pos = _run(data, pos, None)
+        protocol, pos = _run(data, pos, None, mode)
         if protocol != LEGACY_PROTOCOL:
             raise TorchRefusal(f"RuntimeError: Invalid protocol version: {protocol!r}")
-        _sys_info, pos = _run(data, pos, None)
+        _sys_info, pos = _run(data, pos, None, mode)
         roots: dict[Any, Any] = {}
-        meta: set[int] = set()
         load = _legacy_persistent_load(roots, map_location, meta)
-        _result, pos = _run(data, pos, load, meta)
-        keys, pos = _run(data, pos, None)
+        _result, pos = _run(data, pos, load, mode)
+        keys, pos = _run(data, pos, None, mode)
         for key in keys:
             if key not in roots:
                 raise AssertionError(f"storage key {key!r} not found in deserialized_objects")
@@ -250,6 +226,7 @@ def legacy_refusal(
                 raise FileTruncated(f"the file ends inside the bytes of storage {key!r}")
 
     _refusing(job)
+    return mode.unverified
 
 
 def _legacy_persistent_load(

@@ -3,12 +3,17 @@ question is only whether it is well-formed, which the `safetensors` reader decid
 
 The format (huggingface/safetensors): 8 bytes, a little-endian u64 `N`; `N` bytes of UTF-8
 JSON, an object mapping tensor names to `{"dtype", "shape", "data_offsets": [begin, end)}`
-plus an optional `__metadata__` string-to-string map; then the data section. The reader
-refuses (and so does this audit, with the reason): `N` over 100 MB or past the end of the
-file, a header that is not UTF-8 or not JSON (NaN, lone surrogates and non-integers where
-integers belong included), an unknown dtype, shape or offsets that are not unsigned
-integers, offsets that do not tile the data section from 0 to its end without gap or
-overlap (sorted by offset), and a byte count other than numel x dtype bits / 8.
+plus an optional `__metadata__` string-to-string map; then the data section. The verdict is
+`safetensors.torch.load_file`'s. Its Rust reader (serde_json into u64/usize: `tensor.rs`)
+refuses, and so does this audit, with the reason: `N` over 100 MB or past the end of the
+file, a header that is not UTF-8 or not JSON (NaN, lone surrogates, a number out of f64
+range anywhere, non-integers where integers belong, `-0` there too: serde_json reads it as
+a float), an unknown dtype, shape or offsets that are not unsigned 64-bit integers, an
+element count or bit count that overflows 64 bits as it is multiplied up dim by dim,
+offsets that do not tile the data section from 0 to its end without gap or overlap (sorted
+by offset), and a byte count other than numel x dtype bits / 8. Then torch must build each
+tensor (`reshape`): a dtype torch has (not F6_*), every dim within int64, contiguous strides
+within int64, and an even last dim for F4 (two per byte).
 The package is not needed: only the header is read, never tensor bytes. A header of over
 two million JSON values is refused unchecked (the reader might accept it; checking it
 would take gigabytes).
@@ -42,8 +47,12 @@ TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
 DTYPE_BITS = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16,
     "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64,
-    "U64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "U64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
 }  # fmt: skip
+# The dtypes safetensors.torch builds (its `get_pydtype`): all the reader knows but F6_*.
+TORCH_DTYPES = frozenset(DTYPE_BITS) - {"F6_E2M3", "F6_E3M2"}
+_I64_MAX = (1 << 63) - 1
 _FIX = "re-save it with safetensors.torch.save_file, or copy the file again"
 
 
@@ -141,6 +150,8 @@ def check_header(raw: bytes, data_bytes: int) -> Header:
             text,
             object_pairs_hook=lambda pairs: _object(pairs, duplicates),
             parse_constant=_no_constant,
+            parse_float=_serde_float,
+            parse_int=_serde_int,
         )
     except (ValueError, RecursionError) as err:
         raise BadSafetensors(f"the header is not JSON: {_first_line(err)}") from None
@@ -169,14 +180,13 @@ def check_header(raw: bytes, data_bytes: int) -> Header:
                 f"tensor {shown(name)}: data_offsets [{begin}, {end}) {problem} "
                 f"(expected to begin at {position})"
             )
-        bits = math.prod(shape) * DTYPE_BITS[dtype]
-        if bits >= _U64 * 8:
-            raise BadSafetensors(f"tensor {shown(name)}: shape {shape} overflows a 64-bit size")
+        bits = _bit_count(name, dtype, shape)
         if bits % 8 or bits // 8 != end - begin:
             raise BadSafetensors(
                 f"tensor {shown(name)}: {dtype} {shape} is {bits / 8:g} bytes but "
                 f"data_offsets span {end - begin}"
             )
+        _check_torch_builds(name, dtype, shape)
         position = end
     if position != data_bytes:
         raise BadSafetensors(
@@ -205,6 +215,59 @@ def _object(pairs: list[tuple[str, object]], duplicates: list[str]) -> dict[str,
 
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
+
+
+def _serde_float(text: str) -> float:
+    """serde_json refuses a number that overflows f64 ("number out of range")."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _serde_int(text: str) -> int | float:
+    """serde_json reads `-0` as a float (so no u64 field takes it), and an integer past
+    64 bits as an f64, refused past f64's range."""
+    value = int(text)
+    if value == 0 and text.startswith("-"):
+        return -0.0
+    if not -_U64 < value < _U64:
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"number out of range: {text[:40]}...") from None
+    return value
+
+
+def _bit_count(name: str, dtype: str, shape: list[int]) -> int:
+    """numel x dtype bits, as the Rust reader multiplies them (each step within u64)."""
+    where = f"tensor {shown(name)}: {dtype} {shape}"
+    numel = 1
+    for extent in shape:
+        numel *= extent
+        if numel >= _U64:
+            raise BadSafetensors(f"{where}: the element count overflows a 64-bit size")
+    bits = numel * DTYPE_BITS[dtype]
+    if bits >= _U64:
+        raise BadSafetensors(f"{where}: the bit count overflows a 64-bit size")
+    return bits
+
+
+def _check_torch_builds(name: str, dtype: str, shape: list[int]) -> None:
+    """safetensors.torch's part, after the reader's: a torch dtype, then `reshape(shape)`,
+    which needs dims and contiguous strides within int64 (F4: an even last dim)."""
+    where = f"tensor {shown(name)}: {dtype} {shape}"
+    if dtype not in TORCH_DTYPES:
+        raise BadSafetensors(f"{where}: there is no torch dtype for it (load_file refuses it)")
+    if any(extent > _I64_MAX for extent in shape):
+        raise BadSafetensors(f"{where}: a dim past int64, torch's size type")
+    stride = 1
+    for extent in reversed(shape[1:]):
+        stride *= max(extent, 1)
+        if stride > _I64_MAX:
+            raise BadSafetensors(f"{where}: a contiguous stride past int64 (torch refuses it)")
+    if dtype == "F4" and shape and shape[-1] % 2:
+        raise BadSafetensors(f"{where}: torch packs F4 two per byte, so the last dim is even")
 
 
 def _check_strings_and_depth(top: dict[str, object]) -> None:

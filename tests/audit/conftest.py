@@ -14,10 +14,11 @@ import json, sys, warnings
 import torch
 warnings.simplefilter("ignore")
 verdicts = {}
-for path in sys.argv[1:]:
+map_location = sys.argv[1] or None
+for path in sys.argv[2:]:
     try:
         with torch.serialization.safe_globals([]):
-            torch.load(path, weights_only=True)
+            torch.load(path, weights_only=True, map_location=map_location)
         verdicts[path] = True
     except Exception as err:  # the verdict is all we want: loadable or not
         verdicts[path] = False
@@ -31,11 +32,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):
     return folder, write_corpus(folder)
 
 
-def torch_verdicts(paths: list[pathlib.Path]) -> dict[str, bool]:
-    """What torch.load(weights_only=True) does with each file, in a fresh process (a clean
-    allowlist, and nothing a file does can reach the test process)."""
+def torch_verdicts(paths: list[pathlib.Path], map_location: str | None = None) -> dict[str, bool]:
+    """What torch.load(weights_only=True, map_location=...) does with each file, in a fresh
+    process (a clean allowlist, and nothing a file does can reach the test process)."""
     result = subprocess.run(
-        [sys.executable, "-c", TORCH_VERDICT, *map(str, paths)],
+        [sys.executable, "-c", TORCH_VERDICT, map_location or "", *map(str, paths)],
         capture_output=True,
         text=True,
         check=True,

@@ -5,7 +5,9 @@ The grammar writes opcodes (protocol 2-5 headers) over allow-listed and refused 
 REDUCE/NEWOBJ/BUILD/SETITEM(S)/APPEND(S)/MARK/memo operations and tensor records, mostly
 well-formed and sometimes not (odd SETITEMS, unhashable keys, wrong arity or argument types,
 BUILD states of the wrong type, out-of-bounds tensor views, storages on devices this host
-lacks). Sizes stay small: the point is the verdict, not the allocator.
+lacks), and quantized and nested tensors followed by more objects (torch's unpickler over
+meta storages has no kernels for them: the pass must go on past them, issue 20). Sizes stay
+small: the point is the verdict, not the allocator.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ ALLOWED = [
     "torch._tensor._rebuild_from_type_v2", "torch.nn.parameter.Parameter", "torch.Tensor",
     "torch.float32", "torch.int64", "builtins.bytearray", "torch._utils._rebuild_parameter",
     "torch.serialization._get_layout", "torch.FloatStorage", "torch.LongStorage",
+    "torch._utils._rebuild_qtensor", "torch._utils._rebuild_nested_tensor",
+    "torch._utils._rebuild_device_tensor_from_cpu_tensor", "torch.per_tensor_affine",
 ]  # fmt: skip
 REFUSED = [
     "datetime.date", "collections.deque", "__builtin__.intern", "builtins.getattr",
@@ -65,8 +69,8 @@ class Grammar:
             return self.primitive()
         kind = rng.choices(
             ["primitive", "tuple", "list", "dict", "call", "newobj", "build", "tensor",
-             "memo", "persid", "setitem_target"],
-            weights=[6, 3, 3, 4, 6, 1, 2, 3, 2, 1, 1],
+             "memo", "persid", "setitem_target", "no_kernel_then"],
+            weights=[6, 3, 3, 4, 6, 1, 2, 3, 2, 1, 1, 2],
         )[0]  # fmt: skip
         out = getattr(self, "_" + kind)(depth + 1)
         if rng.random() < 0.2 and len(self.memo) < 250:
@@ -163,11 +167,12 @@ class Grammar:
         pair = self.primitive() + self.primitive() if op == b"s" else self.primitive()
         return target + pair + op
 
-    def _persid(self, depth: int, numel: int | None = None) -> bytes:
+    def _persid(self, depth: int, numel: int | None = None, kind: str | None = None) -> bytes:
         rng = self.rng
-        kind = rng.choice(["torch.FloatStorage", "torch.FloatStorage", "torch.LongStorage"])
+        kind = kind or rng.choice(["torch.FloatStorage", "torch.FloatStorage", "torch.LongStorage"])
         if numel is None:
-            numel = STORAGE_KEY_BYTES // (4 if kind == "torch.FloatStorage" else 8)
+            element = {"torch.FloatStorage": 4, "torch.QInt8Storage": 1}.get(kind, 8)
+            numel = STORAGE_KEY_BYTES // element
             if rng.random() < 0.15:
                 numel += rng.choice([-1, 1, 5])
         location = rng.choices(["cpu", "cuda:0", "meta", "mps", "bogus"], [20, 2, 1, 1, 1])[0]
@@ -177,7 +182,8 @@ class Grammar:
             + b"K" + bytes([max(numel, 0)]) + b"tQ"
         )  # fmt: skip
 
-    def _tensor(self, depth: int) -> bytes:
+    def _view(self, kind: str | None = None) -> bytes:
+        """A persistent storage id, then a view's offset, size and stride."""
         rng = self.rng
         ndim = rng.randint(0, 2)
         size = [rng.randint(0, 9) for _ in range(ndim)]
@@ -189,9 +195,48 @@ class Grammar:
         def shape(values: list[int]) -> bytes:
             return b"(" + b"".join(b"K" + bytes([v]) for v in values) + b"t"
 
+        return self._persid(0, kind=kind) + b"K" + bytes([offset]) + shape(size) + shape(stride)
+
+    def _quantized(self, depth: int) -> bytes:
+        """`_rebuild_qtensor` as torch.save writes it (per tensor or per channel), at times
+        with a view past its storage, requires_grad, or parameters torch refuses."""
+        rng = self.rng
+        if rng.random() < 0.7:
+            params = _global("torch.per_tensor_affine") + b"G" + struct.pack(">d", 0.1)
+            params += b"K" + bytes([rng.choice([0, 3])]) + b"\x87"
+        else:
+            count = rng.choice([1, 2, 3])
+            scales = b"](" + b"".join(b"G" + struct.pack(">d", 0.5) for _ in range(count))
+            scales += b"e"
+            points = b"](" + b"K\x00" * count + b"e"
+            params = b"(" + _global("torch.per_channel_affine") + scales + points
+            params += b"K" + bytes([rng.choice([0, 0, 1])]) + b"t"
         hooks = _global("collections.OrderedDict") + b")R"
-        args = self._persid(depth) + b"K" + bytes([offset]) + shape(size) + shape(stride)
-        args += rng.choice([b"\x89", b"\x88"]) + hooks
+        grad = b"\x88" if rng.random() < 0.1 else b"\x89"
+        args = self._view("torch.QInt8Storage") + params + grad + hooks
+        return _global("torch._utils._rebuild_qtensor") + b"(" + args + b"tR"
+
+    def _nested(self, depth: int) -> bytes:
+        """`_rebuild_nested_tensor(buffer, sizes, strides, offsets)` over tensor records."""
+        parts = [self._tensor(depth) for _ in range(4)]
+        return _global("torch._utils._rebuild_nested_tensor") + b"(" + b"".join(parts) + b"tR"
+
+    def _no_kernel_then(self, depth: int) -> bytes:
+        """A quantized or nested tensor, then more objects torch checks (a tuple), at times
+        handed on to another call (`.to()` of it: an operator on what stage 2 stood in)."""
+        rng = self.rng
+        first = self._quantized(depth) if rng.random() < 0.7 else self._nested(depth)
+        if rng.random() < 0.15:
+            first = (
+                _global("torch._utils._rebuild_device_tensor_from_cpu_tensor") + b"(" + first
+                + _global("torch.float32") + _uni("cpu") + b"\x89tR"
+            )  # fmt: skip
+        return b"(" + first + b"".join(self._items(depth, 1, 3)) + b"t"
+
+    def _tensor(self, depth: int) -> bytes:
+        rng = self.rng
+        hooks = _global("collections.OrderedDict") + b")R"
+        args = self._view() + rng.choice([b"\x89", b"\x88"]) + hooks
         if rng.random() < 0.1:
             args += self.primitive()  # a wrong arity
         record = _global("torch._utils._rebuild_tensor_v2") + b"(" + args + b"tR"

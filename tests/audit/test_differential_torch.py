@@ -38,7 +38,8 @@ def disagreements(tmp: Path, cases: list[tuple[bytes, dict[str, bytes]]]) -> tup
     """Write each case, audit it here, ask torch in one fresh process. Returns the cases
     where the verdicts differ (`file: audit=.. torch=..` lines) and, apart, those torch
     loads that the auditor declines to vouch for by design (a `resource-limit` finding:
-    a size the file chooses for a constructor, or a call that reads tensor bytes)."""
+    a size the file chooses for a constructor, or a call that reads tensor bytes; a
+    `cannot-verify` one: a nested tensor, or an operator on a tensor stage 2 stood in for)."""
     paths = [_write(tmp / f"case{i}.pt", data, members) for i, (data, members) in enumerate(cases)]
     ours = {str(path): audit_file(path, allowlist=ALLOWLIST) for path in paths}
     torch_says = torch_verdicts(paths)
@@ -49,7 +50,8 @@ def disagreements(tmp: Path, cases: list[tuple[bytes, dict[str, bytes]]]) -> tup
         detail = report.error or [f.detail for f in report.findings] or report.notes
         line = f"{path}: audit={report.loadable} torch={torch_says[path]} {detail}"
         kinds = {finding.kind for finding in report.findings}
-        (declined if torch_says[path] and kinds == {"resource-limit"} else wrong).append(line)
+        by_design = kinds and kinds <= {"resource-limit", "cannot-verify"}
+        (declined if torch_says[path] and by_design else wrong).append(line)
     return wrong, declined
 
 
