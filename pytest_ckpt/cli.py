@@ -117,12 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     for report in reports:
         if report.error is not None:
             print(
-                f"pytest-ckpt audit: {escape(report.path)}: {escape(report.error)}",
+                f"pytest-ckpt audit: {escape(report.path)}: {escape(report.error)}"
+                f"{_option_hint(report.path, report.error)}",
                 file=sys.stderr,
             )
     if any(r.error is not None for r in reports):
         return 2
     return 1 if any(r.findings for r in reports) else 0
+
+
+def _option_hint(path: str, error: str) -> str:
+    """A missing PATH that looks like an option came after `--` (the pre-commit hook's entry
+    ends with one): say where options go."""
+    if path.startswith("-") and error == "no such file":
+        return " (after `--` every argument is a file name: put options before the `--`)"
+    return ""
 
 
 class _NotLoadable(Exception):

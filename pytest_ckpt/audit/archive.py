@@ -13,6 +13,10 @@ and not an imitation of it; it lists 4096 members in a third of the time `zipfil
 It reads the central directory and data.pkl, nothing else, and unpickles nothing. Where
 the installed torch's reader cannot tell member sizes, `zipfile` does the job (it is
 stricter: it also checks CRCs, which torch does not).
+
+An archive with two members of one name is refused: torch's reader finds one copy by a
+binary search over the sorted names, Python's `zipfile` takes the last, so the copy audited
+need not be the copy a reader loads (PITFALLS: "Zip members can share a name").
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import os
 import re
 import stat
 import zipfile
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from pytest_ckpt.audit.escape import shown
 from pytest_ckpt.audit.legacy import MAX_PICKLE_BYTES, ReadAt, read_pickles
 from pytest_ckpt.errors import Unreadable
 
@@ -92,6 +99,8 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
 def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Checkpoint:
     try:
         reader = _torch_reader(path, reader_class)
+        names = reader.get_all_records()
+        _refuse_duplicates(names)
         if reader.has_record("constants.pkl"):
             return Checkpoint("torchscript")
         if not reader.has_record("data.pkl"):
@@ -104,7 +113,7 @@ def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Che
         sizes: dict[str, int] = {}  # storage key -> bytes
         unused = []
         get_size = reader.get_record_size
-        for name in reader.get_all_records():  # one pass: a member per storage
+        for name in names:  # one pass: a member per storage
             if name[:5] == "data/":
                 sizes[name[5:]] = get_size(name)
             elif name.split("/", 1)[0] not in _USED:
@@ -130,6 +139,27 @@ def _torch_reader(path: str | os.PathLike[str], reader_class: Any) -> Any:
         handle = open(path, "rb")  # noqa: SIM115 - the reader reads through it, and owns it
         return reader_class(handle)
     return reader_class(name)
+
+
+def duplicated_member(names: Sequence[str]) -> tuple[str, int] | None:
+    """The first member name that appears more than once in `names`, and how often; None
+    when every name is unique (the common case costs one set of the names)."""
+    if len(set(names)) == len(names):
+        return None
+    counts = Counter(names)
+    name = next(n for n in names if counts[n] > 1)
+    return name, counts[name]
+
+
+def _refuse_duplicates(names: Sequence[str]) -> None:
+    duplicate = duplicated_member(names)
+    if duplicate is not None:
+        name, count = duplicate
+        raise Unreadable(
+            f"zip member {shown(name)} appears {count} times: torch's reader and Python's "
+            "zipfile can pick different copies, so no one verdict holds for the file; refusing "
+            "it (fix: re-save it with torch.save, which writes each member once)"
+        )
 
 
 def _too_big(member: str, size: int) -> str:
@@ -214,6 +244,8 @@ def _open_zip_with_zipfile(path: str | os.PathLike[str]) -> Checkpoint:
                     sizes[name[cut + 5 :]] = info.file_size
                 else:
                     records[name[cut:]] = info
+            if len(records) + len(sizes) < len(infos):  # two members of one name
+                _refuse_duplicates([info.filename[cut:] for info in infos])
             if "constants.pkl" in records:
                 return Checkpoint("torchscript")
             data = records.get("data.pkl")

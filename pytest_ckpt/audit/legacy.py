@@ -33,7 +33,7 @@ def read_pickles(read_at: ReadAt, size: int, *, regular_file: bool) -> tuple[str
     `format` is "legacy-tar", "legacy" (five pickles) or "raw-pickle" (one). Raises
     Unreadable for anything torch cannot read as either. `regular_file`: torch only tries the
     tar reader on real files (not on a stream)."""
-    if regular_file and _is_tar(read_at, size):
+    if regular_file and is_tar(read_at, size):
         return "legacy-tar", b"", []
     want = _FIRST_READ
     while True:
@@ -82,7 +82,7 @@ def _first_value(data: bytes, start: int = 0) -> object:
     return values[0] if len(values) == 1 and isinstance(values[0], int) else None
 
 
-def _is_tar(read_at: ReadAt, size: int) -> bool:
+def is_tar(read_at: ReadAt, size: int) -> bool:
     """Does torch's `tarfile.open(fileobj=f, mode="r:", format=PAX_FORMAT)` succeed? Run on
     the first MiB only: headers that need more are taken as not a tar (tarfile would read
     them whole)."""

@@ -2,12 +2,16 @@
 would read from it, statically.
 
 The zip holds torch.save files as members (`policy.pth`, `policy.optimizer.pth`,
-`pytorch_variables.pth`), each audited like a checkpoint file; and a `data` member, JSON
+`pytorch_variables.pth`), each audited like a checkpoint file, as is every other member
+whose extension is `.pth` (SB3's `load_from_zip_file` th.loads them all, sub-folders
+included); and a `data` member, JSON
 whose top-level values may be `{":type:": ..., ":serialized:": BASE64}`: a cloudpickle blob
 that SB3's `json_to_data` hands to `cloudpickle.loads` whatever `weights_only` says, unless
 the key is given in `custom_objects`. Each blob is decoded and run through the static
 auditor only to name what it would import; nothing is unpickled. A blob that names a
 global (or uses an opcode that can call one) is a finding; one of primitives only, a note.
+A zip with two members of one name is refused: SB3 reads them through Python's `zipfile`,
+which takes the last copy, whatever the first one shows.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import IO
 
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist
+from pytest_ckpt.audit.archive import duplicated_member
 from pytest_ckpt.audit.escape import shown
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, iter_ops
@@ -64,6 +69,9 @@ def audit_sb3_zip(path: str | os.PathLike[str], allowlist: Allowlist) -> Report:
             infos = archive.infolist()
             if len(infos) > MAX_MEMBERS:
                 return Report(name, "sb3-zip", (), error=f"over {MAX_MEMBERS} zip members")
+            duplicate = duplicated_member([info.filename for info in infos])
+            if duplicate is not None:
+                return Report(name, "sb3-zip", (), error=_duplicate_error(*duplicate))
             findings: list[Finding] = []
             notes: list[str] = []
             errors: list[str] = []
@@ -71,7 +79,7 @@ def audit_sb3_zip(path: str | os.PathLike[str], allowlist: Allowlist) -> Report:
             data = next((i for i in infos if i.filename == "data"), None)
             if data is not None:
                 _audit_data(archive, data, allowlist, findings, notes, errors)
-            pth = [i for i in infos if i.filename.endswith(".pth") and "/" not in i.filename]
+            pth = [i for i in infos if os.path.splitext(i.filename)[1] == ".pth"]
             for info in pth:
                 with _member_stream(archive, info, name) as stream:
                     report = audit_file(stream, allowlist=allowlist)
@@ -97,6 +105,14 @@ def audit_sb3_zip(path: str | os.PathLike[str], allowlist: Allowlist) -> Report:
         storages=storages,
         notes=tuple(notes),
         summary=summary,
+    )
+
+
+def _duplicate_error(member: str, count: int) -> str:
+    return (
+        f"zip member {shown(member)} appears {count} times: SB3's load reads members through "
+        "Python's zipfile, which reads the last copy, whatever the others show; refusing the "
+        "archive (fix: save the model again with model.save, which writes each member once)"
     )
 
 

@@ -11,7 +11,9 @@ whole.
 Folders whose files say which framework wrote them are named on each of their files:
 "HF Trainer checkpoint" (`checkpoint-N/` of `transformers.Trainer`), "accelerate
 save_state", "DCP folder"; and a `.ckpt` file is a "Lightning checkpoint". Files that are
-not checkpoint-like (a README, a tokenizer) are listed as skipped, never read as pickles.
+not checkpoint-like (a README, a tokenizer) are listed as skipped, never read as pickles, and
+so is a `.bin` that nothing reads as a checkpoint (a raw `numpy.tofile` array:
+`targets.bin_files`), given on the command line or met in a walk.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.audit.archive import Unreadable, regular_file_size
 from pytest_ckpt.audit.safetensors import audit_safetensors, looks_like_safetensors
 from pytest_ckpt.audit.sb3 import audit_sb3_zip, is_sb3_zip
+from pytest_ckpt.targets.bin_files import NOT_A_CHECKPOINT, is_checkpoint_bin
 
 CHECKPOINT_SUFFIXES = frozenset(
     {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".safetensors", ".distcp"}
@@ -88,10 +91,12 @@ def audit_one_file(
     if dcp_report is not None:
         return dcp_report
     try:
-        regular_file_size(path)  # the auditor's own check, before anything opens the file
+        size = regular_file_size(path)  # the auditor's own check, before anything opens it
     except Unreadable as err:
         return Report(path, None, (), error=str(err))
-    kind = _kind(path)
+    kind = _kind(path, size)
+    if kind == "not-a-checkpoint":
+        return _skipped(path, NOT_A_CHECKPOINT)
     if kind == "safetensors":
         report = audit_safetensors(path)
     elif kind == "sb3":
@@ -212,13 +217,14 @@ def _audit_entry(
     """A walked file: audited if checkpoint-like (by suffix or first bytes), checked if JSON,
     else listed as skipped."""
     suffix = Path(path).suffix.lower()
-    if suffix in CHECKPOINT_SUFFIXES or suffix == ".json" or _kind(path) != "other":
+    if suffix in CHECKPOINT_SUFFIXES or suffix == ".json" or _kind(path, None) != "other":
         return audit_one_file(path, allowlist, allow, map_location=map_location)
     return _skipped(path, "not checkpoint-like")
 
 
-def _kind(path: str) -> str:
-    """ "safetensors", "sb3", "json", "checkpoint" or "other", by the first bytes before the
+def _kind(path: str, size: int | None) -> str:
+    """ "safetensors", "sb3", "json", "checkpoint", "not-a-checkpoint" (a `.bin` of `size`
+    bytes nothing reads as one; None: not asked) or "other", by the first bytes before the
     name: a pickle named `.safetensors` is still a pickle (and what torch.load would run)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
@@ -240,6 +246,8 @@ def _kind(path: str) -> str:
         return "checkpoint"
     if suffix == ".safetensors":
         return "safetensors"  # a broken one: its audit says what is wrong
+    if suffix == ".bin" and size is not None and not is_checkpoint_bin(path, size):
+        return "not-a-checkpoint"
     return "checkpoint" if suffix in CHECKPOINT_SUFFIXES else "other"
 
 

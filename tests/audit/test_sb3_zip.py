@@ -170,3 +170,32 @@ def test_names_from_the_zip_are_escaped(tmp_path, capsys) -> None:
     assert "\x1b" not in out
     assert "data['key\\n\\x1b[2Jfake']" in out
     assert "'evil\\x1b].pth':root['when']" in out
+
+
+def test_pth_members_in_sub_folders_are_audited_as_sb3_loads_every_pth(tmp_path) -> None:
+    """SB3 th.loads each member whose extension is .pth, wherever it sits in the zip."""
+    marker = tmp_path / "ran"
+    path = sb3_zip(
+        tmp_path / "ppo.zip",
+        {"gamma": 0.99},
+        {
+            "policy.pth": {"w": torch.ones(2)},
+            "sub/x.pth": {"h": RunsACommand(f"touch {marker}")},
+            "sub/deeper/when.pth": {"when": datetime.date(2026, 1, 1)},
+            "sub/notes.pth.txt": b"not read by SB3",
+        },
+    )
+    report = audit_sb3_zip(path, load_allowlist())
+    assert not marker.exists()
+    assert [f.path for f in report.findings] == [
+        "'sub/x.pth':root['h']",
+        "'sub/deeper/when.pth':root['when']",
+    ]
+    assert report.summary.startswith("3 .pth member(s)")
+    with zipfile.ZipFile(path) as archive:
+        extracted = {}
+        for name in ("sub/x.pth", "sub/deeper/when.pth"):
+            extracted[name] = tmp_path / name.replace("/", "_")
+            extracted[name].write_bytes(archive.read(name))
+    assert not any(torch_verdicts(list(extracted.values())).values())  # torch refuses both
+    assert not marker.exists()

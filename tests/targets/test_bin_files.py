@@ -1,0 +1,134 @@
+"""`targets.bin_files`: a `.bin` is skipped as "not a checkpoint" only where nothing can read
+it as one. Held against the real readers in a subprocess: for every sample called "not a
+checkpoint", `pickle.loads` never reaches an import (`pickle.find_class`, watched with an
+audit hook that refuses it, so nothing is imported or run) and `torch.load(weights_only=True)`
+refuses the bytes. Every sample that is a pickle is called one."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import torch
+
+from pytest_ckpt.targets.bin_files import is_checkpoint_bin, may_unpickle
+
+# For each hex-encoded sample: did pickle.loads reach find_class, and does torch.load with
+# weights_only=True refuse it? The audit hook refuses every import find_class asks for.
+READERS = """
+import io, json, pickle, sys, warnings
+import torch
+warnings.simplefilter("ignore")
+reached = []
+def refuse_imports(event, args):
+    if event == "pickle.find_class":
+        reached.append(args)
+        raise RuntimeError("find_class refused by the test")
+sys.addaudithook(refuse_imports)
+verdicts = []
+for line in sys.stdin:
+    data = bytes.fromhex(line.strip())
+    reached.clear()
+    try:
+        pickle.loads(data)
+    except Exception:
+        pass
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+        torch_loads = True
+    except Exception:
+        torch_loads = False
+    verdicts.append([bool(reached), torch_loads])
+print(json.dumps(verdicts))
+"""
+
+
+class RunsACommand:
+    def __reduce__(self):
+        return (os.system, ("touch ran-by-a-sample",))
+
+
+def samples() -> list[bytes]:
+    """Raw arrays, and headerless (protocol 0 and 1) hostile pickles: whole, cut at every
+    length, and with one byte changed."""
+    rng = np.random.default_rng(7)
+    arrays = []
+    for _ in range(40):
+        arrays.append(rng.standard_normal(256).astype(np.float32).tobytes())
+        arrays.append((rng.standard_normal(256) * 0.02).astype(np.float16).tobytes())
+        arrays.append(rng.integers(0, 50_000, 128, dtype=np.int64).tobytes())
+        arrays.append(rng.integers(0, 256, 512, dtype=np.uint8).tobytes())
+    hostile = [pickle.dumps([1, RunsACommand()], protocol=p) for p in (0, 1)]
+    cuts = [blob[:end] for blob in hostile for end in range(len(blob) + 1)]
+    mutate = random.Random(7)
+    mutants = []
+    for _ in range(200):
+        blob = bytearray(mutate.choice(hostile))
+        blob[mutate.randrange(len(blob))] = mutate.randrange(256)
+        mutants.append(bytes(blob))
+    return arrays + hostile + cuts + mutants
+
+
+def test_what_is_called_not_a_checkpoint_no_reader_can_load_or_import_from() -> None:
+    blobs = samples()
+    called = [may_unpickle(blob, len(blob)) for blob in blobs]
+    result = subprocess.run(
+        [sys.executable, "-c", READERS],
+        input="\n".join(blob.hex() for blob in blobs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    readers = json.loads(result.stdout)
+    for blob, pickle_like, (imported, torch_loads) in zip(blobs, called, readers, strict=True):
+        if not pickle_like:
+            assert not imported, f"pickle.loads reached an import in {blob!r}"
+            assert not torch_loads, f"torch.load(weights_only=True) loads {blob!r}"
+    assert any(imported for imported, _ in readers)  # the samples do reach imports
+    skipped = sum(not c for c in called)
+    assert skipped > len(blobs) // 2  # most arrays, cuts and mutants are not pickles
+
+
+def test_headerless_pickles_and_legacy_files_are_checkpoints(tmp_path) -> None:
+    for protocol in (0, 1):
+        assert may_unpickle(pickle.dumps(RunsACommand(), protocol=protocol), 10**6)
+        legacy = io.BytesIO()
+        torch.save(
+            {"w": torch.ones(1)},
+            legacy,
+            pickle_protocol=protocol,
+            _use_new_zipfile_serialization=False,
+        )
+        data = legacy.getvalue()
+        assert may_unpickle(data, len(data))
+    assert not may_unpickle(b"I1\n.", 4)  # a whole pickle of one int: torch refuses it
+    assert not may_unpickle(b"c\nname\n", 7)  # GLOBAL of no module name: pickle refuses it
+    assert not may_unpickle(b"c\xffos\nsystem\n", 12)  # not UTF-8: pickle refuses it
+    assert may_unpickle(b"cpos)x\nsystem\n", 14)  # a file pos)x.py on sys.path would import
+
+
+def test_a_declared_length_counts_only_inside_the_file() -> None:
+    """BINBYTES (`B`, 4-byte length) past the bytes read: a pickle if the file holds them."""
+    head = b"B" + (100_000).to_bytes(4, "little") + bytes(1000)
+    assert may_unpickle(head, 200_000)
+    assert not may_unpickle(head, 50_000)
+    assert not may_unpickle(b"\x8b" + (2**30).to_bytes(4, "little"), 1 << 20)  # LONG4
+    assert may_unpickle(b"\x8b" + (2**21).to_bytes(4, "little"), 1 << 22)  # past our bound only
+    assert not may_unpickle(b"X\x02\x00\x00\x00\xff\xfe", 7)  # BINUNICODE, not UTF-8
+
+
+def test_a_tar_named_bin_is_a_checkpoint(tmp_path) -> None:
+    """torch.load reads the legacy tar format: a tar is audited, not skipped."""
+    path = tmp_path / "old.bin"
+    with tarfile.open(path, "w") as archive:
+        info = tarfile.TarInfo("storages")
+        archive.addfile(info, io.BytesIO(b""))
+    assert is_checkpoint_bin(path, path.stat().st_size)
