@@ -1,5 +1,6 @@
 # Two entry points (see README): `make demo` runs the main job, `make test` the whole suite.
-# Both create .venv on first use and install through constraints.txt (pins the CPU torch).
+# Both create .venv on first use and install through constraints.txt (pins the CPU torch and
+# lightning: the `frameworks` extra, so CI runs the Lightning adapter's tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,frameworks]'
 	touch $(STAMP)
 
 # The round-trip harness on the bundled reference example; report in ckpt-report.md. The `=`

@@ -22,7 +22,11 @@ refuse to load with `weights_only=True`), then whatever the callbacks' and the m
 module's `on_load_checkpoint`, its `state_dict` (strict), the callbacks' `on_load_checkpoint`
 and `load_state_dict`, the optimizer, the schedulers. What the harness needs beyond that (the
 batch generator, the global RNGs, the step count, the seed) is kept under `pytest_ckpt`; the
-fit loop's progress (`loops`) exists only under a real Trainer, which this adapter does not run.
+fit loop's progress (`loops`) exists only under a real Trainer, which this mode does not run.
+
+`native=True` runs Lightning itself instead (`lightning_native`): a real `Trainer.fit`,
+`Trainer.save_checkpoint` and `fit(ckpt_path=...)` resume, `loops` included, so what is proven
+is the user's own save and resume path; one fit per step (about 0.1-0.3 s on CPU).
 
 No Trainer is needed: `self.log` without one is a no-op, and callbacks receive a
 `TrainerView` (`global_step`, `current_epoch`, `lightning_module`, `callbacks`) where Lightning
@@ -71,9 +75,13 @@ class LightningSubject(ModuleSubject):
         warmup_steps: int = 2,
         steps_per_epoch: int = 1,
         probe: bool = True,
+        native: bool = False,
         name: str = "lightning",
     ) -> None:
+        """`native=True`: every run is a real `Trainer.fit`, saved by `Trainer.save_checkpoint`
+        and resumed by `fit(ckpt_path=...)` (see `lightning_native`); slower, one fit a step."""
         self.lightning = require("lightning.pytorch", "lightning", "LightningSubject")
+        self.native = native
         super().__init__(
             make_module,
             make_batch=make_batch,
@@ -88,6 +96,26 @@ class LightningSubject(ModuleSubject):
         # scheduler a system holds was made (and registered) by make_training_state.
         self._intervals: dict[int, tuple[str, int]] = {}
 
+    # ---- native mode: Lightning's own fit, save_checkpoint and ckpt_path resume ----------
+
+    def build(self, *, grid: Any, stage: str, seed: int) -> Any:
+        if not self.native:
+            return super().build(grid=grid, stage=stage, seed=seed)
+        from pytest_ckpt.adapters.lightning_native import native_fit
+
+        if stage not in self.stage_steps:
+            raise ValueError(
+                f"{self.name} has the stages {', '.join(self.stages())}, not {stage!r}"
+            )
+        return native_fit(self, seed=seed, steps=self.stage_steps[stage], resume=None)
+
+    def step(self, system: Any, *, loss_weight: float = 1.0) -> Any:
+        if not self.native:
+            return super().step(system, loss_weight=loss_weight)
+        from pytest_ckpt.adapters.lightning_native import native_step
+
+        return native_step(self, system)
+
     def make_training_state(self, model: Any) -> tuple[Any, list[Any], Any]:
         optimizers, schedulers = _unpack(model.configure_optimizers())
         if len(optimizers) != 1:
@@ -100,6 +128,11 @@ class LightningSubject(ModuleSubject):
         return optimizers[0], [s for s, _, _ in schedulers], None
 
     def _fresh(self, seed: int, state: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        if self.native and kwargs.get("parallelize") is not None:
+            raise SubjectError(
+                f"{self.name}: native mode runs Lightning's own Trainer in one process; the "
+                "world-size check needs LightningSubject(..., native=False)"
+            )
         system = super()._fresh(seed, state, **kwargs)
         own = lightning_module(system["model"]).configure_callbacks()
         own = [] if own is None else list(own) if isinstance(own, Sequence) else [own]
@@ -115,6 +148,10 @@ class LightningSubject(ModuleSubject):
     # ---- the checkpoint, as Trainer.save_checkpoint and a ckpt_path resume do it ----------
 
     def export_state(self, system: Mapping[str, Any]) -> Mapping[str, Any]:
+        if self.native:
+            from pytest_ckpt.adapters.lightning_native import native_export
+
+            return native_export(system)
         model, view = system["model"], self.trainer_view(system)
         checkpoint: dict[str, Any] = {
             "epoch": view.current_epoch,
@@ -144,6 +181,10 @@ class LightningSubject(ModuleSubject):
 
     def rebuild(self, state: Mapping[str, Any]) -> Any:
         """A fresh system restored from a checkpoint dict (as torch.load returned it)."""
+        if self.native:
+            from pytest_ckpt.adapters.lightning_native import native_rebuild
+
+            return native_rebuild(self, state)
         harness = state[HARNESS_KEY]
         system = self._fresh(harness["seed"], state)
         system["steps"] = harness["steps"]
