@@ -13,7 +13,8 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_ckpt.migrate import classes, rules
+from pytest_ckpt.audit.global_kinds import describe_global
+from pytest_ckpt.migrate import rules
 
 
 @dataclass(slots=True, eq=False)
@@ -120,22 +121,24 @@ def new_object(cls: str) -> ObjectRecord | Refused:
 
 def enum_member(name: str, value: Any) -> EnumValue | Refused:
     """`name(value)` with one primitive: an Enum member only if `name` is an Enum class with
-    a member of that value (`migrate.classes`); a function call is code, never a member."""
-    found = classes.find_global(name)
-    if found.kind == classes.ENUM:
+    a member of that value (`audit.global_kinds`, the auditor's own answer); a function call
+    is code, never a member."""
+    found = describe_global(name)
+    if found.enum:
         if found.values is None or any(type(v) is type(value) and v == value for v in found.values):
             return EnumValue(name, value)
         return Refused(f"{name} has no member with value {value!r}; fix: store .value")
-    if found.kind == classes.FUNCTION:
+    if found.kind == "function":
         return Refused(
             f"{name} is a function: a call of it is code, not an Enum member; refusing to "
             f"convert; fix: never load this file with weights_only=False"
         )
-    if found.kind == classes.OTHER:
+    if found.kind != "unknown":  # a class that is not an Enum; a code-running name
         return Refused(rules.refuse_call(name))
     return Refused(
         f"cannot tell whether {name} is an Enum class without importing it; fix: run "
-        f"migrate where its module can be found, or --trust if you wrote the file"
+        f"migrate where its module can be found (or name its folder with --path DIR), or "
+        f"--trust if you wrote the file"
     )
 
 
