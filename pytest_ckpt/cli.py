@@ -28,7 +28,7 @@ from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.archive import Unreadable, regular_file_size
 from pytest_ckpt.audit.escape import escape
-from pytest_ckpt.audit.global_kinds import runs_code
+from pytest_ckpt.audit.global_kinds import runs_code, searching
 from pytest_ckpt.audit.render import render_json, render_sarif
 from pytest_ckpt.targets.folder_report import render_targets_text, with_artifacts
 from pytest_ckpt.targets.layouts import audit_target
@@ -43,6 +43,24 @@ def _dotted(text: str) -> str:
             "which runs code; allow-list classes only"
         )
     return text
+
+
+def _folder(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"--path {text!r} is not a folder")
+    return text
+
+
+def _add_path_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        type=_folder,
+        metavar="DIR",
+        help="also look for your modules' sources here (repeatable; the working directory and "
+        "sys.path are always searched); nothing is imported or run",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the verdict is for torch.load(..., map_location=DEVICE), e.g. cpu; without it, "
         "storages saved on a device this host lacks (cuda:0 on a CPU-only host) are refused",
     )
+    _add_path_option(audit)
     migrate = commands.add_parser(
         "migrate", help="convert a legacy checkpoint to primitives and tensors (weights_only-safe)"
     )
@@ -79,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="unpickle IN for real (RUNS CODE FROM THE FILE): only for files you wrote yourself",
     )
     migrate.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    _add_path_option(migrate)
     migrate.add_argument(
         "--reference-v0",
         action="store_true",
@@ -89,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with searching(args.path):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         return migrate_command(
             args.source,
