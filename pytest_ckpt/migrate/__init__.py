@@ -2,7 +2,9 @@
 current schema.
 
 - `schema`: the schema versions and the upgrade chain (`upgrade`, re-exported here);
-- `rules`: the conversion table, one rule per kind of refused object, for both modes below;
+- `rules`: the conversion table, one rule per kind of refused object, each carrying its
+  static, `--trust` and final-pass behaviour (three loops over one table);
+- `objects`: an object's pickled state, and the refusals both modes share;
 - `static`: the static converter (`pytest-ckpt migrate`), run on the auditor's pickle machine:
   nothing from the file runs; `markers` (what it builds), `calls` (torch's allow-listed
   calls, bounded), `storages` (tensor bytes as torch reads them); whether a global is an
