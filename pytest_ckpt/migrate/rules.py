@@ -28,7 +28,7 @@ import enum
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pytest_ckpt.audit.advice import ENUM_FIX, MODULE_FIX, OBJECT_STATE_FIX, Fix, fix_for_name
 from pytest_ckpt.migrate import objects
@@ -44,8 +44,17 @@ from pytest_ckpt.migrate.markers import (
     TzInfo,
 )
 
-if TYPE_CHECKING:
-    from pytest_ckpt.migrate.finish import Finisher
+
+class Finisher(Protocol):
+    """What a rule's final pass uses of `migrate.finish.Finisher` (the one final pass)."""
+
+    def convert(self, path: Any, what: str) -> None: ...
+    def remember(self, node: Any, result: Any) -> Any: ...
+    def child(self, value: Any, path: Any, target: Any, key: Any) -> None: ...
+    def as_list(self, node: Any, items: list[Any], path: Any) -> list[Any]: ...
+    def as_dict(self, node: Any, items: dict, shell: dict, path: Any) -> Any: ...
+    def as_module(self, node: Any, record: ObjectRecord, path: Any) -> dict[str, Any]: ...
+
 
 PRIMITIVES = (int, float, str, bool, type(None))  # what a config keeps; an Enum's value
 _ENUM_VALUES = (*PRIMITIVES, bytes)  # what an Enum member may be pickled with
