@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,15 @@ def test_advice_and_migrate_give_one_answer(place, tmp_path, monkeypatch, module
 
 class _Stage(enum.IntEnum):  # in the auditor's own __main__: not the saving script's Stage
     A = 1
+
+
+def test_one_module_finds_and_reads_module_sources() -> None:
+    """The one answer stays one: nothing else in the package locates a module's source or
+    reads it with ast (migrate's second answer, `migrate/classes.py`, is gone)."""
+    package = Path(global_kinds.__file__).resolve().parents[1]
+    readers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "PathFinder" in path.read_text() or "ast.parse(" in path.read_text()
+    )
+    assert readers == ["audit/module_source.py"]
