@@ -69,7 +69,10 @@ CODE_RUNNING_NAMES = frozenset(
     }
 )  # fmt: skip
 MAX_NAME = 500  # longer dotted names are no Python identifier anyone allow-lists
-_SEARCHED: ContextVar[tuple[str, ...]] = ContextVar("pytest_ckpt_searched", default=())
+# Inside `searching()`: the folders it added and the working directory when it was entered.
+_SEARCHED: ContextVar[tuple[tuple[str, ...], str | None] | None] = ContextVar(
+    "pytest_ckpt_searched", default=None
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,9 +109,11 @@ def describe_global(qualname: str) -> GlobalKind:
 @contextmanager
 def searching(folders: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
     """Also search `folders` (first, in order) for module sources inside the block: the
-    CLI's `--path DIR`, the plugin's rootdir."""
+    CLI's `--path DIR`, the plugin's rootdir. The working directory searched is the one the
+    block was entered in (read once: `os.getcwd()` costs more than the answer)."""
+    outer = _SEARCHED.get()
     added = tuple(os.path.abspath(folder) for folder in folders)
-    token = _SEARCHED.set(added + _SEARCHED.get())
+    token = _SEARCHED.set((added + outer[0], outer[1]) if outer else (added, _cwd()))
     try:
         yield
     finally:
@@ -118,11 +123,15 @@ def searching(folders: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
 def search_path() -> tuple[str, ...]:
     """Where a module's source is looked for, in order: the `searching()` folders, the
     working directory, `sys.path` (a standard-library module: `sys.path` only)."""
+    added, cwd = _SEARCHED.get() or ((), _cwd())
+    return _folders(added, cwd, tuple(sys.path))
+
+
+def _cwd() -> str | None:
     try:
-        cwd = os.getcwd()
+        return os.getcwd()
     except OSError:  # the working directory was removed
-        cwd = None
-    return _folders(_SEARCHED.get(), cwd, tuple(sys.path))
+        return None
 
 
 @lru_cache(maxsize=64)

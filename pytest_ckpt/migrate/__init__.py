@@ -1,6 +1,7 @@
 """Migration: bring checkpoints to what `torch.load(weights_only=True)` accepts, and to the
 current schema.
 
+- `workflow`: `migrate_file`, the whole migration of one file (the CLI wraps it);
 - `schema`: the schema versions and the upgrade chain (`upgrade`, re-exported here);
 - `rules`: the conversion table, one rule per kind of refused object, each carrying its
   static, `--trust` and final-pass behaviour (three loops over one table);

@@ -137,3 +137,14 @@ def test_one_module_finds_and_reads_module_sources() -> None:
         if "PathFinder" in path.read_text() or "ast.parse(" in path.read_text()
     )
     assert readers == ["audit/module_source.py"]
+
+
+def test_searching_adds_folders_only_inside_its_block(tmp_path) -> None:
+    """The plugin's rootdir, the CLI's --path: a folder off sys.path, searched first."""
+    (tmp_path / "off_path_mod.py").write_text(ENUM)
+    global_kinds.clear_caches()
+    assert global_kinds.kind_of("off_path_mod.Stage") == "unknown"
+    with global_kinds.searching([tmp_path]):
+        assert global_kinds.search_path()[0] == str(tmp_path)
+        assert global_kinds.describe_global("off_path_mod.Stage").enum
+    assert global_kinds.kind_of("off_path_mod.Stage") == "unknown"
