@@ -11,27 +11,23 @@ arguments.
 Errors are one line on stderr, never a traceback; nothing from a file is ever executed
 (except under --trust, which says so).
 
-Migrate is static by default (pytest_ckpt.migrate.static: nothing from the file runs);
-`--trust` unpickles for real (pytest_ckpt.migrate.trusted). Either way IN is never
-overwritten, an existing OUT only with --force; OUT is written atomically and only if every
-object converted and the written bytes pass the auditor (checked before the rename, so a
-refused conversion never touches an existing OUT).
+Migrate is the library function `pytest_ckpt.migrate.workflow.migrate_file`: static by
+default (nothing from the file runs), `--trust` unpickles for real, `--adapt MODULE:FUNC`
+passes the result through your own function; IN is never overwritten, OUT is written
+atomically, only once it passes the auditor.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-from pathlib import Path
 
-from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.archive import Unreadable, regular_file_size
 from pytest_ckpt.audit.escape import escape
-from pytest_ckpt.audit.global_kinds import runs_code
+from pytest_ckpt.audit.global_kinds import runs_code, searching
 from pytest_ckpt.audit.render import render_json, render_sarif
+from pytest_ckpt.migrate.workflow import REFERENCE_V0, MigrationFailed, migrate_file
 from pytest_ckpt.targets.folder_report import render_targets_text, with_artifacts
 from pytest_ckpt.targets.layouts import audit_target
 
@@ -45,6 +41,24 @@ def _dotted(text: str) -> str:
             "which runs code; allow-list classes only"
         )
     return text
+
+
+def _folder(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"--path {text!r} is not a folder")
+    return text
+
+
+def _add_path_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        type=_folder,
+        metavar="DIR",
+        help="also look for your modules' sources here (repeatable; the working directory and "
+        "sys.path are always searched); nothing is imported or run",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the verdict is for torch.load(..., map_location=DEVICE), e.g. cpu; without it, "
         "storages saved on a device this host lacks (cuda:0 on a CPU-only host) are refused",
     )
+    _add_path_option(audit)
     migrate = commands.add_parser(
         "migrate", help="convert a legacy checkpoint to primitives and tensors (weights_only-safe)"
     )
@@ -81,10 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="unpickle IN for real (RUNS CODE FROM THE FILE): only for files you wrote yourself",
     )
     migrate.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    migrate.add_argument(
+    _add_path_option(migrate)
+    adapt = migrate.add_mutually_exclusive_group()
+    adapt.add_argument(
+        "--adapt",
+        metavar="MODULE:FUNC",
+        help="then pass the converted checkpoint through your function (imported by name: "
+        "your code, never the file's) to bring it to your current format",
+    )
+    adapt.add_argument(
         "--reference-v0",
-        action="store_true",
-        help="IN is a schema-0 pytest-ckpt reference checkpoint: write it in the current format",
+        dest="adapt",
+        action="store_const",
+        const=REFERENCE_V0,
+        help=f"IN is a schema-0 pytest-ckpt reference checkpoint: --adapt {REFERENCE_V0}",
     )
     add_diff_parser(commands)
     return parser
@@ -92,15 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with searching(args.path):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "diff":
         return diff_command(args)
     if args.command == "migrate":
         return migrate_command(
-            args.source,
-            args.target,
-            trust=args.trust,
-            reference_v0=args.reference_v0,
-            force=args.force,
+            args.source, args.target, trust=args.trust, adapt=args.adapt, force=args.force
         )
     allowlist = load_allowlist(args.allow)
     targets = [
@@ -134,123 +160,22 @@ def _option_hint(path: str, error: str) -> str:
     return ""
 
 
-class _NotLoadable(Exception):
-    """The converted bytes fail the audit: they are not kept."""
-
-
 def migrate_command(
-    source: str, target: str, *, trust: bool, reference_v0: bool = False, force: bool = False
+    source: str, target: str, *, trust: bool, adapt: str | None = None, force: bool = False
 ) -> int:
-    """`pytest-ckpt migrate`: its exit status, having printed what it converted or why not.
-    Migration is imported here, not with the module: `pytest-ckpt audit` does not need it."""
-    from pytest_ckpt.migrate.static import ConversionRefused, convert_file
-
-    src, out = Path(source), Path(target)
-    shown_src, shown_out = escape(source), escape(target)  # a file name is data too
-    try:  # before anything opens it: a FIFO would block, a device never ends
-        regular_file_size(src)
-    except Unreadable as err:
-        print(f"pytest-ckpt migrate: {shown_src}: {err}", file=sys.stderr)
-        return 2
-    if out.exists() and src.exists() and os.path.samefile(src, out):
-        print(f"pytest-ckpt migrate: refusing to overwrite the input {shown_src}", file=sys.stderr)
-        return 2
-    if (out.exists() or out.is_symlink()) and not force:
-        print(
-            f"pytest-ckpt migrate: {shown_out} exists; not replaced "
-            "(fix: pass --force to replace it)",
-            file=sys.stderr,
-        )
-        return 1
-    conversions: list[str] = []
+    """`pytest-ckpt migrate`: `migrate_file`, its report printed (escaped), its exit status."""
     try:
-        if trust:
-            from pytest_ckpt.migrate.trusted import load_trusted, to_primitives
-
-            try:
-                loaded = load_trusted(src)
-            except Exception as err:  # whatever the file's own code raised
-                reason = escape(f"{err!r:.200}")
-                print(
-                    f"pytest-ckpt migrate: {shown_src}: cannot unpickle: {reason}", file=sys.stderr
-                )
-                return 2
-            result = to_primitives(loaded, "root", conversions)
-        else:
-            converted = convert_file(src)
-            result, conversions = converted.result, converted.conversions
-    except Unreadable as err:
-        print(f"pytest-ckpt migrate: {shown_src}: {escape(str(err))}", file=sys.stderr)
-        return 2
-    except ConversionRefused as refused:
-        print(
-            f"pytest-ckpt migrate: {shown_src}: refused; {shown_out} not written:", file=sys.stderr
-        )
-        for line in refused.refusals:
+        done = migrate_file(source, target, trust=trust, adapt=adapt, force=force)
+    except MigrationFailed as failed:
+        print(f"pytest-ckpt migrate: {escape(str(failed))}", file=sys.stderr)
+        for line in failed.details:
             print(f"  {escape(line)}", file=sys.stderr)
-        return 1
-    if reference_v0:  # the reference system's own adapter: named by string, never imported
-        adapt_v0 = importlib.import_module("pytest_ckpt.reference.schema_v0").adapt_v0
-        try:
-            result = adapt_v0(result)
-        except (KeyError, TypeError, ValueError) as err:
-            print(
-                f"pytest-ckpt migrate: {shown_src}: not a schema-0 reference checkpoint "
-                f"({escape(str(err))}); "
-                f"{shown_out} not written",
-                file=sys.stderr,
-            )
-            return 1
-        conversions.append("root: schema 0 reference checkpoint -> schema 1")
-    try:
-        write_checkpoint_atomically(result, out, overwrite=force)
-    except _NotLoadable as err:
-        print(
-            f"pytest-ckpt migrate: the converted file would not load ({escape(str(err))}); "
-            f"{shown_out} not written",
-            file=sys.stderr,
-        )
-        return 1
-    except RecursionError:
-        print(
-            f"pytest-ckpt migrate: {shown_src}: refused; {shown_out} not written: nested deeper "
-            "than torch.save can write (fix: flatten the structure before saving)",
-            file=sys.stderr,
-        )
-        return 1
-    except FileExistsError:
-        print(f"pytest-ckpt migrate: {shown_out} appeared meanwhile; not replaced", file=sys.stderr)
-        return 1
-    except (OSError, RuntimeError) as err:
-        print(f"pytest-ckpt migrate: cannot write {shown_out}: {err}", file=sys.stderr)
-        return 2
-    for line in conversions:
+        return failed.status
+    for line in done.conversions:
         print(f"converted {escape(line)}")
-    print(f"wrote {shown_out} ({len(conversions)} conversion(s)); it loads with weights_only=True")
+    count = len(done.conversions)
+    print(f"wrote {escape(target)} ({count} conversion(s)); it loads with weights_only=True")
     return 0
-
-
-def _audit_before_rename(temp: Path) -> None:
-    report = audit_file(temp)
-    if not report.loadable:
-        raise _NotLoadable(report.error or report.findings[0].detail)
-
-
-def write_checkpoint_atomically(state: object, path: Path, *, overwrite: bool = True) -> None:
-    """torch.save `state` to a temp file beside `path`, audit it, then move it into place
-    (with `overwrite=False`, only if `path` does not exist)."""
-    import torch
-
-    from pytest_ckpt.durable import write_atomically
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(
-        path.parent,
-        path,
-        lambda handle: torch.save(state, handle),
-        check=_audit_before_rename,
-        overwrite=overwrite,
-    )
 
 
 def _tolerance(text: str) -> float:
@@ -273,6 +198,7 @@ def add_diff_parser(commands: argparse._SubParsersAction) -> None:
     diff.add_argument("--rtol", type=_tolerance, default=0.0, help="relative tolerance (0)")
     diff.add_argument("--atol", type=_tolerance, default=0.0, help="absolute tolerance (0)")
     diff.add_argument("--allow", action="append", default=[], type=_dotted, metavar="module.Name")
+    _add_path_option(diff)
     fmt = diff.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON report")
     fmt.add_argument("--markdown", action="store_true", help="print Markdown for a PR comment")

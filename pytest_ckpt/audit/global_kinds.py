@@ -1,6 +1,8 @@
-"""Is a global a file names a class, a function, or unknown, decided without importing it.
+"""What a global a file names is (a class, an Enum class, a function, code, or unknown), decided
+without importing it: THE answer, for the auditor's advice and for migrate alike.
 
-Advice may only ever offer a *class* for allow-listing: torch's REDUCE calls whatever is
+Advice may only ever offer a *class* for allow-listing, and migrate may only turn
+`REDUCE(X, (value,))` into a value when X is an Enum class: torch's REDUCE calls whatever is
 allowed with arguments the file chooses, so an allowed function is code the file can run
 (`timeit.timeit("...")` looks exactly like an Enum member built from its value). The file
 alone cannot tell a class from a function, so this module asks, in order:
@@ -10,24 +12,28 @@ alone cannot tell a class from a function, so this module asks, in order:
 2. a module the auditor's own process has already imported (never `__main__`, which is
    ours, not the saver's): the name is looked up with `inspect.getattr_static`, which runs no
    descriptor, property or module `__getattr__`;
-3. the module's source, located with `PathFinder` (which imports nothing, not even parent
-   packages) and read with `ast`: a top-level `class Name` is a class, a `def Name` a
-   function;
-4. otherwise "unknown", and unknown callables are never advised.
+3. the module's source, found and read by `module_source` (nothing imported or run) in the
+   folders of `search_path()`: those given with `searching()` (`--path DIR`, the plugin's
+   rootdir), the working directory, then `sys.path`;
+4. otherwise "unknown": unknown callables are never advised, never converted.
 """
 
 from __future__ import annotations
 
-import ast
+import enum
 import inspect
+import os
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
-from importlib.machinery import PathFinder
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from pytest_ckpt.audit import module_source
 
 Kind = Literal["class", "function", "code", "unknown"]
-
 # Modules any of whose globals, called during unpickling, can run code or touch the system.
 CODE_RUNNING_MODULES = (
     "os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "importlib", "runpy",
@@ -63,6 +69,23 @@ CODE_RUNNING_NAMES = frozenset(
     }
 )  # fmt: skip
 MAX_NAME = 500  # longer dotted names are no Python identifier anyone allow-lists
+# Inside `searching()`: the folders it added and the working directory when it was entered.
+_SEARCHED: ContextVar[tuple[tuple[str, ...], str | None] | None] = ContextVar(
+    "pytest_ckpt_searched", default=None
+)
+
+
+@dataclass(slots=True, frozen=True)
+class GlobalKind:
+    """What a global names: its `kind`; for an Enum class, `enum` and its member values
+    when they are known (None: any value may be a member)."""
+
+    kind: Kind
+    enum: bool = False
+    values: tuple[Any, ...] | None = None
+
+
+_UNKNOWN = GlobalKind("unknown")
 
 
 def runs_code(qualname: str) -> bool:
@@ -73,96 +96,112 @@ def runs_code(qualname: str) -> bool:
     return any(module == m or module.startswith(m + ".") for m in CODE_RUNNING_MODULES)
 
 
-@lru_cache(maxsize=4096)
 def kind_of(qualname: str) -> Kind:
     """ "class", "function", "code" (see `runs_code`) or "unknown" for a dotted global name."""
-    if runs_code(qualname):
-        return "code"
-    if len(qualname) > MAX_NAME or not all(p.isidentifier() for p in qualname.split(".")):
-        return "unknown"
-    module, _, name = qualname.rpartition(".")
-    if not module or module == "__main__" or module.startswith("__main__."):
-        return "unknown"
-    loaded = sys.modules.get(module)
-    if loaded is not None:
-        return _kind_of_value(loaded, name)
-    return _kind_in_source(module, name)
+    return describe_global(qualname).kind
 
 
-def _kind_of_value(module: object, name: str) -> Kind:
-    sentinel = object()
-    value = inspect.getattr_static(module, name, sentinel)
-    if value is sentinel:
-        return "unknown"
-    if issubclass(type(value), type):
-        return "class"
-    return "function" if callable(value) else "unknown"
+def describe_global(qualname: str) -> GlobalKind:
+    """What the dotted global `qualname` (`module.Name`, `module.Outer.Inner`) names."""
+    return _describe(qualname, search_path())
 
 
-def _kind_in_source(module: str, name: str) -> Kind:
-    return _top_level_kinds(module).get(name, "unknown")
-
-
-@lru_cache(maxsize=256)
-def _top_level_kinds(module: str) -> dict[str, Kind]:
-    """What each top-level name of `module`'s source is (parsed once per module)."""
-    path = _source_of(module)
-    if path is None:
-        return {}
+@contextmanager
+def searching(folders: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
+    """Also search `folders` (first, in order) for module sources inside the block: the
+    CLI's `--path DIR`, the plugin's rootdir. The working directory searched is the one the
+    block was entered in (read once: `os.getcwd()` costs more than the answer)."""
+    outer = _SEARCHED.get()
+    added = tuple(os.path.abspath(folder) for folder in folders)
+    token = _SEARCHED.set((added + outer[0], outer[1]) if outer else (added, _cwd()))
     try:
-        tree = ast.parse(path.read_bytes())
-    except (OSError, SyntaxError, ValueError):
-        return {}
-    kinds: dict[str, Kind] = {}
-    for node in tree.body:  # the last top-level definition wins, as at import
-        if isinstance(node, ast.ClassDef):
-            kinds[node.name] = "class"
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            kinds[node.name] = "function"
-        else:
-            for target in _assigned(node):
-                kinds[target] = "unknown"
-    return kinds
+        yield
+    finally:
+        _SEARCHED.reset(token)
 
 
-def _assigned(node: ast.stmt) -> list[str]:
-    """Top-level names a statement binds other than by def/class (then their kind is
-    unknown: `Stage = enum.Enum(...)`, an import, a conditional definition)."""
-    if isinstance(node, ast.Assign):
-        targets = node.targets
-    elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
-        targets = [node.target]
-    elif isinstance(node, (ast.Import, ast.ImportFrom)):
-        return [(alias.asname or alias.name).split(".")[0] for alias in node.names]
-    elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
-        return [n.name for n in ast.walk(node) if isinstance(n, _DEFINITIONS)] + [
-            t.id
-            for n in ast.walk(node)
-            if isinstance(n, ast.Assign)
-            for t in n.targets
-            if isinstance(t, ast.Name)
-        ]
-    else:
-        return []
-    return [t.id for t in targets if isinstance(t, ast.Name)]
+def search_path() -> tuple[str, ...]:
+    """Where a module's source is looked for, in order: the `searching()` folders, the
+    working directory, `sys.path` (a standard-library module: `sys.path` only)."""
+    added, cwd = _SEARCHED.get() or ((), _cwd())
+    return _folders(added, cwd, tuple(sys.path))
 
 
-_DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-
-
-def _source_of(module: str) -> Path | None:
-    """The .py file of `module`, found the way import would, without importing anything."""
-    search: list[str] | None = None
-    spec = None
-    for part in module.split("."):
-        spec = PathFinder.find_spec(part, search)
-        if spec is None:
-            return None
-        search = list(spec.submodule_search_locations or [])
-    origin = getattr(spec, "origin", None)
-    if not origin or not origin.endswith(".py"):
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the working directory was removed
         return None
-    return Path(origin)
+
+
+@lru_cache(maxsize=64)
+def _folders(searched: tuple[str, ...], cwd: str | None, path: tuple[str, ...]) -> tuple[str, ...]:
+    here = [] if cwd is None else [cwd]
+    folders = [*searched, *here, *(os.path.join(cwd or "", entry) for entry in path)]
+    return tuple(dict.fromkeys(os.path.normpath(folder) for folder in folders))
+
+
+def clear_caches() -> None:
+    """Forget what was read (a test that rewrites a module's source in place)."""
+    _describe.cache_clear()
+    module_source.clear_cache()
+
+
+@lru_cache(maxsize=4096)
+def _describe(qualname: str, roots: tuple[str, ...]) -> GlobalKind:
+    if runs_code(qualname):
+        return GlobalKind("code")
+    parts = qualname.split(".")
+    if len(qualname) > MAX_NAME or len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return _UNKNOWN
+    if parts[0] == "__main__":
+        return _UNKNOWN
+    for cut in range(len(parts) - 1, 0, -1):  # the longest imported module prefix
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
+            continue
+        found = _live(module, parts[cut:])
+        if found is not None:
+            return found
+        if inspect.getattr_static(module, "__path__", None) is None:
+            return _UNKNOWN  # an imported module without that name
+        break  # a submodule not imported yet: read its source
+    return _from_source(parts, roots)
+
+
+def _live(obj: object, attrs: list[str]) -> GlobalKind | None:
+    """What `obj.attr1.attr2...` is, read without running a descriptor; None when missing."""
+    sentinel = object()
+    for attr in attrs:
+        obj = inspect.getattr_static(obj, attr, sentinel)
+        if obj is sentinel:
+            return None
+    if isinstance(obj, enum.EnumMeta):
+        members = inspect.getattr_static(obj, "_value2member_map_", None)
+        return GlobalKind("class", True, tuple(members) if isinstance(members, dict) else None)
+    if isinstance(obj, type):
+        return GlobalKind("class")
+    if callable(obj) or isinstance(obj, (staticmethod, classmethod)):
+        return GlobalKind("function")
+    return _UNKNOWN
+
+
+def _from_source(parts: list[str], roots: tuple[str, ...]) -> GlobalKind:
+    """The longest prefix of `parts` that is a module with Python source, read unimported."""
+    for cut in range(len(parts) - 1, 0, -1):
+        origin = module_source.source_of(".".join(parts[:cut]), roots)
+        if origin is None:
+            continue
+        names = module_source.definitions(origin)
+        *outer, last = parts[cut:]
+        for name in outer:  # Outer.Inner: classes nested in classes
+            found = names.get(name)
+            if found is None or found.kind != "class":
+                return _UNKNOWN
+            names = found.members
+        found = names.get(last, module_source.UNKNOWN)
+        return GlobalKind(found.kind, found.enum, found.values)
+    return _UNKNOWN
 
 
 def advisable(qualname: str) -> bool:

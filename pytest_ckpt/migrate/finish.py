@@ -14,11 +14,10 @@ refused.
 from __future__ import annotations
 
 import collections
-import datetime
 from collections.abc import Callable
 from typing import Any
 
-from pytest_ckpt.migrate import rules
+from pytest_ckpt.migrate import objects, rules
 from pytest_ckpt.migrate.markers import (
     Converted,
     DefaultDict,
@@ -69,7 +68,7 @@ class Finisher:
         self.fixups: dict[int, list[tuple[Any, Any]]] = {}
         self.tasks: list[tuple] = []
         self.leaves = _leaf_types()
-        self.internals = rules.module_internals()
+        self.internals = objects.module_internals()
 
     def run(self, root: Any, path: str = "root") -> Any:
         result: list[Any] = [None]
@@ -95,7 +94,7 @@ class Finisher:
 
     # ---- the walk -------------------------------------------------------------------------
 
-    def _child(self, value: Any, path: Path, target: Any, key: Any) -> None:
+    def child(self, value: Any, path: Path, target: Any, key: Any) -> None:
         self.tasks.append(("visit", value, path, target, key))
 
     def _visit(self, node: Any, path: Path, target: Any, key: Any) -> None:
@@ -115,7 +114,7 @@ class Finisher:
         else:
             target[key] = self._convert(node, path)
 
-    def _remember(self, node: Any, result: Any) -> Any:
+    def remember(self, node: Any, result: Any) -> Any:
         self.memo[id(node)] = result
         return result
 
@@ -124,50 +123,30 @@ class Finisher:
         if not isinstance(node, _MARKERS) and type(node) not in _CONTAINERS:
             if self.classify is None:
                 self.refuse(path, f"a {type(node).__name__} value migrate does not know")
-                return self._remember(node, None)
+                return self.remember(node, None)
             value = self.classify(node)
             self.keep.append(node)
             if type(value) in self.leaves:
-                return self._remember(node, value)
+                return self.remember(node, value)
         if isinstance(value, ObjectRecord) and value.refused is not None:
             value = Refused(value.refused)
         if isinstance(value, Refused):
             self.refuse(path, value.reason)
-            return self._remember(node, None)
+            return self.remember(node, None)
         if isinstance(value, GlobalRef):
             self.refuse(path, f"a bare reference to {value.name}; fix: store its name")
-            return self._remember(node, None)
+            return self.remember(node, None)
         if isinstance(value, TzInfo):
             self.refuse(path, f"datetime.timezone outside a datetime; fix: {_TZ_FIX}")
-            return self._remember(node, None)
-        if isinstance(value, EnumValue):
-            self.convert(path, f"{rules.ENUM.note(value.cls)} {value.value!r}")
-            return self._remember(node, value.value)
-        if isinstance(value, Converted):
+            return self.remember(node, None)
+        for rule in rules.RULES:  # the kinds migration converts, each writing its own
+            if rule.finish is not None and rule.finishes(value):
+                return rule.finish(rule, self, node, value, path)
+        if isinstance(value, Converted):  # converted when read: reported and written
             self.convert(path, value.what)
-            inner = value.value
-            if isinstance(inner, datetime.timedelta):
-                return self._remember(node, rules.TIMEDELTA.convert(inner))
-            if type(inner) is list:
-                return self._list(node, inner, path)
-            return self._remember(node, inner)
-        if isinstance(value, ObjectRecord):
-            if value.state.keys() >= rules.MODULE_STATE:  # an nn.Module, whatever its class
-                self.convert(path, rules.MODULE.note(value.cls))
-                return self._module(node, value, path)
-            self.convert(path, rules.OBJECT.note(value.cls))
-            shell = self._remember(node, {})
-            for name, item in reversed(list(value.state.items())):
-                suffix = f".{name}" if type(name) is str else f"[{name!r}]"
-                self._child(item, (path, suffix), shell, name)
-            return shell
-        if isinstance(value, (DequeList, SetList)) or type(value) in (set, frozenset):
-            rule = rules.DEQUE if isinstance(value, DequeList) else rules.SET
-            self.convert(path, rule.note(rule.kind))
-            return self._list(node, list(value), path)
-        if isinstance(value, DefaultDict):
-            self.convert(path, rules.DEFAULTDICT.note(rules.DEFAULTDICT.kind))
-            return self._dict(node, value, {}, path)
+            if type(value.value) is list:
+                return self.as_list(node, value.value, path)
+            return self.remember(node, value.value)
         kind = type(value)
         if kind is collections.OrderedDict:
             shell = collections.OrderedDict()
@@ -176,23 +155,23 @@ class Finisher:
                 converted: dict[str, Any] = dict.fromkeys(attributes)
                 self.tasks.append(("attributes", shell, converted))
                 for name, item in attributes.items():
-                    self._child(item, (path, f".{name}"), converted, name)
-            return self._dict(node, value, shell, path)
+                    self.child(item, (path, f".{name}"), converted, name)
+            return self.as_dict(node, value, shell, path)
         if kind in (dict, collections.Counter):
-            return self._dict(node, value, kind(), path)
+            return self.as_dict(node, value, kind(), path)
         if kind is list:
-            return self._list(node, value, path)
+            return self.as_list(node, value, path)
         self.refuse(path, f"a {kind.__name__} value migrate does not know")
-        return self._remember(node, None)
+        return self.remember(node, None)
 
-    def _list(self, node: Any, items: list[Any], path: Path) -> list[Any]:
-        shell = self._remember(node, [None] * len(items))
+    def as_list(self, node: Any, items: list[Any], path: Path) -> list[Any]:
+        shell = self.remember(node, [None] * len(items))
         for index in range(len(items) - 1, -1, -1):
-            self._child(items[index], (path, f"[{index}]"), shell, index)
+            self.child(items[index], (path, f"[{index}]"), shell, index)
         return shell
 
-    def _dict(self, node: Any, items: dict[Any, Any], shell: dict[Any, Any], path: Path) -> Any:
-        self._remember(node, shell)
+    def as_dict(self, node: Any, items: dict[Any, Any], shell: dict[Any, Any], path: Path) -> Any:
+        self.remember(node, shell)
         entries = []
         for key, item in items.items():
             converted = self._key(key, path)
@@ -200,7 +179,7 @@ class Finisher:
                 shell[converted] = None  # keeps the order of the file
                 entries.append((converted, item))
         for key, item in reversed(entries):
-            self._child(item, (path, f"[{key!r}]"), shell, key)
+            self.child(item, (path, f"[{key!r}]"), shell, key)
         return shell
 
     def _key(self, key: Any, path: Path, depth: int = 0) -> Any:
@@ -226,20 +205,20 @@ class Finisher:
         slots: list[Any] = [None] * len(node)
         self.tasks.append(("tuple", node, slots))
         for index in range(len(node) - 1, -1, -1):
-            self._child(node[index], (path, f"[{index}]"), slots, index)
+            self.child(node[index], (path, f"[{index}]"), slots, index)
 
     def _close_tuple(self, node: Any, slots: list[Any]) -> None:
-        result = self._remember(node, tuple(slots))
+        result = self.remember(node, tuple(slots))
         for target, key in self.fixups.pop(id(node)):
             target[key] = result
 
-    def _module(self, node: Any, record: ObjectRecord, path: Path) -> dict[str, Any]:
+    def as_module(self, node: Any, record: ObjectRecord, path: Path) -> dict[str, Any]:
         """`{"class", "config", "state_dict", "modules"}`: the tensors of the whole tree by
         dotted name, every other attribute of each module (converted) in its config, each
         submodule's class and config in `modules`; hooks (code) are refused."""
         shell: dict[str, Any] = {"class": record.cls, "config": {}, "state_dict": {}}
         shell["modules"] = {}
-        self._remember(node, shell)
+        self.remember(node, shell)
         walk, seen = [("", record, shell["config"])], {id(node)}
         while walk:
             prefix, current, config = walk.pop()
@@ -250,16 +229,16 @@ class Finisher:
                     if tensor is not None:
                         dotted = prefix + name
                         shell["state_dict"][dotted] = None  # state_dict() order
-                        self._child(tensor, (path, f".{dotted}"), shell["state_dict"], dotted)
+                        self.child(tensor, (path, f".{dotted}"), shell["state_dict"], dotted)
             for name, item in state.items():
-                if name in rules.MODULE_STATE:
+                if name in objects.MODULE_STATE:
                     continue
                 if name in self.internals:
                     if "hook" in name and item:
                         self.refuse((where, f".{name}"), "module hooks are code; fix: remove them")
                     continue
                 config[name] = None
-                self._child(item, (where, f".{name}"), config, name)
+                self.child(item, (where, f".{name}"), config, name)
             below = []
             for name, child in _items(state.get("_modules")):
                 dotted = prefix + name
@@ -268,7 +247,7 @@ class Finisher:
                     marker = self.classify(child)
                     self.keep.append(child)
                 is_module = isinstance(marker, ObjectRecord) and marker.refused is None
-                if is_module and marker.state.keys() >= rules.MODULE_STATE:
+                if is_module and marker.state.keys() >= objects.MODULE_STATE:
                     if id(child) in seen:
                         continue
                     seen.add(id(child))
@@ -278,7 +257,7 @@ class Finisher:
                 else:
                     shell["modules"][dotted] = None
                     if child is not None:
-                        self._child(child, (path, f".{dotted}"), shell["modules"], dotted)
+                        self.child(child, (path, f".{dotted}"), shell["modules"], dotted)
             walk.extend(reversed(below))
         return shell
 

@@ -1,10 +1,13 @@
-"""The conversion table: one rule per kind of object migration rewrites, for both modes.
+"""The conversion table: one rule per kind of object migration rewrites, each carrying its
+behaviour in both modes and in the final pass they share.
 
-The static mode (`migrate.static`) recognises a kind by the globals its pickle names; the
-`--trust` mode (`migrate.trusted`) by the live object. Each rule holds both, what the object
-becomes and how that is reported, and the auditor's advice for the kind (`audit.advice`):
-migration does what the auditor tells the user to do, so a rule names that `Fix` and a test
-checks that the auditor gives it for the rule's globals and live types.
+A rule names the globals whose call builds its kind and the auditor's advice for the kind
+(`audit.advice`: migration does what the auditor tells the user to do, and a test checks
+that the auditor gives that `Fix` for the rule's globals and live types). Its `static`
+behaviour turns a call of one of those globals, as the static machine reads it
+(`migrate.static`), into a marker of `migrate.markers`; its `trusted` behaviour turns a live
+object (`--trust`, `migrate.trusted`) into the same marker; its `finish` behaviour writes the
+marker out in the final pass (`migrate.finish`). Each of the three is a loop over `RULES`.
 
     Enum member            -> its value
     dataclass / object     -> dict of its state
@@ -14,9 +17,7 @@ checks that the auditor gives it for the rule's globals and live types.
     nn.Module              -> {"class", "config", "state_dict", "modules"}
 
 What no rule converts faithfully is refused, in both modes, with the same line
-(`refuse_call`, `object_refusal`): a call of a function, an object built from constructor
-arguments (a namedtuple) or from a state that is not a dict of attributes (numpy, a
-`__setstate__`), an object whose class the auditor advises more than its state for.
+(`migrate.objects`).
 """
 
 from __future__ import annotations
@@ -27,29 +28,48 @@ import enum
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from pytest_ckpt.audit.advice import (
-    ENUM_FIX,
-    MODULE_FIX,
-    OBJECT_STATE_FIX,
-    Fix,
-    fix_for_name,
-    is_dangerous,
-    is_module_class,
+from pytest_ckpt.audit.advice import ENUM_FIX, MODULE_FIX, OBJECT_STATE_FIX, Fix, fix_for_name
+from pytest_ckpt.migrate import objects
+from pytest_ckpt.migrate.markers import (
+    Converted,
+    DefaultDict,
+    DequeList,
+    EnumValue,
+    GlobalRef,
+    ObjectRecord,
+    Refused,
+    SetList,
+    TzInfo,
 )
 
+
+class Finisher(Protocol):
+    """What a rule's final pass uses of `migrate.finish.Finisher` (the one final pass)."""
+
+    def convert(self, path: Any, what: str) -> None: ...
+    def remember(self, node: Any, result: Any) -> Any: ...
+    def child(self, value: Any, path: Any, target: Any, key: Any) -> None: ...
+    def as_list(self, node: Any, items: list[Any], path: Any) -> list[Any]: ...
+    def as_dict(self, node: Any, items: dict, shell: dict, path: Any) -> Any: ...
+    def as_module(self, node: Any, record: ObjectRecord, path: Any) -> dict[str, Any]: ...
+
+
 PRIMITIVES = (int, float, str, bool, type(None))  # what a config keeps; an Enum's value
-MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules"})  # an nn.Module's state has
+_ENUM_VALUES = (*PRIMITIVES, bytes)  # what an Enum member may be pickled with
 
 
 @dataclass(slots=True, frozen=True)
 class Rule:
-    """One kind: how each mode recognises it, what it becomes, the advice it carries out.
+    """One kind: the globals that build it, the advice it carries out, and its behaviour.
 
-    `convert` turns a real value of the kind into what is written (None for the kinds each
-    mode walks itself: containers, objects and modules, whose parts are converted in turn).
-    `subject` is how --trust names a live one in its report (static names the global).
+    `static(rule, name, args)`: the marker a call of one of its globals becomes (None: not a
+    call this rule converts, so it is refused). `trusted(rule, value)`: the marker for a live
+    value, None when the value is not of this kind. `finish(rule, finisher, node, marker,
+    path)`: what the final pass writes for a marker `finishes` accepts. Each is None where a
+    rule has no such step (a set is a container the final pass knows; a module is an object
+    until the final pass sees its state).
     """
 
     kind: str
@@ -57,9 +77,10 @@ class Rule:
     becomes: str
     globals: frozenset[str] = frozenset()
     prefixes: tuple[str, ...] = ()
-    live: Callable[[Any], bool] = lambda value: False
-    convert: Callable[[Any], Any] | None = None
-    subject: Callable[[Any], str | None] = lambda value: type(value).__name__
+    static: Callable[[Rule, str, tuple], Any] | None = None
+    trusted: Callable[[Rule, Any], Any] | None = None
+    finishes: Callable[[Any], bool] = lambda marker: False
+    finish: Callable[[Rule, Finisher, Any, Any, Any], Any] | None = None
 
     def builds(self, name: str) -> bool:
         """Does a call of the global `name` build this kind?"""
@@ -70,150 +91,278 @@ class Rule:
         return self.becomes if subject is None else f"{subject} {self.becomes}"
 
 
-def _instance_of(*types: type) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, types)
+# ---- static: a call of a global, as the static machine reads it ----------------------------
+
+
+def _enum_call(rule: Rule, name: str, args: tuple) -> Any:
+    if len(args) == 1 and type(args[0]) in _ENUM_VALUES:
+        return objects.enum_member(name, args[0])
+    return None
+
+
+def _datetime_call(rule: Rule, name: str, args: tuple) -> Any:
+    """`datetime.datetime(state_bytes[, tz])` and its date and time twins."""
+    if not args:
+        return None
+    state = args[0].encode("latin-1") if isinstance(args[0], str) else args[0]
+    tz = args[1] if len(args) > 1 else None
+    if not isinstance(state, bytes) or len(args) > 2 or not (tz is None or isinstance(tz, TzInfo)):
+        return None
+    try:
+        value = _decode_datetime(name, state, tz.tz if tz is not None else None)
+    except (IndexError, ValueError) as err:
+        return Refused(f"{name} with a state it cannot be built from ({err})")
+    return Converted(value.isoformat(), rule.note(name))
+
+
+def _decode_datetime(name: str, state: bytes, tzinfo: Any) -> Any:
+    if name == "datetime.date":
+        return datetime.date(state[0] * 256 + state[1], state[2], state[3])
+    if name == "datetime.time":
+        return datetime.time(
+            state[0], state[1], state[2], (state[3] << 16) | (state[4] << 8) | state[5], tzinfo
+        )
+    return datetime.datetime(
+        state[0] * 256 + state[1],
+        state[2],
+        state[3],
+        state[4],
+        state[5],
+        state[6],
+        (state[7] << 16) | (state[8] << 8) | state[9],
+        tzinfo,
+    )
+
+
+def _timedelta_call(rule: Rule, name: str, args: tuple) -> Any:
+    if not (0 < len(args) <= 3 and all(type(a) is int for a in args)):
+        return None
+    try:
+        return Converted(datetime.timedelta(*args), rule.note(name))  # seconds once finished
+    except OverflowError as err:
+        return Refused(f"{name} out of range ({err})")
+
+
+def timezone_call(args: tuple) -> TzInfo | Refused | None:
+    """`datetime.timezone(offset[, name])`: not a rule's kind but a part of a datetime's."""
+    if not args or len(args) > 2 or not isinstance(args[0], Converted):
+        return None
+    offset, names = args[0].value, args[1:]
+    if not isinstance(offset, datetime.timedelta) or not all(type(n) is str for n in names):
+        return None
+    try:
+        return TzInfo(datetime.timezone(offset, *names))
+    except ValueError as err:
+        return Refused(f"datetime.timezone out of range ({err})")
+
+
+def _path_call(rule: Rule, name: str, args: tuple) -> Any:
+    if args and all(type(a) is str for a in args):
+        return Converted("/".join(args).replace("//", "/"), rule.note(name))
+    return None
+
+
+def _deque_call(rule: Rule, name: str, args: tuple) -> Any:
+    return DequeList(args[0]) if args and type(args[0]) in (list, tuple) else None
+
+
+def _set_call(rule: Rule, name: str, args: tuple) -> Any:
+    items = args[0] if args else []
+    return SetList(items) if len(args) <= 1 and type(items) in (list, tuple) else None
+
+
+def _defaultdict_call(rule: Rule, name: str, args: tuple) -> Any:
+    return DefaultDict() if len(args) <= 1 else None
+
+
+def _reconstructor_call(rule: Rule, name: str, args: tuple) -> Any:
+    """`copyreg._reconstructor(cls, object, None)`: protocol 0/1's way to build an object."""
+    if len(args) == 3 and isinstance(args[0], GlobalRef) and args[2] is None:
+        base = args[1]
+        if isinstance(base, GlobalRef) and base.name == "builtins.object":
+            return objects.new_object(args[0].name)
+    return None
+
+
+# ---- trusted: a live object --------------------------------------------------------------
+
+
+def _live_enum(rule: Rule, value: Any) -> Any:
+    if not isinstance(value, enum.Enum):
+        return None
+    name = objects.qualified_name(type(value))
+    if type(value.value) not in _ENUM_VALUES:
+        return Refused(objects.refuse_call(name))  # pickled with a value it cannot convert
+    return EnumValue(name, value.value)
+
+
+def _live_exactly(cls: type, convert: Callable[[Any], Any]) -> Callable[[Rule, Any], Any]:
+    """A live value of exactly `cls` (a subclass pickles differently): Converted."""
+
+    def trusted(rule: Rule, value: Any) -> Any:
+        if type(value) is not cls:
+            return None
+        return Converted(convert(value), rule.note(objects.qualified_name(cls)))
+
+    return trusted
+
+
+def _live_path(rule: Rule, value: Any) -> Any:
+    if not isinstance(value, pathlib.PurePath):
+        return None
+    return Converted(str(value), rule.note(objects.qualified_name(type(value))))
+
+
+def _live_container(cls: type, marker: type) -> Callable[[Rule, Any], Any]:
+    return lambda rule, value: marker(value) if type(value) is cls else None
+
+
+def _live_object(rule: Rule, value: Any) -> Any:
+    """An object pickle writes as its class and a dict of attributes (`default_state`)."""
+    state = objects.default_state(value)
+    if state is None:
+        return None
+    made = objects.new_object(objects.qualified_name(type(value)))
+    if isinstance(made, ObjectRecord):
+        made.state.update(state)
+    return made
+
+
+# ---- final pass: a marker written out ----------------------------------------------------
+
+
+def _write_enum(rule: Rule, finisher: Finisher, node: Any, marker: EnumValue, path: Any) -> Any:
+    finisher.convert(path, f"{rule.note(marker.cls)} {marker.value!r}")
+    return finisher.remember(node, marker.value)
+
+
+def _write_seconds(rule: Rule, finisher: Finisher, node: Any, marker: Converted, path: Any) -> Any:
+    finisher.convert(path, marker.what)
+    return finisher.remember(node, marker.value.total_seconds())
+
+
+def _write_module(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
+    finisher.convert(path, rule.note(marker.cls))
+    return finisher.as_module(node, marker, path)
+
+
+def _write_object(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
+    finisher.convert(path, rule.note(marker.cls))
+    shell = finisher.remember(node, {})
+    for name, item in reversed(list(marker.state.items())):
+        suffix = f".{name}" if type(name) is str else f"[{name!r}]"
+        finisher.child(item, (path, suffix), shell, name)
+    return shell
+
+
+def _write_list(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
+    finisher.convert(path, rule.note(rule.kind))
+    return finisher.as_list(node, list(marker), path)
+
+
+def _write_dict(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
+    finisher.convert(path, rule.note(rule.kind))
+    return finisher.as_dict(node, marker, {}, path)
+
+
+def _is_module(marker: Any) -> bool:
+    return isinstance(marker, ObjectRecord) and marker.state.keys() >= objects.MODULE_STATE
 
 
 def _for_class(kind: str, cls: type, becomes: str, **more: Any) -> Rule:
     """The rule for one class, pickled under its own name: the auditor's advice for that
-    name, recognised by that global (static) and by isinstance (--trust)."""
-    name = f"{cls.__module__}.{cls.__qualname__}"
-    return Rule(
-        kind, fix_for_name(name), becomes, globals=frozenset({name}), live=_instance_of(cls), **more
-    )
+    name, recognised by that global."""
+    name = objects.qualified_name(cls)
+    return Rule(kind, fix_for_name(name), becomes, globals=frozenset({name}), **more)
 
 
-def _iso(value: datetime.date | datetime.time) -> str:
+def _iso(value: Any) -> str:
     return value.isoformat()
 
 
-def _seconds(value: datetime.timedelta) -> float:
-    return value.total_seconds()
-
-
-def _is_plain_object(value: Any) -> bool:
-    """Would pickle write `value` as its class and a dict of attributes (the default
-    `object.__reduce_ex__`, what the static mode reads as NEWOBJ + BUILD)?"""
-    return default_state(value) is not None
-
-
-def default_state(value: Any) -> dict[str, Any] | None:
-    """The attributes pickle saves for `value` when it uses the default reduction
-    (`copyreg.__newobj__(cls)` and a dict state, no list or dict items); else None."""
-    import copyreg
-
-    try:
-        reduced = value.__reduce_ex__(2)
-    except Exception:  # a class that refuses to be pickled: not convertible
-        return None
-    if not isinstance(reduced, tuple) or len(reduced) < 2:
-        return None
-    func, args = reduced[0], reduced[1]
-    if func is copyreg.__newobj_ex__:
-        if not (isinstance(args, tuple) and len(args) == 3 and not args[1] and not args[2]):
-            return None
-    elif func is not copyreg.__newobj__ or args != (type(value),):
-        return None
-    if any(item is not None for item in reduced[3:5]):
-        return None
-    state = reduced[2] if len(reduced) > 2 else None
-    if isinstance(state, tuple) and len(state) == 2:
-        dict_state, slot_state = state
-        if all(part is None or isinstance(part, dict) for part in state):
-            return merged_state(dict_state, slot_state)
-        return None
-    return dict(state) if isinstance(state, dict) else ({} if state is None else None)
-
-
-def qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def refuse_call(name: str) -> str:
-    """The refusal of a call of the global `name` no rule converts (both modes)."""
-    fix = fix_for_name(name)
-    if is_dangerous(name):
-        return f"{name} is called when unpickling: refusing to convert; fix: {fix.advice}"
-    return f"a call of {name} is not data migrate can convert; fix: {fix.advice}"
-
-
-def refuse_arguments(cls: str) -> str:
-    """The refusal of an object built from constructor arguments (a namedtuple)."""
-    return (
-        f"{cls} is built from constructor arguments (cls.__new__(cls, *args)), not a dict "
-        f"of attributes; fix: store a tuple or a dict (namedtuple: ._asdict())"
-    )
-
-
-def refuse_state(cls: str) -> str:
-    return (
-        f"{cls} is rebuilt from a state that is not a dict of attributes (its own "
-        f"__reduce__ or __setstate__); fix: {fix_for_name(cls).advice}"
-    )
-
-
-def object_refusal(cls: str) -> str | None:
-    """Why an object of class `cls` is not converted to the dict of its state, or None: the
-    auditor advises more than its state for it (numpy, OmegaConf, an optimizer, ...)."""
-    fix = fix_for_name(cls)
-    if fix.allowlist_helps or fix is MODULE_FIX:
-        return None
-    return f"{cls} object: its state is not its data ({fix.kind}); fix: {fix.advice}"
-
-
-def module_internals() -> frozenset[str]:
-    """The attributes every nn.Module has (from the installed torch): not its config."""
-    import torch
-
-    return frozenset(vars(torch.nn.Module())) - {"training"}
-
-
 ENUM = Rule(
-    "Enum", ENUM_FIX, "member -> its value", live=_instance_of(enum.Enum), convert=lambda m: m.value
+    "Enum",
+    ENUM_FIX,
+    "member -> its value",
+    static=_enum_call,
+    trusted=_live_enum,
+    finishes=lambda marker: isinstance(marker, EnumValue),
+    finish=_write_enum,
 )
-DATETIME = _for_class("datetime", datetime.datetime, "-> ISO string", convert=_iso)
-DATE = _for_class("date", datetime.date, "-> ISO string", convert=_iso)
-TIME = _for_class("time", datetime.time, "-> ISO string", convert=_iso)
+DATETIME, DATE, TIME = (
+    _for_class(kind, cls, "-> ISO string", static=_datetime_call, trusted=_live_exactly(cls, _iso))
+    for kind, cls in (
+        ("datetime", datetime.datetime), ("date", datetime.date), ("time", datetime.time)
+    )
+)  # fmt: skip
 TIMEDELTA = _for_class(
     "timedelta",
     datetime.timedelta,
     "-> seconds",
-    convert=_seconds,
-    subject=lambda value: "timedelta",
+    static=_timedelta_call,
+    trusted=_live_exactly(datetime.timedelta, lambda value: value),
+    finishes=lambda m: isinstance(m, Converted) and isinstance(m.value, datetime.timedelta),
+    finish=_write_seconds,
 )
 PATH = Rule(
     "path",
     fix_for_name("pathlib.Path"),
     "-> str",
     prefixes=("pathlib.",),
-    live=_instance_of(pathlib.PurePath),
-    convert=str,
-    subject=lambda value: "path",
+    static=_path_call,
+    trusted=_live_path,
 )
 MODULE = Rule(
     "nn.Module",
     MODULE_FIX,
     "module -> state_dict + config",
-    live=lambda value: is_module_class(type(value)),
-    subject=lambda value: None,
+    finishes=_is_module,
+    finish=_write_module,
 )
-DEQUE = _for_class("deque", collections.deque, "-> list")
-SET = Rule("set", None, "-> list", globals=frozenset({"builtins.set"}), live=_instance_of(set))
-FROZENSET = _for_class("frozenset", frozenset, "-> list")
+DEQUE = _for_class(
+    "deque",
+    collections.deque,
+    "-> list",
+    static=_deque_call,
+    trusted=_live_container(collections.deque, DequeList),
+    finishes=lambda marker: isinstance(marker, DequeList),
+    finish=_write_list,
+)
+SET = Rule(
+    "set",
+    None,
+    "-> list",
+    globals=frozenset({"builtins.set"}),
+    static=_set_call,
+    finishes=lambda marker: isinstance(marker, SetList) or type(marker) in (set, frozenset),
+    finish=_write_list,
+)
+FROZENSET = _for_class(
+    "frozenset",
+    frozenset,
+    "-> list",
+    static=_set_call,
+    trusted=_live_container(frozenset, SetList),
+)
 DEFAULTDICT = Rule(
     "defaultdict",
     fix_for_name("collections.defaultdict"),
     "-> dict",
     globals=frozenset({"collections.defaultdict"}),
-    live=_instance_of(collections.defaultdict),
+    static=_defaultdict_call,
+    trusted=_live_container(collections.defaultdict, DefaultDict),
+    finishes=lambda marker: isinstance(marker, DefaultDict),
+    finish=_write_dict,
 )
 OBJECT = Rule(
     "object",
     OBJECT_STATE_FIX,
     "object -> dict of its state",
     globals=frozenset({"copyreg._reconstructor"}),
-    live=_is_plain_object,
-    subject=lambda value: type(value).__qualname__,
+    static=_reconstructor_call,
+    trusted=_live_object,
+    finishes=lambda marker: isinstance(marker, ObjectRecord),
+    finish=_write_object,
 )
 
 RULES: tuple[Rule, ...] = (
@@ -227,6 +376,21 @@ def rule_for_global(name: str) -> Rule | None:
     return next((rule for rule in RULES if rule.builds(name)), None)
 
 
-def merged_state(dict_state: Any, slot_state: Any) -> dict[str, Any]:
-    """An object's BUILD state, `(dict_state, slot_state)`, as one dict of attributes."""
-    return {**(dict_state or {}), **(slot_state or {})}
+def convert_call(name: str, args: tuple) -> Any:
+    """What a call of the global `name` (not in torch's allowlist) becomes: a marker, a
+    `Refused` saying why not, or None when no rule converts it. A global no rule names,
+    called with one primitive, may be an Enum member (`ENUM`)."""
+    if name == "datetime.timezone":
+        return timezone_call(args)
+    rule = rule_for_global(name) or ENUM
+    return rule.static(rule, name, args) if rule.static is not None else None
+
+
+def live_marker(value: Any) -> Any:
+    """The marker the first rule that knows the live `value` makes of it, or None."""
+    for rule in RULES:
+        if rule.trusted is not None:
+            made = rule.trusted(rule, value)
+            if made is not None:
+                return made
+    return None

@@ -27,18 +27,10 @@ from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
 from pytest_ckpt.audit.machine import PickleMachine
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle
 from pytest_ckpt.errors import ConversionRefused
-from pytest_ckpt.migrate import rules
+from pytest_ckpt.migrate import objects, rules
 from pytest_ckpt.migrate.calls import TorchRefuses, call_allowed, one_line
 from pytest_ckpt.migrate.finish import Finisher
-from pytest_ckpt.migrate.markers import (
-    Converted,
-    GlobalRef,
-    ObjectRecord,
-    Refused,
-    SetList,
-    convert_call,
-    new_object,
-)
+from pytest_ckpt.migrate.markers import Converted, GlobalRef, ObjectRecord, Refused, SetList
 from pytest_ckpt.migrate.storages import ArchiveStorages, StorageRefused
 
 
@@ -293,10 +285,10 @@ class ConcreteMachine(PickleMachine):
         if name in self.allowed and rules.rule_for_global(name) is None:
             return self._allowed_call(name, args)
         if is_dangerous(name):
-            return self._refuse(rules.refuse_call(name))
-        known = convert_call(name, args)  # may be an empty (falsy) list or dict
+            return self._refuse(objects.refuse_call(name))
+        known = rules.convert_call(name, args)  # may be an empty (falsy) list or dict
         if known is None:
-            return self._refuse(rules.refuse_call(name))
+            return self._refuse(objects.refuse_call(name))
         if isinstance(known, Refused):
             self.refused.append(known)
         return known
@@ -315,13 +307,13 @@ class ConcreteMachine(PickleMachine):
         if not isinstance(cls, GlobalRef) or not isinstance(args, tuple):
             self.stack.append(self._refuse(f"NEWOBJ at offset {op.offset} of {cls!r:.60}"))
         elif is_dangerous(cls.name):
-            self.stack.append(self._refuse(rules.refuse_call(cls.name)))
+            self.stack.append(self._refuse(objects.refuse_call(cls.name)))
         elif cls.name == "collections.OrderedDict" and not args:
             self.stack.append(collections.OrderedDict())
         elif args:
-            self.stack.append(self._refuse(rules.refuse_arguments(cls.name)))
+            self.stack.append(self._refuse(objects.refuse_arguments(cls.name)))
         else:
-            made = new_object(cls.name)
+            made = objects.new_object(cls.name)
             if isinstance(made, Refused):
                 self.refused.append(made)
             self.stack.append(made)
@@ -337,11 +329,11 @@ class ConcreteMachine(PickleMachine):
             return
         if isinstance(inst, ObjectRecord):
             if parts_ok and all(type(key) is str for key in (state or {})):
-                inst.state.update(rules.merged_state(state, slot_state))
+                inst.state.update(objects.merged_state(state, slot_state))
             elif inst.refused is None:
-                inst.refused = rules.refuse_state(inst.cls)
+                inst.refused = objects.refuse_state(inst.cls)
         elif type(inst) is collections.OrderedDict and parts_ok:
-            for key, value in rules.merged_state(state, slot_state).items():
+            for key, value in objects.merged_state(state, slot_state).items():
                 if type(key) is not str:
                     raise MalformedPickle(f"BUILD at offset {op.offset} with a key {key!r:.40}")
                 setattr(inst, key, value)  # state_dict's _metadata
@@ -358,7 +350,7 @@ class ConcreteMachine(PickleMachine):
             return
         self.stack.pop()  # args
         cls = self.stack.pop()
-        self.stack.append(self._refuse(rules.refuse_arguments(getattr(cls, "name", "?"))))
+        self.stack.append(self._refuse(objects.refuse_arguments(getattr(cls, "name", "?"))))
 
 
 def convert_file(path: str | os.PathLike[str]) -> Conversion:

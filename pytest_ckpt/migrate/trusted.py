@@ -8,34 +8,21 @@ prints a warning every time. Never use it on a file you did not write.
 The live objects become the markers the static machine builds (`classify`), and the one
 final pass (`migrate.finish`) converts both: the same rules, the same output, the same
 refusals. An object is a "dict of its state" only when pickle would write it as one (the
-default reduction, `rules.default_state`); anything else is refused, as the static mode
+default reduction, `objects.default_state`); anything else is refused, as the static mode
 refuses its REDUCE.
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
-import enum
 import os
-import pathlib
 import sys
 from typing import Any
 
 from pytest_ckpt.errors import ConversionRefused
-from pytest_ckpt.migrate import rules
+from pytest_ckpt.migrate import objects, rules
 from pytest_ckpt.migrate.finish import Finisher
-from pytest_ckpt.migrate.markers import (
-    Converted,
-    DefaultDict,
-    DequeList,
-    EnumValue,
-    ObjectRecord,
-    Refused,
-    SetList,
-    TzInfo,
-    new_object,
-)
+from pytest_ckpt.migrate.markers import Refused, TzInfo
 
 WARNING = (
     "WARNING: --trust unpickles {path} with weights_only=False: this RUNS CODE FROM THE FILE. "
@@ -52,37 +39,19 @@ def load_trusted(path: str | os.PathLike[str]) -> Any:
 
 
 def classify(value: Any) -> Any:
-    """The marker the static machine builds for what pickle would write for `value`."""
+    """The marker the static machine builds for what pickle would write for `value`: the
+    first rule that knows it (`rules.live_marker`), else the static mode's refusal."""
     import torch
 
-    cls = type(value)
-    name = rules.qualified_name(cls)
-    if isinstance(value, enum.Enum):
-        if type(value.value) not in (int, float, str, bool, type(None), bytes):
-            return Refused(rules.refuse_call(name))  # pickled with a value it cannot convert
-        return EnumValue(name, value.value)
     if isinstance(value, torch.Tensor):  # Tensor and Parameter are the final pass's leaves
-        return Refused(f"a tensor subclass {name}; fix: store a plain tensor")
-    if cls in _AS_ISO:
-        return Converted(value.isoformat(), rules.rule_for_global(name).note(name))
-    if cls is datetime.timedelta:
-        return Converted(value, rules.TIMEDELTA.note(name))
-    if isinstance(value, datetime.tzinfo) and cls is datetime.timezone:
+        return Refused(
+            f"a tensor subclass {objects.qualified_name(type(value))}; fix: store a plain tensor"
+        )
+    if type(value) is datetime.timezone:  # a part of a datetime, refused alone
         return TzInfo(value)
-    if isinstance(value, pathlib.PurePath):
-        return Converted(str(value), rules.PATH.note(name))
-    if cls is collections.deque:
-        return DequeList(value)
-    if cls is collections.defaultdict:
-        return DefaultDict(value)
-    if cls is frozenset:
-        return SetList(value)
-    state = rules.default_state(value)
-    if state is None:
-        return Refused(_reduce_refusal(value, name))
-    made = new_object(name)
-    if isinstance(made, ObjectRecord):
-        made.state.update(state)
+    made = rules.live_marker(value)
+    if made is None:
+        return Refused(_reduce_refusal(value, objects.qualified_name(type(value))))
     return made
 
 
@@ -95,12 +64,12 @@ def _reduce_refusal(value: Any, name: str) -> str:
     except Exception as err:
         return f"{name} cannot be pickled ({type(err).__name__})"
     if isinstance(reduced, str):
-        return rules.refuse_call(f"{value.__module__}.{reduced}")
+        return objects.refuse_call(f"{value.__module__}.{reduced}")
     func = reduced[0]
     if func in (copyreg.__newobj__, copyreg.__newobj_ex__):
-        return rules.refuse_arguments(name) if len(reduced[1]) > 1 else rules.refuse_state(name)
+        return objects.refuse_arguments(name) if len(reduced[1]) > 1 else objects.refuse_state(name)
     func_name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
-    return rules.refuse_call(func_name)
+    return objects.refuse_call(func_name)
 
 
 def to_primitives(value: Any, path: str = "root", conversions: list[str] | None = None) -> Any:

@@ -3,7 +3,8 @@ into a schema-1 checkpoint.
 
 It lives with the reference system because it knows the reference system's classes
 (`SeedStage`, the slot and seed-state schema versions); the core names it only by string,
-in the CLI's `--reference-v0` branch.
+as the adapter `--reference-v0` names
+(`pytest-ckpt migrate --adapt pytest_ckpt.reference.schema_v0:adapt_v0`).
 """
 
 from __future__ import annotations

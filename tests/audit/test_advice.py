@@ -324,8 +324,7 @@ def test_source_reading_trusts_only_unconditional_top_level_definitions(tmp_path
         "B = enum.Enum('B', 'x')\nif True:\n    class C: pass\nclass D: pass\nD = print\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    global_kinds.kind_of.cache_clear()
-    global_kinds._top_level_kinds.cache_clear()
+    global_kinds.clear_caches()
     kinds = [global_kinds.kind_of(f"placed_mod.{name}") for name in "AfBCD"]
     assert kinds == ["class", "function", "unknown", "unknown", "unknown"]
     assert "placed_mod" not in sys.modules

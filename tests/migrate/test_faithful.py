@@ -358,6 +358,7 @@ def test_a_failed_audit_leaves_an_existing_out_untouched(tmp_path, monkeypatch, 
     """The audit runs on the temporary file, before it replaces OUT."""
     from pytest_ckpt import cli
     from pytest_ckpt.audit import Report
+    from pytest_ckpt.migrate import workflow
 
     source, out = tmp_path / "in.pt", tmp_path / "out.pt"
     torch.save({"w": torch.ones(2)}, source)
@@ -368,7 +369,7 @@ def test_a_failed_audit_leaves_an_existing_out_untouched(tmp_path, monkeypatch, 
         audited.append(path)
         return Report(path=str(path), format="zip", findings=(), error="planted failure")
 
-    monkeypatch.setattr(cli, "audit_file", failing_audit)
+    monkeypatch.setattr(workflow, "audit_file", failing_audit)
     assert cli.main(["migrate", str(source), str(out), "--force"]) == 1
     assert "the converted file would not load (planted failure)" in capsys.readouterr().err
     assert out.read_bytes() == b"precious" and audited and audited[0] != out
