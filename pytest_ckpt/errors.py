@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class CheckpointError(Exception):
-    """Base class: a checkpoint failed a check pytest-ckpt makes."""
+    """Base class: a checkpoint failed a check pytest-ckpt makes.
+
+    A message that ends in a list (one line per refused object, per difference) keeps the
+    list's lines in `items`: `str(err)` holds all of them, and a terminal may show the first
+    few with a count of the rest (`plugin.report.shortened`), since nothing may be lost.
+    """
+
+    def __init__(self, message: str = "", *, items: Sequence[str] = ()) -> None:
+        self.head = message
+        self.items = tuple(items)
+        super().__init__("\n".join([message, *(f"  {item}" for item in self.items)]))
 
 
 class CheckpointLoadError(CheckpointError):

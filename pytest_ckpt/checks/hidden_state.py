@@ -98,7 +98,7 @@ class _Walker:
         if isinstance(obj, _SCALARS):
             self.add(path, Leaf("attribute", obj, type(obj).__name__))
             return
-        if id(obj) in self.seen or _opaque(obj):
+        if id(obj) in self.seen or opaque(obj):
             return
         self.seen.add(id(obj))
         if self._torch_leaf(obj, path) or self._numpy_leaf(obj, path):
@@ -113,7 +113,7 @@ class _Walker:
             for i, value in enumerate(list(obj)[:MAX_ITEMS]):
                 self.walk(value, f"{path}[{i}]", depth + 1)
         else:
-            for name, value in _attributes(obj):
+            for name, value in instance_attributes(obj):
                 self.walk(value, f"{path}.{name}", depth + 1)
 
     def _torch_leaf(self, obj: Any, path: str) -> bool:
@@ -175,7 +175,7 @@ class _Walker:
                     self.walk(value, f"{here}.{name}", depth + 1)
 
 
-def _opaque(obj: Any) -> bool:
+def opaque(obj: Any) -> bool:
     """Objects whose insides are code or machinery, not training state."""
     if isinstance(
         obj,
@@ -186,7 +186,7 @@ def _opaque(obj: Any) -> bool:
     return module in _SKIPPED_MODULES
 
 
-def _attributes(obj: Any) -> list[tuple[str, Any]]:
+def instance_attributes(obj: Any) -> list[tuple[str, Any]]:
     """An object's instance attributes (its __dict__ and __slots__), dunders left out."""
     found: dict[str, Any] = {}
     with contextlib.suppress(TypeError):

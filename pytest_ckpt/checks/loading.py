@@ -15,7 +15,6 @@ from typing import Any
 from pytest_ckpt.checks.live_scan import find_unsafe_objects
 from pytest_ckpt.errors import CheckpointLoadError
 
-_SHOWN = 12  # refused objects listed; the count says how many more
 # What torch.load raises for a file it refuses or cannot read.
 LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError)
 
@@ -28,7 +27,8 @@ def save_and_load(state: Any, path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except LOAD_ERRORS as err:
-        raise CheckpointLoadError(explain_refusal(state, err, path)) from err
+        head, objects = explain_refusal(state, err, path)
+        raise CheckpointLoadError(head, items=objects) from err
 
 
 def load_file(path: str | os.PathLike[str]) -> Any:
@@ -44,27 +44,30 @@ def load_file(path: str | os.PathLike[str]) -> Any:
 
 def explain_refusal(
     state: Any, err: BaseException, path: str | os.PathLike[str] | None = None
-) -> str:
-    """Why torch refused: the offending objects by path with fixes.
+) -> tuple[str, list[str]]:
+    """Why torch refused: a headline and every offending object by path with its fix (all of
+    them: a reader who fixes the first twelve must not meet the thirteenth on the next run).
 
     The live objects are scanned first (their types give the most precise advice); if that
     finds nothing (a custom __reduce__, an opcode torch refuses), the saved file is audited
     statically; torch's own reason is the last resort.
     """
     head = "torch.load(weights_only=True) refused the checkpoint"
-    found = [item.describe() for item in find_unsafe_objects(state)]
+    scan = find_unsafe_objects(state)
+    found = [item.describe() for item in scan.objects]
     if not found and path is not None:
         from pytest_ckpt.audit import audit_file
 
         report = audit_file(path)
         found = [f"{f.path}: {f.detail}. Fix: {f.fix}" for f in report.findings]
     if not found:
-        return f"{head}: {torch_reason(err)}"
-    lines = [f"{head}: {len(found)} object(s) it cannot load:"]
-    lines += [f"  {item}" for item in found[:_SHOWN]]
-    if len(found) > _SHOWN:
-        lines.append(f"  ... and {len(found) - _SHOWN} more")
-    return "\n".join(lines)
+        return f"{head}: {torch_reason(err)}", []
+    if not scan.complete:
+        return (
+            f"{head}: the first {len(found)} paths of objects it cannot load (more remain):",
+            found,
+        )
+    return f"{head}: {len(found)} object(s) it cannot load:", found
 
 
 def torch_reason(err: BaseException) -> str:

@@ -19,6 +19,7 @@ from pytest_ckpt.checks.calls import call_subject
 from pytest_ckpt.checks.compare import Difference, diff_values
 from pytest_ckpt.checks.diagnose import diagnose_rebuild, diagnose_resume
 from pytest_ckpt.checks.hidden_state import capture
+from pytest_ckpt.checks.live_structure import describe_structure, structure_differences
 from pytest_ckpt.checks.loading import save_and_load
 from pytest_ckpt.errors import ResumeMismatch, RoundTripMismatch
 from pytest_ckpt.subject import StepResult, Subject
@@ -51,8 +52,9 @@ class RoundTrip:
 def check_roundtrip(
     subject: Subject, system: Any, path: str | os.PathLike[str], *, keep_loaded: bool = False
 ) -> RoundTrip:
-    """Export, save, load with weights_only=True, compare exactly, rebuild, compare again; if
-    the subject has a forward `probe`, the live and the rebuilt system's outputs must be equal.
+    """Export, save, load with weights_only=True, compare exactly, rebuild, compare again,
+    compare the live and the rebuilt system's structure; if the subject has a forward `probe`,
+    the live and the rebuilt system's outputs must be equal.
 
     With `keep_loaded`, `RoundTrip.loaded` is a copy taken before the rebuild: a rebuilt
     optimizer shares the loaded tensors (`load_state_dict` keeps them), so stepping the rebuilt
@@ -72,9 +74,22 @@ def check_roundtrip(
         raise RoundTripMismatch(
             _format(differences, "the system rebuilt from the checkpoint exports another state:")
         )
+    _check_structure(system, rebuilt)
     if callable(getattr(subject, "probe", None)):
         _check_probe(subject, system, rebuilt, state)
     return RoundTrip(state, kept, rebuilt)
+
+
+def _check_structure(system: Any, rebuilt: Any) -> None:
+    """Equal exports, yet another system: a deque without its maxlen, a tensor on another
+    dtype or device, a module left in eval mode (`checks.live_structure`)."""
+    differences = structure_differences(describe_structure(system), describe_structure(rebuilt))
+    if differences:
+        raise RoundTripMismatch(
+            f"the system rebuilt from the checkpoint exports the same state but is built "
+            f"differently: {len(differences)} difference(s) (live != rebuilt):",
+            items=[str(d) for d in differences],
+        )
 
 
 def _check_probe(subject: Subject, system: Any, rebuilt: Any, state: Mapping[str, Any]) -> None:

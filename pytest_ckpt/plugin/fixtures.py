@@ -45,9 +45,18 @@ def ckpt_model(ckpt_subject: Any, ckpt_stage: str, ckpt_grid: tuple[int, int]) -
 
 
 @pytest.fixture
-def ckpt_check() -> Callable[[], contextlib.AbstractContextManager[None]]:
-    """Turn a CheckpointError into a test failure showing only its message (no traceback)."""
+def ckpt_check(
+    request: pytest.FixtureRequest,
+) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """Turn a CheckpointError into a test failure showing only its message (no traceback).
+
+    A long list (refused objects, differences) is shortened in the terminal unless `-v` is
+    given; the whole message goes to the item's user_properties, from which the
+    `--ckpt-report` report takes it (under xdist too)."""
     from pytest_ckpt.errors import CheckpointError
+    from pytest_ckpt.plugin.report import FULL_FAILURE_PROPERTY, shortened
+
+    config = request.config
 
     @contextlib.contextmanager
     def check() -> Iterator[None]:
@@ -55,7 +64,11 @@ def ckpt_check() -> Callable[[], contextlib.AbstractContextManager[None]]:
         try:
             yield
         except CheckpointError as err:
-            failure = f"{type(err).__name__}: {err}"
+            name = type(err).__name__
+            request.node.user_properties.append((FULL_FAILURE_PROPERTY, f"{name}: {err}"))
+            report = ckpt_session(config).options.report
+            shown = shortened(err, verbose=config.get_verbosity() > 0, report=report)
+            failure = f"{name}: {shown}"
         if failure is not None:  # `from None`: torch's long chained error is not shown
             raise pytest.fail.Exception(failure, pytrace=False) from None
 

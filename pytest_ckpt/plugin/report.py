@@ -9,15 +9,31 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_ckpt.errors import CheckpointError
 
 KINDS = ("roundtrip", "resume", "snapshot")
 WORLD_SIZE = "world_size "
 _MARKS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SHOWN_ITEMS = 12  # lines of a failure's list shown in the terminal without -v
+FULL_FAILURE_PROPERTY = "ckpt_failure"  # user_properties entry: the whole failure message
 
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def shortened(err: CheckpointError, *, verbose: bool, report: str | None) -> str:
+    """The error's message with its list cut to `SHOWN_ITEMS` lines, saying how many more
+    and where all of them are: the `--ckpt-report` report and a run with `-v`."""
+    if verbose or len(err.items) <= SHOWN_ITEMS:
+        return str(err)
+    where = f"all in {report} and with -v" if report else "run with -v or --ckpt-report=PATH"
+    more = f"  ... and {len(err.items) - SHOWN_ITEMS} more ({where})"
+    return "\n".join([err.head, *(f"  {item}" for item in err.items[:SHOWN_ITEMS]), more])
 
 
 def failure_text(text: str, max_lines: int = 40) -> str:

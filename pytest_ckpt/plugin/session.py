@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_ckpt.plugin.options import CkptOptions
-from pytest_ckpt.plugin.report import MatrixReport, failure_text
+from pytest_ckpt.plugin.report import FULL_FAILURE_PROPERTY, MatrixReport, failure_text
 from pytest_ckpt.vocabulary import Grid, grid_id
 
 SESSION_KEY = pytest.StashKey["CkptSession"]()
@@ -170,9 +170,12 @@ class CkptSession:
     # ---- the generated matrix -----------------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        cell = dict(report.user_properties).get(CELL_PROPERTY)
+        properties = dict(report.user_properties)
+        cell = properties.get(CELL_PROPERTY)
         if cell is not None:
-            message = failure_text(report.longreprtext) if report.failed else ""
+            message = ""
+            if report.failed:  # the whole message when ckpt_check kept it: nothing cut
+                message = properties.get(FULL_FAILURE_PROPERTY) or failure_text(report.longreprtext)
             self.report.record(
                 tuple(cell), report.when, report.outcome, message, nodeid=report.nodeid
             )

@@ -34,7 +34,7 @@ SAFE = {
 
 
 def test_what_weights_only_accepts_is_not_reported() -> None:
-    assert find_unsafe_objects(SAFE) == []
+    assert find_unsafe_objects(SAFE).objects == ()
     torch.save(SAFE, buffer := __import__("io").BytesIO())
     buffer.seek(0)
     torch.load(buffer, weights_only=True)  # and torch agrees
@@ -59,7 +59,7 @@ def test_what_weights_only_accepts_is_not_reported() -> None:
 )
 def test_unsafe_objects_are_reported_at_their_path_with_a_fix(value, kind, advice) -> None:
     state = {"outer": [0, {"inner": value}]}
-    (found,) = find_unsafe_objects(state)
+    (found,) = find_unsafe_objects(state).objects
     assert found.path == "root['outer'][1]['inner']"
     assert found.fix.kind == kind
     assert advice in found.fix.advice
@@ -68,7 +68,8 @@ def test_unsafe_objects_are_reported_at_their_path_with_a_fix(value, kind, advic
 def test_numpy_objects_are_reported() -> None:
     np = pytest.importorskip("numpy")
     kinds = {
-        f.path: f.fix.kind for f in find_unsafe_objects({"a": np.float32(1), "b": np.zeros(2)})
+        f.path: f.fix.kind
+        for f in find_unsafe_objects({"a": np.float32(1), "b": np.zeros(2)}).objects
     }
     assert kinds == {"root['a']": "numpy object", "root['b']": "numpy object"}
 
@@ -77,7 +78,7 @@ def test_int_subclasses_and_non_str_keys_are_checked() -> None:
     class Stage(enum.IntEnum):
         A = 0
 
-    found = find_unsafe_objects({Stage.A: 1})
+    found = find_unsafe_objects({Stage.A: 1}).objects
     assert [f.path for f in found] == ["root.keys()"]
 
 
@@ -89,13 +90,52 @@ def test_deep_nesting_does_not_recurse() -> None:
         node.append(child)
         node = child
     node.append(Color.RED)
-    (found,) = find_unsafe_objects(deep)
+    (found,) = find_unsafe_objects(deep).objects
     assert found.path.endswith("[0][0]")
 
 
-def test_limit_caps_the_findings() -> None:
-    assert len(find_unsafe_objects([Color.RED] * 200, limit=7)) == 1  # one object, seen once
-    assert len(find_unsafe_objects([Point(i) for i in range(200)], limit=7)) == 7
+def test_every_path_of_a_shared_object_is_named() -> None:
+    """Fixing `.stage` alone leaves the same member inside the history tuple."""
+    entered = datetime.datetime(2026, 1, 1)
+    state = {"stage": Color.RED, "history": [(Color.RED, entered)], "entered": entered}
+    assert [f.path for f in find_unsafe_objects(state).objects] == [
+        "root['stage']",
+        "root['history'][0][0]",
+        "root['history'][0][1]",
+        "root['entered']",
+    ]
+
+
+def test_a_shared_container_names_its_contents_at_each_path() -> None:
+    shared = [Color.RED]
+    found = find_unsafe_objects({"a": shared, "b": (shared, shared)}).objects
+    assert [f.path for f in found] == ["root['a'][0]", "root['b'][0][0]", "root['b'][1][0]"]
+
+
+def test_a_cycle_is_followed_once() -> None:
+    loop: list = [Color.RED]
+    loop.append(loop)
+    point = Point(1)
+    point.me = point  # type: ignore[attr-defined]
+    found = find_unsafe_objects({"loop": loop, "point": point}).objects
+    assert [f.path for f in found] == ["root['loop'][0]", "root['point']"]
+
+
+def test_the_limit_is_never_silent() -> None:
+    capped = find_unsafe_objects([Color.RED] * 200, limit=7)
+    assert len(capped.objects) == 7 and not capped.complete
+    whole = find_unsafe_objects([Color.RED] * 200)
+    assert len(whole.objects) == 200 and whole.complete
+
+
+@pytest.mark.parametrize("stage", ["GERMINATED", "BLENDING", "PROBATIONARY"])
+def test_the_seed_slot_state_is_named_path_for_path_as_the_projects_walk_names_it(stage) -> None:
+    from tests.support.seed_slot_state import SeedStage, checkpoint_at, offending_paths
+
+    state = checkpoint_at(SeedStage[stage])
+    found = [f.path for f in find_unsafe_objects(state).objects]
+    assert found == offending_paths(state)
+    assert len(found) == {"GERMINATED": 10, "BLENDING": 15, "PROBATIONARY": 17}[stage]
 
 
 @dataclasses.dataclass
@@ -113,7 +153,7 @@ def test_objects_inside_a_refused_object_whose_fix_keeps_them_are_reported_too()
     state = SeedState(
         Color.RED, datetime.datetime(2026, 1, 1), collections.deque([Shade.DARK]), Point(1)
     )
-    found = {f.path: f.fix.kind for f in find_unsafe_objects({"seed": state})}
+    found = {f.path: f.fix.kind for f in find_unsafe_objects({"seed": state}).objects}
     assert found == {
         "root['seed']": "dataclass",
         "root['seed'].stage": "Enum",
@@ -126,5 +166,5 @@ def test_objects_inside_a_refused_object_whose_fix_keeps_them_are_reported_too()
 
 def test_what_a_whole_replacement_fixes_is_not_searched() -> None:
     """A module is replaced by its state_dict: its submodules are no separate findings."""
-    found = find_unsafe_objects({"net": torch.nn.Sequential(torch.nn.Linear(1, 1))})
+    found = find_unsafe_objects({"net": torch.nn.Sequential(torch.nn.Linear(1, 1))}).objects
     assert [f.path for f in found] == ["root['net']"]

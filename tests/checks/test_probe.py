@@ -68,10 +68,13 @@ def test_the_probe_catches_statistics_a_strict_false_load_dropped(tmp_path) -> N
 
 
 class Net(torch.nn.Module):
-    def __init__(self, activation: str = "tanh") -> None:
+    def __init__(self, activation: str = "tanh", slope: float = 0.01) -> None:
         super().__init__()
         self.hidden = torch.nn.Linear(4, 8)
-        self.activation = {"tanh": torch.nn.Tanh(), "relu": torch.nn.ReLU()}[activation]
+        activations = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+        self.activation = (
+            activations[activation]() if activation in activations else (torch.nn.LeakyReLU(slope))
+        )
         self.out = torch.nn.Linear(8, 1)
 
     def forward(self, x):
@@ -83,8 +86,25 @@ class RebuildsTheDefaultNet(ModuleSubject):
         return Net()  # the activation was never saved: the default comes back
 
 
-def test_the_probe_catches_the_wrong_module_rebuilt(tmp_path) -> None:
+def test_a_module_rebuilt_as_another_class_is_named_before_the_probe_runs(tmp_path) -> None:
     subject = RebuildsTheDefaultNet(lambda: Net("relu"), make_batch=batch)
+    system = subject.build(grid=(1, 1), stage="TRAINING", seed=0)
+    activation = "torch.nn.modules.activation"
+    with pytest.raises(RoundTripMismatch, match="is built differently") as failure:
+        check_roundtrip(subject, system, tmp_path / "a.pt")
+    assert failure.value.items == (
+        f"system['model'].activation: type {activation}.ReLU != {activation}.Tanh",
+    )
+
+
+class RebuildsTheDefaultSlope(ModuleSubject):
+    def make_model_for(self, state):
+        return Net("leaky")  # the slope was never saved: the default comes back
+
+
+def test_the_probe_catches_the_wrong_module_rebuilt(tmp_path) -> None:
+    """Same classes, same state: only the output shows the slope that was not saved."""
+    subject = RebuildsTheDefaultSlope(lambda: Net("leaky", slope=0.5), make_batch=batch)
     system = subject.build(grid=(1, 1), stage="TRAINING", seed=0)
     with pytest.raises(RoundTripMismatch, match="output on the probe batch differs"):
         check_roundtrip(subject, system, tmp_path / "a.pt")

@@ -131,3 +131,53 @@ def make():
         ],
         consecutive=False,
     )
+
+
+# A rebuild that restores the history entry for entry but without its maxlen=100: exports
+# equal, resume equal (the history overflows only after 100 entries), a different system.
+LOST_MAXLEN_SUBJECT = """
+import collections
+
+import torch
+
+from pytest_ckpt import ModuleSubject
+
+
+class HistorySubject(ModuleSubject):
+    def step(self, system):
+        result = super().step(system)
+        system.setdefault("history", collections.deque(maxlen=100)).append(result.metrics["loss"])
+        return result
+
+    def export_state(self, system):
+        return {**super().export_state(system), "history": list(system["history"])}
+
+    def rebuild(self, state):
+        system = super().rebuild(state)
+        system["history"] = collections.deque(state["history"])
+        return system
+
+
+def make():
+    return HistorySubject(
+        lambda: torch.nn.Linear(4, 1),
+        make_batch=lambda g: (torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)),
+        name="history",
+    )
+"""
+
+
+def test_a_rebuild_that_loses_a_deques_maxlen_fails_roundtrip_naming_it(ckpt_pytester) -> None:
+    ckpt_pytester.makepyfile(history_subject=LOST_MAXLEN_SUBJECT)
+    result = ckpt_pytester.runpytest_subprocess(
+        "--ckpt-roundtrip", "--ckpt-subject=history_subject:make", "-k", "roundtrip or resume"
+    )
+    result.assert_outcomes(passed=1, failed=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        [
+            "RoundTripMismatch: the system rebuilt from the checkpoint exports the same state but "
+            "is built differently: 1 difference(s) (live != rebuilt):",
+            "  system['history']: maxlen 100 != None",
+        ]
+    )
+    result.stdout.re_match_lines([r"TRAINING\s+FAIL/ok/--"])

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from pytest_ckpt.plugin.report import MatrixReport
+from pytest_ckpt.errors import CheckpointLoadError
+from pytest_ckpt.plugin.report import FULL_FAILURE_PROPERTY, SHOWN_ITEMS, MatrixReport, shortened
 from pytest_ckpt.plugin.session import CELL_PROPERTY, CkptSession
 
 
@@ -53,3 +54,24 @@ def test_a_cell_sent_by_an_xdist_worker_as_a_list_is_recorded() -> None:
     report = MatrixReport(subject="demo")
     record(report, [(CELL_PROPERTY, ["resume", "PRUNED", "1x3"])], "passed", "")
     assert report.outcomes == {("resume", "PRUNED", "1x3"): "passed"}
+
+
+def test_the_report_takes_the_whole_message_kept_by_ckpt_check_not_the_cut_terminal_one() -> None:
+    report = MatrixReport(subject="demo")
+    whole = "CheckpointLoadError: head\n" + "\n".join(f"  root[{i}] is x" for i in range(60))
+    cell = (CELL_PROPERTY, ["roundtrip", "BLENDING", ""])
+    record(report, [cell, (FULL_FAILURE_PROPERTY, whole)], "failed", "cut ... and 48 more")
+    assert report.messages[("roundtrip", "BLENDING", "")] == whole
+    assert "root[59] is x" in report.markdown()
+
+
+def test_a_long_list_is_shortened_with_the_count_and_where_the_rest_is() -> None:
+    err = CheckpointLoadError("refused:", items=[f"root[{i}]" for i in range(SHOWN_ITEMS + 3)])
+    assert str(err).splitlines()[-1] == f"  root[{SHOWN_ITEMS + 2}]"
+    lines = shortened(err, verbose=False, report="out/ckpt.md").splitlines()
+    assert lines[0] == "refused:" and lines[SHOWN_ITEMS] == f"  root[{SHOWN_ITEMS - 1}]"
+    assert lines[-1] == "  ... and 3 more (all in out/ckpt.md and with -v)"
+    assert shortened(err, verbose=False, report=None).endswith(
+        "(run with -v or --ckpt-report=PATH)"
+    )
+    assert shortened(err, verbose=True, report=None) == str(err)
