@@ -138,7 +138,9 @@ def native_fit(
         "records": recorder.records,
         "steps": trainer.global_step,
         "seed": seed,
-        "resume": resume,
+        # {} for a run from the seed: a dict on both sides, so the roundtrip's structure
+        # comparison sees one kind of value, not None against the loaded checkpoint
+        "resume": {} if resume is None else resume,
     }
 
 
@@ -189,7 +191,7 @@ def native_rebuild(subject: Any, state: Mapping[str, Any]) -> dict[str, Any]:
 
 def native_step(subject: Any, system: dict[str, Any]) -> StepResult:
     """The same run one step further: from the seed, or from the same checkpoint."""
-    resume, seed = system["resume"], system["seed"]
+    resume, seed = system["resume"] or None, system["seed"]
     offset = 0 if resume is None else RESUME_SEED_OFFSET
     ran = native_fit(subject, seed=seed + offset, steps=system["steps"] + 1, resume=resume)
     system.update(ran, seed=seed)
