@@ -79,6 +79,20 @@ OBJECT_STATE_FIX = Fix(
     "dataclass or object with attributes", "store to_dict() and rebuild with from_dict()", True
 )
 
+# Fixes that keep what the object holds (a dataclass becomes a dict of its fields, a deque
+# a list): the objects inside still need their own fixes. Every other fix replaces the
+# object whole (an Enum by its value, a module by its state_dict()), and what it held
+# (a Linear inside a module, a datetime's timezone) goes with it.
+_KEEPS_CONTENTS = frozenset(
+    {OBJECT_STATE_FIX.kind, "dataclass", "deque", "defaultdict", "frozenset", "argparse.Namespace"}
+)
+
+
+def keeps_contents(fix_kind: str) -> bool:
+    """Does the fix of this kind keep the object's contents (so they are walked)?"""
+    return fix_kind in _KEEPS_CONTENTS or fix_kind == GENERIC_KIND
+
+
 _BY_MODULE_PREFIX: tuple[tuple[str, Fix], ...] = (
     ("torch.nn.modules", MODULE_FIX),
     ("numpy.random", NUMPY_RNG_FIX),

@@ -11,9 +11,10 @@ semantics of the opcodes torch refuses (the machine has already flagged them thr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from pytest_ckpt.audit.advice import fix_for_name
+from pytest_ckpt.audit.advice import OBJECT_STATE_FIX, fix_for_name
 from pytest_ckpt.audit.allowlist import (
     APPEND_TARGETS,
     ORDERED_DICT,
@@ -113,13 +114,24 @@ class AcceptedOpcodes:
             self._flag(node, self._global_finding(shown, op.offset, detail))
         self._push(node)
 
-    def _take_over(self, result: Node, source: Any) -> None:
-        """An object built from a refused global carries that global's finding."""
-        if isinstance(source, Node) and source.type_name == GLOBAL_TYPE and source.findings:
+    def _take_over(self, result: Node, source: Any, offset: int) -> None:
+        """Each object built from a refused global carries that global's finding: the
+        first takes the GLOBAL's own, every later one (the global memoized, then BINGET and
+        REDUCE/NEWOBJ again: a second Enum member, a second datetime) a copy of it, at the
+        offset that builds it. Each object is its own finding, counted against the cap."""
+        if not isinstance(source, Node) or source.type_name != GLOBAL_TYPE:
+            return
+        if source.findings:
             if not result.findings:  # moved, not flagged again: the cap counts each once
                 self.nodes_with_findings.append(result)
             result.findings += source.findings
+            self.built_from[id(source)] = (source, source.findings)
             source.findings = []
+            return
+        first = self.built_from.get(id(source))
+        if first is not None and first[0] is source:
+            for finding in first[1]:
+                self._flag(result, replace(finding, offset=offset, also_at=[], more_sites=0))
 
     def _op_REDUCE(self, op: Op) -> None:
         args = self._pop(op)
@@ -135,7 +147,7 @@ class AcceptedOpcodes:
             result = Node(result_type if func.name in self.allow.names else func.name or "?")
             if isinstance(args, Node) and one_primitive(args):
                 result.shape = "enum-like"
-            self._take_over(result, func)
+            self._take_over(result, func, op.offset)
         else:
             result = Node("?")
             detail = f"REDUCE at offset {op.offset} calls something that is not a global"
@@ -155,7 +167,8 @@ class AcceptedOpcodes:
             if isinstance(args, Node) and one_primitive(args):  # float/int subclasses
                 arg = args.items[0]  # type: ignore[index]
                 result.shape = {float: "float-like", int: "int-like"}.get(type(arg), "")
-            if not cls.findings and cls.name not in self.allow.classes and cls.name != PARAMETER:
+            refused = cls.findings or id(cls) in self.built_from
+            if not refused and cls.name not in self.allow.classes and cls.name != PARAMETER:
                 self._flag(
                     result,
                     self._global_finding(
@@ -165,7 +178,7 @@ class AcceptedOpcodes:
                         "allow-listed classes",
                     ),
                 )
-            self._take_over(result, cls)
+            self._take_over(result, cls, op.offset)
         else:
             result = Node("?")
             self._flag(
@@ -190,6 +203,7 @@ class AcceptedOpcodes:
                 f"BUILD (setting object state) on {display(inst.type_name)} at offset {op.offset}",
                 op.offset,
                 "store the object's state as a dict of primitives instead",
+                OBJECT_STATE_FIX.kind,
             )
             finding.needs = (inst.type_name,) if advisable(inst.type_name) else ()
             self._flag(inst, finding)
@@ -231,8 +245,9 @@ class AcceptedOpcodes:
             target.blocks_allowlisting = True
             if not target.findings:
                 detail = f"{op.name} onto {target.type_name}: torch {what}"
-                advice = fix_for_name(target.type_name).advice
-                self._flag(target, self._operation_finding(detail, op.offset, advice))
+                fix = fix_for_name(target.type_name)
+                finding = self._operation_finding(detail, op.offset, fix.advice, fix.kind)
+                self._flag(target, finding)
         return target
 
     def _append(self, op: Op, items: list[Any]) -> None:
