@@ -90,7 +90,8 @@ def collect_findings(root: Any, loose: list[Finding], flagged: list[Node]) -> li
             if node.blocks_allowlisting:
                 finding.needs = ()
     whole = {id(n) for n in flagged if n.findings and not keeps_contents(n.findings[0].fix_kind)}
-    sites, routes, counts = _walk(root, whole) if flagged and isinstance(root, Node) else ({}, {}, {})
+    walked = flagged and isinstance(root, Node)
+    sites, routes, counts = _walk(root, whole) if walked else ({}, {}, {})
     findings = []
     for finding in loose:
         finding.path = finding.path or "root"

@@ -28,8 +28,8 @@ from typing import Any
 
 from pytest_ckpt.audit.advice import fix_for_name
 from pytest_ckpt.audit.allowlist import ORDERED_DICT, Allowlist
-from pytest_ckpt.audit.machine import PickleMachine, gc_paused
 from pytest_ckpt.audit.findings import collect_findings
+from pytest_ckpt.audit.machine import PickleMachine, gc_paused
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, MAX_FINDINGS, Finding, Node
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op
 from pytest_ckpt.audit.symbolic import AcceptedOpcodes, RefusedOpcodes

@@ -218,7 +218,8 @@ def test_a_module_subclass_is_advised_state_dict_and_is_loadable_once_allow_list
     (finding,) = report.findings
     assert finding.path == "root['net']" and "state_dict()" in finding.fix
     assert "holding torch.nn.modules.linear.Linear" in finding.detail
-    assert finding.needs == ("tests.audit.advice_fixtures.TinyNet", "torch.nn.modules.linear.Linear")
+    linear = "torch.nn.modules.linear.Linear"
+    assert finding.needs == ("tests.audit.advice_fixtures.TinyNet", linear)
     assert report.safe_globals == [
         "tests.audit.advice_fixtures.TinyNet",
         "torch.nn.modules.linear.Linear",
