@@ -57,7 +57,7 @@ class Node:
         self.type_name = type_name
         self.name = name  # for GLOBAL nodes: the dotted name
         self.children: list[tuple[str | int, Node]] = []  # int labels are list/tuple indices
-        self.appended = 0  # items appended so far (list indices)
+        self.appended = 0  # items appended (list indices) or set (a dict's items) so far
         self.items = items
         self.findings: list[Finding] = []
         self.blocks_allowlisting = False

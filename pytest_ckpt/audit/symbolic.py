@@ -270,9 +270,13 @@ class AcceptedOpcodes:
         )
         for i in range(0, len(flat) - 1, 2):
             key, value = flat[i], flat[i + 1]
-            target.add_child(key_label(key), value)
-            if isinstance(key, Node):
-                target.children.append((".keys()", key))
+            item = target.appended  # the item's place in the dict's order
+            target.appended += 1
+            if isinstance(key, Node):  # an object as a key: both named by the item's place
+                target.add_child(f".values()[{item}]", value)
+                target.children.append((f".keys()[{item}]", key))
+            else:
+                target.add_child(key_label(key), value)
 
     def _op_BINPERSID(self, op: Op) -> None:
         pid = self._pop(op)
