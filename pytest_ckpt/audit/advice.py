@@ -36,7 +36,12 @@ NUMPY_SCALAR_FIX = Fix(
 _BY_QUALNAME: dict[str, Fix] = {
     "collections.deque": Fix("deque", "store list(d) (and maxlen separately)", False),
     "collections.defaultdict": Fix("defaultdict", "store dict(d)", False),
-    "builtins.frozenset": Fix("frozenset", "store sorted(list(s))", True),
+    "builtins.frozenset": Fix(
+        "frozenset",
+        "store sorted(list(s)), or tuple(sorted(s)) where it must stay hashable (a dict key, "
+        "a set member)",
+        True,
+    ),
     "datetime.datetime": Fix(
         "datetime", "store an ISO string (.isoformat()) or a float timestamp", True
     ),

@@ -10,6 +10,7 @@ the object holding it is replaced by a dict or a list.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,18 +22,27 @@ _STEP = re.compile(
     r"|\[(?P<item>-?\d+|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]|\.(?P<attr>[A-Za-z_]\w*)"
 )
 
+
+def _attributes(value: Any) -> dict[str, Any]:
+    """An object's attributes as a dict (its fields, for a slotted dataclass), shallow: the
+    objects inside are fixed at their own paths."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return dict(vars(value))
+
+
 FIXES: dict[str, Callable[[Any], Any]] = {
     "Enum": lambda v: v.value,
     "datetime": lambda v: v.isoformat(),
     "date": lambda v: v.isoformat(),
     "time": lambda v: v.isoformat(),
     "timedelta": lambda v: v.total_seconds(),
-    "dataclass": lambda v: dict(vars(v)),
-    "dataclass or object with attributes": lambda v: dict(vars(v)),
+    "dataclass": lambda v: _attributes(v),
+    "dataclass or object with attributes": lambda v: _attributes(v),
     "argparse.Namespace": lambda v: dict(vars(v)),
     "deque": list,
     "defaultdict": dict,
-    "frozenset": list,
+    "frozenset": lambda v: sorted(v, key=repr),
     "nn.Module": lambda v: v.state_dict(),
     "path": str,
     "float subclass": float,
@@ -62,6 +72,8 @@ def _put(value: Any, steps: list[tuple[str, Any]], fix: Callable[[Any], Any], na
     if not steps:
         return fix(value)
     (kind, arg), rest = steps[0], steps[1:]
+    if kind in ("key", "members") and not rest:  # must stay hashable: a list as a tuple
+        fix = _hashable(fix)
     if kind == "attr":
         setattr(value, arg, _put(getattr(value, arg), rest, fix, name))
         return value
@@ -82,6 +94,16 @@ def _put(value: Any, steps: list[tuple[str, Any]], fix: Callable[[Any], Any], na
     value.clear()
     value.update((new_key if i == arg else k, v) for i, (k, v) in enumerate(items))
     return value
+
+
+def _hashable(fix: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The frozenset advice's "tuple(sorted(s)) where it must stay hashable"."""
+
+    def fixed(value: Any) -> Any:
+        result = fix(value)
+        return tuple(result) if isinstance(result, list) else result
+
+    return fixed
 
 
 def _named(obj: Any, name: str) -> bool:
