@@ -32,7 +32,8 @@ from pytest_ckpt.audit.findings import collect_findings
 from pytest_ckpt.audit.machine import PickleMachine, gc_paused
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, MAX_FINDINGS, Finding, Node
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op
-from pytest_ckpt.audit.symbolic import AcceptedOpcodes, RefusedOpcodes
+from pytest_ckpt.audit.refused_opcodes import RefusedOpcodes
+from pytest_ckpt.audit.symbolic import AcceptedOpcodes
 from pytest_ckpt.audit.tensor_records import (
     REBUILD_TENSOR_V2,
     DeferredRecord,
