@@ -195,10 +195,22 @@ def _unsafe_objects() -> st.SearchStrategy[Any]:
     ).map(lambda make: make())
 
 
-def unsafe_payloads(*, max_leaves: int = 12) -> st.SearchStrategy[tuple[Any, str]]:
+def unsafe_payloads(
+    *, max_leaves: int = 12, max_objects: int = 1
+) -> st.SearchStrategy[tuple[Any, Any]]:
     """(payload, path): a checkpoint payload with one object torch rejects planted at `path`
-    (a path like `root['a'][0]`, as the auditor and the plugin report it)."""
-    check_positive(max_leaves=max_leaves)
+    (a path like `root['a'][0]`, as the auditor and the plugin report it).
+
+    With `max_objects` > 1, 1 to `max_objects` objects are planted, several of one class
+    among them, and the second item is the tuple of every path at which a refused object
+    is, sorted: objects in dicts and lists of the payload, in tuples, in deques (the deque
+    is refused too, at its own path), as dict keys (`.keys()[i]`, with the same object as
+    the value under it, `.values()[i]`), in sets (`[...]`), and aliases (the same object
+    planted again elsewhere, which a pickle memoizes: one object at two paths).
+    """
+    check_positive(max_leaves=max_leaves, max_objects=max_objects)
+    if max_objects > 1:
+        return _several_unsafe(max_leaves, max_objects)
 
     @st.composite
     def build(draw: st.DrawFn) -> tuple[Any, str]:
@@ -220,5 +232,60 @@ def unsafe_payloads(*, max_leaves: int = 12) -> st.SearchStrategy[tuple[Any, str
             holder, current = current, current[key]
         holder[key] = bad
         return root, "root" + "".join(route)
+
+    return build()
+
+
+_HASHABLE = (_Color, datetime.datetime, datetime.timedelta, frozenset)
+
+
+def _holders(value: Any, path: str) -> list[tuple[Any, str]]:
+    """Every dict and list of a payload reachable through dicts and lists, with its path."""
+    if not isinstance(value, (dict, list)):
+        return []
+    found = [(value, path)]
+    items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+    for key, item in items:
+        label = f"[{key!r}]" if isinstance(value, dict) else f"[{key}]"
+        found += _holders(item, path + label)
+    return found
+
+
+def _several_unsafe(max_leaves: int, max_objects: int) -> st.SearchStrategy[tuple[Any, Any]]:
+    """`unsafe_payloads(max_objects=...)`: several objects, their shapes and aliases."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[Any, tuple[str, ...]]:
+        root = {"payload": draw(checkpoint_payloads(max_leaves=max_leaves))}
+        holders = _holders(root, "root")
+        planted: list[Any] = []
+        paths: list[str] = []
+        for i in range(draw(st.integers(1, max_objects))):
+            reuse = planted and draw(st.booleans())
+            bad = draw(st.sampled_from(planted)) if reuse else draw(_unsafe_objects())
+            planted.append(bad)
+            holder, where = draw(st.sampled_from(holders))
+            if isinstance(holder, dict):
+                holder[f"planted{i}"] = None
+                key, at = f"planted{i}", f"{where}['planted{i}']"
+            else:
+                holder.append(None)
+                key, at = len(holder) - 1, f"{where}[{len(holder) - 1}]"
+            shape = draw(st.sampled_from(["plain", "tuple", "deque", "key", "set"]))
+            if shape in ("key", "set") and not isinstance(bad, _HASHABLE):
+                shape = "plain"
+            if shape == "plain":
+                holder[key], found = bad, [at]
+            elif shape == "tuple":
+                holder[key], found = (0, bad), [f"{at}[1]"]
+            elif shape == "deque":
+                holder[key], found = collections.deque([bad]), [at, f"{at}[0]"]
+            elif shape == "key":
+                holder[key] = {"first": 0, bad: bad}
+                found = [f"{at}.keys()[1]", f"{at}.values()[1]"]
+            else:
+                holder[key], found = {bad}, [f"{at}[...]"]
+            paths += found
+        return root, tuple(sorted(paths))
 
     return build()

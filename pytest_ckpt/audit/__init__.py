@@ -65,8 +65,8 @@ class Report:
     @property
     def safe_globals(self) -> list[str] | None:
         """The names torch.serialization.safe_globals needs to load the file ([] when it
-        loads as is), or None when no allowlist can. Also settles each finding's
-        `allowlist_helps`: "would be enough" is only ever said of the whole file."""
+        loads as is), or None when no allowlist can: exact, found by auditing the file again
+        with the names allowed. Each finding's `allowlist_helps` is its own object's answer."""
         if self.error is not None:
             return None
         if not self.findings:
@@ -75,8 +75,6 @@ class Report:
             names = self.exact() if self.exact is not None else None
             self._exact_result.append(names)
             object.__setattr__(self, "exact", None)  # the file's pickle is no longer held
-            for finding in self.findings:
-                finding.allowlist_helps = names is not None
         return self._exact_result[0]
 
     @property

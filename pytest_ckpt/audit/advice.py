@@ -36,7 +36,12 @@ NUMPY_SCALAR_FIX = Fix(
 _BY_QUALNAME: dict[str, Fix] = {
     "collections.deque": Fix("deque", "store list(d) (and maxlen separately)", False),
     "collections.defaultdict": Fix("defaultdict", "store dict(d)", False),
-    "builtins.frozenset": Fix("frozenset", "store sorted(list(s))", True),
+    "builtins.frozenset": Fix(
+        "frozenset",
+        "store sorted(list(s)), or tuple(sorted(s)) where it must stay hashable (a dict key, "
+        "a set member)",
+        True,
+    ),
     "datetime.datetime": Fix(
         "datetime", "store an ISO string (.isoformat()) or a float timestamp", True
     ),
@@ -78,6 +83,20 @@ ENUM_FIX = Fix("Enum", "store .value (or .name) and rebuild the enum when loadin
 OBJECT_STATE_FIX = Fix(
     "dataclass or object with attributes", "store to_dict() and rebuild with from_dict()", True
 )
+
+# Fixes that keep what the object holds (a dataclass becomes a dict of its fields, a deque
+# a list): the objects inside still need their own fixes. Every other fix replaces the
+# object whole (an Enum by its value, a module by its state_dict()), and what it held
+# (a Linear inside a module, a datetime's timezone) goes with it.
+_KEEPS_CONTENTS = frozenset(
+    {OBJECT_STATE_FIX.kind, "dataclass", "deque", "defaultdict", "frozenset", "argparse.Namespace"}
+)
+
+
+def keeps_contents(fix_kind: str) -> bool:
+    """Does the fix of this kind keep the object's contents (so they are walked)?"""
+    return fix_kind in _KEEPS_CONTENTS or fix_kind == GENERIC_KIND
+
 
 _BY_MODULE_PREFIX: tuple[tuple[str, Fix], ...] = (
     ("torch.nn.modules", MODULE_FIX),

@@ -23,30 +23,29 @@ from pytest_ckpt.audit.global_kinds import kind_of
 from pytest_ckpt.audit.nodes import MAX_FINDINGS, Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-SHOWN_PER_KIND = 3  # findings of one kind listed before "... and N more of the same kind"
-SHOWN_SITES = 3  # other paths of one object listed before "and N more"
+SHOWN_PER_GROUP = 20  # objects listed under one fix line before "... and N more"
 _OFFSET = re.compile(r"offset \d+")
 
 
 def _sites(finding: Finding) -> str:
-    if not finding.also_at:
+    """Every other path of the same object (none dropped; past the per-pickle bound on
+    routes, counted)."""
+    if not finding.also_at and not finding.more_sites:
         return ""
-    listed = finding.also_at[:SHOWN_SITES]
-    more = len(finding.also_at) - len(listed) + finding.more_sites
-    tail = f" and {more} more" if more else ""
-    return f" (the same object is also at {', '.join(map(escape, listed))}{tail})"
+    listed = ", ".join(map(escape, finding.also_at))
+    more = f"{' and ' if listed else ''}{finding.more_sites} more" if finding.more_sites else ""
+    return f" (the same object is also at {listed}{more})"
 
 
-def _groups(findings: Sequence[Finding]) -> Iterator[tuple[Finding, list[Finding]]]:
-    """Findings grouped by the global and fix they name (or what they say, offsets aside),
-    in order of first appearance."""
+def _groups(findings: Sequence[Finding]) -> Iterator[list[Finding]]:
+    """Findings grouped by the global, what they say (offsets aside), fix and per-object
+    verdict, in order of first appearance: one fix line per class, its paths under it."""
     groups: dict[tuple, list[Finding]] = {}
     for finding in findings:
-        what = finding.global_name or f"{finding.kind}: {_OFFSET.sub('', finding.detail)}"
-        key = (what, finding.fix)
+        what = _OFFSET.sub("offset ...", finding.detail)
+        key = (finding.global_name, what, finding.fix, finding.needs, finding.allowlist_helps)
         groups.setdefault(key, []).append(finding)
-    for members in groups.values():
-        yield members[0], members
+    yield from groups.values()
 
 
 # Formats no torch.serialization.safe_globals list applies to: DCP has its own reader,
@@ -78,28 +77,43 @@ def _allowlist_line(report: Report) -> str:
     )
 
 
-def _helps(report: Report, finding: Finding) -> str:
+def _helps(report: Report, finding: Finding, count: int) -> str:
+    """Would allow-listing be enough for these objects (each alone: the whole file's answer
+    is the allowlist line)?"""
     if not finding.global_name or report.format in NOT_TORCH_LOAD:
         return ""
-    if report.safe_globals is not None:
-        return "; add_safe_globals would be enough"
+    them = "this object" if count == 1 else "these objects"
+    if finding.allowlist_helps:
+        names = ", ".join(map(escape, finding.needs))
+        return f"; for {them}, add_safe_globals would be enough ({names})"
     if _undecided(finding):
         return "; not offered for add_safe_globals (class or function: the auditor cannot tell)"
-    return "; add_safe_globals would not be enough"
+    return f"; for {them}, add_safe_globals would not be enough"
 
 
 def _finding_lines(report: Report) -> list[str]:
+    """One line for a lone object (its path first); a group of objects of one class gets
+    one fix line, then every path under it (SHOWN_PER_GROUP objects, then a count)."""
     lines = []
-    for first, members in _groups(report.findings):
-        for finding in members[:SHOWN_PER_KIND]:
+    for members in _groups(report.findings):
+        first = members[0]
+        helps = _helps(report, first, len(members))
+        if len(members) == 1:
             lines.append(
-                f"  {escape(finding.path)}: {escape(finding.detail)}. Fix: "
-                f"{escape(finding.fix)}{_helps(report, finding)}{_sites(finding)}"
+                f"  {escape(first.path)}: {escape(first.detail)}. Fix: {escape(first.fix)}"
+                f"{helps}{_sites(first)}"
             )
-        if len(members) > SHOWN_PER_KIND:
+            continue
+        paths = sum(1 + len(f.also_at) + f.more_sites for f in members)
+        what = escape(_OFFSET.sub("offset ...", first.detail))
+        lines.append(
+            f"  {what}: {len(members)} objects at {paths} paths. Fix: {escape(first.fix)}{helps}"
+        )
+        lines += [f"    {escape(f.path)}{_sites(f)}" for f in members[:SHOWN_PER_GROUP]]
+        if len(members) > SHOWN_PER_GROUP:
             lines.append(
-                f"  ... and {len(members) - SHOWN_PER_KIND} more of the same kind "
-                f"({escape(_OFFSET.sub('offset ...', first.detail))})"
+                f"    ... and {len(members) - SHOWN_PER_GROUP} more object(s) of this kind "
+                "(--json lists every path)"
             )
     return lines
 
@@ -119,7 +133,9 @@ def render_text(reports: Sequence[Report]) -> str:
             )
         else:
             total = len(report.findings) + report.findings_omitted
-            lines.append(f"{path}: {total} finding(s) ({report.format})")
+            paths = sum(1 + len(f.also_at) + f.more_sites for f in report.findings)
+            at = f" at {paths} path(s)" if paths != len(report.findings) else ""
+            lines.append(f"{path}: {total} finding(s){at} ({report.format})")
             lines += _finding_lines(report)
             if report.findings_omitted:
                 lines.append(

@@ -11,9 +11,10 @@ semantics of the opcodes torch refuses (the machine has already flagged them thr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from pytest_ckpt.audit.advice import fix_for_name
+from pytest_ckpt.audit.advice import OBJECT_STATE_FIX, fix_for_name
 from pytest_ckpt.audit.allowlist import (
     APPEND_TARGETS,
     ORDERED_DICT,
@@ -35,16 +36,6 @@ from pytest_ckpt.audit.numpy_pickles import reduce_result
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op
 
 _SETS = ("builtins.set", "builtins.frozenset")
-
-
-def _operand_text(value: Any) -> str:
-    """A STACK_GLOBAL operand as text: strings as they are, anything else by its type (a
-    node's repr would put a memory address in the report)."""
-    if isinstance(value, Blob):
-        return str(value.preview)
-    if isinstance(value, Node):
-        return f"<{value.type_name}>"
-    return repr(value)
 
 
 class AcceptedOpcodes:
@@ -113,13 +104,24 @@ class AcceptedOpcodes:
             self._flag(node, self._global_finding(shown, op.offset, detail))
         self._push(node)
 
-    def _take_over(self, result: Node, source: Any) -> None:
-        """An object built from a refused global carries that global's finding."""
-        if isinstance(source, Node) and source.type_name == GLOBAL_TYPE and source.findings:
+    def _take_over(self, result: Node, source: Any, offset: int) -> None:
+        """Each object built from a refused global carries that global's finding: the
+        first takes the GLOBAL's own, every later one (the global memoized, then BINGET and
+        REDUCE/NEWOBJ again: a second Enum member, a second datetime) a copy of it, at the
+        offset that builds it. Each object is its own finding, counted against the cap."""
+        if not isinstance(source, Node) or source.type_name != GLOBAL_TYPE:
+            return
+        if source.findings:
             if not result.findings:  # moved, not flagged again: the cap counts each once
                 self.nodes_with_findings.append(result)
             result.findings += source.findings
+            self.built_from[id(source)] = (source, source.findings)
             source.findings = []
+            return
+        first = self.built_from.get(id(source))
+        if first is not None and first[0] is source:
+            for finding in first[1]:
+                self._flag(result, replace(finding, offset=offset, also_at=[], more_sites=0))
 
     def _op_REDUCE(self, op: Op) -> None:
         args = self._pop(op)
@@ -135,7 +137,7 @@ class AcceptedOpcodes:
             result = Node(result_type if func.name in self.allow.names else func.name or "?")
             if isinstance(args, Node) and one_primitive(args):
                 result.shape = "enum-like"
-            self._take_over(result, func)
+            self._take_over(result, func, op.offset)
         else:
             result = Node("?")
             detail = f"REDUCE at offset {op.offset} calls something that is not a global"
@@ -155,7 +157,8 @@ class AcceptedOpcodes:
             if isinstance(args, Node) and one_primitive(args):  # float/int subclasses
                 arg = args.items[0]  # type: ignore[index]
                 result.shape = {float: "float-like", int: "int-like"}.get(type(arg), "")
-            if not cls.findings and cls.name not in self.allow.classes and cls.name != PARAMETER:
+            refused = cls.findings or id(cls) in self.built_from
+            if not refused and cls.name not in self.allow.classes and cls.name != PARAMETER:
                 self._flag(
                     result,
                     self._global_finding(
@@ -165,7 +168,7 @@ class AcceptedOpcodes:
                         "allow-listed classes",
                     ),
                 )
-            self._take_over(result, cls)
+            self._take_over(result, cls, op.offset)
         else:
             result = Node("?")
             self._flag(
@@ -190,6 +193,7 @@ class AcceptedOpcodes:
                 f"BUILD (setting object state) on {display(inst.type_name)} at offset {op.offset}",
                 op.offset,
                 "store the object's state as a dict of primitives instead",
+                OBJECT_STATE_FIX.kind,
             )
             finding.needs = (inst.type_name,) if advisable(inst.type_name) else ()
             self._flag(inst, finding)
@@ -231,8 +235,9 @@ class AcceptedOpcodes:
             target.blocks_allowlisting = True
             if not target.findings:
                 detail = f"{op.name} onto {target.type_name}: torch {what}"
-                advice = fix_for_name(target.type_name).advice
-                self._flag(target, self._operation_finding(detail, op.offset, advice))
+                fix = fix_for_name(target.type_name)
+                finding = self._operation_finding(detail, op.offset, fix.advice, fix.kind)
+                self._flag(target, finding)
         return target
 
     def _append(self, op: Op, items: list[Any]) -> None:
@@ -255,9 +260,13 @@ class AcceptedOpcodes:
         )
         for i in range(0, len(flat) - 1, 2):
             key, value = flat[i], flat[i + 1]
-            target.add_child(key_label(key), value)
-            if isinstance(key, Node):
-                target.children.append((".keys()", key))
+            item = target.appended  # the item's place in the dict's order
+            target.appended += 1
+            if isinstance(key, Node):  # an object as a key: both named by the item's place
+                target.add_child(f".values()[{item}]", value)
+                target.children.append((f".keys()[{item}]", key))
+            else:
+                target.add_child(key_label(key), value)
 
     def _op_BINPERSID(self, op: Op) -> None:
         pid = self._pop(op)
@@ -296,99 +305,3 @@ class AcceptedOpcodes:
             return f"storage id at offset {op.offset} has a malformed key or size"
         self.storages += 1
         return self.storage_problem(str(key.preview), storage_type.name or "?", numel)
-
-
-class RefusedOpcodes:
-    """The opcodes torch refuses: flagged by the loop, their semantics kept to find more."""
-
-    _PUSH_ARG = AcceptedOpcodes._op_BINUNICODE  # strings and bytes: their Blob
-    _op_STRING = _op_BINSTRING = _op_UNICODE = _op_SHORT_BINUNICODE = _PUSH_ARG
-    _op_BINUNICODE8 = _op_BINBYTES = _op_SHORT_BINBYTES = _op_BINBYTES8 = _PUSH_ARG
-    _op_BYTEARRAY8 = _PUSH_ARG
-
-    def _op_POP(self, op: Op) -> None:
-        self._pop(op)
-
-    def _op_POP_MARK(self, op: Op) -> None:
-        self._pop_mark(op)
-
-    def _op_DUP(self, op: Op) -> None:
-        self._push(self._top(op))
-
-    def _op_PUT(self, op: Op) -> None:
-        self.memo_put(int(op.arg), self._top(op))
-
-    def _op_GET(self, op: Op) -> None:
-        self._push(self.memo_get(int(op.arg), op.offset))
-
-    def _op_MEMOIZE(self, op: Op) -> None:
-        self.memo_put(len(self.memo), self._top(op))
-
-    def _op_LIST(self, op: Op) -> None:
-        node = Node("builtins.list")
-        for i, item in enumerate(self._pop_mark(op)):
-            node.add_child(i, item)
-        self._push(node)
-
-    def _op_DICT(self, op: Op) -> None:
-        node = Node("builtins.dict")
-        flat = self._pop_mark(op)
-        for i in range(0, len(flat) - 1, 2):
-            node.add_child(key_label(flat[i]), flat[i + 1])
-        self._push(node)
-
-    def _op_FROZENSET(self, op: Op) -> None:
-        node = Node("builtins.frozenset")
-        for item in self._pop_mark(op):
-            node.add_child("[...]", item)
-        self._push(node)
-
-    def _op_ADDITEMS(self, op: Op) -> None:
-        items = self._pop_mark(op)
-        target = self._top(op)
-        if isinstance(target, Node):
-            for item in items:
-                target.add_child("[...]", item)
-
-    def _op_STACK_GLOBAL(self, op: Op) -> None:
-        name, module = self._pop(op), self._pop(op)
-        text = [_operand_text(v) for v in (module, name)]
-        self._op_GLOBAL(Op("GLOBAL", (text[0], text[1]), op.offset))
-
-    def _op_EXT1(self, op: Op) -> None:
-        node = Node(GLOBAL_TYPE, name=f"<extension {op.arg}>")
-        finding = self._global_finding(node.name or "", op.offset, f"extension code {op.arg}")
-        self._flag(node, finding)
-        self._push(node)
-
-    _op_EXT2 = _op_EXT4 = _op_EXT1
-
-    def _op_NEWOBJ_EX(self, op: Op) -> None:
-        kwargs = self._pop(op)
-        self._op_NEWOBJ(op)
-        self.stack[-1].add_child("(kwargs)", kwargs)
-
-    def _op_INST(self, op: Op) -> None:
-        args = self._pop_mark(op)
-        module, name = op.arg
-        self._op_GLOBAL(Op("GLOBAL", (module, name), op.offset))
-        self._push(self._tuple(args))
-        self._op_NEWOBJ(op)
-
-    def _op_OBJ(self, op: Op) -> None:
-        items = self._pop_mark(op)
-        if not items:
-            raise MalformedPickle(f"OBJ at offset {op.offset} without a class")
-        self.stack.append(items[0])
-        self._push(self._tuple(items[1:]))
-        self._op_NEWOBJ(op)
-
-    def _op_PERSID(self, op: Op) -> None:
-        self._push(self._tuple([op.arg]))
-        self._op_BINPERSID(op)
-
-    def _op_NEXT_BUFFER(self, op: Op) -> None:
-        self._push(Node("pickle.PickleBuffer"))
-
-    def _op_READONLY_BUFFER(self, op: Op) -> None:
-        self._top(op)

@@ -28,10 +28,12 @@ from typing import Any
 
 from pytest_ckpt.audit.advice import fix_for_name
 from pytest_ckpt.audit.allowlist import ORDERED_DICT, Allowlist
+from pytest_ckpt.audit.findings import collect_findings
 from pytest_ckpt.audit.machine import PickleMachine, gc_paused
-from pytest_ckpt.audit.nodes import GLOBAL_TYPE, MAX_FINDINGS, Finding, Node, collect_findings
+from pytest_ckpt.audit.nodes import GLOBAL_TYPE, MAX_FINDINGS, Finding, Node
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op
-from pytest_ckpt.audit.symbolic import AcceptedOpcodes, RefusedOpcodes
+from pytest_ckpt.audit.refused_opcodes import RefusedOpcodes
+from pytest_ckpt.audit.symbolic import AcceptedOpcodes
 from pytest_ckpt.audit.tensor_records import (
     REBUILD_TENSOR_V2,
     DeferredRecord,
@@ -254,6 +256,9 @@ class PickleInterpreter(OracleGate, AcceptedOpcodes, RefusedOpcodes, PickleMachi
             self.take_records = take_tensor_records
         self.loose: list[Finding] = []  # findings with no node to sit on
         self.nodes_with_findings: list[Node] = []
+        # id(refused GLOBAL node) -> (that node, the findings its first object took): what
+        # each later object built from it copies (`symbolic._take_over`)
+        self.built_from: dict[int, tuple[Node, list[Finding]]] = {}
         self.storages = 0  # storage references seen
         self.records_taken = 0  # tensor records the fast path took
         self.clean_reads: dict[tuple[bytes, ...], tuple] = {}  # see tensor_records
@@ -277,10 +282,12 @@ class PickleInterpreter(OracleGate, AcceptedOpcodes, RefusedOpcodes, PickleMachi
 
     def _global_finding(self, name: str, offset: int, detail: str) -> Finding:
         fix = fix_for_name(name)
-        return Finding("unsupported-global", detail, name, fix.advice, fix.allowlist_helps, offset)
+        return Finding(
+            "unsupported-global", detail, name, fix.advice, False, offset, fix_kind=fix.kind
+        )
 
-    def _operation_finding(self, detail: str, offset: int, fix: str) -> Finding:
-        return Finding("unsupported-operation", detail, None, fix, False, offset)
+    def _operation_finding(self, detail: str, offset: int, fix: str, kind: str = "") -> Finding:
+        return Finding("unsupported-operation", detail, None, fix, False, offset, fix_kind=kind)
 
     def unaccepted(self, op: Op) -> None:
         """One finding per refused opcode name, not one per use; the opcode still runs."""
