@@ -57,6 +57,8 @@ def collect_matrix(session: pytest.Session) -> list[pytest.Item]:
             kind = f"world_size {pair_id(params['ckpt_world_size'])}"
         grid = ckpt.grid_label(params["ckpt_grid"])
         item.user_properties.append((CELL_PROPERTY, (kind, params["ckpt_stage"], grid)))
+        if kind == "snapshot":
+            ckpt.matrix_snapshot_names.add(item.name)
     return items
 
 
@@ -123,10 +125,21 @@ def snapshot(matrix_subject, matrix_system, ckpt_check, snapshot, tmp_path, pyte
             head = (
                 f"no snapshot yet for {name} (subject {subject}): review the state "
                 "below and run with --snapshot-update to record it"
-            )
+            ) + _old_place_hint(pytestconfig, subject)
         else:
             head = f"snapshot {name} (subject {subject}) differs:"
         pytest.fail(f"{head}\n{diff}", pytrace=False)
+
+
+def _old_place_hint(config: pytest.Config, subject: str) -> str:
+    """Matrix snapshots recorded by older versions sit in `__snapshots__/<subject>/`."""
+    from pytest_ckpt.plugin.snapshot import OLD_MATRIX_SNAPSHOTS, snapshot_dirname_for
+
+    old = snapshot_dirname_for(subject, root=OLD_MATRIX_SNAPSHOTS)
+    if not Path(config.rootpath, old, "ckpt.ckpt-ambr").is_file():
+        return ""
+    new = snapshot_dirname_for(subject)
+    return f" (earlier versions recorded it in {old}/: git mv {old} {new})"
 
 
 def world_size(

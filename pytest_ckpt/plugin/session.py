@@ -37,6 +37,7 @@ class CkptSession:
         self._stages: tuple[str, ...] | None = None
         self._grids: tuple[Grid, ...] | None = None
         self._extensions: dict[str, type] = {}
+        self.matrix_snapshot_names: set[str] = set()  # `snapshot[BLENDING-2x2]`, as collected
 
     @property
     def subject(self) -> Any:
@@ -215,6 +216,7 @@ class CkptSession:
                 default=Tolerance(self.options.snapshot_rtol, self.options.snapshot_atol),
                 rules=rules,
                 dirname=snapshot_dirname_for(self.subject.name) if matrix else None,
+                judged_names=self.matrix_snapshot_names if matrix else None,
             )
         return self._extensions[kind]
 

@@ -27,9 +27,11 @@ import ctypes
 import hashlib
 import numbers
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
+from syrupy.data import SnapshotCollection, SnapshotCollections
 from syrupy.extensions.amber import (
     AmberDataSerializer,
     AmberDataSerializerPlugin,
@@ -216,10 +218,20 @@ def _is_flow_container(data: Any) -> bool:
     return leaves is not None and leaves <= _FLOW_LEAVES and _strings_length(data) <= _FLOW_TEXT
 
 
-def snapshot_dirname_for(subject: str) -> str:
-    """Each subject's matrix snapshots live in their own folder, so a run with another
-    `--ckpt-subject` never compares against (or deletes) the first subject's snapshots."""
-    return f"__snapshots__/{_UNSAFE_DIR_CHARS.sub('_', subject) or 'subject'}"
+MATRIX_SNAPSHOTS = "__ckpt_snapshots__"
+# Where the matrix kept its snapshots before 0.3: inside syrupy's `__snapshots__`, which
+# syrupy takes to belong to the test files next to it (see `snapshot_dirname_for`).
+OLD_MATRIX_SNAPSHOTS = "__snapshots__"
+
+
+def snapshot_dirname_for(subject: str, *, root: str = MATRIX_SNAPSHOTS) -> str:
+    """Each subject's matrix snapshots live in their own folder, outside every `__snapshots__`.
+
+    syrupy scans a test file's `__snapshots__` folder recursively and treats any file there that
+    its extension does not own as an orphan of a deleted test, deleted by `--snapshot-update`
+    (`Deleted unknown snapshot collection`). A project's own `snapshot` tests next to the
+    rootdir would so delete the matrix snapshots of every subject but the one under test."""
+    return f"{root}/{_UNSAFE_DIR_CHARS.sub('_', subject) or 'subject'}"
 
 
 class CkptSnapshotExtension(AmberSnapshotExtension):
@@ -228,8 +240,44 @@ class CkptSnapshotExtension(AmberSnapshotExtension):
 
     # One dot only: syrupy matches a snapshot file to its test by the file's stem.
     file_extension = "ckpt-ambr"
+    # The snapshot names this session's matrix generates (None: every name, for `ckpt_snapshot`)
+    judged_names: ClassVar[frozenset[str] | None] = None
     float_mode: ClassVar[str] = "tolerant"
     tolerances: ClassVar[Tolerances] = Tolerances(DEFAULT_TOLERANCE)
+
+    def owns_snapshot_collection(self, *, filepath: str, test_location: Any) -> bool:
+        """Only our files directly in this extension's folder: never a matrix subject's folder
+        under a test's `__snapshots__`, nor another extension's file."""
+        folder = Path(self.dirname(test_location=test_location))
+        return Path(filepath).parent == folder and self.is_snapshot_location(location=filepath)
+
+    def discover_snapshots(
+        self, *, test_location: Any, ignore_extensions: list[str] | None = None
+    ) -> SnapshotCollections:
+        """Our own collections only, and in them only the snapshots this session may judge.
+
+        syrupy deletes (on `--snapshot-update`) or reports as unused whatever discovery returns
+        and no test used. Files we do not own are not ours to call unknown; a matrix file's
+        entries for cells not collected this run (`--ckpt-stages`, `--ckpt-grids`) are not
+        unused, only untested: both are left out, so an update touches only what ran."""
+        found = SnapshotCollections()
+        for collection in super().discover_snapshots(
+            test_location=test_location, ignore_extensions=ignore_extensions
+        ):
+            if not self.owns_snapshot_collection(
+                filepath=collection.location, test_location=test_location
+            ):
+                continue
+            if self.judged_names is not None:
+                kept = SnapshotCollection(location=collection.location)
+                for snapshot in collection:
+                    if snapshot.name in self.judged_names:
+                        kept.add(snapshot)
+                if not kept.has_snapshots:
+                    continue  # an empty collection would be deleted as unknown
+                collection = kept
+            found.add(collection)
+        return found
 
     def compare(self, serialized_data: Any, snapshot_data: Any) -> Comparison:
         return compare_snapshots(str(snapshot_data), str(serialized_data), self.tolerances)
@@ -259,11 +307,14 @@ def make_snapshot_extension(
     default: Tolerance = DEFAULT_TOLERANCE,
     rules: Sequence[ToleranceRule] = (),
     dirname: str | None = None,
+    judged_names: Iterable[str] | None = None,
 ) -> type[CkptSnapshotExtension]:
     """The extension class for one session's settings (built once per session).
 
     `rules` override `default` for matching paths (first match wins); `dirname` replaces
-    syrupy's `__snapshots__` folder (the matrix uses `snapshot_dirname_for(subject)`).
+    syrupy's `__snapshots__` folder (the matrix uses `snapshot_dirname_for(subject)`);
+    `judged_names`, the snapshot names the session can run: entries of other names are never
+    reported unused nor deleted.
     """
     if float_mode not in FLOAT_MODES:
         raise ValueError(f"unknown float mode {float_mode!r}; expected one of {FLOAT_MODES}")
@@ -338,4 +389,6 @@ def make_snapshot_extension(
     }
     if dirname is not None:
         attributes["snapshot_dirname"] = dirname
+    if judged_names is not None:
+        attributes["judged_names"] = frozenset(judged_names)
     return type("CkptSnapshotExtension", (CkptSnapshotExtension,), attributes)

@@ -119,8 +119,8 @@ def test_extension_uses_its_own_file_and_version() -> None:
 
 
 def test_each_subject_gets_its_own_snapshot_folder() -> None:
-    assert snapshot_dirname_for("reference-cnn") == "__snapshots__/reference-cnn"
-    assert snapshot_dirname_for("../evil name") == "__snapshots__/___evil_name"
-    assert snapshot_dirname_for("..") == "__snapshots__/__"
+    assert snapshot_dirname_for("reference-cnn") == "__ckpt_snapshots__/reference-cnn"
+    assert snapshot_dirname_for("../evil name") == "__ckpt_snapshots__/___evil_name"
+    assert snapshot_dirname_for("..") == "__ckpt_snapshots__/__"
     extension = make_snapshot_extension(dirname=snapshot_dirname_for("a"))
-    assert extension.snapshot_dirname == "__snapshots__/a"
+    assert extension.snapshot_dirname == "__ckpt_snapshots__/a"
