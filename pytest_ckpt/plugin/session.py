@@ -20,6 +20,7 @@ from pytest_ckpt.vocabulary import Grid, grid_id
 SESSION_KEY = pytest.StashKey["CkptSession"]()
 CELL_PROPERTY = "ckpt_cell"  # user_properties entry of a generated item: (kind, stage, grid)
 FIXTURES_MODULE = "pytest_ckpt.plugin.fixtures"
+MATRIX_FILE = "ckpt"  # the generated items' node ids start `ckpt::`
 
 
 def ckpt_session(config: pytest.Config) -> CkptSession:
@@ -37,6 +38,7 @@ class CkptSession:
         self._stages: tuple[str, ...] | None = None
         self._grids: tuple[Grid, ...] | None = None
         self._extensions: dict[str, type] = {}
+        self.node_ids: tuple[str, ...] = ()  # `ckpt::resume[TRAINING]` arguments
         self.matrix_snapshot_names: set[str] = set()  # `snapshot[BLENDING-2x2]`, as collected
 
     @property
@@ -170,6 +172,36 @@ class CkptSession:
 
     # ---- the generated matrix -----------------------------------------------------------
 
+    def take_node_id_args(self) -> None:
+        """`pytest --ckpt-roundtrip "ckpt::resume[TRAINING]"` reruns the item the summary named.
+
+        No file `ckpt` exists, so pytest would stop at "file or directory not found": such
+        arguments (`ckpt`, `ckpt::resume`, `ckpt::resume[TRAINING]`) are taken out of the paths
+        to collect and select among the generated items instead (`select_node_ids`)."""
+        if Path(self.config.invocation_params.dir, MATRIX_FILE).exists():
+            return
+        ids = [arg for arg in self.config.args if _names_matrix_item(str(arg))]
+        if ids and not self.options.enabled:
+            raise pytest.UsageError(
+                f"{ids[0]} is a test that --ckpt-roundtrip generates: add --ckpt-roundtrip"
+            )
+        self.config.args[:] = [arg for arg in self.config.args if arg not in ids]
+        self.node_ids = tuple(ids)
+
+    def select_node_ids(self, items: list[pytest.Item]) -> None:
+        """Keep the generated items named on the command line (and everything else collected
+        from the other arguments); report the rest as deselected."""
+        if not self.node_ids:
+            return
+        kept, dropped = [], []
+        for item in items:
+            generated = any(key == CELL_PROPERTY for key, _ in item.user_properties)
+            chosen = any(_selects(arg, item.nodeid) for arg in self.node_ids)
+            (dropped if generated and not chosen else kept).append(item)
+        if dropped:
+            self.config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         cell = dict(report.user_properties).get(CELL_PROPERTY)
         if cell is not None:
@@ -219,6 +251,15 @@ class CkptSession:
                 judged_names=self.matrix_snapshot_names if matrix else None,
             )
         return self._extensions[kind]
+
+
+def _names_matrix_item(arg: str) -> bool:
+    return arg == MATRIX_FILE or arg.startswith(f"{MATRIX_FILE}::")
+
+
+def _selects(arg: str, nodeid: str) -> bool:
+    """`ckpt` selects every generated item, `ckpt::resume` each resume, a full id its item."""
+    return arg == MATRIX_FILE or nodeid == arg or nodeid.startswith(f"{arg}[")
 
 
 def _conftest_overrides(config: pytest.Config) -> list[Any]:
