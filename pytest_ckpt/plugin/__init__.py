@@ -29,6 +29,7 @@ from pytest_ckpt.plugin.hooks import (
     pytest_sessionfinish,
     pytest_sessionstart,
     pytest_terminal_summary,
+    pytest_testnodedown,
 )
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "pytest_sessionfinish",
     "pytest_sessionstart",
     "pytest_terminal_summary",
+    "pytest_testnodedown",
 ]

@@ -66,7 +66,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_sep("=", "pytest-ckpt matrix")
         for line in lines:
             terminalreporter.write_line(line)
+    for pattern in ckpt_session(config).unmatched_patterns():
+        terminalreporter.write_line(
+            f"warning: snapshot tolerance pattern {pattern!r} matched no value in this run's "
+            "snapshots: check its dotted path (e.g. state.model.0.weight)",
+            yellow=True,
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     ckpt_session(session.config).write_report()
+    if hasattr(session.config, "workeroutput"):  # to the xdist controller
+        rules, matched = ckpt_session(session.config).pattern_usage()
+        session.config.workeroutput["ckpt_patterns"] = {"rules": rules, "matched": sorted(matched)}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist: a worker's snapshot pattern usage, for the controller's warning."""
+    usage = getattr(node, "workeroutput", {}).get("ckpt_patterns")
+    if usage:
+        ckpt_session(node.config).add_pattern_usage(usage)

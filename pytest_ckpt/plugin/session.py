@@ -39,7 +39,11 @@ class CkptSession:
         self._grids: tuple[Grid, ...] | None = None
         self._extensions: dict[str, type] = {}
         self.node_ids: tuple[str, ...] = ()  # `ckpt::resume[TRAINING]` arguments
-        self.matrix_snapshot_names: set[str] = set()  # `snapshot[BLENDING-2x2]`, as collected
+        self.matrix_snapshot_names: set[str] = set()
+        self._worker_rules: list[str] = []  # tolerance patterns and the ones matched, from
+        self._worker_matched: set[str] = (
+            set()
+        )  # xdist workers  # `snapshot[BLENDING-2x2]`, as collected
 
     @property
     def subject(self) -> Any:
@@ -217,6 +221,25 @@ class CkptSession:
         if self.options.report:
             lines.append(f"report written to {self.options.report}")
         return lines
+
+    def unmatched_patterns(self) -> list[str]:
+        """Tolerance patterns no value of this run's snapshots matched (a typo, or a path that
+        moved); none before a snapshot was taken. Under xdist the controller holds what its
+        workers sent (`add_pattern_usage`)."""
+        rules, matched = self.pattern_usage()
+        return [pattern for pattern in rules if pattern not in matched]
+
+    def pattern_usage(self) -> tuple[list[str], set[str]]:
+        rules: dict[str, None] = dict.fromkeys(self._worker_rules)
+        matched = set(self._worker_matched)
+        for extension in self._extensions.values():
+            rules.update(dict.fromkeys(rule.pattern for rule in extension.tolerances.rules))
+            matched |= extension.matched_patterns
+        return list(rules), matched
+
+    def add_pattern_usage(self, usage: dict[str, list[str]]) -> None:
+        self._worker_rules.extend(usage.get("rules", ()))
+        self._worker_matched.update(usage.get("matched", ()))
 
     def write_report(self) -> None:
         if self.options.enabled and self.options.report and not hasattr(self.config, "workerinput"):

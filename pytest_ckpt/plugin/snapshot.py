@@ -44,6 +44,7 @@ from pytest_ckpt.plugin.snapshot_compare import (
     ToleranceRule,
     Tolerances,
     compare_snapshots,
+    parse_snapshot,
 )
 
 FLOAT_MODES = ("exact", "tolerant")
@@ -60,7 +61,13 @@ _FLOW_LEAVES = 16
 _FLOW_DEPTH = 3
 _FLOW_TEXT = 120
 _UNSAFE_DIR_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_MASK = re.compile(r"<[A-Za-z_]\w*>")
 UNCHECKED_FLOAT = "<float>"  # a float at an unchecked path: its type is pinned, not its value
+
+
+def masked(value: Any) -> str:
+    """A value at an `unchecked` path: its type only (`<float>`, `<str>`, `<datetime>`)."""
+    return f"<{type(value).__name__}>"
 
 
 def dotted_path(path: Sequence[tuple[Any, Any]]) -> str:
@@ -111,7 +118,7 @@ def _float_summary(values: Any, float_mode: str) -> list[str]:
 
 
 def describe_tensor(tensor: Any, *, float_mode: str = "tolerant", checked: bool = True) -> str:
-    """The one-line text of a tensor in a snapshot; `checked=False` leaves float values out
+    """The one-line text of a tensor in a snapshot; `checked=False` leaves its values out
     (a path whose values differ from machine to machine: shape and dtype only)."""
     import torch
 
@@ -123,7 +130,7 @@ def describe_tensor(tensor: Any, *, float_mode: str = "tolerant", checked: bool 
         return f"Tensor({head}, device=meta, no data)"
     data = tensor.detach().cpu()
     floating = data.is_floating_point() or data.is_complex()
-    if floating and not checked:
+    if not checked:
         return f"Tensor({head})"
     parts = [head]
     if not floating or float_mode == "exact":
@@ -156,7 +163,7 @@ def describe_number_list(
     import torch
 
     kind = type(data).__name__
-    if all(isinstance(v, numbers.Integral) for v in data):
+    if all(isinstance(v, numbers.Integral) for v in data) and checked:
         text = ",".join(str(int(v)) for v in data)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         ints = [int(v) for v in data]
@@ -244,6 +251,8 @@ class CkptSnapshotExtension(AmberSnapshotExtension):
     judged_names: ClassVar[frozenset[str] | None] = None
     float_mode: ClassVar[str] = "tolerant"
     tolerances: ClassVar[Tolerances] = Tolerances(DEFAULT_TOLERANCE)
+    # The rule patterns some serialized value's path matched (a pattern never in it did nothing)
+    matched_patterns: ClassVar[set[str]] = set()
 
     def owns_snapshot_collection(self, *, filepath: str, test_location: Any) -> bool:
         """Only our files directly in this extension's folder: never a matrix subject's folder
@@ -290,6 +299,12 @@ class CkptSnapshotExtension(AmberSnapshotExtension):
     def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
         """Only real differences: lines that differ within tolerance are shown as recorded,
         and each float beyond its tolerance is listed with both values first."""
+        if snapshot_data:
+            for path in newly_masked(str(serialized_data), str(snapshot_data), self.tolerances):
+                yield (
+                    f"{path}: an 'unchecked' rule masks it now, but the snapshot recorded its "
+                    "value: the snapshot needs re-recording (--snapshot-update)"
+                )
         if self.float_mode == "exact" or snapshot_data is None or snapshot_data == "":
             yield from super().diff_lines(serialized_data, snapshot_data)
             return
@@ -299,6 +314,35 @@ class CkptSnapshotExtension(AmberSnapshotExtension):
         if len(comparison.differences) > 20:
             yield f"... and {len(comparison.differences) - 20} more floats beyond tolerance"
         yield from super().diff_lines(comparison.normalized, snapshot_data)
+
+
+def newly_masked(received: str, snapshot: str, tolerances: Tolerances) -> list[str]:
+    """Paths an `unchecked` rule masks in `received` whose recorded text differs: the rule
+    came after the recording (an ini change), not a change in the value."""
+    recorded = {line.path: line for line in parse_snapshot(snapshot) if line.path}
+    paths: list[str] = []
+    for line in parse_snapshot(received):
+        before = recorded.get(line.path)
+        if not line.path or before is None or before.text.strip() == line.text.strip():
+            continue
+        floats = [p for p in before.float_paths if not tolerances.for_path(p).compares]
+        if floats:
+            paths += floats
+        elif not tolerances.for_path(line.path).compares or _differs_only_at_masks(
+            line.text.strip(), before.text.strip()
+        ):
+            paths.append(line.path)
+    return paths
+
+
+def _differs_only_at_masks(received: str, recorded: str) -> bool:
+    """`'a': dict({'host': <str>})` vs `'a': dict({'host': 'node-7'})`: equal but for masks."""
+    parts = _MASK.split(received)
+    if len(parts) == 1:
+        return False
+    pattern = "(.+?)".join(re.escape(part) for part in parts)
+    match = re.fullmatch(pattern, recorded)
+    return match is not None and not any(_MASK.fullmatch(g) for g in match.groups())
 
 
 def make_snapshot_extension(
@@ -321,8 +365,14 @@ def make_snapshot_extension(
 
     tolerances = Tolerances(default, tuple(rule.with_defaults(default) for rule in rules))
 
+    matched_patterns: set[str] = set()
+
     def checked(path: str) -> bool:
-        return tolerances.for_path(path).compares
+        rule = tolerances.rule_for(path)
+        if rule is None:
+            return tolerances.default.compares
+        matched_patterns.add(rule.pattern)
+        return rule.tolerance.compares
 
     class TensorPlugin(AmberDataSerializerPlugin):
         @classmethod
@@ -352,17 +402,17 @@ def make_snapshot_extension(
             return AmberDataSerializer.with_indent(text, depth)
 
     def _number_text(value: Any, where: str) -> str:
+        if not checked(where):
+            return UNCHECKED_FLOAT if not isinstance(value, numbers.Integral) else "<int>"
         if isinstance(value, numbers.Integral):
             return str(int(value))
-        if not checked(where):
-            return UNCHECKED_FLOAT
         return format_float(float(value), float_mode=float_mode)
 
     def _flow_text(data: Any, where: str) -> str:
         if type(data) is float:
             return _number_text(data, where)
         if not isinstance(data, (dict, list, tuple)):
-            return repr(data)
+            return repr(data) if data is None or checked(where) else masked(data)
         if isinstance(data, dict):
             keys = CkptAmberSerializer.sort(data.keys())
             body = ", ".join(f"{k!r}: {_flow_text(data[k], f'{where}.{k}')}" for k in keys)
@@ -380,12 +430,27 @@ def make_snapshot_extension(
         ) -> str:
             if isinstance(data, float):
                 return cls.with_indent(_number_text(data, dotted_path(path)), depth)
+            if not checked(dotted_path(path)):
+                return cls.with_indent(masked(data), depth)
             return super().serialize_number(data, depth=depth, path=path, **kwargs)
+
+        @classmethod
+        def serialize_string(cls, data: Any, *, depth: int = 0, path: Any = (), **kw: Any) -> str:
+            if not checked(dotted_path(path)):  # a version string, a hostname, an ISO time
+                return cls.with_indent(masked(data), depth)
+            return super().serialize_string(data, depth=depth, path=path, **kw)
+
+        @classmethod
+        def serialize_unknown(cls, data: Any, *, depth: int = 0, path: Any = (), **kw: Any) -> str:
+            if data is not None and not checked(dotted_path(path)):  # a datetime, a UUID
+                return cls.with_indent(masked(data), depth)
+            return super().serialize_unknown(data, depth=depth, path=path, **kw)
 
     attributes: dict[str, Any] = {
         "serializer_class": CkptAmberSerializer,
         "float_mode": float_mode,
         "tolerances": tolerances,
+        "matched_patterns": matched_patterns,
     }
     if dirname is not None:
         attributes["snapshot_dirname"] = dirname

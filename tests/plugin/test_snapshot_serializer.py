@@ -30,9 +30,10 @@ def test_small_tensors_list_their_values_and_integer_tensors_are_digested() -> N
     assert "min=0, max=99" in describe_tensor(torch.arange(100))
 
 
-def test_unchecked_float_tensors_keep_shape_and_dtype_only() -> None:
+def test_unchecked_tensors_keep_shape_and_dtype_only() -> None:
     assert describe_tensor(torch.ones(20), checked=False) == "Tensor(shape=[20], dtype=float32)"
-    assert "sha256" in describe_tensor(torch.arange(20), checked=False)  # integers: always
+    assert describe_tensor(torch.arange(20), checked=False) == "Tensor(shape=[20], dtype=int64)"
+    assert "sha256" in describe_tensor(torch.arange(20))
 
 
 def test_digest_is_of_exact_bytes() -> None:
