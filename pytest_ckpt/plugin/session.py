@@ -92,6 +92,18 @@ class CkptSession:
             self._stages = chosen
         return self._stages
 
+    def stages_line(self) -> str:
+        """Which stages were tested, and which the subject has that were not."""
+        tested = self.stages()
+        untested = [stage for stage in self.subject.stages() if stage not in tested]
+        line = f"stages tested: {', '.join(tested)}"
+        if untested:
+            line += (
+                f"; not tested: {', '.join(untested)} (--ckpt-stages all, or a list, tests "
+                f"{'it' if len(untested) == 1 else 'them'})"
+            )
+        return line
+
     def grids(self) -> tuple[Grid, ...]:
         """The grids to build on: the chosen ones, each checked by the subject's `check_grid`
         (a usage error naming the grid and the subject's reason), or the single (1, 1) of a
@@ -218,6 +230,7 @@ class CkptSession:
         if not self.options.enabled or hasattr(self.config, "workerinput") or self.report.empty:
             return []
         lines = self.report.terminal_lines()
+        lines.append(self.stages_line())
         if self.options.report:
             lines.append(f"report written to {self.options.report}")
         return lines
