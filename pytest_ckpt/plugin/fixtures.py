@@ -41,7 +41,9 @@ def ckpt_grid(request: pytest.FixtureRequest) -> tuple[int, int]:
 @pytest.fixture
 def ckpt_model(ckpt_subject: Any, ckpt_stage: str, ckpt_grid: tuple[int, int]) -> Any:
     """A live system of the subject at `ckpt_stage` on `ckpt_grid` (seed 0)."""
-    return ckpt_subject.build(grid=ckpt_grid, stage=ckpt_stage, seed=0)
+    from pytest_ckpt.checks.calls import call_subject
+
+    return call_subject(ckpt_subject, "build", grid=ckpt_grid, stage=ckpt_stage, seed=0)
 
 
 @pytest.fixture
