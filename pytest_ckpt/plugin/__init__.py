@@ -12,6 +12,7 @@ pytest registers this module: the hooks and fixtures below are what it finds her
 from pytest_ckpt.plugin.fixtures import (
     ckpt_backcompat,
     ckpt_check,
+    ckpt_clock,
     ckpt_grid,
     ckpt_model,
     ckpt_options,
@@ -35,6 +36,7 @@ from pytest_ckpt.plugin.hooks import (
 __all__ = [
     "ckpt_backcompat",
     "ckpt_check",
+    "ckpt_clock",
     "ckpt_grid",
     "ckpt_model",
     "ckpt_options",

@@ -104,6 +104,24 @@ def ckpt_snapshot(snapshot: Any, pytestconfig: pytest.Config) -> Any:
 
 
 @pytest.fixture
+def ckpt_clock() -> Iterator[Callable[..., Any]]:
+    """`ckpt_clock("mypkg.model", "mypkg.telemetry", tick=0.0)`: those modules read a
+    deterministic clock (time.time, time.monotonic, datetime.now/utcnow, however they imported
+    them) until the test ends; returns the `DeterministicClock` (`.advance(seconds)`)."""
+    from pytest_ckpt.plugin.clock import START, frozen_clock
+
+    with contextlib.ExitStack() as stack:
+
+        def freeze(*modules: Any, start: float = START, tick: float = 0.0) -> Any:
+            try:
+                return stack.enter_context(frozen_clock(modules, start=start, tick=tick))
+            except ValueError as err:
+                raise pytest.fail.Exception(f"ckpt_clock: {err}", pytrace=False) from None
+
+        yield freeze
+
+
+@pytest.fixture
 def ckpt_backcompat(ckpt_check):
     """`ckpt_backcompat(directory, rebuild=None, pattern="*.pt")`: every committed checkpoint
     under `directory` matching `pattern` (a glob, or several: `("*.pt", "*.ckpt")`) still loads

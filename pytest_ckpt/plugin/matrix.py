@@ -15,6 +15,7 @@ items per stage only: `ckpt::roundtrip[WARMUP]`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,24 @@ def _one_torch_thread() -> Iterator[None]:
 @pytest.fixture
 def matrix_subject(pytestconfig: pytest.Config) -> Any:
     return ckpt_session(pytestconfig).subject
+
+
+@pytest.fixture(autouse=True)
+def _subject_clock(matrix_subject: Any) -> Iterator[None]:
+    """A subject's `clock_modules` (module names) read a deterministic clock while the item
+    builds, steps and rebuilds it (`pytest_ckpt.plugin.clock`)."""
+    modules = tuple(getattr(matrix_subject, "clock_modules", ()) or ())
+    if not modules:
+        yield
+        return
+    from pytest_ckpt.plugin.clock import frozen_clock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(frozen_clock(modules))
+        except ValueError as err:
+            pytest.fail(f"subject {matrix_subject.name}: {err}", pytrace=False)
+        yield
 
 
 @pytest.fixture

@@ -3,15 +3,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pytest_ckpt.plugin.snapshot import (
+from pytest_ckpt.plugin.snapshot import make_snapshot_extension, snapshot_dirname_for
+from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
+from pytest_ckpt.plugin.snapshot_text import (
     describe_number_list,
     describe_tensor,
     format_float,
-    make_snapshot_extension,
-    snapshot_dirname_for,
     tensor_digest,
 )
-from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
 
 
 def test_float_tensors_carry_well_conditioned_summaries_not_a_mean() -> None:
