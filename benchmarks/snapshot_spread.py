@@ -36,7 +36,11 @@ _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")
 def record(example: Path, capability: str, workdir: Path) -> dict[str, str]:
     """Fresh snapshots of `example` under one capability: {snapshot name: serialized text}."""
     copy = workdir / capability
-    shutil.copytree(example, copy, ignore=shutil.ignore_patterns("__snapshots__", ".*cache*"))
+    shutil.copytree(
+        example,
+        copy,
+        ignore=shutil.ignore_patterns("__snapshots__", "__ckpt_snapshots__", ".*cache*"),
+    )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--ckpt-roundtrip"]
     args += ["--snapshot-update", "-k", "snapshot"]

@@ -10,6 +10,7 @@ that called it, then what to do.
 from __future__ import annotations
 
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from pytest_ckpt.errors import CheckpointError, SubjectError
 
 _MESSAGE_LINES = 6
 _LINE_CHARS = 300
+# The systems (by id) each subject's build() and rebuild() returned in this process: an
+# AttributeError in export_state on one of them is the subject's own, not a wrong system.
+_MADE: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+_MADE_LIMIT = 10_000
 _STRUCTURE_HINT = (
     "the checkpoint's structure differs from the system rebuild() made: save what the "
     "structure is built from (a config) in export_state() and build from it in rebuild()"
@@ -27,11 +32,30 @@ def call_subject(subject: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     """`subject.<method>(*args, **kwargs)`; anything but a CheckpointError it raises becomes a
     SubjectError whose message starts with the cause."""
     try:
-        return getattr(subject, method)(*args, **kwargs)
+        result = getattr(subject, method)(*args, **kwargs)
     except CheckpointError:
         raise
     except Exception as err:
         raise SubjectError(describe_failure(subject, method, err, args)) from err
+    if method in ("build", "rebuild"):
+        _remember_made(subject, result)
+    return result
+
+
+def _remember_made(subject: Any, system: Any) -> None:
+    try:
+        made = _MADE.setdefault(subject, set())
+    except TypeError:  # a subject that cannot be weakly referenced: nothing to remember
+        return
+    if len(made) < _MADE_LIMIT:
+        made.add(id(system))
+
+
+def _made_by(subject: Any, system: Any) -> bool:
+    try:
+        return id(system) in _MADE.get(subject, ())
+    except TypeError:
+        return False
 
 
 def describe_failure(subject: Any, method: str, err: BaseException, args: tuple = ()) -> str:
@@ -46,7 +70,7 @@ def describe_failure(subject: Any, method: str, err: BaseException, args: tuple 
     if len(message) > _MESSAGE_LINES:
         lines.append(f"    ... ({len(message) - _MESSAGE_LINES} more lines)")
     lines += _where(err)
-    hint = _hint(method, err, text, args)
+    hint = _hint(subject, method, err, text, args)
     if hint:
         lines.append(f"  {hint}")
     return "\n".join(lines)
@@ -87,16 +111,18 @@ def _is_library(filename: str) -> bool:
     return "site-packages" in parts or "dist-packages" in parts
 
 
-def _hint(method: str, err: BaseException, text: str, args: tuple) -> str:
+def _hint(subject: Any, method: str, err: BaseException, text: str, args: tuple) -> str:
     if method == "rebuild" and "in loading state_dict" in text:
         return _STRUCTURE_HINT
-    if method == "export_state" and isinstance(
-        err, (KeyError, TypeError, IndexError, AttributeError)
+    if (
+        method == "export_state"
+        and isinstance(err, (KeyError, TypeError, IndexError, AttributeError))
+        and args
+        and not _made_by(subject, args[0])
     ):
-        system = type(args[0]).__qualname__ if args else "object"
         return (
             f"is this system one this subject's build() made? The checks (and ckpt_resume) "
             f"take a system from ckpt_subject.build() or the ckpt_model fixture; this is a "
-            f"{system}"
+            f"{type(args[0]).__qualname__}"
         )
     return ""

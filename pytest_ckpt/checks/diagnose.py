@@ -158,7 +158,9 @@ def _absent_cause(
     reset, an observation discarded) or another kind of value."""
     if leaf.kind in ("generator", "numpy generator") and not changed:
         return None
-    now = repr(other.value)[:40] if other.kind == "attribute" else f"a {_what(other)}"
+    if not _is_none(leaf) and not _is_none(other):
+        return _changed_type_cause(path, leaf, other, changed, index)
+    now = repr(other.value)[:40] if other.kind == "attribute" else _what(other)
     verb = "changed during the step" if changed else "is there at the start of the step"
     rank = (0 if "generator" in leaf.kind else 2) if changed else 5
     held = (
@@ -167,6 +169,37 @@ def _absent_cause(
         else "export_state() holds it, but rebuild() does not restore it"
     )
     return Cause(rank, f"{path} ({_what(leaf)}) {verb} but is {now} in the resumed run; {held}")
+
+
+def _is_none(leaf: Leaf) -> bool:
+    return leaf.kind == "attribute" and leaf.value is None
+
+
+def _changed_type_cause(
+    path: str, leaf: Leaf, other: Leaf, changed: bool, index: ExportIndex
+) -> Cause:
+    """A value that is something else in the resumed run (a float64 come back as a 0-d array):
+    if export_state() holds it by name, rebuild() restores it with the wrong type."""
+    head = (
+        f"{path} changed type: {_type_text(leaf)} in the continued run but {_type_text(other)} "
+        "in the resumed one"
+    )
+    where = index.find_path(_last_name(path))
+    if where is None:
+        return Cause(
+            2 if changed else 5, f"{head}; it is not in export_state(): {_save_advice(leaf)}"
+        )
+    return Cause(
+        2 if changed else 5,
+        f"{head}; export_state() holds it at {where}: rebuild() restores it as another type "
+        "(convert it back, e.g. float(...))",
+    )
+
+
+def _type_text(leaf: Leaf) -> str:
+    if leaf.kind == "array":
+        return f"a {leaf.value.ndim}-d numpy array ({leaf.value.dtype})"
+    return _what(leaf)
 
 
 def _param_groups_cause(path: str, before: list, resumed: list, index: ExportIndex) -> str:
@@ -296,6 +329,13 @@ class ExportIndex:
         for path, key, _ in self.entries:
             if key == name:
                 return path.rsplit("[", 1)[0] if "[" in path else path
+        return None
+
+    def find_path(self, name: str) -> str | None:
+        """The path of the first value stored under the key `name`, whatever its value."""
+        for path, key, _ in self.entries:
+            if key == name:
+                return path
         return None
 
     def find_equal(self, value: Any) -> str | None:

@@ -12,6 +12,7 @@ pytest registers this module: the hooks and fixtures below are what it finds her
 from pytest_ckpt.plugin.fixtures import (
     ckpt_backcompat,
     ckpt_check,
+    ckpt_clock,
     ckpt_grid,
     ckpt_model,
     ckpt_options,
@@ -29,11 +30,13 @@ from pytest_ckpt.plugin.hooks import (
     pytest_sessionfinish,
     pytest_sessionstart,
     pytest_terminal_summary,
+    pytest_testnodedown,
 )
 
 __all__ = [
     "ckpt_backcompat",
     "ckpt_check",
+    "ckpt_clock",
     "ckpt_grid",
     "ckpt_model",
     "ckpt_options",
@@ -49,4 +52,5 @@ __all__ = [
     "pytest_sessionfinish",
     "pytest_sessionstart",
     "pytest_terminal_summary",
+    "pytest_testnodedown",
 ]

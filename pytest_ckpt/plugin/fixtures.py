@@ -41,7 +41,9 @@ def ckpt_grid(request: pytest.FixtureRequest) -> tuple[int, int]:
 @pytest.fixture
 def ckpt_model(ckpt_subject: Any, ckpt_stage: str, ckpt_grid: tuple[int, int]) -> Any:
     """A live system of the subject at `ckpt_stage` on `ckpt_grid` (seed 0)."""
-    return ckpt_subject.build(grid=ckpt_grid, stage=ckpt_stage, seed=0)
+    from pytest_ckpt.checks.calls import call_subject
+
+    return call_subject(ckpt_subject, "build", grid=ckpt_grid, stage=ckpt_stage, seed=0)
 
 
 @pytest.fixture
@@ -112,6 +114,24 @@ def ckpt_snapshot(snapshot: Any, pytestconfig: pytest.Config) -> Any:
     """syrupy's `snapshot`, with tensors serialized as shape/dtype/summary and floats compared
     with the session's tolerance (`--ckpt-snapshot-floats`, `--ckpt-snapshot-rtol/atol`)."""
     return snapshot.use_extension(ckpt_session(pytestconfig).snapshot_extension())
+
+
+@pytest.fixture
+def ckpt_clock() -> Iterator[Callable[..., Any]]:
+    """`ckpt_clock("mypkg.model", "mypkg.telemetry", tick=0.0)`: those modules read a
+    deterministic clock (time.time, time.monotonic, datetime.now/utcnow, however they imported
+    them) until the test ends; returns the `DeterministicClock` (`.advance(seconds)`)."""
+    from pytest_ckpt.plugin.clock import START, frozen_clock
+
+    with contextlib.ExitStack() as stack:
+
+        def freeze(*modules: Any, start: float = START, tick: float = 0.0) -> Any:
+            try:
+                return stack.enter_context(frozen_clock(modules, start=start, tick=tick))
+            except ValueError as err:
+                raise pytest.fail.Exception(f"ckpt_clock: {err}", pytrace=False) from None
+
+        yield freeze
 
 
 @pytest.fixture

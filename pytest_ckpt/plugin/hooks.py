@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_ckpt.distributed.world_size_option import pair_id
-from pytest_ckpt.plugin.matrix import collect_matrix
+from pytest_ckpt.plugin.matrix import MARKERS, collect_matrix
 from pytest_ckpt.plugin.options import add_options, check_report_option_form, resolve_options
 from pytest_ckpt.plugin.session import SESSION_KEY, CkptSession, ckpt_session
 from pytest_ckpt.vocabulary import grid_id
@@ -21,7 +21,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     check_report_option_form(config)  # even with the matrix off: the ini that turns it on is lost
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
     config.stash[SESSION_KEY] = CkptSession(config, resolve_options(config))
+    ckpt_session(config).take_node_id_args()
     if ckpt_session(config).options.enabled:
         ckpt_session(config).start()
 
@@ -32,6 +35,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if ckpt_session(config).options.enabled:
         items.extend(collect_matrix(session))
         ckpt_session(config).check_subject_fixture(session, items)
+        ckpt_session(config).select_node_ids(items)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -62,7 +66,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_sep("=", "pytest-ckpt matrix")
         for line in lines:
             terminalreporter.write_line(line)
+    for pattern in ckpt_session(config).unmatched_patterns():
+        terminalreporter.write_line(
+            f"warning: snapshot tolerance pattern {pattern!r} matched no value in this run's "
+            "snapshots: check its dotted path (e.g. state.model.0.weight)",
+            yellow=True,
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     ckpt_session(session.config).write_report()
+    if hasattr(session.config, "workeroutput"):  # to the xdist controller
+        rules, matched = ckpt_session(session.config).pattern_usage()
+        session.config.workeroutput["ckpt_patterns"] = {"rules": rules, "matched": sorted(matched)}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist: a worker's snapshot pattern usage, for the controller's warning."""
+    usage = getattr(node, "workeroutput", {}).get("ckpt_patterns")
+    if usage:
+        ckpt_session(node.config).add_pattern_usage(usage)

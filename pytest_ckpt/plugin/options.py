@@ -90,7 +90,7 @@ def tolerance_value(text: str) -> str:
 
 
 def tolerance_rules_value(lines: list[str]) -> tuple[str, ...]:
-    """ini lines `PATTERN: rtol=X, atol=Y` or `PATTERN: any`, each validated."""
+    """ini lines `PATTERN: rtol=X, atol=Y` or `PATTERN: unchecked`, each validated."""
     rules = tuple(line.strip() for line in lines if line.strip())
     for rule in rules:
         try:
@@ -222,8 +222,9 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(spec.name, spec.help, default=spec.default)
     parser.addini(
         TOLERANCES_INI,
-        "per-field float tolerances for snapshots, one per line: 'PATTERN: rtol=X, atol=Y' or "
-        "'PATTERN: any' (PATTERN is a glob over the dotted path, e.g. step.metrics.*)",
+        "per-field tolerances for snapshots, one per line: 'PATTERN: rtol=X, atol=Y' for floats, "
+        "or 'PATTERN: unchecked' to mask any value there (a version string, a timestamp); "
+        "PATTERN is a glob over the dotted path, e.g. state.config.transformers_version",
         type="linelist",
         default=[],
     )

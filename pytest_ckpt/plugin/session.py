@@ -20,6 +20,7 @@ from pytest_ckpt.vocabulary import Grid, grid_id
 SESSION_KEY = pytest.StashKey["CkptSession"]()
 CELL_PROPERTY = "ckpt_cell"  # user_properties entry of a generated item: (kind, stage, grid)
 FIXTURES_MODULE = "pytest_ckpt.plugin.fixtures"
+MATRIX_FILE = "ckpt"  # the generated items' node ids start `ckpt::`
 
 
 def ckpt_session(config: pytest.Config) -> CkptSession:
@@ -37,6 +38,12 @@ class CkptSession:
         self._stages: tuple[str, ...] | None = None
         self._grids: tuple[Grid, ...] | None = None
         self._extensions: dict[str, type] = {}
+        self.node_ids: tuple[str, ...] = ()  # `ckpt::resume[TRAINING]` arguments
+        self.matrix_snapshot_names: set[str] = set()
+        self._worker_rules: list[str] = []  # tolerance patterns and the ones matched, from
+        self._worker_matched: set[str] = (
+            set()
+        )  # xdist workers  # `snapshot[BLENDING-2x2]`, as collected
 
     @property
     def subject(self) -> Any:
@@ -84,6 +91,18 @@ class CkptSession:
                 )
             self._stages = chosen
         return self._stages
+
+    def stages_line(self) -> str:
+        """Which stages were tested, and which the subject has that were not."""
+        tested = self.stages()
+        untested = [stage for stage in self.subject.stages() if stage not in tested]
+        line = f"stages tested: {', '.join(tested)}"
+        if untested:
+            line += (
+                f"; not tested: {', '.join(untested)} (--ckpt-stages all, or a list, tests "
+                f"{'it' if len(untested) == 1 else 'them'})"
+            )
+        return line
 
     def grids(self) -> tuple[Grid, ...]:
         """The grids to build on: the chosen ones, each checked by the subject's `check_grid`
@@ -169,6 +188,36 @@ class CkptSession:
 
     # ---- the generated matrix -----------------------------------------------------------
 
+    def take_node_id_args(self) -> None:
+        """`pytest --ckpt-roundtrip "ckpt::resume[TRAINING]"` reruns the item the summary named.
+
+        No file `ckpt` exists, so pytest would stop at "file or directory not found": such
+        arguments (`ckpt`, `ckpt::resume`, `ckpt::resume[TRAINING]`) are taken out of the paths
+        to collect and select among the generated items instead (`select_node_ids`)."""
+        if Path(self.config.invocation_params.dir, MATRIX_FILE).exists():
+            return
+        ids = [arg for arg in self.config.args if _names_matrix_item(str(arg))]
+        if ids and not self.options.enabled:
+            raise pytest.UsageError(
+                f"{ids[0]} is a test that --ckpt-roundtrip generates: add --ckpt-roundtrip"
+            )
+        self.config.args[:] = [arg for arg in self.config.args if arg not in ids]
+        self.node_ids = tuple(ids)
+
+    def select_node_ids(self, items: list[pytest.Item]) -> None:
+        """Keep the generated items named on the command line (and everything else collected
+        from the other arguments); report the rest as deselected."""
+        if not self.node_ids:
+            return
+        kept, dropped = [], []
+        for item in items:
+            generated = any(key == CELL_PROPERTY for key, _ in item.user_properties)
+            chosen = any(_selects(arg, item.nodeid) for arg in self.node_ids)
+            (dropped if generated and not chosen else kept).append(item)
+        if dropped:
+            self.config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         properties = dict(report.user_properties)
         cell = properties.get(CELL_PROPERTY)
@@ -184,9 +233,29 @@ class CkptSession:
         if not self.options.enabled or hasattr(self.config, "workerinput") or self.report.empty:
             return []
         lines = self.report.terminal_lines()
+        lines.append(self.stages_line())
         if self.options.report:
             lines.append(f"report written to {self.options.report}")
         return lines
+
+    def unmatched_patterns(self) -> list[str]:
+        """Tolerance patterns no value of this run's snapshots matched (a typo, or a path that
+        moved); none before a snapshot was taken. Under xdist the controller holds what its
+        workers sent (`add_pattern_usage`)."""
+        rules, matched = self.pattern_usage()
+        return [pattern for pattern in rules if pattern not in matched]
+
+    def pattern_usage(self) -> tuple[list[str], set[str]]:
+        rules: dict[str, None] = dict.fromkeys(self._worker_rules)
+        matched = set(self._worker_matched)
+        for extension in self._extensions.values():
+            rules.update(dict.fromkeys(rule.pattern for rule in extension.tolerances.rules))
+            matched |= extension.matched_patterns
+        return list(rules), matched
+
+    def add_pattern_usage(self, usage: dict[str, list[str]]) -> None:
+        self._worker_rules.extend(usage.get("rules", ()))
+        self._worker_matched.update(usage.get("matched", ()))
 
     def write_report(self) -> None:
         if self.options.enabled and self.options.report and not hasattr(self.config, "workerinput"):
@@ -218,8 +287,18 @@ class CkptSession:
                 default=Tolerance(self.options.snapshot_rtol, self.options.snapshot_atol),
                 rules=rules,
                 dirname=snapshot_dirname_for(self.subject.name) if matrix else None,
+                judged_names=self.matrix_snapshot_names if matrix else None,
             )
         return self._extensions[kind]
+
+
+def _names_matrix_item(arg: str) -> bool:
+    return arg == MATRIX_FILE or arg.startswith(f"{MATRIX_FILE}::")
+
+
+def _selects(arg: str, nodeid: str) -> bool:
+    """`ckpt` selects every generated item, `ckpt::resume` each resume, a full id its item."""
+    return arg == MATRIX_FILE or nodeid == arg or nodeid.startswith(f"{arg}[")
 
 
 def _conftest_overrides(config: pytest.Config) -> list[Any]:

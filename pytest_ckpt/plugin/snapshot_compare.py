@@ -74,8 +74,9 @@ class ToleranceRule:
     @classmethod
     def parse(cls, text: str) -> ToleranceRule:
         """`PATTERN: rtol=1e-2, atol=1e-6` (either may be left out: it keeps the default
-        given later by `with_defaults`) or `PATTERN: unchecked` (float values there are
-        neither recorded nor compared; shapes, dtypes and integers still are).
+        given later by `with_defaults`) or `PATTERN: unchecked` (any value there, a float, a
+        version string, a timestamp, a tensor's values, is neither recorded nor compared: the
+        snapshot keeps its type, and a tensor's shape and dtype).
 
         Raises ValueError naming what is wrong."""
         pattern, sep, spec = text.rpartition(":")
@@ -84,13 +85,19 @@ class ToleranceRule:
             raise ValueError(
                 f"expected 'PATTERN: rtol=X, atol=Y' or 'PATTERN: {UNCHECKED}', got {text!r}"
             )
+        if spec.lower() in ("any", "ignore", "skip", "none", "off"):
+            raise ValueError(
+                f"{text!r}: to mask a value write 'PATTERN: {UNCHECKED}' (not {spec!r})"
+            )
         if spec == UNCHECKED:
             return cls(pattern, NOT_COMPARED)
         values: dict[str, float] = {}
         for part in spec.split(","):
             name, eq, number = (p.strip() for p in part.partition("="))
             if not eq or name not in ("rtol", "atol") or name in values:
-                raise ValueError(f"{text!r}: expected rtol=X and/or atol=Y, got {part.strip()!r}")
+                raise ValueError(
+                    f"{text!r}: expected rtol=X and/or atol=Y, or {UNCHECKED}; got {part.strip()!r}"
+                )
             try:
                 values[name] = float(number)
             except ValueError:
@@ -120,10 +127,14 @@ class Tolerances:
     rules: tuple[ToleranceRule, ...] = ()
 
     def for_path(self, path: str) -> Tolerance:
+        rule = self.rule_for(path)
+        return self.default if rule is None else rule.tolerance
+
+    def rule_for(self, path: str) -> ToleranceRule | None:
         for rule in self.rules:
             if fnmatch.fnmatchcase(path, rule.pattern):
-                return rule.tolerance
-        return self.default
+                return rule
+        return None
 
 
 @dataclass(slots=True, frozen=True)

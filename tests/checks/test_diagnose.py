@@ -10,7 +10,7 @@ import torch
 
 from pytest_ckpt import ModuleSubject, StepResult
 from pytest_ckpt.checks.diagnose import diagnose_resume
-from pytest_ckpt.checks.hidden_state import capture
+from pytest_ckpt.checks.hidden_state import Capture, Leaf, capture
 from pytest_ckpt.checks.roundtrip import check_resume
 from pytest_ckpt.errors import ResumeMismatch
 
@@ -234,3 +234,25 @@ def test_state_that_is_restored_is_no_cause() -> None:
     before = capture(system)
     subject.step(system)
     assert diagnose_resume(exported, before, capture(system), before) == []
+
+
+# ---- a value export_state() holds, brought back as another type ------------------------
+
+
+def test_a_value_rebuilt_as_another_type_is_said_to_have_changed_type() -> None:
+    """A VecNormalize count saved as a float64 and restored as a 0-d array is in the export:
+    the cause is its type, not a value export_state() left out."""
+    import numpy as np
+
+    path = "system['venv'].obs_rms.count"
+    before = Capture({path: Leaf("attribute", 3.0, "float64")})
+    after = Capture({path: Leaf("attribute", 4.0, "float64")})
+    resumed = Capture({path: Leaf("array", np.array(3.0), "ndarray")})
+    [cause] = diagnose_resume({"venv": {"obs_rms": {"count": 3.0}}}, before, after, resumed)
+    assert "a a " not in cause
+    assert cause == (
+        "system['venv'].obs_rms.count changed type: a float64 in the continued run but a 0-d "
+        "numpy array (float64) in the resumed one; export_state() holds it at "
+        "root['venv']['obs_rms']['count']: rebuild() restores it as another type (convert it "
+        "back, e.g. float(...))"
+    )

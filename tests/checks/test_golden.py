@@ -20,7 +20,7 @@ from pytest_ckpt.migrate import (
 )
 from pytest_ckpt.migrate.static import convert_file
 from pytest_ckpt.migrate.trusted import to_primitives
-from pytest_ckpt.plugin.snapshot import tensor_digest
+from pytest_ckpt.plugin.snapshot_text import tensor_digest
 from pytest_ckpt.reference import MorphogeneticModel
 from pytest_ckpt.reference.schema_v0 import adapt_v0
 from pytest_ckpt.reference.tasks import sample_input

@@ -35,7 +35,9 @@ def test_flag_on_generates_the_matrix_and_it_passes_on_the_reference(
             "*ckpt::snapshot?BLENDING-1x2? PASSED*",
         ]
     )
-    assert (ckpt_pytester.path / "__snapshots__" / "reference-cnn" / "ckpt.ckpt-ambr").is_file()
+    assert (
+        ckpt_pytester.path / "__ckpt_snapshots__" / "reference-cnn" / "ckpt.ckpt-ambr"
+    ).is_file()
     second = ckpt_pytester.runpytest_subprocess(*args)
     second.assert_outcomes(passed=13)
     second.stdout.re_match_lines(

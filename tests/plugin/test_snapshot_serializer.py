@@ -3,15 +3,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pytest_ckpt.plugin.snapshot import (
+from pytest_ckpt.plugin.snapshot import make_snapshot_extension, snapshot_dirname_for
+from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
+from pytest_ckpt.plugin.snapshot_text import (
     describe_number_list,
     describe_tensor,
     format_float,
-    make_snapshot_extension,
-    snapshot_dirname_for,
     tensor_digest,
 )
-from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
 
 
 def test_float_tensors_carry_well_conditioned_summaries_not_a_mean() -> None:
@@ -30,9 +29,10 @@ def test_small_tensors_list_their_values_and_integer_tensors_are_digested() -> N
     assert "min=0, max=99" in describe_tensor(torch.arange(100))
 
 
-def test_unchecked_float_tensors_keep_shape_and_dtype_only() -> None:
+def test_unchecked_tensors_keep_shape_and_dtype_only() -> None:
     assert describe_tensor(torch.ones(20), checked=False) == "Tensor(shape=[20], dtype=float32)"
-    assert "sha256" in describe_tensor(torch.arange(20), checked=False)  # integers: always
+    assert describe_tensor(torch.arange(20), checked=False) == "Tensor(shape=[20], dtype=int64)"
+    assert "sha256" in describe_tensor(torch.arange(20))
 
 
 def test_digest_is_of_exact_bytes() -> None:
@@ -119,8 +119,8 @@ def test_extension_uses_its_own_file_and_version() -> None:
 
 
 def test_each_subject_gets_its_own_snapshot_folder() -> None:
-    assert snapshot_dirname_for("reference-cnn") == "__snapshots__/reference-cnn"
-    assert snapshot_dirname_for("../evil name") == "__snapshots__/___evil_name"
-    assert snapshot_dirname_for("..") == "__snapshots__/__"
+    assert snapshot_dirname_for("reference-cnn") == "__ckpt_snapshots__/reference-cnn"
+    assert snapshot_dirname_for("../evil name") == "__ckpt_snapshots__/___evil_name"
+    assert snapshot_dirname_for("..") == "__ckpt_snapshots__/__"
     extension = make_snapshot_extension(dirname=snapshot_dirname_for("a"))
-    assert extension.snapshot_dirname == "__snapshots__/a"
+    assert extension.snapshot_dirname == "__ckpt_snapshots__/a"

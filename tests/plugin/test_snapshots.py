@@ -54,7 +54,7 @@ def test_a_snapshot_holds_on_another_cpu_and_fails_a_one_percent_change(
     scaled: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run(scaled, "make", "--snapshot-update").assert_outcomes(passed=1, deselected=3)
-    text = (scaled.path / "__snapshots__" / "scaled" / "ckpt.ckpt-ambr").read_text()
+    text = (scaled.path / "__ckpt_snapshots__" / "scaled" / "ckpt.ckpt-ambr").read_text()
     # what was loaded, before the resumed step moved the shared optimizer tensors (2 warm-ups)
     assert "'step': Tensor(shape=[], dtype=float32, values=[2.0])," in text
     assert "values=[3.0]" not in text
@@ -90,7 +90,7 @@ def test_each_subject_has_its_own_snapshots_and_never_deletes_anothers(
         ]
     )
     run(scaled, "make_other", "--snapshot-update").assert_outcomes(passed=1, deselected=3)
-    assert (scaled.path / "__snapshots__" / "scaled" / "ckpt.ckpt-ambr").is_file()
+    assert (scaled.path / "__ckpt_snapshots__" / "scaled" / "ckpt.ckpt-ambr").is_file()
     run(scaled, "make").assert_outcomes(passed=1, deselected=3)
 
 
