@@ -47,7 +47,8 @@ class OpaqueDataSubject:
         return system
 
     def export_state(self, system):
-        state = {"model": system["model"].state_dict(), "optimizer": system["optimizer"].state_dict()}
+        state = {"model": system["model"].state_dict()}
+        state["optimizer"] = system["optimizer"].state_dict()
         if SAVE_POSITION:
             state["consumed"] = system["consumed"]
         return state
