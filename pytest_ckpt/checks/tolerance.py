@@ -9,11 +9,12 @@ states), and a resumed value passes when it is
 - within the profile's bound, `|continued - resumed| <= atol + rtol * |continued|`, element by
   element; and
 - within `k` times the noise floor, the largest difference between the two uninterrupted
-  runs for that metric or state tensor. A value the two uninterrupted runs reproduced exactly
-  (noise 0: a learning rate, a frozen layer) must then be exact. The `k x noise` ceiling is
-  applied where the noise floor rests on at least `MIN_NOISE_VALUES` values: one noisy number
-  cannot estimate its own noise (the ratio of two draws of the same noise exceeds k=10 about
-  6% of the time), so a scalar metric gets the profile's bound alone.
+  runs for that state tensor (a tensor the two runs reproduced exactly, noise 0, such as a
+  frozen layer, must then be exact). This applies where the noise floor rests on at least
+  `MIN_NOISE_VALUES` values: one noisy number cannot estimate its own noise (the ratio of two
+  draws of the same noise exceeds k=10 about 6% of the time, and a float32 loss that moved by
+  one ulp in one run often does not in the other), so a scalar metric gets the profile's bound
+  alone.
 
 What must be exact stays exact under every profile: everything that is not a float (integer
 and bool tensors, RNG states, ints, strings, sample ids), the counters named in `EXACT_KEYS`
@@ -120,13 +121,15 @@ def _float_difference(
             f"{beyond} of {c.numel()} values beyond {profile.describe()}: max abs diff "
             f"{largest:.3g}"
         )
+    if c.numel() < MIN_NOISE_VALUES:
+        return None
     noise = _noise(c, twin)
     if noise == 0.0 and largest > 0.0:
         return (
             f"max abs diff {largest:.3g}, but two uninterrupted runs gave exactly the same "
             "values: a value the run reproduces must resume exactly"
         )
-    if c.numel() >= MIN_NOISE_VALUES and largest > profile.k * noise:
+    if largest > profile.k * noise:
         return (
             f"max abs diff {largest:.3g} > {profile.k:g} x the noise floor {noise:.3g} "
             "measured between two uninterrupted runs"
