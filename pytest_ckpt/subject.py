@@ -31,10 +31,16 @@ _RESERVED_STAGES = ("all", "default")  # words --ckpt-stages gives a meaning of 
 
 @dataclass(slots=True, frozen=True)
 class StepResult:
-    """What one step produced: scalar metrics and telemetry payloads (primitives only)."""
+    """What one step produced: scalar metrics and telemetry payloads (primitives only), and
+    optionally `samples`, the ids (ints or strings, e.g. dataset indices) of the samples the
+    step consumed, in order. A data position that a checkpoint loses rarely shows in the
+    metrics (a loss hardly depends on which batch was read), so the resume check compares the
+    samples the continued and the resumed runs read, exactly, before anything else.
+    """
 
     metrics: Mapping[str, Any]
     telemetry: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    samples: Sequence[int | str] | None = None
 
 
 @runtime_checkable

@@ -19,6 +19,14 @@ state_dict of everything above plus the states of the generator and of the globa
 Python and numpy RNGs (a model's dropout, a batch's augmentation), so a resumed step is
 exactly the continued one.
 
+Data from a real `torch.utils.data.DataLoader` instead of `make_batch`: `make_loader(generator)`
+returns one (pass it `generator=generator` for its shuffle; `num_workers` as the project has
+it; torchdata's `StatefulDataLoader` too). The system then holds its position
+(`adapters.loaders.LoaderPosition`), the export holds what restores it (the epoch, the batches
+consumed in it and the generator state the epoch was drawn from; a StatefulDataLoader's
+`state_dict()`), and every step reports the dataset indices it read (`StepResult.samples`),
+which the resume check compares.
+
 Batches: a mapping is passed as keyword arguments (`model(**batch)`, as transformers models
 take them); a pair is `(inputs, targets)` (`model(inputs)`); anything else is `model(batch)`.
 The loss is `loss_fn(output, targets)` (`loss_fn(output, batch)` without targets), else the
@@ -54,6 +62,7 @@ class ModuleSubject:
 
     `make_model()` builds the model (under a seeded, forked global RNG); `make_batch(g)` draws
     a batch from the `torch.Generator` g; `make_optimizer(model)` (default Adam, lr=1e-3),
+    `make_loader(g)` instead builds a DataLoader shuffled by g (module docstring);
     `make_schedulers(optimizer)` (one scheduler or a sequence) and `make_scaler()` (a
     `torch.amp.GradScaler`) are optional; `steps_per_epoch` is when a scheduler's epoch ends
     (for per-epoch timm-style schedulers). `stages` maps each phase name to the number of steps
@@ -67,7 +76,8 @@ class ModuleSubject:
         self,
         make_model: Callable[[], Any],
         *,
-        make_batch: Callable[[Any], Any],
+        make_batch: Callable[[Any], Any] | None = None,
+        make_loader: Callable[[Any], Any] | None = None,
         make_optimizer: Callable[[Any], Any] | None = None,
         make_schedulers: Callable[[Any], Any] | None = None,
         make_scaler: Callable[[], Any] | None = None,
@@ -79,7 +89,13 @@ class ModuleSubject:
         name: str = "module",
     ) -> None:
         self.make_model = make_model
+        if (make_batch is None) == (make_loader is None):
+            raise ValueError(
+                "give ModuleSubject one source of batches: make_batch(generator) or "
+                "make_loader(generator) (a DataLoader)"
+            )
         self.make_batch = make_batch
+        self.make_loader = make_loader
         self.make_optimizer = make_optimizer
         self.make_schedulers = make_schedulers
         self.make_scaler = make_scaler
@@ -120,6 +136,8 @@ class ModuleSubject:
         if system["scaler"] is not None:
             state["scaler"] = system["scaler"].state_dict()
         state["generator"] = system["generator"].get_state()
+        if system.get("loader") is not None:
+            state["loader"] = system["loader"].state_dict()
         state.update(global_rng_state(), steps=system["steps"], seed=system["seed"])
         return state
 
@@ -141,6 +159,8 @@ class ModuleSubject:
         if system["scaler"] is not None:
             system["scaler"].load_state_dict(state["scaler"])
         system["generator"].set_state(state["generator"])
+        if system.get("loader") is not None:
+            system["loader"].load_state_dict(state["loader"])
         restore_global_rng_state(state)
         system["steps"] = state["steps"]
         return system
@@ -149,7 +169,7 @@ class ModuleSubject:
         """One optimizer step. `loss_weight` scales what is back-propagated, not the reported
         loss (under pytest_ckpt.distributed only rank 0's batch contributes a gradient)."""
         model, optimizer, scaler = system["model"], system["optimizer"], system["scaler"]
-        batch = self.make_batch(system["generator"])
+        batch, samples = self.next_batch(system)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss = self.training_loss(system, batch)
@@ -168,7 +188,14 @@ class ModuleSubject:
         metrics: dict[str, Any] = {"loss": value, "lr": float(optimizer.param_groups[0]["lr"])}
         if scaler is not None:
             metrics["scale"] = float(scaler.get_scale())
-        return StepResult(metrics=metrics, telemetry=[{"event": "step", "step": system["steps"]}])
+        telemetry = [{"event": "step", "step": system["steps"]}]
+        return StepResult(metrics=metrics, telemetry=telemetry, samples=samples)
+
+    def next_batch(self, system: Mapping[str, Any]) -> tuple[Any, list[Any] | None]:
+        """The step's batch and the ids of its samples (None from `make_batch`)."""
+        if system.get("loader") is None:
+            return self.make_batch(system["generator"]), None
+        return system["loader"].next_batch()
 
     def probe(self, system: Mapping[str, Any]) -> Any:
         """The model's output (tensors only) in eval mode on the fixed probe batch; the global
@@ -180,12 +207,20 @@ class ModuleSubject:
         model = system["model"]
         was_training = model.training
         with isolated_global_rngs(PROBE_SEED), torch.no_grad():
-            batch = self.make_batch(torch.Generator().manual_seed(PROBE_SEED))
+            batch = self._probe_batch()
             model.eval()
             try:
                 return tensors_only(self.forward(model, batch))
             finally:
                 model.train(was_training)
+
+    def _probe_batch(self) -> Any:
+        import torch
+
+        generator = torch.Generator().manual_seed(PROBE_SEED)
+        if self.make_loader is None:
+            return self.make_batch(generator)
+        return next(iter(self.make_loader(generator)))
 
     # ---- pieces a subclass (an adapter) may change --------------------------------------
 
@@ -250,6 +285,13 @@ class ModuleSubject:
         checkpoint saves the model's structure (a config) builds it from that."""
         return self.make_model()
 
+    def _loader(self, seed: int) -> Any:
+        import torch
+
+        from pytest_ckpt.adapters.loaders import LoaderPosition
+
+        return LoaderPosition(self.make_loader(torch.Generator().manual_seed(seed)))
+
     def _fresh(
         self,
         seed: int,
@@ -264,6 +306,8 @@ class ModuleSubject:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self.make_model() if state is None else self.make_model_for(state)
+            # a torchdata RandomSampler without a generator draws its seed when made
+            loader = None if self.make_loader is None else self._loader(seed)
         if parallelize is not None:
             model = parallelize(model)
         optimizer, schedulers, scaler = self.make_training_state(model)
@@ -273,6 +317,7 @@ class ModuleSubject:
             "schedulers": schedulers,
             "scaler": scaler,
             "generator": torch.Generator().manual_seed(seed),
+            "loader": loader,
             "steps": 0,
             "seed": seed,
         }

@@ -79,6 +79,18 @@ def global_rng_states() -> dict[str, Any]:
     return states
 
 
+def set_global_rng_states(states: dict[str, Any]) -> None:
+    """Put back what `global_rng_states` returned (in memory: numpy's state as numpy gave it)."""
+    import torch
+
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "numpy" in states:
+        sys.modules["numpy"].random.set_state(states["numpy"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class _Walker:
     def __init__(self, leaves: dict[str, Leaf]) -> None:
         import torch

@@ -18,10 +18,12 @@ from typing import Any
 from pytest_ckpt.checks.calls import call_subject
 from pytest_ckpt.checks.compare import Difference, diff_values
 from pytest_ckpt.checks.diagnose import diagnose_rebuild, diagnose_resume
-from pytest_ckpt.checks.hidden_state import capture
+from pytest_ckpt.checks.hidden_state import capture, global_rng_states, set_global_rng_states
 from pytest_ckpt.checks.live_structure import describe_structure, structure_differences
 from pytest_ckpt.checks.loading import save_and_load
-from pytest_ckpt.errors import ResumeMismatch, RoundTripMismatch
+from pytest_ckpt.checks.samples import sample_order_difference, steps_samples
+from pytest_ckpt.checks.tolerance import ResumeTolerance, tolerant_differences
+from pytest_ckpt.errors import ResumeMismatch, RoundTripMismatch, SubjectError
 from pytest_ckpt.subject import StepResult, Subject
 
 WALL_CLOCK_KEYS = ("timestamp", "time", "created", "wall_time")
@@ -127,17 +129,40 @@ def _is_wall_clock(key: Any) -> bool:
 
 
 def _steps_record(results: Sequence[StepResult]) -> list[dict[str, Any]]:
-    return [
-        {"metrics": dict(r.metrics), "telemetry": normalize_telemetry(list(r.telemetry))}
-        for r in results
-    ]
+    records = []
+    for r in results:
+        record = {"metrics": dict(r.metrics), "telemetry": normalize_telemetry(list(r.telemetry))}
+        if getattr(r, "samples", None) is not None:
+            record["samples"] = list(r.samples)
+        records.append(record)
+    return records
+
+
+def _without_samples(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in record.items() if k != "samples"} for record in records]
+
+
+def _run(subject: Subject, system: Any, steps: int) -> list[StepResult]:
+    return [call_subject(subject, "step", system) for _ in range(steps)]
 
 
 def check_resume(
-    subject: Subject, system: Any, steps: int, path: str | os.PathLike[str]
+    subject: Subject,
+    system: Any,
+    steps: int,
+    path: str | os.PathLike[str],
+    *,
+    tolerance: ResumeTolerance | None = None,
 ) -> list[dict[str, Any]]:
-    """Continue `steps` steps vs save -> load -> rebuild -> resume `steps` steps: the metrics,
-    telemetry and final state must be equal. Returns the continued run's step records.
+    """Continue `steps` steps vs save -> load -> rebuild -> resume `steps` steps: the samples
+    read (`StepResult.samples`), the metrics, telemetry and final state must be equal.
+    Returns the continued run's step records.
+
+    The samples are compared first and said first: a data position the checkpoint lost
+    rarely shows in the metrics. With a `tolerance` profile (`checks.tolerance`), the
+    uninterrupted path also runs on a copy of the system to measure the noise floor, the
+    state before the first resumed step must equal the exported one exactly, and floats are
+    then compared within the profile's bounds.
 
     The live state (generators, global RNGs, buffers, attributes, optimizer and scheduler
     state) is captured at the start of the continued run, after it, and at the start of the
@@ -145,26 +170,93 @@ def check_resume(
     """
     exported = call_subject(subject, "export_state", system)
     loaded = save_and_load(exported, path)
+    twin = copy_system(subject, system) if tolerance is not None else None
     before = capture(system)
-    continued = _steps_record([call_subject(subject, "step", system) for _ in range(steps)])
+    continued_results = _run(subject, system, steps)
     after = capture(system)
-    continued_state = call_subject(subject, "export_state", system)
+    continued, continued_state = _steps_record(continued_results), export(subject, system)
+    if twin is not None:
+        twin_records, twin_state = _rerun(subject, twin, steps, before.rngs)
     resumed_system = call_subject(subject, "rebuild", loaded)
     resumed_start = capture(resumed_system)
-    resumed = _steps_record([call_subject(subject, "step", resumed_system) for _ in range(steps)])
-    differences = diff_values(continued, resumed, root="steps")
-    differences += diff_values(
-        continued_state, call_subject(subject, "export_state", resumed_system), root="state"
+    if tolerance is not None:
+        _check_state_before_resuming(loaded, export(subject, resumed_system))
+    resumed_results = _run(subject, resumed_system, steps)
+    resumed, resumed_state = _steps_record(resumed_results), export(subject, resumed_system)
+    order = sample_order_difference(
+        steps_samples(continued_results), steps_samples(resumed_results), steps
     )
+    # the samples are said by `order`, in their own words: not again as record differences
+    continued_metrics, resumed = _without_samples(continued), _without_samples(resumed)
+    if tolerance is None:
+        differences = diff_values(continued_metrics, resumed, root="steps")
+        differences += diff_values(continued_state, resumed_state, root="state")
+    else:
+        differences = tolerant_differences(
+            continued_metrics, _without_samples(twin_records), resumed, tolerance, root="steps"
+        )
+        differences += tolerant_differences(
+            continued_state, twin_state, resumed_state, tolerance, root="state"
+        )
+    if differences or order:
+        causes = diagnose_resume(exported, before, after, resumed_start)
+        within = "" if tolerance is None else f" beyond the {tolerance.describe()} tolerance"
+        header = (
+            f"resuming from the checkpoint differs from continuing after {steps} step(s){within}:"
+            if differences
+            else "(the metrics and the final state are equal: they do not show it)"
+        )
+        raise ResumeMismatch(_format(differences, header, [order, *causes] if order else causes))
+    return continued
+
+
+def export(subject: Subject, system: Any) -> Any:
+    return call_subject(subject, "export_state", system)
+
+
+def copy_system(subject: Subject, system: Any) -> Any:
+    """A second live system at the same point, for the second uninterrupted run: the
+    subject's `copy_system(system)` if it has one, else `copy.deepcopy(system)`."""
+    import copy
+
+    if callable(getattr(subject, "copy_system", None)):
+        return call_subject(subject, "copy_system", system)
+    try:
+        return copy.deepcopy(system)
+    except Exception as err:  # anything a live object's __deepcopy__ raises
+        raise SubjectError(
+            f"a resume tolerance profile runs the uninterrupted path twice, from a copy of the "
+            f"system, but copy.deepcopy(system) failed ({type(err).__name__}: {err}): give "
+            f"subject {subject.name} a copy_system(system) method"
+        ) from None
+
+
+def _rerun(
+    subject: Subject, twin: Any, steps: int, rngs: dict[str, Any]
+) -> tuple[list[dict[str, Any]], Any]:
+    """The second uninterrupted run, from the global RNG states the first one started from;
+    the global RNGs are left as the first run left them."""
+    left = global_rng_states()
+    set_global_rng_states(rngs)
+    try:
+        records = _steps_record(_run(subject, twin, steps))
+        return records, export(subject, twin)
+    finally:
+        set_global_rng_states(left)
+
+
+def _check_state_before_resuming(loaded: Any, resumed_start: Any) -> None:
+    """Exact under every profile: a save and a load are never noisy. Compared with what was
+    loaded (the live export shares the live tensors, which the continued run has stepped)."""
+    differences = diff_values(loaded, resumed_start, root="state")
     if differences:
         raise ResumeMismatch(
             _format(
                 differences,
-                f"resuming from the checkpoint differs from continuing after {steps} step(s):",
-                diagnose_resume(exported, before, after, resumed_start),
+                "the state before the first resumed step differs from the saved one (exact "
+                "under every tolerance profile: a save and a load are never noisy):",
             )
         )
-    return continued
 
 
 def snapshot_record(subject: Subject, system: Any, path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -96,13 +96,21 @@ def ckpt_roundtrip(tmp_path: Path, ckpt_check) -> Callable[[Any], Any]:
 @pytest.fixture
 def ckpt_resume(ckpt_subject: Any, ckpt_options: CkptOptions, tmp_path: Path, ckpt_check):
     """`ckpt_resume(system, steps=None)`: continue vs save -> load -> resume; returns the
-    continued run's step records, or fails with the differences."""
+    continued run's step records, or fails with the differences (floats compared under
+    `--ckpt-resume-tolerance`)."""
     from pytest_ckpt.checks.roundtrip import check_resume
+    from pytest_ckpt.checks.tolerance import profile_named
+
+    tolerance = profile_named(ckpt_options.resume_tolerance)
 
     def resume(system: Any, steps: int | None = None) -> list[dict[str, Any]]:
         with ckpt_check():
             return check_resume(
-                ckpt_subject, system, steps or ckpt_options.resume_steps, tmp_path / "resume.pt"
+                ckpt_subject,
+                system,
+                steps or ckpt_options.resume_steps,
+                tmp_path / "resume.pt",
+                tolerance=tolerance,
             )
         raise AssertionError("unreachable")
 

@@ -130,10 +130,13 @@ def roundtrip(matrix_subject, matrix_system, ckpt_check, tmp_path) -> None:
 
 def resume(matrix_subject, matrix_system, ckpt_check, ckpt_options, tmp_path) -> None:
     from pytest_ckpt.checks.roundtrip import check_resume
+    from pytest_ckpt.checks.tolerance import profile_named
 
     with ckpt_check():
-        steps = ckpt_options.resume_steps
-        check_resume(matrix_subject, matrix_system, steps, tmp_path / "ckpt.pt")
+        steps, tolerance = ckpt_options.resume_steps, profile_named(ckpt_options.resume_tolerance)
+        check_resume(
+            matrix_subject, matrix_system, steps, tmp_path / "ckpt.pt", tolerance=tolerance
+        )
 
 
 def snapshot(matrix_subject, matrix_system, ckpt_check, snapshot, tmp_path, pytestconfig) -> None:

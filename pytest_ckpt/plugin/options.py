@@ -89,6 +89,17 @@ def tolerance_value(text: str) -> str:
     return text.strip()
 
 
+def resume_tolerance_value(text: str) -> str:
+    """A resume tolerance profile name: exact (the default), strict, standard or loose."""
+    from pytest_ckpt.checks.tolerance import profile_names
+
+    if text.strip() not in profile_names():
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(profile_names())}, got {text!r}"
+        )
+    return text.strip()
+
+
 def tolerance_rules_value(lines: list[str]) -> tuple[str, ...]:
     """ini lines `PATTERN: rtol=X, atol=Y` or `PATTERN: unchecked`, each validated."""
     rules = tuple(line.strip() for line in lines if line.strip())
@@ -114,6 +125,7 @@ class CkptOptions:
     snapshot_atol: float
     snapshot_tolerances: tuple[str, ...]  # ToleranceRule texts (plain strings travel to xdist)
     world_sizes: tuple[tuple[int, int], ...] = ()  # (save, load) rank counts; () for none
+    resume_tolerance: str = "exact"  # a checks.tolerance profile name
 
     def stage_list(self, reachable: tuple[str, ...]) -> tuple[str, ...]:
         """The stages to test for a subject that can reach `reachable`.
@@ -188,6 +200,14 @@ OPTIONS = (
         "none",
         "also check resume across world sizes: SAVE:LOAD pairs, e.g. 2:1,1:2 (FSDP2 or DDP on "
         "gloo, CPU processes on localhost; default: none)",
+    ),
+    OptionSpec(
+        "--ckpt-resume-tolerance",
+        "ckpt_resume_tolerance",
+        resume_tolerance_value,
+        "exact",
+        "how resumed floats are compared: 'exact' (default) or a profile, strict, standard or "
+        "loose, that measures the noise between two uninterrupted runs (see the README)",
     ),
     OptionSpec(
         "--ckpt-snapshot-rtol",
@@ -277,6 +297,7 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         snapshot_atol=float(values["ckpt_snapshot_atol"]),
         snapshot_tolerances=rules,
         world_sizes=parse_world_sizes(values["ckpt_world_sizes"]),
+        resume_tolerance=values["ckpt_resume_tolerance"],
     )
 
 
