@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from pytest_ckpt.checks.live_scan import find_unsafe_objects
@@ -59,7 +61,11 @@ def explain_refusal(
         from pytest_ckpt.audit import audit_file
 
         report = audit_file(path)
-        found = [f"{f.path}: {f.detail}. Fix: {f.fix}" for f in report.findings]
+        found = [
+            f"{path}: {f.detail}. Fix: {f.fix}"
+            for f in report.findings
+            for path in (f.path, *f.also_at)
+        ]
     if not found:
         return f"{head}: {torch_reason(err)}", []
     if not scan.complete:
@@ -68,6 +74,14 @@ def explain_refusal(
             found,
         )
     return f"{head}: {len(found)} object(s) it cannot load:", found
+
+
+def searching_project(folders: Sequence[str | os.PathLike[str]]) -> AbstractContextManager[None]:
+    """Within the block, the auditor also reads module sources from `folders` (the plugin's
+    rootdir) when it explains a refusal: nothing is imported."""
+    from pytest_ckpt.audit.global_kinds import searching
+
+    return searching(folders)
 
 
 def torch_reason(err: BaseException) -> str:

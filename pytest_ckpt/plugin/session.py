@@ -40,10 +40,9 @@ class CkptSession:
         self._extensions: dict[str, type] = {}
         self.node_ids: tuple[str, ...] = ()  # `ckpt::resume[TRAINING]` arguments
         self.matrix_snapshot_names: set[str] = set()
-        self._worker_rules: list[str] = []  # tolerance patterns and the ones matched, from
-        self._worker_matched: set[str] = (
-            set()
-        )  # xdist workers  # `snapshot[BLENDING-2x2]`, as collected
+        # tolerance patterns and the ones matched, from xdist workers
+        self._worker_rules: list[str] = []
+        self._worker_matched: set[str] = set()
 
     @property
     def subject(self) -> Any:
@@ -71,6 +70,7 @@ class CkptSession:
         self.grids()
         self.check_world_sizes()
         self.check_subject_fixture()
+        self.search_project_sources()
         if hasattr(self.config, "workerinput") and "OMP_NUM_THREADS" not in os.environ:
             # N xdist workers each running torch on every core thrash (measured 20x slower on
             # 2 cores); give each worker its share.
@@ -78,6 +78,15 @@ class CkptSession:
 
             workers = int(self.config.workerinput.get("workercount", 1))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+    def search_project_sources(self) -> None:
+        """Explanations that audit a saved file read the user's module sources statically:
+        search the rootdir too (pytest's working directory may be elsewhere), for the session."""
+        from pytest_ckpt.checks.loading import searching_project
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(searching_project([self.config.rootpath]))
+        self.config.add_cleanup(stack.close)
 
     def stages(self) -> tuple[str, ...]:
         if self._stages is None:
