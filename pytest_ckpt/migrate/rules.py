@@ -12,7 +12,8 @@ marker out in the final pass (`migrate.finish`). Each of the three is a loop ove
     Enum member            -> its value
     dataclass / object     -> dict of its state
     datetime / date / time -> ISO string;  timedelta -> seconds
-    deque, set, frozenset  -> list;  defaultdict -> dict
+    deque -> list;  set, frozenset -> list, sorted when its items are of one sortable
+                                      type (else in the order read);  defaultdict -> dict
     pathlib path           -> str
     nn.Module              -> {"class", "config", "state_dict", "modules"}
 
@@ -52,6 +53,7 @@ class Finisher(Protocol):
     def remember(self, node: Any, result: Any) -> Any: ...
     def child(self, value: Any, path: Any, target: Any, key: Any) -> None: ...
     def as_list(self, node: Any, items: list[Any], path: Any) -> list[Any]: ...
+    def as_set(self, node: Any, items: list[Any], path: Any) -> list[Any]: ...
     def as_dict(self, node: Any, items: dict, shell: dict, path: Any) -> Any: ...
     def as_module(self, node: Any, record: ObjectRecord, path: Any) -> dict[str, Any]: ...
 
@@ -260,6 +262,11 @@ def _write_list(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: An
     return finisher.as_list(node, list(marker), path)
 
 
+def _write_set(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
+    finisher.convert(path, rule.note(rule.kind))
+    return finisher.as_set(node, list(marker), path)
+
+
 def _write_dict(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
     finisher.convert(path, rule.note(rule.kind))
     return finisher.as_dict(node, marker, {}, path)
@@ -335,7 +342,7 @@ SET = Rule(
     globals=frozenset({"builtins.set"}),
     static=_set_call,
     finishes=lambda marker: isinstance(marker, SetList) or type(marker) in (set, frozenset),
-    finish=_write_list,
+    finish=_write_set,
 )
 FROZENSET = _for_class(
     "frozenset",

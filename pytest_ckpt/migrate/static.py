@@ -220,7 +220,8 @@ class ConcreteMachine(PickleMachine):
 
     def _op_FROZENSET(self, op: Op) -> None:
         items = self.pop_mark()
-        self.stack.append(Converted(items, rules.FROZENSET.note("frozenset")))
+        # Converted stays hashable (a frozenset may be a key, refused then); SetList: sorted
+        self.stack.append(Converted(SetList(items), rules.FROZENSET.note("frozenset")))
 
     # globals and calls
     def _op_GLOBAL(self, op: Op) -> None:
