@@ -12,8 +12,7 @@ marker out in the final pass (`migrate.finish`). Each of the three is a loop ove
     Enum member            -> its value
     dataclass / object     -> dict of its state
     datetime / date / time -> ISO string;  timedelta -> seconds
-    deque -> list;  set, frozenset -> list, sorted when its items are of one sortable
-                                      type (else in the order read);  defaultdict -> dict
+    deque -> list;  set, frozenset -> list (sorted if of one sortable type);  defaultdict -> dict
     pathlib path           -> str
     nn.Module              -> {"class", "config", "state_dict", "modules"}
 
@@ -259,12 +258,8 @@ def _write_object(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: 
 
 def _write_list(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
     finisher.convert(path, rule.note(rule.kind))
-    return finisher.as_list(node, list(marker), path)
-
-
-def _write_set(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
-    finisher.convert(path, rule.note(rule.kind))
-    return finisher.as_set(node, list(marker), path)
+    write = finisher.as_set if rule.kind == "set" else finisher.as_list  # a set: sorted
+    return write(node, list(marker), path)
 
 
 def _write_dict(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
@@ -342,7 +337,7 @@ SET = Rule(
     globals=frozenset({"builtins.set"}),
     static=_set_call,
     finishes=lambda marker: isinstance(marker, SetList) or type(marker) in (set, frozenset),
-    finish=_write_set,
+    finish=_write_list,
 )
 FROZENSET = _for_class(
     "frozenset",
