@@ -79,6 +79,8 @@ class Finisher:
                 self._visit(*task[1:])
             elif task[0] == "tuple":
                 self._close_tuple(*task[1:])
+            elif task[0] == "set":  # its items are written: order them
+                _order_set(task[1])
             else:  # "attributes": set what was converted on the object it belongs to
                 for name, item in task[2].items():
                     setattr(task[1], name, item)
@@ -144,6 +146,8 @@ class Finisher:
                 return rule.finish(rule, self, node, value, path)
         if isinstance(value, Converted):  # converted when read: reported and written
             self.convert(path, value.what)
+            if type(value.value) is SetList:
+                return self.as_set(node, value.value, path)
             if type(value.value) is list:
                 return self.as_list(node, value.value, path)
             return self.remember(node, value.value)
@@ -166,6 +170,14 @@ class Finisher:
 
     def as_list(self, node: Any, items: list[Any], path: Path) -> list[Any]:
         shell = self.remember(node, [None] * len(items))
+        for index in range(len(items) - 1, -1, -1):
+            self.child(items[index], (path, f"[{index}]"), shell, index)
+        return shell
+
+    def as_set(self, node: Any, items: list[Any], path: Path) -> list[Any]:
+        """A set's items as a list, sorted once they are written (`_order_set`)."""
+        shell = self.remember(node, [None] * len(items))
+        self.tasks.append(("set", shell))  # below its items' tasks: runs after them
         for index in range(len(items) - 1, -1, -1):
             self.child(items[index], (path, f"[{index}]"), shell, index)
         return shell
@@ -260,6 +272,27 @@ class Finisher:
                         self.child(child, (path, f".{dotted}"), shell["modules"], dotted)
             walk.extend(reversed(below))
         return shell
+
+
+def _order_set(items: list[Any]) -> None:
+    """Sort a set's written items when they are all of one sortable type (str, bytes, int,
+    bool, float without NaN, tuples that compare): a set's iteration order depends on the
+    process's hash seed, so the pickle's order (static) and the live set's (--trust) differ
+    between processes. Any other set keeps the order it was read in."""
+    kinds = {type(item) for item in items}
+    if len(kinds) != 1:
+        return
+    kind = kinds.pop()
+    if kind is float and any(item != item for item in items):
+        return  # NaN compares false with everything: no order
+    if kind in (str, bytes, int, bool, float):
+        items.sort()
+    elif kind is tuple:
+        try:
+            ordered = sorted(items)
+        except TypeError:  # items that do not compare
+            return
+        items[:] = ordered
 
 
 def _items(mapping: Any) -> list[tuple[Any, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_ckpt.audit.advice import MODULE_FIX, fix_for_name, is_dangerous
+from pytest_ckpt.audit.advice import GENERIC_KIND, MODULE_FIX, fix_for_name, is_dangerous
 from pytest_ckpt.audit.global_kinds import describe_global
 from pytest_ckpt.migrate.markers import EnumValue, ObjectRecord, Refused
 
@@ -113,7 +113,15 @@ def enum_member(name: str, value: Any) -> EnumValue | Refused:
             f"{name} is a function: a call of it is code, not an Enum member; refusing to "
             f"convert; fix: never load this file with weights_only=False"
         )
-    if found.kind != "unknown":  # a class that is not an Enum; a code-running name
+    fix = fix_for_name(name)
+    if found.kind == "class" and fix.kind == GENERIC_KIND:  # from its source, no Enum base seen
+        return Refused(
+            f"{name}({value!r:.40}) is a call of a class not known to be an Enum without "
+            f"importing it (an Enum base from another module, as transformers' ExplicitEnum, "
+            f"is not followed); fix: if it is an Enum, store .value (or migrate a file you "
+            f"wrote with --trust); else {fix.advice}"
+        )
+    if found.kind != "unknown":  # a class with its own advice; a code-running name
         return Refused(refuse_call(name))
     return Refused(
         f"cannot tell whether {name} is an Enum class without importing it; fix: run "

@@ -12,7 +12,7 @@ marker out in the final pass (`migrate.finish`). Each of the three is a loop ove
     Enum member            -> its value
     dataclass / object     -> dict of its state
     datetime / date / time -> ISO string;  timedelta -> seconds
-    deque, set, frozenset  -> list;  defaultdict -> dict
+    deque -> list;  set, frozenset -> list (sorted if of one sortable type);  defaultdict -> dict
     pathlib path           -> str
     nn.Module              -> {"class", "config", "state_dict", "modules"}
 
@@ -52,6 +52,7 @@ class Finisher(Protocol):
     def remember(self, node: Any, result: Any) -> Any: ...
     def child(self, value: Any, path: Any, target: Any, key: Any) -> None: ...
     def as_list(self, node: Any, items: list[Any], path: Any) -> list[Any]: ...
+    def as_set(self, node: Any, items: list[Any], path: Any) -> list[Any]: ...
     def as_dict(self, node: Any, items: dict, shell: dict, path: Any) -> Any: ...
     def as_module(self, node: Any, record: ObjectRecord, path: Any) -> dict[str, Any]: ...
 
@@ -257,7 +258,8 @@ def _write_object(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: 
 
 def _write_list(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:
     finisher.convert(path, rule.note(rule.kind))
-    return finisher.as_list(node, list(marker), path)
+    write = finisher.as_set if rule.kind == "set" else finisher.as_list  # a set: sorted
+    return write(node, list(marker), path)
 
 
 def _write_dict(rule: Rule, finisher: Finisher, node: Any, marker: Any, path: Any) -> Any:

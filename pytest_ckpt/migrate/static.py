@@ -220,7 +220,8 @@ class ConcreteMachine(PickleMachine):
 
     def _op_FROZENSET(self, op: Op) -> None:
         items = self.pop_mark()
-        self.stack.append(Converted(items, rules.FROZENSET.note("frozenset")))
+        # Converted stays hashable (a frozenset may be a key, refused then); SetList: sorted
+        self.stack.append(Converted(SetList(items), rules.FROZENSET.note("frozenset")))
 
     # globals and calls
     def _op_GLOBAL(self, op: Op) -> None:
@@ -248,7 +249,7 @@ class ConcreteMachine(PickleMachine):
 
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             return self._refuse(f"persistent id at offset {op.offset} is not a storage")
-        _tag, storage_type, key, _location, numel = pid
+        _tag, storage_type, key, location, numel = pid
         if self.storages is None:
             return self._refuse("storages outside a zip archive are not converted")
         # An allow-listed storage type arrives as torch's own StorageType value (it has a
@@ -259,7 +260,7 @@ class ConcreteMachine(PickleMachine):
         if not isinstance(dtype, torch.dtype) or type(numel) is not int or numel < 0:
             return self._refuse(f"unknown storage type {storage_type!r}")
         try:
-            return self.storages.storage(str(key), dtype, numel)
+            return self.storages.storage(str(key), dtype, numel, location)
         except StorageRefused as err:
             return self._refuse(str(err))
 

@@ -24,8 +24,12 @@ from typing import Any
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.archive import regular_file_size
 from pytest_ckpt.errors import ConversionRefused, Unreadable
+from pytest_ckpt.migrate.frameworks import lightning_refusals
 
 REFUSED, UNREADABLE = 1, 2  # the CLI's exit statuses for a MigrationFailed
+# What an adapter raises to say "not my input": its message is the reason. Anything else it
+# raises refuses IN too, named with its type (an adapter tripping over IN's data).
+_REFUSALS = (KeyError, TypeError, ValueError)
 
 
 @dataclass(slots=True, frozen=True)
@@ -100,12 +104,19 @@ def migrate_file(
     _check_paths(paths, force)
     adapter = load_adapter(adapt) if isinstance(adapt, str) else adapt
     result, conversions = _convert(paths, trust)
+    framework = [] if adapter is not None else lightning_refusals(result, conversions)
+    if framework:
+        raise MigrationFailed(
+            f"{paths.src_name}: refused; {paths.out_name} not written:", REFUSED, tuple(framework)
+        )
     if adapter is not None:
         try:
             result = adapter.function(result)
-        except (KeyError, TypeError, ValueError) as err:
+        except Exception as err:  # the user's code on data from IN: a refusal of IN
+            reason = str(err) if type(err) in _REFUSALS else f"{type(err).__name__}: {err}"
             raise MigrationFailed(
-                f"{paths.src_name}: {adapter.refusal} ({err}); {paths.out_name} not written",
+                f"{paths.src_name}: {adapter.refusal} ({reason:.300}); {paths.out_name} not "
+                "written",
                 REFUSED,
             ) from None
         conversions.append(f"root: {adapter.what}")

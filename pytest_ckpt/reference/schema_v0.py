@@ -53,6 +53,9 @@ def adapt_v0(migrated: Mapping[str, Any]) -> dict[str, Any]:
         }
 
     state_dict = dict(migrated["state_dict"])
+    odd = next((key for key in state_dict if type(key) is not str), None)
+    if odd is not None:
+        raise ValueError(f"state_dict key {odd!r:.60} is not a str")
     seed_slots = {}
     for key in [
         k for k in state_dict if k.startswith("seed_slots.") and k.endswith("._extra_state")
