@@ -85,4 +85,7 @@ class TransformersSubject(ModuleSubject):
         if self._model_class is None:
             self._model_class = type(self.make_model())
         cls = self._model_class
-        return cls(cls.config_class.from_dict(dict(state["config"])))
+        # `to_dict()` stamps the installed version; a config made in code has none, and
+        # from_dict would keep the stamp as an attribute the live model's config lacks
+        saved = {k: v for k, v in state["config"].items() if k != "transformers_version"}
+        return cls(cls.config_class.from_dict(saved))

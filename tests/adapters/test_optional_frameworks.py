@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from pytest_ckpt.adapters.accelerate import AccelerateSubject
 from pytest_ckpt.adapters.lightning import LightningSubject
 from pytest_ckpt.adapters.transformers import TransformersSubject
 
@@ -14,7 +15,9 @@ from pytest_ckpt.adapters.transformers import TransformersSubject
 def test_importing_the_adapters_imports_no_framework_and_no_torch() -> None:
     code = (
         "import sys, pytest_ckpt.adapters.lightning, pytest_ckpt.adapters.transformers\n"
-        "print(sorted(m for m in ('lightning', 'transformers', 'torch') if m in sys.modules))"
+        "import pytest_ckpt.adapters.accelerate\n"
+        "frameworks = ('lightning', 'transformers', 'accelerate', 'torch')\n"
+        "print(sorted(m for m in frameworks if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
@@ -25,6 +28,7 @@ def test_importing_the_adapters_imports_no_framework_and_no_torch() -> None:
     [
         (LightningSubject, ("lightning", "lightning.pytorch"), "lightning"),
         (TransformersSubject, ("transformers",), "transformers"),
+        (AccelerateSubject, ("accelerate",), "accelerate"),
     ],
 )
 def test_an_adapter_without_its_framework_names_the_package(
@@ -33,7 +37,10 @@ def test_an_adapter_without_its_framework_names_the_package(
     for module in hidden:
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     with pytest.raises(ImportError) as failure:
-        adapter(lambda: None, make_batch=lambda g: None)
+        if adapter is AccelerateSubject:
+            adapter(lambda: None, make_dataloader=lambda: None)
+        else:
+            adapter(lambda: None, make_batch=lambda g: None)
     assert str(failure.value) == (
         f"{adapter.__name__} needs {package}, which is not installed: pip install {package}"
     )
