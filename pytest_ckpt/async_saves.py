@@ -130,7 +130,10 @@ def start_dcp_save(
         import torch.distributed as dist
 
         dist.barrier(group=process_group)
-    future = dcp.async_save(state, checkpoint_id=temporary, process_group=process_group)
+    response = dcp.async_save(state, checkpoint_id=temporary, process_group=process_group)
+    # An AsyncSaveResponse (torch >= 2.8) comes back only for an asynchronous stager; we pass
+    # none, but take its upload future if one does.
+    future = response if isinstance(response, Future) else response.upload_completion
 
     def finish() -> Path:
         future.result()

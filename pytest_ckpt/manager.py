@@ -11,6 +11,7 @@ place (how a broken loader once hid through a whole audit phase of a well-known 
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import json
 import os
@@ -19,11 +20,16 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.async_saves import PendingSave, SaveQueue, snapshot_to_cpu, start_dcp_save
 from pytest_ckpt.durable import file_sha256, fsync_directory, write_atomically
 from pytest_ckpt.errors import CheckpointError, CheckpointIntegrityError, CheckpointLoadError
+
+if TYPE_CHECKING:  # imported when a DCP method runs: plain checkpoints never import them
+    from torch.distributed import ProcessGroup
+
+    from pytest_ckpt.distributed.folders import DcpCheckpointInfo, DcpFolders
 
 __all__ = [
     "CheckpointInfo",
@@ -68,7 +74,7 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-def _world_size(process_group: Any) -> int:
+def _world_size(process_group: ProcessGroup | None) -> int:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -290,7 +296,7 @@ class CheckpointManager:
 
     # ---- DCP folders: pytest_ckpt.distributed.folders does the work ----------------------
 
-    def _dcp_folders(self) -> Any:
+    def _dcp_folders(self) -> DcpFolders:
         from pytest_ckpt.distributed.folders import DcpFolders
 
         return DcpFolders(self.directory, prefix=self.prefix, clock=self.clock)
@@ -299,7 +305,12 @@ class CheckpointManager:
         return self._dcp_folders().path_for(step)
 
     def save_dcp(
-        self, state: dict[str, Any], step: int, *, process_group: Any = None, blocking: bool = True
+        self,
+        state: dict[str, Any],
+        step: int,
+        *,
+        process_group: ProcessGroup | None = None,
+        blocking: bool = True,
     ) -> Path | PendingSave[Path]:
         """Every rank saves its part of `state` as DCP folder `step`: into a temporary folder,
         `.metadata` last, renamed into place, then a sidecar with each file's sha256 (see
@@ -329,20 +340,24 @@ class CheckpointManager:
         finish = start_dcp_save(folders, state, step, process_group, _world_size(process_group))
         return self._saves.submit(lambda: prune(finish()), f"DCP checkpoint {step}")
 
-    def list_dcp(self) -> list[Any]:
+    def list_dcp(self) -> builtins.list[DcpCheckpointInfo]:
         """DCP folders with a sidecar, oldest first (`DcpCheckpointInfo`s)."""
         return self._dcp_folders().list()
 
-    def latest_dcp(self) -> Any:
+    def latest_dcp(self) -> DcpCheckpointInfo | None:
         """The newest DCP folder whose files match its sidecar; None when there is none."""
         return self._dcp_folders().latest()
 
-    def verify_dcp(self, step: int) -> Any:
+    def verify_dcp(self, step: int) -> DcpCheckpointInfo:
         return self._dcp_folders().verify(step)
 
     def load_dcp(
-        self, state: dict[str, Any], step: int | None = None, *, process_group: Any = None
-    ) -> Any:
+        self,
+        state: dict[str, Any],
+        step: int | None = None,
+        *,
+        process_group: ProcessGroup | None = None,
+    ) -> DcpCheckpointInfo:
         """Verify DCP folder `step` (default: the latest), then load it into `state` in place
         through SafeFileSystemReader; returns its `DcpCheckpointInfo`."""
         return self._dcp_folders().load(state, step, process_group=process_group)

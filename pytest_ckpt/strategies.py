@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import datetime
 import enum
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import strategies as st
@@ -180,19 +181,18 @@ class _Record:
     value: int = 1
 
 
-def _unsafe_objects() -> st.SearchStrategy[Any]:
+def _unsafe_objects() -> st.SearchStrategy[object]:
     """Objects torch's weights_only loader refuses (no numpy: it is not a dependency)."""
-    return st.sampled_from(
-        [
-            lambda: _Color.RED,
-            lambda: _Record(),
-            lambda: datetime.datetime(2026, 1, 1),
-            lambda: datetime.timedelta(seconds=1),
-            lambda: collections.deque([1]),
-            lambda: collections.defaultdict(int),
-            lambda: frozenset({1}),
-        ]
-    ).map(lambda make: make())
+    makers: list[Callable[[], object]] = [
+        lambda: _Color.RED,
+        lambda: _Record(),
+        lambda: datetime.datetime(2026, 1, 1),
+        lambda: datetime.timedelta(seconds=1),
+        lambda: collections.deque([1]),
+        lambda: collections.defaultdict(int),
+        lambda: frozenset({1}),
+    ]
+    return st.sampled_from(makers).map(lambda make: make())
 
 
 def unsafe_payloads(
@@ -261,10 +261,11 @@ def _several_unsafe(max_leaves: int, max_objects: int) -> st.SearchStrategy[tupl
         planted: list[Any] = []
         paths: list[str] = []
         for i in range(draw(st.integers(1, max_objects))):
-            reuse = planted and draw(st.booleans())
+            reuse = bool(planted) and draw(st.booleans())
             bad = draw(st.sampled_from(planted)) if reuse else draw(_unsafe_objects())
             planted.append(bad)
             holder, where = draw(st.sampled_from(holders))
+            key: str | int
             if isinstance(holder, dict):
                 holder[f"planted{i}"] = None
                 key, at = f"planted{i}", f"{where}['planted{i}']"

@@ -118,12 +118,12 @@ def load_subject(spec: str) -> Subject:
             raise ValueError(f"{spec}() raised {type(err).__name__}: {err}") from err
     else:
         subject = target
-    check_subject(subject, origin=spec)
-    return subject
+    return check_subject(subject, origin=spec)
 
 
-def check_subject(subject: Any, *, origin: str) -> None:
-    """Raise ValueError unless `subject` is a Subject instance with usable stage names."""
+def check_subject(subject: object, *, origin: str) -> Subject:
+    """`subject` as a Subject; ValueError unless it is a Subject instance with usable stage
+    names."""
     if inspect.isclass(subject) or not isinstance(subject, Subject):
         wanted = "name, supports_grids, stages(), build(), export_state(), rebuild(), step()"
         what = (
@@ -146,3 +146,4 @@ def check_subject(subject: Any, *, origin: str) -> None:
         )
     if len(set(stages)) != len(stages):
         raise ValueError(f"{origin}: subject {subject.name} lists a stage twice: {stages}")
+    return subject

@@ -39,7 +39,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.adapters import require
 from pytest_ckpt.adapters.framework_folders import (
@@ -49,7 +49,7 @@ from pytest_ckpt.adapters.framework_folders import (
     refusal_message,
     write_folder,
 )
-from pytest_ckpt.adapters.module import ModuleSubject
+from pytest_ckpt.adapters.module import ModuleSubject, Scheduler
 from pytest_ckpt.adapters.rngs import (
     global_rng_state,
     restore_global_rng_state,
@@ -58,6 +58,11 @@ from pytest_ckpt.adapters.rngs import (
 from pytest_ckpt.errors import CheckpointLoadError, SubjectError
 from pytest_ckpt.subject import StepResult
 from pytest_ckpt.vocabulary import Grid
+
+if TYPE_CHECKING:  # accelerate is optional: imported when a subject is made (require)
+    import torch
+    from accelerate import Accelerator
+    from torch import nn
 
 NATIVE_KEY = "pytest_ckpt_native"  # the harness's seed and step count, beside the folder
 RESUME_SEED_OFFSET = 1_000_003  # a resumed loop's fresh objects: everything from the folder
@@ -95,12 +100,12 @@ class AccelerateSubject(ModuleSubject):
 
     def __init__(
         self,
-        make_model: Callable[[], Any],
+        make_model: Callable[[], nn.Module],
         *,
-        make_dataloader: Callable[[], Any],
-        make_optimizer: Callable[[Any], Any] | None = None,
-        make_scheduler: Callable[[Any], Any] | None = None,
-        make_accelerator: Callable[[], Any] | None = None,
+        make_dataloader: Callable[[], torch.utils.data.DataLoader[Any]],
+        make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+        make_scheduler: Callable[[torch.optim.Optimizer], Scheduler] | None = None,
+        make_accelerator: Callable[[], Accelerator] | None = None,
         loss_fn: Callable[[Any, Any], Any] | None = None,
         stages: Mapping[str, int] | None = None,
         warmup_steps: int = 2,
@@ -113,7 +118,7 @@ class AccelerateSubject(ModuleSubject):
         self.accelerate = require("accelerate", "accelerate", "AccelerateSubject")
         super().__init__(
             make_model,
-            make_batch=self._probe_batch,
+            make_batch=self._first_batch,
             make_optimizer=make_optimizer,
             loss_fn=loss_fn,
             stages=stages,
@@ -127,7 +132,7 @@ class AccelerateSubject(ModuleSubject):
         self.strict = strict
         self._warned = False
 
-    def _probe_batch(self, generator: Any) -> Any:
+    def _first_batch(self, generator: torch.Generator) -> Any:
         """The probe's fixed batch: the first of a fresh loader (the probe seeds the RNGs)."""
         return next(iter(self.make_dataloader()))
 

@@ -40,12 +40,16 @@ import copy
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.adapters import require
 from pytest_ckpt.adapters.module import ModuleSubject
 from pytest_ckpt.adapters.rngs import global_rng_state, restore_global_rng_state
 from pytest_ckpt.errors import SubjectError
+
+if TYPE_CHECKING:  # lightning is optional: imported when a subject is made (require)
+    import torch
+    from lightning.pytorch import Callback, LightningModule
 
 HARNESS_KEY = "pytest_ckpt"  # what the harness keeps beside Lightning's own keys
 
@@ -67,10 +71,10 @@ class LightningSubject(ModuleSubject):
 
     def __init__(
         self,
-        make_module: Callable[[], Any],
+        make_module: Callable[[], LightningModule],
         *,
-        make_batch: Callable[[Any], Any],
-        make_callbacks: Callable[[], Sequence[Any]] | None = None,
+        make_batch: Callable[[torch.Generator], Any],
+        make_callbacks: Callable[[], Sequence[Callback]] | None = None,
         stages: Mapping[str, int] | None = None,
         warmup_steps: int = 2,
         steps_per_epoch: int = 1,
@@ -307,7 +311,7 @@ def _unpack(configured: Any) -> tuple[list[Any], list[tuple[Any, str, int]]]:
         schedulers = schedulers if isinstance(schedulers, (list, tuple)) else [schedulers]
         return optimizers, [_scheduler_config(s) for s in schedulers]
     if isinstance(configured, Sequence):
-        optimizers: list[Any] = []
+        optimizers = []
         found: list[tuple[Any, str, int]] = []
         for entry in configured:
             if isinstance(entry, Mapping):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pytest_ckpt.errors import SubjectError
 
@@ -71,12 +71,28 @@ class _RecordingIterator:
         return item
 
 
+class _StatefulIterator(Protocol):
+    """A StatefulDataLoader's iterator: it saves and restores its own position."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __next__(self) -> Any: ...
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any, /) -> None: ...
+
+
 class _StatefulRecordingIterator(_RecordingIterator):
+    def __init__(self, inner: _StatefulIterator, drawn: deque[Any]) -> None:
+        super().__init__(inner, drawn)
+        self.stateful_inner = inner
+
     def state_dict(self) -> Any:
-        return self.inner.state_dict()
+        return self.stateful_inner.state_dict()
 
     def load_state_dict(self, state: Any) -> None:
-        self.inner.load_state_dict(state)
+        self.stateful_inner.load_state_dict(state)
 
 
 def _stateful(obj: Any) -> bool:
@@ -101,10 +117,9 @@ class LoaderPosition:
         """The next batch (a new epoch when one ends) and its sample ids (None when the
         loader has no index sampler: an IterableDataset)."""
         for _ in range(2):
-            if self.iterator is None:
-                self._start_epoch()
+            iterator = self.iterator if self.iterator is not None else self._start_epoch()
             try:
-                batch = next(self.iterator)
+                batch = next(iterator)
             except StopIteration:
                 self.iterator = None
                 self.epoch += 1
@@ -113,7 +128,7 @@ class LoaderPosition:
             return batch, self._ids()
         raise SubjectError("make_loader() gave a DataLoader with no batches")
 
-    def _start_epoch(self) -> None:
+    def _start_epoch(self) -> Iterator[Any]:
         import torch
 
         if not self.stateful:
@@ -124,6 +139,7 @@ class LoaderPosition:
             self.batches = 0
             self.drawn.clear()
         self.iterator = iter(self.loader)
+        return self.iterator
 
     def _ids(self) -> list[Any] | None:
         if not self.records:
@@ -136,13 +152,12 @@ class LoaderPosition:
 
     def state_dict(self) -> dict[str, Any]:
         """Primitives and tensors (torch.load(weights_only=True) loads them)."""
+        state: dict[str, Any] = {"epoch": self.epoch, "batches": self.batches}
         if self.stateful:
-            state = {"epoch": self.epoch, "batches": self.batches}
             state["loader"] = self.loader.state_dict()
             if self.loader.generator is not None:  # what the next epoch's shuffle draws from
                 state["generator"] = self.loader.generator.get_state()
             return state
-        state: dict[str, Any] = {"epoch": self.epoch, "batches": self.batches}
         if self.epoch_start is not None:
             state["epoch_start"] = self.epoch_start
             state["uses_global_rng"] = self.loader.generator is None

@@ -40,8 +40,8 @@ nothing a step reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from pytest_ckpt.adapters.rngs import (
     global_rng_state,
@@ -53,8 +53,27 @@ from pytest_ckpt.errors import SubjectError
 from pytest_ckpt.subject import StepResult
 from pytest_ckpt.vocabulary import Grid
 
+if TYPE_CHECKING:  # imported when a subject is made: importing pytest_ckpt stays cheap
+    import torch
+    from torch import nn
+
+    from pytest_ckpt.adapters.loaders import LoaderPosition
+
 PROBE_SEED = 20_240_601  # the probe batch is the same for every system and every run
 _STAGE_NAME_HELP = "stage names are words like WARMUP or DECAY (letters, digits, _)"
+
+
+class Scheduler(Protocol):
+    """What ModuleSubject needs of a learning-rate scheduler: torch's (ReduceLROnPlateau
+    included) and timm's have it. How it steps is read at run time (`step_schedulers`)."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None: ...
+
+
+# `make_schedulers(optimizer)` returns one scheduler or a sequence of them.
+Schedulers: TypeAlias = "Scheduler | Sequence[Scheduler]"
 
 
 class ModuleSubject:
@@ -74,14 +93,14 @@ class ModuleSubject:
 
     def __init__(
         self,
-        make_model: Callable[[], Any],
+        make_model: Callable[[], nn.Module],
         *,
-        make_batch: Callable[[Any], Any] | None = None,
-        make_loader: Callable[[Any], Any] | None = None,
-        make_optimizer: Callable[[Any], Any] | None = None,
-        make_schedulers: Callable[[Any], Any] | None = None,
-        make_scaler: Callable[[], Any] | None = None,
-        loss_fn: Callable[[Any, Any], Any] | None = None,
+        make_batch: Callable[[torch.Generator], Any] | None = None,
+        make_loader: Callable[[torch.Generator], Iterable[Any]] | None = None,
+        make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+        make_schedulers: Callable[[torch.optim.Optimizer], Schedulers] | None = None,
+        make_scaler: Callable[[], torch.amp.GradScaler] | None = None,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         stages: Mapping[str, int] | None = None,
         warmup_steps: int = 2,
         steps_per_epoch: int = 1,
@@ -165,7 +184,7 @@ class ModuleSubject:
         system["steps"] = state["steps"]
         return system
 
-    def step(self, system: Mapping[str, Any], *, loss_weight: float = 1.0) -> StepResult:
+    def step(self, system: dict[str, Any], *, loss_weight: float = 1.0) -> StepResult:
         """One optimizer step. `loss_weight` scales what is back-propagated, not the reported
         loss (under pytest_ckpt.distributed only rank 0's batch contributes a gradient)."""
         model, optimizer, scaler = system["model"], system["optimizer"], system["scaler"]
@@ -194,8 +213,10 @@ class ModuleSubject:
     def next_batch(self, system: Mapping[str, Any]) -> tuple[Any, list[Any] | None]:
         """The step's batch and the ids of its samples (None from `make_batch`)."""
         if system.get("loader") is None:
+            assert self.make_batch is not None  # __init__: make_batch when no make_loader
             return self.make_batch(system["generator"]), None
-        return system["loader"].next_batch()
+        batch_and_ids: tuple[Any, list[Any] | None] = system["loader"].next_batch()
+        return batch_and_ids
 
     def probe(self, system: Mapping[str, Any]) -> Any:
         """The model's output (tensors only) in eval mode on the fixed probe batch; the global
@@ -218,9 +239,10 @@ class ModuleSubject:
         import torch
 
         generator = torch.Generator().manual_seed(PROBE_SEED)
-        if self.make_loader is None:
-            return self.make_batch(generator)
-        return next(iter(self.make_loader(generator)))
+        if self.make_loader is not None:
+            return next(iter(self.make_loader(generator)))
+        assert self.make_batch is not None  # __init__: make_batch when no make_loader
+        return self.make_batch(generator)
 
     # ---- pieces a subclass (an adapter) may change --------------------------------------
 
@@ -285,11 +307,12 @@ class ModuleSubject:
         checkpoint saves the model's structure (a config) builds it from that."""
         return self.make_model()
 
-    def _loader(self, seed: int) -> Any:
+    def _loader(self, seed: int) -> LoaderPosition:
         import torch
 
         from pytest_ckpt.adapters.loaders import LoaderPosition
 
+        assert self.make_loader is not None  # called only when there is one (_fresh)
         return LoaderPosition(self.make_loader(torch.Generator().manual_seed(seed)))
 
     def _fresh(

@@ -26,18 +26,24 @@ raises an ImportError naming the package (`pip install transformers`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.adapters import require
 from pytest_ckpt.adapters.module import ModuleSubject
 
+if TYPE_CHECKING:  # transformers is optional: imported when a subject is made (require)
+    import torch
+    from transformers import PreTrainedModel
+
 
 class TransformersSubject(ModuleSubject):
+    make_model: Callable[[], PreTrainedModel]
+
     def __init__(
         self,
-        make_model: Callable[[], Any],
+        make_model: Callable[[], PreTrainedModel],
         *,
-        make_batch: Callable[[Any], Mapping[str, Any]],
+        make_batch: Callable[[torch.Generator], Mapping[str, Any]],
         make_optimizer: Callable[[Any], Any] | None = None,
         make_schedulers: Callable[[Any], Any] | None = None,
         loss_fn: Callable[[Any, Any], Any] | None = None,
@@ -73,7 +79,7 @@ class TransformersSubject(ModuleSubject):
             probe=probe,
             name=name,
         )
-        self._model_class: type | None = None
+        self._model_class: type[PreTrainedModel] | None = None
 
     def export_state(self, system: Mapping[str, Any]) -> Mapping[str, Any]:
         state = dict(super().export_state(system))

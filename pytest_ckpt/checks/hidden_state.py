@@ -173,7 +173,7 @@ class _Walker:
         for prefix, sub in module.named_modules():
             here = f"{path}.{prefix}" if prefix else path
             self.seen.add(id(sub))
-            skipped = getattr(sub, "_non_persistent_buffers_set", set())
+            skipped: set[str] = getattr(sub, "_non_persistent_buffers_set", set())
             for name, buffer in sub._buffers.items():
                 if buffer is not None:
                     leaf = Leaf("buffer", buffer.detach().clone(), type(sub).__name__)

@@ -164,7 +164,7 @@ class _StructureWalker:
             if parameter is not None:
                 self.seen.add(id(parameter))
                 self.add(f"{path}.{name}", self._tensor(parameter))
-        skipped = getattr(module, "_non_persistent_buffers_set", set())
+        skipped: set[str] = getattr(module, "_non_persistent_buffers_set", set())
         for name, buffer in module._buffers.items():
             if buffer is not None:
                 self.seen.add(id(buffer))

@@ -132,8 +132,9 @@ def _steps_record(results: Sequence[StepResult]) -> list[dict[str, Any]]:
     records = []
     for r in results:
         record = {"metrics": dict(r.metrics), "telemetry": normalize_telemetry(list(r.telemetry))}
-        if getattr(r, "samples", None) is not None:
-            record["samples"] = list(r.samples)
+        samples = getattr(r, "samples", None)
+        if samples is not None:
+            record["samples"] = list(samples)
         records.append(record)
     return records
 

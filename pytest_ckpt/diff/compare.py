@@ -94,7 +94,7 @@ def values_equal(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, float) and a != a:
-        return b != b
+        return isinstance(b, float) and b != b
     try:
         return bool(a == b)
     except (TypeError, ValueError, RuntimeError):  # a container holding tensors

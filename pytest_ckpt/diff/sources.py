@@ -241,12 +241,14 @@ def _dcp_side(path: str, allow: tuple[str, ...]) -> Side:
         metadata = SafeFileSystemReader(path, allow=allow).read_metadata()
     except CheckpointError as err:
         raise DiffRefused(str(err)) from None
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
     entries = {}
     for fqn, info in metadata.state_dict_metadata.items():
-        properties = getattr(info, "properties", None)
-        if properties is None:  # BytesStorageMetadata: a value DCP pickled
+        if not isinstance(info, TensorStorageMetadata):  # BytesStorageMetadata: DCP pickled it
             entries[fqn] = Entry(None, None, _dcp_reader(path, fqn, None, allow))
             continue
+        properties = info.properties
         dtype = str(properties.dtype).removeprefix("torch.")
         template = (tuple(info.size), properties.dtype)
         entries[fqn] = Entry(dtype, tuple(info.size), _dcp_reader(path, fqn, template, allow))

@@ -80,8 +80,9 @@ def allocation(name: str, kind: str, args: list[Any]) -> tuple[str, int] | None:
     if kind == _SIZED_CONSTRUCTORS or name == "torch.Tensor":
         sizes = args[0] if len(args) == 1 and isinstance(args[0], (tuple, torch.Size)) else args
         if sizes and all(type(n) is int for n in sizes):
-            dtype = getattr(torch, name.rsplit(".", 1)[1], None)
-            element = dtype.dtype.itemsize if hasattr(dtype, "dtype") else 8
+            legacy = getattr(torch, name.rsplit(".", 1)[1], None)  # torch.FloatTensor, ...
+            dtype = getattr(legacy, "dtype", None)
+            element = dtype.itemsize if dtype is not None else 8
             count = math.prod(sizes) if all(n >= 0 for n in sizes) else 0
             return f"{name}{tuple(sizes)}", count * element
     if name == "builtins.bytearray" and len(args) == 1 and type(args[0]) is int:

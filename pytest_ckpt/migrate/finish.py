@@ -153,7 +153,7 @@ class Finisher:
             return self.remember(node, value.value)
         kind = type(value)
         if kind is collections.OrderedDict:
-            shell = collections.OrderedDict()
+            shell: collections.OrderedDict[Any, Any] = collections.OrderedDict()
             attributes = dict(getattr(value, "__dict__", {}))  # a state_dict's _metadata
             if attributes:
                 converted: dict[str, Any] = dict.fromkeys(attributes)

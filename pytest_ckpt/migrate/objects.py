@@ -29,10 +29,11 @@ def default_state(value: Any) -> dict[str, Any] | None:
     if not isinstance(reduced, tuple) or len(reduced) < 2:
         return None
     func, args = reduced[0], reduced[1]
-    if func is copyreg.__newobj_ex__:
+    # copyreg.__newobj__ / __newobj_ex__: pickle's protocol-2 reducers, not in typeshed
+    if func is copyreg.__newobj_ex__:  # type: ignore[attr-defined]
         if not (isinstance(args, tuple) and len(args) == 3 and not args[1] and not args[2]):
             return None
-    elif func is not copyreg.__newobj__ or args != (type(value),):
+    elif func is not copyreg.__newobj__ or args != (type(value),):  # type: ignore[attr-defined]
         return None
     if any(item is not None for item in reduced[3:5]):
         return None

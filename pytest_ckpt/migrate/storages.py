@@ -71,20 +71,25 @@ class ArchiveStorages:
         if self._file is not None:
             self._file.close()
 
+    def _zipped(self) -> zipfile.ZipFile:
+        """The zipfile reader, which __init__ opens when torch has no record reader."""
+        assert self._zip is not None, "ArchiveStorages: no reader open"
+        return self._zip
+
     def _has(self, name: str) -> bool:
         if self._reader is not None:
             return bool(self._reader.has_record(name))
-        return self._prefix + name in self._zip.NameToInfo  # type: ignore[union-attr]
+        return self._prefix + name in self._zipped().NameToInfo
 
     def _size(self, name: str) -> int:
         if self._reader is not None:
             return int(self._reader.get_record_size(name))
-        return self._zip.getinfo(self._prefix + name).file_size  # type: ignore[union-attr]
+        return self._zipped().getinfo(self._prefix + name).file_size
 
     def _record(self, name: str) -> bytes:
         if self._reader is not None:
             return bytes(self._reader.get_record(name))
-        return self._zip.read(self._prefix + name)  # type: ignore[union-attr]
+        return self._zipped().read(self._prefix + name)
 
     def storage(self, key: str, dtype: Any, numel: int, location: Any = "cpu") -> Any:
         """The TypedStorage `key` of `numel` elements of `dtype` (one object per key, so

@@ -66,7 +66,8 @@ def _reduce_refusal(value: Any, name: str) -> str:
     if isinstance(reduced, str):
         return objects.refuse_call(f"{value.__module__}.{reduced}")
     func = reduced[0]
-    if func in (copyreg.__newobj__, copyreg.__newobj_ex__):
+    # copyreg.__newobj__ / __newobj_ex__: pickle's protocol-2 reducers, not in typeshed
+    if func in (copyreg.__newobj__, copyreg.__newobj_ex__):  # type: ignore[attr-defined]
         return objects.refuse_arguments(name) if len(reduced[1]) > 1 else objects.refuse_state(name)
     func_name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
     return objects.refuse_call(func_name)

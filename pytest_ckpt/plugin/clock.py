@@ -82,17 +82,19 @@ class DeterministicClock:
                 return isinstance(obj, _datetime.datetime)
 
         class datetime(_datetime.datetime, metaclass=_Meta):  # the name users see
+            # now/utcnow/today return real datetimes, not instances of this class (typeshed
+            # says Self, hence the ignores): _Meta makes isinstance(x, datetime) hold for them.
             @classmethod
-            def now(cls, tz: _datetime.tzinfo | None = None) -> _datetime.datetime:
+            def now(cls, tz: _datetime.tzinfo | None = None) -> _datetime.datetime:  # type: ignore[override]
                 utc = _datetime.datetime.fromtimestamp(clock.read(), _datetime.timezone.utc)
                 return utc.replace(tzinfo=None) if tz is None else utc.astimezone(tz)
 
             @classmethod
-            def utcnow(cls) -> _datetime.datetime:
+            def utcnow(cls) -> _datetime.datetime:  # type: ignore[override]
                 return cls.now()
 
             @classmethod
-            def today(cls) -> _datetime.datetime:
+            def today(cls) -> _datetime.datetime:  # type: ignore[override]
                 return cls.now()
 
         return datetime

@@ -60,6 +60,8 @@ def collect_matrix(session: pytest.Session) -> list[pytest.Item]:
     module = MatrixModule.from_parent(session, path=Path(session.config.rootpath, "ckpt"))
     items = list(session.genitems(module))
     for item in items:
+        # Items of this module are pytest.Function (typed Item), parametrized by the
+        # plugin's pytest_generate_tests: the values (stage, grid, world sizes) are ours.
         params = item.callspec.params  # type: ignore[attr-defined]
         kind = item.originalname  # type: ignore[attr-defined]
         item.add_marker("ckpt")

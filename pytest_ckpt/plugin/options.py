@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pytest_ckpt.distributed.world_size_option import parse_world_sizes, world_sizes_value
 from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
@@ -114,7 +114,7 @@ def tolerance_rules_value(lines: list[str]) -> tuple[str, ...]:
 @dataclass(slots=True, frozen=True)
 class CkptOptions:
     enabled: bool
-    stages: tuple[str, ...] | str  # stage names, or "all" / "default" (resolved per subject)
+    stages: tuple[str, ...] | Literal["all", "default"]  # "all" / "default": per subject
     grids: tuple[Grid, ...]
     grids_chosen: bool  # given on the command line or in the ini (not the default)
     resume_steps: int
@@ -281,7 +281,7 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         )
         float_mode = _OLD_FLOAT_MODES[float_mode]
     raw_stages = values["ckpt_stages"]
-    stages = raw_stages if raw_stages in ("all", "default") else tuple(_split(raw_stages))
+    stages = _stages_choice(raw_stages)
     grids = tuple(parse_grid(g) for g in _split(values["ckpt_grids"]))
     return CkptOptions(
         enabled=enabled,
@@ -359,3 +359,12 @@ def _setup_without_report_path(config: pytest.Config) -> tuple[object, object]:
     except (TypeError, ValueError):
         return (None, None)
     return (found[0], found[1])
+
+
+def _stages_choice(raw: str) -> tuple[str, ...] | Literal["all", "default"]:
+    """`--ckpt-stages` as CkptOptions holds it: a keyword, or the stage names."""
+    if raw == "all":
+        return "all"
+    if raw == "default":
+        return "default"
+    return tuple(_split(raw))

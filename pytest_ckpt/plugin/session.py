@@ -9,13 +9,16 @@ import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_ckpt.plugin.options import CkptOptions
 from pytest_ckpt.plugin.report import FULL_FAILURE_PROPERTY, MatrixReport, failure_text
 from pytest_ckpt.vocabulary import Grid, grid_id
+
+if TYPE_CHECKING:  # syrupy is imported when a snapshot is taken
+    from pytest_ckpt.plugin.snapshot import CkptSnapshotExtension
 
 SESSION_KEY = pytest.StashKey["CkptSession"]()
 CELL_PROPERTY = "ckpt_cell"  # user_properties entry of a generated item: (kind, stage, grid)
@@ -37,7 +40,7 @@ class CkptSession:
         self._subject: Any = None
         self._stages: tuple[str, ...] | None = None
         self._grids: tuple[Grid, ...] | None = None
-        self._extensions: dict[str, type] = {}
+        self._extensions: dict[str, type[CkptSnapshotExtension]] = {}
         self.node_ids: tuple[str, ...] = ()  # `ckpt::resume[TRAINING]` arguments
         self.matrix_snapshot_names: set[str] = set()
         # tolerance patterns and the ones matched, from xdist workers
@@ -218,7 +221,8 @@ class CkptSession:
         from the other arguments); report the rest as deselected."""
         if not self.node_ids:
             return
-        kept, dropped = [], []
+        kept: list[pytest.Item] = []
+        dropped: list[pytest.Item] = []
         for item in items:
             generated = any(key == CELL_PROPERTY for key, _ in item.user_properties)
             chosen = any(_selects(arg, item.nodeid) for arg in self.node_ids)
@@ -230,12 +234,16 @@ class CkptSession:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         properties = dict(report.user_properties)
         cell = properties.get(CELL_PROPERTY)
-        if cell is not None:
+        if isinstance(cell, (tuple, list)):  # (subject, stage, grid); a list through xdist
             message = ""
             if report.failed:  # the whole message when ckpt_check kept it: nothing cut
-                message = properties.get(FULL_FAILURE_PROPERTY) or failure_text(report.longreprtext)
+                full = properties.get(FULL_FAILURE_PROPERTY)
+                message = (
+                    full if isinstance(full, str) and full else failure_text(report.longreprtext)
+                )
+            subject, stage, grid = (str(part) for part in cell)
             self.report.record(
-                tuple(cell), report.when, report.outcome, message, nodeid=report.nodeid
+                (subject, stage, grid), report.when, report.outcome, message, nodeid=report.nodeid
             )
 
     def summary_lines(self) -> list[str]:
@@ -274,7 +282,7 @@ class CkptSession:
 
     # ---- snapshots ----------------------------------------------------------------------
 
-    def snapshot_extension(self, *, matrix: bool = False) -> type:
+    def snapshot_extension(self, *, matrix: bool = False) -> type[CkptSnapshotExtension]:
         """The syrupy extension of this session, built once. The matrix's own snapshots live
         in a folder per subject and also take the subject's `snapshot_tolerances`."""
         kind = "matrix" if matrix else "fixture"

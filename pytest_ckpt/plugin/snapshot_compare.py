@@ -109,10 +109,10 @@ class ToleranceRule:
     def with_defaults(self, default: Tolerance) -> ToleranceRule:
         """Fill a bound the rule left out (NaN) from `default`."""
         tol = self.tolerance
-        if not tol.compares:
+        if tol.rtol is None or tol.atol is None:  # `unchecked` (both None): nothing to fill
             return self
-        rtol = default.rtol if math.isnan(tol.rtol) else tol.rtol  # type: ignore[arg-type]
-        atol = default.atol if math.isnan(tol.atol) else tol.atol  # type: ignore[arg-type]
+        rtol = default.rtol if math.isnan(tol.rtol) else tol.rtol
+        atol = default.atol if math.isnan(tol.atol) else tol.atol
         return ToleranceRule(self.pattern, Tolerance(rtol, atol))
 
     def __str__(self) -> str:

@@ -15,6 +15,7 @@ import argparse
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def render_report(results: list[CellResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv(kind: str, valid: callable) -> callable:
+def _csv(kind: str, valid: Callable[[str], object]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         items = [item.strip() for item in text.split(",") if item.strip()]
         if not items:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -120,7 +121,7 @@ class MorphogeneticEnv:
             self.last_loss,
             self.epoch_in_episode / self.config.episode_epochs,
         ]
-        for slot in self.model.seed_slots.values():
+        for slot in self.model.slots_by_id().values():
             onehot = [0.0] * len(_STAGES)
             onehot[_STAGES.index(slot.stage)] = 1.0
             alpha = 0.0 if slot.state is None else slot.state.alpha
@@ -130,7 +131,7 @@ class MorphogeneticEnv:
 
     def slot_mask(self, operation: Operation) -> torch.Tensor:
         """Which slots `operation` may act on; every slot for WAIT (the slot is then unused)."""
-        stages = [slot.stage for slot in self.model.seed_slots.values()]
+        stages = [slot.stage for slot in self.model.slots_by_id().values()]
         if operation is Operation.GERMINATE:
             allowed = [s in _EMPTY for s in stages]
         elif operation is Operation.ADVANCE:
@@ -230,7 +231,7 @@ class MorphogeneticEnv:
             if seed_optimizer is not None:
                 seed_optimizer.step()
             loss_value = float(loss.detach())
-            for slot in model.seed_slots.values():
+            for slot in model.slots_by_id().values():
                 if slot.seed is not None and slot.state is not None:
                     slot.state.metrics.record_step(loss_value, accuracy, None)
         model.step_epoch(train_loss=loss_value, train_accuracy=accuracy)
@@ -320,5 +321,10 @@ class _Forked:
         self.fork.__enter__()
         torch.manual_seed(seed)
 
-    def __exit__(self, *exc: object) -> None:
-        self.fork.__exit__(*exc)
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.fork.__exit__(kind, error, traceback)

@@ -56,7 +56,7 @@ class GradientHealthMonitor:
     def report(self) -> GradientReport:
         """Norms of the current `.grad`s: the host's total and each slot's seed (gate included)."""
         groups = {"host": list(self.model.host.named_parameters(prefix="host"))}
-        for slot_id, slot in self.model.seed_slots.items():
+        for slot_id, slot in self.model.slots_by_id().items():
             groups[slot_id] = list(slot.named_parameters(prefix=f"seed_slots.{slot_id}"))
         names, grads, owners = [], [], []
         for owner, params in groups.items():
@@ -84,8 +84,8 @@ class GradientHealthMonitor:
         is a violation. Leaves `.grad` and BatchNorm statistics untouched (runs in eval mode).
         """
         isolated = {
-            slot_id: slot
-            for slot_id, slot in self.model.seed_slots.items()
+            slot_id: slot.seed
+            for slot_id, slot in self.model.slots_by_id().items()
             if slot.seed is not None
             and slot.state is not None
             and slot.state.isolate_gradients
@@ -95,10 +95,10 @@ class GradientHealthMonitor:
             return ()
         outputs: dict[str, torch.Tensor] = {}
         handles = [
-            slot.seed.register_forward_hook(
+            seed.register_forward_hook(
                 lambda _m, _i, out, slot_id=slot_id: outputs.__setitem__(slot_id, out)
             )
-            for slot_id, slot in isolated.items()
+            for slot_id, seed in isolated.items()
         ]
         was_training = self.model.training
         self.model.eval()

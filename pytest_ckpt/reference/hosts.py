@@ -269,7 +269,7 @@ def build_host(config: Any) -> SegmentedHost:
     if not isinstance(config, Mapping):
         raise ValueError(f"host config: expected a dict, got {type(config).__name__}")
     kind = config.get("kind")
-    if kind not in HOSTS:
+    if not isinstance(kind, str) or kind not in HOSTS:
         raise ValueError(f"host config: unknown host kind {kind!r}; expected one of {list(HOSTS)}")
     fields = read_fields(
         config, _HOST_FIELDS[kind], where=f"host config ({kind})", version=HOST_SCHEMA_VERSION

@@ -62,16 +62,24 @@ class MorphogeneticModel(nn.Module):
 
     def slot(self, slot_id: str) -> SeedSlot:
         self.slots.index_of(slot_id)  # canonical and present, or a ValueError that says so
-        return self.seed_slots[slot_id]
+        return self.slots_by_id()[slot_id]
+
+    def slots_by_id(self) -> dict[str, SeedSlot]:
+        """`seed_slots` with its values typed (a ModuleDict's are `nn.Module`)."""
+        found = dict(self.seed_slots.items())
+        slots = {slot_id: slot for slot_id, slot in found.items() if isinstance(slot, SeedSlot)}
+        if len(slots) != len(found):
+            raise TypeError("MorphogeneticModel.seed_slots holds a module that is not a SeedSlot")
+        return slots
 
     def stages(self) -> dict[str, SeedStage]:
-        return {slot_id: slot.stage for slot_id, slot in self.seed_slots.items()}
+        return {slot_id: slot.stage for slot_id, slot in self.slots_by_id().items()}
 
     def host_parameters(self) -> Iterator[nn.Parameter]:
         return self.host.parameters()
 
     def seed_parameters(self, slot_id: str | None = None) -> Iterator[nn.Parameter]:
-        slots = self.seed_slots.values() if slot_id is None else [self.slot(slot_id)]
+        slots = self.slots_by_id().values() if slot_id is None else [self.slot(slot_id)]
         for slot in slots:
             yield from slot.parameters()
 
@@ -81,7 +89,7 @@ class MorphogeneticModel(nn.Module):
         for row in self.slots.rows:
             row_slots = self.slots.slots_in_row(row)
             anchor = row_slots[0]
-            if previous is None:
+            if previous is None or h is None:
                 h = self.host.forward_to(x, anchor)
             else:
                 h = self.host.forward_between(h, previous, anchor)
@@ -106,8 +114,8 @@ class MorphogeneticModel(nn.Module):
 
     def step_epoch(self, **summary: Any) -> list[StageTransition]:
         """Close an epoch: every slot counts it (finishing blends), then EPOCH_COMPLETED."""
-        transitions = []
-        for slot in self.seed_slots.values():
+        transitions: list[StageTransition] = []
+        for slot in self.slots_by_id().values():
             transitions.extend(self._emit(t) for t in slot.step_epoch())
         self.epochs_completed += 1
         self.telemetry.emit(
@@ -184,7 +192,7 @@ class MorphogeneticModel(nn.Module):
                 f"MorphogeneticModel config: seed_slots describes {sorted(described)} but the "
                 f"slot grid has {sorted(expected)}"
             )
-        for slot_id, slot in model.seed_slots.items():
+        for slot_id, slot in model.slots_by_id().items():
             slot.restore(fields["seed_slots"][slot_id], rebuild=True)
         return model
 

@@ -160,6 +160,10 @@ class RunningMeanStd(nn.Module):
     """Running mean/variance (Chan et al. parallel update) in float64 buffers, so a
     normalizer's statistics travel in a state_dict and resume exactly."""
 
+    mean: torch.Tensor  # buffers (register_buffer)
+    var: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, shape: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
@@ -183,6 +187,8 @@ class RunningMeanStd(nn.Module):
 
 class RewardNormalizer(nn.Module):
     """Scale rewards by the running std of the discounted return (as gym's NormalizeReward)."""
+
+    discounted_return: torch.Tensor  # a buffer (register_buffer)
 
     def __init__(self, gamma: float) -> None:
         super().__init__()

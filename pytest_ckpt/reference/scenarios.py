@@ -42,7 +42,7 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         loss_value = float(loss.detach())
-        for slot in model.seed_slots.values():
+        for slot in model.slots_by_id().values():
             if slot.seed is not None and slot.state is not None:
                 grads = [p.grad for p in slot.parameters() if p.grad is not None]
                 norm = float(torch.stack([g.norm() for g in grads]).norm()) if grads else 0.0
@@ -80,7 +80,7 @@ def drive_to_stage(
         if stage is SeedStage.DORMANT:
             return
         for i, slot_id in enumerate(slot_ids):
-            layout = model.seed_slots[slot_id].point.layout
+            layout = model.slot(slot_id).point.layout
             names = blueprint_names(layout)
             algorithm = BLEND_ALGORITHMS[(i + 2) % len(BLEND_ALGORITHMS)]  # gated first
             model.germinate(slot_id, names[i % len(names)], BlendConfig(algorithm, blend_epochs))

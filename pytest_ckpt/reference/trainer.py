@@ -161,7 +161,7 @@ class Trainer:
         )
         rollout = Rollout()
         rewards = RewardSummaryAccumulator()
-        operations: Counter[str] = Counter()
+        operation_counts: Counter[str] = Counter()
         slot_counts: Counter[str] = Counter()
         for step in range(self.config.num_steps):
             raw_obs = self.env.observation()
@@ -171,7 +171,7 @@ class Trainer:
             spec = self.env.decode(action)
             result = self.env.step(spec)
             self.global_step += 1
-            operations[spec.operation] += 1
+            operation_counts[spec.operation] += 1
             if spec.slot_id is not None:
                 slot_counts[spec.slot_id] += 1
             self.telemetry.emit(
@@ -210,7 +210,7 @@ class Trainer:
             generator=self.generator,
         )
         self.ent_coef = adapt_entropy_coef(self.ent_coef, stats.entropy, self.config)
-        self._emit_batch_tail(stats, rewards, operations, slot_counts)
+        self._emit_batch_tail(stats, rewards, operation_counts, slot_counts)
         self.update += 1
         return stats
 

@@ -167,3 +167,13 @@ def test_by_default_the_refusal_is_kept_in_the_export_and_warned_once(tmp_path) 
     assert len(caught) == 1
     assert list(first[REFUSED_KEY]) == list(second[REFUSED_KEY]) == ["random_states_0.pkl"]
     assert isinstance(first[FILES_KEY]["random_states_0.pkl"], bytes)  # never unpickled here
+
+
+def test_the_forward_probe_runs_on_the_first_batch_of_a_fresh_loader() -> None:
+    """AccelerateSubject's batch source once shadowed ModuleSubject's probe batch with another
+    signature, so `probe` raised TypeError (mypy's override check found it)."""
+    s = subject(2)
+    system = s.build(grid=(1, 1), stage="TRAINING", seed=0)
+    first = s.probe(system)
+    assert isinstance(first, torch.Tensor) and first.shape == (4, 1)
+    assert torch.equal(first, s.probe(system))
