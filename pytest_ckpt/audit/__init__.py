@@ -188,11 +188,11 @@ def _torch_refusal(
     notes: list[str],
 ) -> Finding | None:
     """Stage two, after a clean static pass: torch's own unpickler where the static pass
-    does not cover every check torch makes (`verdict.OracleGate`, `oracle`)."""
+    does not cover every check torch makes (`stage2_gate.OracleGate`, `oracle`)."""
     legacy = checkpoint.format == "legacy"
-    if not (legacy or interpreter.needs_oracle()):
+    if not (legacy or interpreter.gate.needs_oracle()):
         return None
-    problem = interpreter.resource_problem()
+    problem = interpreter.gate.resource_problem()
     if problem is not None:
         return Finding(
             "resource-limit",
@@ -203,7 +203,7 @@ def _torch_refusal(
             0,
             "root",
         )
-    reason = interpreter.oracle_refused_reason()
+    reason = interpreter.gate.oracle_refused_reason()
     if reason is not None:
         notes.append(
             f"not cross-checked with torch's unpickler ({reason}): argument, state and "
