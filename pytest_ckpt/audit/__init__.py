@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
-from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
 from pytest_ckpt.audit.exact_allowlist import exact_safe_globals
+from pytest_ckpt.audit.formats.torch_archive import Checkpoint, Unreadable, open_checkpoint
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
@@ -45,7 +45,7 @@ __all__ = ["Finding", "Report", "audit_file"]
 
 @dataclass(slots=True, frozen=True)
 class Report:
-    """The audit of one file (or one DCP folder: `pytest_ckpt.distributed`). `error` is set
+    """The audit of one file (or one DCP folder: `audit.formats.dcp`). `error` is set
     when it could not be read at all. `summary`, when set, says what an "ok" verdict vouches
     for, where that is not "loads with weights_only=True" (a DCP folder)."""
 

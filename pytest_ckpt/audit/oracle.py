@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pytest_ckpt.audit.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
+from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
 from pytest_ckpt.audit.shadow_dispatch import ResourceLimit, Unverifiable, shadow_mode
 
 _MESSAGE_CHARS = 240
