@@ -6,10 +6,10 @@ auditor's: `pytest_ckpt.audit.formats.dcp`.
   refuses instead of running code, and `load_safely`.
 - `world_size`: `check_world_size_resume`: save at SAVE ranks, resume at LOAD ranks, compare
   with the run that continued (`protocol`: how a subject provides its distributed build;
-  `module_system`: `ModuleSubject`'s; `launch`: the processes; `world_size_option`: the
-  plugin option's parser).
+  `module_system`: `ModuleSubject`'s; `launch`: the processes; the `--ckpt-world-sizes`
+  parser is the plugin's, in `plugin.options`).
 - `folders`: crash-safe DCP folders for `CheckpointManager` (`save_dcp`, `latest_dcp`, ...).
 
 This package imports nothing heavy itself: `pytest-ckpt audit` on a file never imports
-torch.distributed, and the option parser imports no torch at all.
+torch.distributed.
 """
