@@ -69,9 +69,9 @@ def audit_target(
 ) -> TargetAudit:
     """The audit of one command-line PATH: a folder (walked, unless it is a DCP folder) or
     one file."""
-    from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
-
     if os.path.isdir(path):
+        from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
+
         if is_dcp_folder(path):
             report = audit_dcp_folder(path, allowlist=allowlist, allow=allow)
             return TargetAudit(path, False, [report], [(path, DCP)])  # its "(dcp, ...)" names it
