@@ -5,7 +5,7 @@
 Writes DCP folders of about `--gigabytes` (256 tensors; 4096 tensors) and of a quarter of
 that (256 tensors) in a temp dir with `dcp.save`, then reports, each step in a fresh process
 with its modules imported before timing: `dcp.load` into a preallocated state dict (torch's
-FileSystemReader), `pytest_ckpt.distributed.folder_audit.audit_dcp_folder` (allowlists
+FileSystemReader), `pytest_ckpt.audit.formats.dcp.folder.audit_dcp_folder` (allowlists
 built inside the timing), and the peak RSS the audit reaches above the process's resident
 size before it (Linux: the peak is reset through /proc/self/clear_refs just before). Target:
 audit <= 0.05x dcp.load; memory flat in the folder's size (the quarter-size folder's peak
@@ -30,7 +30,7 @@ MEASURE = textwrap.dedent(
     warnings.simplefilter("ignore")
     import torch
     import torch.distributed.checkpoint as dcp
-    from pytest_ckpt.distributed.folder_audit import audit_dcp_folder
+    from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder
 
     def status(field):
         with open("/proc/self/status") as handle:

@@ -12,22 +12,19 @@ two processes) on one directory are not ordered with each other.
 
 DCP folders go through `dcp.async_save`, which stages the state to CPU before it returns; the
 save thread waits for its future, then rank 0 records the files, renames the folder into
-place and writes the sidecar, as `DcpFolders.save` does after `dcp.save`.
+place and writes the sidecar: `DcpFolders.begin` and `DcpFolders.finish`, which
+`DcpFolders.save` runs around `dcp.save`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from pytest_ckpt.durable import file_sha256, fsync_directory, write_atomically
 from pytest_ckpt.errors import CheckpointError
 
 Result = TypeVar("Result")
@@ -114,18 +111,12 @@ def start_dcp_save(
 ) -> Callable[[], Path]:
     """Begin an async DCP save of `state` as `folders.path_for(step)`; returns the job that
     finishes it (wait for the shards, then rank 0 makes it a checkpoint)."""
-    import torch
     import torch.distributed.checkpoint as dcp
 
-    from pytest_ckpt.distributed.folders import SIDECAR_SCHEMA_VERSION, rank_in
+    from pytest_ckpt.distributed.folders import rank_in
 
     rank = rank_in(process_group)
-    final = folders.path_for(step)
-    temporary = final.with_name(f".tmp-{final.name}")
-    if rank == 0:
-        folders.directory.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(temporary, ignore_errors=True)  # what a killed save left behind
-        temporary.mkdir()
+    final, temporary = folders.begin(step, rank)
     if world_size > 1:
         import torch.distributed as dist
 
@@ -137,31 +128,8 @@ def start_dcp_save(
 
     def finish() -> Path:
         future.result()
-        if rank != 0:
-            return final
-        if not (temporary / ".metadata").is_file():
-            raise CheckpointError(f"{temporary}: dcp.async_save ended without a .metadata")
-        files = {
-            p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-            for p in sorted(temporary.iterdir())
-        }
-        sidecar = folders.sidecar_for(final)
-        sidecar.unlink(missing_ok=True)  # a re-save of this step: unoffered from here on
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temporary, final)
-        fsync_directory(folders.directory)
-        record = {
-            "schema_version": SIDECAR_SCHEMA_VERSION,
-            "step": step,
-            "folder": final.name,
-            "files": files,
-            "world_size": world_size,
-            "torch_version": torch.__version__,
-            "created": folders.clock(),
-        }
-        text = json.dumps(record, indent=2).encode()
-        write_atomically(folders.directory, sidecar, lambda handle: handle.write(text))
-        fsync_directory(folders.directory)
+        if rank == 0:
+            folders.finish(temporary, final, step, world_size, saved_by="dcp.async_save ended")
         return final
 
     return finish

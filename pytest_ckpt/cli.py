@@ -5,7 +5,7 @@
 
 Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
 A PATH may be a folder (every checkpoint-like file in it, a verdict each and a total), a
-safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.targets.layouts`.
+safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.audit.formats.walk`.
 Migrate exit status: 0 written; 1 refused (OUT not written or replaced); 2 unreadable or bad
 arguments.
 Errors are one line on stderr, never a traceback; nothing from a file is ever executed
@@ -25,11 +25,11 @@ import sys
 
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.escape import escape
+from pytest_ckpt.audit.formats.walk import audit_target
+from pytest_ckpt.audit.formats.walk_report import render_targets_text, with_artifacts
 from pytest_ckpt.audit.global_kinds import runs_code, searching
 from pytest_ckpt.audit.render import render_json, render_sarif
 from pytest_ckpt.migrate.workflow import REFERENCE_V0, MigrationFailed, migrate_file
-from pytest_ckpt.targets.folder_report import render_targets_text, with_artifacts
-from pytest_ckpt.targets.layouts import audit_target
 
 
 def _dotted(text: str) -> str:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
+from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
 from pytest_ckpt.distributed.safe_reader import SafeFileSystemReader, load_safely
 from pytest_ckpt.distributed.world_size import WorldSizeResume, check_world_size_resume
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
-from pytest_ckpt.audit.archive import Checkpoint, Unreadable, open_checkpoint
 from pytest_ckpt.audit.exact_allowlist import exact_safe_globals
+from pytest_ckpt.audit.formats.torch_archive import Checkpoint, Unreadable, open_checkpoint
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
@@ -45,7 +45,7 @@ __all__ = ["Finding", "Report", "audit_file"]
 
 @dataclass(slots=True, frozen=True)
 class Report:
-    """The audit of one file (or one DCP folder: `pytest_ckpt.distributed`). `error` is set
+    """The audit of one file (or one DCP folder: `audit.formats.dcp`). `error` is set
     when it could not be read at all. `summary`, when set, says what an "ok" verdict vouches
     for, where that is not "loads with weights_only=True" (a DCP folder)."""
 
@@ -188,11 +188,11 @@ def _torch_refusal(
     notes: list[str],
 ) -> Finding | None:
     """Stage two, after a clean static pass: torch's own unpickler where the static pass
-    does not cover every check torch makes (`verdict.OracleGate`, `oracle`)."""
+    does not cover every check torch makes (`stage2_gate.OracleGate`, `oracle`)."""
     legacy = checkpoint.format == "legacy"
-    if not (legacy or interpreter.needs_oracle()):
+    if not (legacy or interpreter.gate.needs_oracle()):
         return None
-    problem = interpreter.resource_problem()
+    problem = interpreter.gate.resource_problem()
     if problem is not None:
         return Finding(
             "resource-limit",
@@ -203,7 +203,7 @@ def _torch_refusal(
             0,
             "root",
         )
-    reason = interpreter.oracle_refused_reason()
+    reason = interpreter.gate.oracle_refused_reason()
     if reason is not None:
         notes.append(
             f"not cross-checked with torch's unpickler ({reason}): argument, state and "

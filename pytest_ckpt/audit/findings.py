@@ -1,8 +1,8 @@
 """Where each finding is: one walk from the root gives every refused object its path, every
 other path of the same object (`also_at`), and what its fix covers.
 
-Every object torch would refuse is its own finding (`symbolic._take_over` gives each object
-built from a memoized global its own copy), at its first (shortest) route from the root;
+Every object torch would refuse is its own finding (`TorchRules._take_over` gives each
+object built from a memoized global its own copy), at its first (shortest) route from the root;
 every other route to it is listed. A fix that replaces an object whole (an nn.Module by its
 state_dict(), a datetime by isoformat(), an Enum by its value: `advice.keeps_contents` says
 which do not) takes what the object holds with it: a refused object reached only through

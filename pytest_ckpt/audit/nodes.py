@@ -94,3 +94,30 @@ def one_primitive(args: Node) -> bool:
 def value_is(value: Any, text: str) -> bool:
     """Is `value` the complete string (or bytes) `text`?"""
     return isinstance(value, Blob) and value.complete and value.preview in (text, text.encode())
+
+
+_KEEP_ITEMS = 8  # tuples this short keep their items (persistent ids, REDUCE args)
+
+
+def tuple_node(items: list[Any]) -> Node:
+    """A tuple the pickle builds; short ones keep their items (a storage id, call args)."""
+    node = Node("builtins.tuple", items=list(items) if len(items) <= _KEEP_ITEMS else None)
+    node.children = [(i, item) for i, item in enumerate(items) if type(item) is Node]
+    return node
+
+
+def lift_state(inst: Node, state: Any) -> None:
+    """Link a BUILD state to `inst` under `STATE_LABEL`: its entries read as attributes in
+    paths (`.stage`). A link, not a copy: a state BUILT a million times stays one node."""
+    if not isinstance(state, Node):
+        return
+    if state.type_name == "builtins.dict":
+        inst.children.append((STATE_LABEL, state))
+    elif state.type_name == "builtins.tuple":
+        for i, part in state.children:  # (dict_state, slot_state), or a numpy array's
+            if part.type_name == "builtins.dict":
+                lift_state(inst, part)
+            else:  # (version, shape, dtype, ...): a state the class reads itself
+                inst.children.append((f".__setstate__[{i}]", part))
+    else:
+        inst.children.append((".__setstate__", state))

@@ -17,7 +17,7 @@ Why running it in-process is safe (the contract `audit_file` relies on):
   tensor data (nothing from the file is read past the pickle);
 - the static pass refuses to hand over a pickle whose allow-listed calls could allocate
   memory the file chooses (`bytearray(n)`, legacy tensor constructors, storages with an int
-  size) or whose calls would do work far beyond the pickle's size (`verdict.OracleGate`).
+  size) or whose calls would do work far beyond the pickle's size (`stage2_gate.OracleGate`).
 
 Meta storages skip checks real ones make (`set_` against the storage size) and have no
 kernels for quantized and nested tensors: `shadow_dispatch` makes them answer as real ones
@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pytest_ckpt.audit.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
+from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
 from pytest_ckpt.audit.shadow_dispatch import ResourceLimit, Unverifiable, shadow_mode
 
 _MESSAGE_CHARS = 240

@@ -60,9 +60,80 @@ def _shadow(nbytes: int) -> Any:
     return torch._C._construct_storage_from_data_pointer(8, torch.device("cpu"), nbytes)
 
 
+class _StandIns:
+    """Fresh quantized tensors, with the CPU tensor that checks their `set_`, and sealed
+    stand-ins, by `_identity` (kept alive, so identities are not reused): the dispatch
+    mode's state and the ops it answers itself."""
+
+    def __init__(self, really_meta: set[int]) -> None:
+        self.really_meta = really_meta
+        self.fresh: dict[int, tuple[Any, Any, int]] = {}
+        self.sealed: dict[int, Any] = {}
+        self.unverified: list[str] = []
+
+    def quantized_empty(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """torch's checks of the quantized constructor, on CPU, with no element: the
+        sizes (negative ones kept, for torch's own error), the dtype, the parameters."""
+        import torch
+
+        size, *rest = args
+        allowed = _SMALL_ALLOCATION  # scales and zero points: as tensors on CPU
+
+        def on_cpu(value: Any) -> Any:
+            nonlocal allowed
+            if not isinstance(value, torch.Tensor):
+                return value
+            allowed -= value.numel()
+            if allowed < 0:
+                raise ResourceLimit("quantization parameters of over 2**24 elements")
+            return torch.zeros(value.shape, dtype=value.dtype)
+
+        cpu_kwargs = {key: on_cpu(value) for key, value in kwargs.items()}
+        cpu_kwargs["device"] = torch.device("cpu")
+        cpu_args = [on_cpu(value) for value in rest]
+        empty = func([min(extent, 0) for extent in size], *cpu_args, **cpu_kwargs)
+        numel = 1
+        for extent in size:
+            numel *= extent
+        stand_in = torch.empty(0, dtype=empty.dtype, device="meta")
+        self.fresh[_identity(stand_in)] = (stand_in, empty, numel)
+        return stand_in
+
+    def quantized_set(self, target: Any, storage: Any, rest: list) -> Any:
+        """`_rebuild_qtensor`'s set_: torch's quantized CPU set_ over a shadow storage,
+        then the stand-in is sealed."""
+        _stand_in, empty, numel = self.fresh.pop(_identity(target))
+        if storage._cdata in self.really_meta:  # torch too builds it on meta, and fails
+            raise RuntimeError(
+                "a quantized tensor on a meta storage: torch has no QuantizedMeta kernel "
+                "for _empty_affine_quantized"
+            )
+        element = empty.element_size()
+        if numel > max(_SMALL_ALLOCATION, storage.nbytes() // element):
+            raise ResourceLimit(
+                f"a quantized tensor of {numel} elements over a storage of "
+                f"{storage.nbytes()} bytes: torch.load allocates them"
+            )
+        empty.set_(_shadow(storage.nbytes()), *rest)
+        self.sealed[_identity(target)] = target
+        return target
+
+    def nested(self, buffer: Any) -> Any:
+        import torch
+
+        stand_in = torch.empty(0, dtype=buffer.dtype, device="meta")
+        self.sealed[_identity(stand_in)] = stand_in
+        self.unverified.append(
+            "a nested tensor: torch checks its sizes, strides and offsets, which are "
+            "tensor bytes the auditor does not read"
+        )
+        return stand_in
+
+
 def shadow_mode(really_meta: set[int]) -> Any:
     """The dispatch mode; `really_meta` holds the `_cdata` of the storages torch too would
-    make on meta (where it checks nothing and has no quantized kernels)."""
+    make on meta (where it checks nothing and has no quantized kernels). Its `unverified`
+    lists what stage 2 stood in for and could not judge."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -75,14 +146,12 @@ def shadow_mode(really_meta: set[int]) -> Any:
     }
 
     class ShadowStorages(TorchDispatchMode):
-        """Fresh quantized tensors, with the CPU tensor that checks their `set_`, and
-        sealed stand-ins, by `_identity` (kept alive, so identities are not reused)."""
+        """Real-storage checks for meta storages; quantized and nested ops to `_StandIns`."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.fresh: dict[int, tuple[Any, Any, int]] = {}
-            self.sealed: dict[int, Any] = {}
-            self.unverified: list[str] = []
+            self.stand_ins = _StandIns(really_meta)
+            self.unverified = self.stand_ins.unverified
 
         @classmethod
         def _should_skip_dynamo(cls) -> bool:
@@ -90,77 +159,24 @@ def shadow_mode(really_meta: set[int]) -> Any:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            stand_ins = self.stand_ins
             for tensor in _tensors(args, kwargs):
-                if _identity(tensor) in self.sealed:
+                if _identity(tensor) in stand_ins.sealed:
                     raise Unverifiable(
                         f"{func} on a tensor stage 2 stood in for (quantized or nested), "
                         "whose outcome in torch depends on what the auditor did not build"
                     )
             if func in quantized_empty:
-                return self._quantized_empty(func, args, kwargs)
+                return stand_ins.quantized_empty(func, args, kwargs)
             if func is aten._nested_view_from_buffer.default:
-                return self._nested(args[0])
+                return stand_ins.nested(args[0])
             if func is set_storage:
                 target, storage, *rest = args
-                if _identity(target) in self.fresh:
-                    return self._quantized_set(target, storage, rest)
+                if _identity(target) in stand_ins.fresh:
+                    return stand_ins.quantized_set(target, storage, rest)
                 if storage._cdata not in really_meta:
                     empty = torch.empty(0, dtype=target.dtype)
                     empty.set_(_shadow(storage.nbytes()), *rest, **kwargs)
             return func(*args, **kwargs)
-
-        def _quantized_empty(self, func: Any, args: tuple, kwargs: dict) -> Any:
-            """torch's checks of the quantized constructor, on CPU, with no element: the
-            sizes (negative ones kept, for torch's own error), the dtype, the parameters."""
-            size, *rest = args
-            allowed = _SMALL_ALLOCATION  # scales and zero points: as tensors on CPU
-
-            def on_cpu(value: Any) -> Any:
-                nonlocal allowed
-                if not isinstance(value, torch.Tensor):
-                    return value
-                allowed -= value.numel()
-                if allowed < 0:
-                    raise ResourceLimit("quantization parameters of over 2**24 elements")
-                return torch.zeros(value.shape, dtype=value.dtype)
-
-            cpu_kwargs = {key: on_cpu(value) for key, value in kwargs.items()}
-            cpu_kwargs["device"] = torch.device("cpu")
-            cpu_args = [on_cpu(value) for value in rest]
-            empty = func([min(extent, 0) for extent in size], *cpu_args, **cpu_kwargs)
-            numel = 1
-            for extent in size:
-                numel *= extent
-            stand_in = torch.empty(0, dtype=empty.dtype, device="meta")
-            self.fresh[_identity(stand_in)] = (stand_in, empty, numel)
-            return stand_in
-
-        def _quantized_set(self, target: Any, storage: Any, rest: list) -> Any:
-            """`_rebuild_qtensor`'s set_: torch's quantized CPU set_ over a shadow storage,
-            then the stand-in is sealed."""
-            _stand_in, empty, numel = self.fresh.pop(_identity(target))
-            if storage._cdata in really_meta:  # torch too builds it on meta, and fails
-                raise RuntimeError(
-                    "a quantized tensor on a meta storage: torch has no QuantizedMeta kernel "
-                    "for _empty_affine_quantized"
-                )
-            element = empty.element_size()
-            if numel > max(_SMALL_ALLOCATION, storage.nbytes() // element):
-                raise ResourceLimit(
-                    f"a quantized tensor of {numel} elements over a storage of "
-                    f"{storage.nbytes()} bytes: torch.load allocates them"
-                )
-            empty.set_(_shadow(storage.nbytes()), *rest)
-            self.sealed[_identity(target)] = target
-            return target
-
-        def _nested(self, buffer: Any) -> Any:
-            stand_in = torch.empty(0, dtype=buffer.dtype, device="meta")
-            self.sealed[_identity(stand_in)] = stand_in
-            self.unverified.append(
-                "a nested tensor: torch checks its sizes, strides and offsets, which are "
-                "tensor bytes the auditor does not read"
-            )
-            return stand_in
 
     return ShadowStorages()

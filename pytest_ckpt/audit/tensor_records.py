@@ -110,29 +110,15 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     a state dict is thousands of entries in a row.
     """
     data, memo, stack, guarded = interp.data, interp.memo, interp.stack, interp.guarded
-    extents = _EXTENTS
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
     taken = 0
     while True:
         record_start, name_index, name = pos, None, None
         if named:  # BINUNICODE <4-byte length> <name> [BINPUT|LONG_BINPUT], read in place
-            if pos + 5 > size or data[pos] != _BINUNICODE or data[pos + 2 : pos + 5] != b"\0\0\0":
+            entry = _entry_name(data, pos, size)
+            if entry is None:
                 break
-            name_end = pos + 5 + data[pos + 1]
-            if data[pos + 1] > PREVIEW or name_end + 5 > size:
-                break
-            try:
-                name = data[pos + 5 : name_end].decode("utf-8", "surrogatepass")
-            except UnicodeDecodeError:
-                break  # the interpreter reports it
-            record_start = name_end
-            if data[name_end] == _BINPUT:
-                name_index, record_start = data[name_end + 1], name_end + 2
-            elif data[name_end] == _LONG_BINPUT:
-                name_index, record_start = (
-                    _LONG_INDEX(data[name_end : name_end + 5])[0],
-                    name_end + 5,
-                )
+            record_start, name_index, name = entry
         match = TENSOR_RECORD.match(data, record_start)
         if match is None:
             break
@@ -150,43 +136,23 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             break  # torch: only floating point and complex tensors can require grad
         if rebuild.findings or hooks.findings or storage_type.findings:
             break  # flagged since (BUILD or APPEND onto them): the interpreter's job
-        if key_get is None:
-            key = new_key[5:].decode("ascii")
-        else:
-            index = _index(key_get)
-            shared = memo.get(index)
-            if not (type(shared) is Blob and shared.kind == "str" and shared.complete):
-                break  # a deferred entry, or not a key torch accepts: the interpreter's job
-            if index == name_index:
-                break  # reads the name just written: leave the order to the interpreter
-            key = shared.preview
-            reads = {**reads, index: shared}
-        if sizes is not None:  # the checks torch makes on a storage and the tensor's view
-            numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == _BININT)
-            if element_size is None or numel * element_size != sizes.get(key, -1):
-                break  # the interpreter reports it, on the storage node, with its path
-            declared = (storage_type.name, numel)
-            if interp.storage_decls.setdefault(key, declared) != declared:
-                break  # a shared storage seen with another type or size: torch's own call
-            extent = extents.get((size_shape, stride_shape))
-            if extent is None:
-                extent = extents[(size_shape, stride_shape)] = _extent(size_shape, stride_shape)
-            offset = int.from_bytes(offset_op[1:], "little", signed=offset_op[0] == _BININT)
-            if extent < 0 or offset < 0 or (extent and (offset + extent) > numel):
-                break  # out of bounds, or a shape only torch's set_ can judge
+        found = _storage_key(memo, new_key, key_get, name_index)
+        if found is None:
+            break  # a deferred entry, not a key torch accepts, or the name just written
+        key, index = found
+        if index is not None:
+            reads = {**reads, index: memo[index]}
+        if sizes is not None and not _storage_and_view_ok(
+            interp, sizes, key, storage_type.name, element_size, (numel_op, offset_op),
+            (size_shape, stride_shape),
+        ):  # fmt: skip
+            break  # the interpreter reports it, on the storage node, with its path
         put_ops = (id_put, size_put, stride_put, hooks_put, args_put)
-        try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
-            puts = _FIVE_LONG_PUTS(b"".join(put_ops))
-        except (TypeError, struct.error):
-            puts = [_index(op) for op in put_ops if op is not None]
         key_index = None if key_put is None else _index(key_put)
         tensor_index = None if tensor_put is None else _index(tensor_put)
-        if not guarded.isdisjoint(puts) or not guarded.isdisjoint(
-            (name_index, key_index, tensor_index)
-        ):
-            break  # overwrites a value records read: the interpreter's PUT resets the cache
-        if key_get is not None and index in puts:
-            break  # the record reads what it wrote itself: replay order would matter
+        puts = _record_puts(put_ops, guarded, (name_index, key_index, tensor_index))
+        if puts is None or (key_get is not None and index in puts):
+            break  # overwrites what records read, or reads what it wrote: the interpreter's
         # Taken: from here on, only what the interpreter would have done.
         end = match.end()
         tensor = Node(TENSOR)
@@ -298,3 +264,79 @@ def _is_clean_global(value: Any, name: str | None) -> bool:
         and not value.findings
         and (name is None or value.name == name)
     )
+
+
+def _entry_name(data: bytes, pos: int, size: int) -> tuple[int, int | None, str] | None:
+    """A state dict entry's name at `pos` (BINUNICODE, and its PUT if any), read in place:
+    (where the record starts, the name's memo index or None, the name); None if not one."""
+    if pos + 5 > size or data[pos] != _BINUNICODE or data[pos + 2 : pos + 5] != b"\0\0\0":
+        return None
+    name_end = pos + 5 + data[pos + 1]
+    if data[pos + 1] > PREVIEW or name_end + 5 > size:
+        return None
+    try:
+        name = data[pos + 5 : name_end].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None  # the interpreter reports it
+    if data[name_end] == _BINPUT:
+        return name_end + 2, data[name_end + 1], name
+    if data[name_end] == _LONG_BINPUT:
+        return name_end + 5, _LONG_INDEX(data[name_end : name_end + 5])[0], name
+    return name_end, None, name
+
+
+def _storage_and_view_ok(
+    interp: Interpreter,
+    sizes: Mapping[str, int],
+    key: str,
+    type_name: str,
+    element_size: int | None,
+    numbers: tuple[bytes, bytes],
+    shapes: tuple[bytes, bytes],
+) -> bool:
+    """The checks torch makes on a zip checkpoint's storage (its record holds exactly numel
+    x element size bytes; a shared one is seen with one type and size) and on the tensor's
+    view (in bounds), for a record's (numel, offset) opcodes and (size, stride) shapes."""
+    numel_op, offset_op = numbers
+    numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == _BININT)
+    if element_size is None or numel * element_size != sizes.get(key, -1):
+        return False
+    declared = (type_name, numel)
+    if interp.storage_decls.setdefault(key, declared) != declared:
+        return False  # a shared storage seen with another type or size: torch's own call
+    extent = _EXTENTS.get(shapes)
+    if extent is None:
+        extent = _EXTENTS[shapes] = _extent(*shapes)
+    offset = int.from_bytes(offset_op[1:], "little", signed=offset_op[0] == _BININT)
+    return not (extent < 0 or offset < 0 or (extent and (offset + extent) > numel))
+
+
+def _record_puts(
+    put_ops: tuple[bytes | None, ...], guarded: set[int], other_writes: tuple[int | None, ...]
+) -> list[int] | tuple[int, ...] | None:
+    """The memo indices a record's PUTs write; None when a write overwrites a value that
+    validated records read (the interpreter's PUT then resets the cache)."""
+    try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
+        puts = _FIVE_LONG_PUTS(b"".join(put_ops))
+    except (TypeError, struct.error):
+        puts = [_index(op) for op in put_ops if op is not None]
+    if not guarded.isdisjoint(puts) or not guarded.isdisjoint(other_writes):
+        return None
+    return puts
+
+
+def _storage_key(
+    memo: dict[int, Any], new_key: bytes | None, key_get: bytes | None, name_index: int | None
+) -> tuple[str, int | None] | None:
+    """A record's storage key: written in it, or read from the memo (then with its index);
+    None where the interpreter must decide (a deferred entry, not a key torch accepts, or
+    the entry name just written, where the order of the reads matters)."""
+    if key_get is None:
+        return (new_key or b"")[5:].decode("ascii"), None
+    index = _index(key_get)
+    shared = memo.get(index)
+    if not (type(shared) is Blob and shared.kind == "str" and shared.complete):
+        return None
+    if index == name_index:
+        return None
+    return shared.preview, index

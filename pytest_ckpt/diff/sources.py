@@ -29,7 +29,7 @@ from typing import Any
 
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.safetensors import audit_safetensors, looks_like_safetensors
+from pytest_ckpt.audit.formats.safetensors import audit_safetensors, looks_like_safetensors
 from pytest_ckpt.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -64,7 +64,7 @@ class Side:
 def open_side(path: str, allow: Iterable[str]) -> Side:
     """Audit `path`, then index its keys (files are mapped, not read). Raises
     DiffRefused (unreadable, refused, or a layout this reader does not know)."""
-    from pytest_ckpt.distributed.folder_audit import is_dcp_folder
+    from pytest_ckpt.audit.formats.dcp.folder import is_dcp_folder
 
     allow = tuple(allow)
     target = Path(path)

@@ -82,40 +82,57 @@ class DcpFolders:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
         rank, group = rank_in(process_group), process_group
+        final, temporary = self.begin(step, rank)
+        _barrier(group)
+        dcp.save(state, checkpoint_id=temporary, process_group=group)
+        if rank == 0:
+            world_size = torch.distributed.get_world_size(group) if _initialized() else 1
+            self.finish(temporary, final, step, world_size, saved_by="dcp.save returned")
+        _barrier(group)
+        return final
+
+    def begin(self, step: int, rank: int) -> tuple[Path, Path]:
+        """The folder of `step` and the temporary one its save writes into, made empty by
+        rank 0 (what a killed save left behind goes). Shared by `save` and async saves."""
         final = self.path_for(step)
         temporary = final.with_name(f".tmp-{final.name}")
         if rank == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(temporary, ignore_errors=True)  # what a killed save left behind
+            shutil.rmtree(temporary, ignore_errors=True)
             temporary.mkdir()
-        _barrier(group)
-        dcp.save(state, checkpoint_id=temporary, process_group=group)
-        if rank == 0:
-            if not (temporary / ".metadata").is_file():
-                raise CheckpointError(f"{temporary}: dcp.save returned without a .metadata")
-            files = {
-                p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-                for p in sorted(temporary.iterdir())
-            }
-            sidecar = self.sidecar_for(final)
-            sidecar.unlink(missing_ok=True)  # a re-save of this step: unoffered from here on
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(temporary, final)
-            fsync_directory(self.directory)
-            record = {
-                "schema_version": SIDECAR_SCHEMA_VERSION,
-                "step": step,
-                "folder": final.name,
-                "files": files,
-                "world_size": torch.distributed.get_world_size(group) if _initialized() else 1,
-                "torch_version": torch.__version__,
-                "created": self.clock(),
-            }
-            text = json.dumps(record, indent=2).encode()
-            write_atomically(self.directory, sidecar, lambda handle: handle.write(text))
-            fsync_directory(self.directory)
-        _barrier(group)
-        return final
+        return final, temporary
+
+    def finish(
+        self, temporary: Path, final: Path, step: int, world_size: int, *, saved_by: str
+    ) -> None:
+        """Rank 0, once every shard is written: `temporary` becomes `final` and its sidecar
+        (digests of every file) is written last, durably; only then is it offered. Raises
+        CheckpointError when the save left no `.metadata` (`saved_by` says which save)."""
+        import torch
+
+        if not (temporary / ".metadata").is_file():
+            raise CheckpointError(f"{temporary}: {saved_by} without a .metadata")
+        files = {
+            p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(temporary.iterdir())
+        }
+        sidecar = self.sidecar_for(final)
+        sidecar.unlink(missing_ok=True)  # a re-save of this step: unoffered from here on
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)
+        fsync_directory(self.directory)
+        record = {
+            "schema_version": SIDECAR_SCHEMA_VERSION,
+            "step": step,
+            "folder": final.name,
+            "files": files,
+            "world_size": world_size,
+            "torch_version": torch.__version__,
+            "created": self.clock(),
+        }
+        text = json.dumps(record, indent=2).encode()
+        write_atomically(self.directory, sidecar, lambda handle: handle.write(text))
+        fsync_directory(self.directory)
 
     def read_sidecar(self, folder: Path) -> DcpCheckpointInfo:
         sidecar = self.sidecar_for(folder)

@@ -298,8 +298,8 @@ def _import_before_fork() -> None:
     import torch.nn.parallel  # noqa: F401
 
     import pytest_ckpt.distributed.module_system  # noqa: F401
-    from pytest_ckpt.distributed.items import warm_up
-    from pytest_ckpt.distributed.metadata_allowlist import load_dcp_allowlist
+    from pytest_ckpt.audit.formats.dcp.items import warm_up
+    from pytest_ckpt.audit.formats.dcp.metadata_allowlist import load_dcp_allowlist
 
     load_dcp_allowlist()  # cached: each rank's SafeFileSystemReader finds it built
     warm_up()

@@ -23,7 +23,7 @@ from typing import Any
 
 from pytest_ckpt.audit.advice import is_dangerous
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
+from pytest_ckpt.audit.formats.torch_archive import Unreadable, open_checkpoint
 from pytest_ckpt.audit.machine import PickleMachine
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op, TruncatedPickle
 from pytest_ckpt.errors import ConversionRefused

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ckpt.audit import audit_file
-from pytest_ckpt.audit.archive import regular_file_size
+from pytest_ckpt.audit.formats.torch_archive import regular_file_size
 from pytest_ckpt.errors import ConversionRefused, Unreadable
 from pytest_ckpt.migrate.frameworks import lightning_refusals
 

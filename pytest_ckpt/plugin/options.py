@@ -8,11 +8,11 @@ raises `pytest.UsageError` naming the option for anything wrong.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pytest_ckpt.distributed.world_size_option import parse_world_sizes, world_sizes_value
 from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
 from pytest_ckpt.subject import DEFAULT_SUBJECT, STAGE_NAME
 from pytest_ckpt.vocabulary import DEFAULT_GRIDS, DEFAULT_STAGES, GRID, Grid, parse_grid
@@ -23,6 +23,44 @@ if TYPE_CHECKING:
 FLOAT_MODES = ("exact", "tolerant")
 # The 0.1 name of "tolerant": rounded text, which flipped at rounding boundaries across CPUs.
 _OLD_FLOAT_MODES = {"rounded": "tolerant"}
+
+
+# ---- --ckpt-world-sizes: SAVE:LOAD pairs, comma separated (no torch here) ---------------
+
+MAX_RANKS = 64  # local processes; more is a typo, not a test
+_WORLD_SIZE_PAIR = re.compile(r"([1-9][0-9]*):([1-9][0-9]*)")
+WORLD_SIZE_FORMS = "SAVE:LOAD pairs of positive ints, comma separated, e.g. 2:1,2:2,1:2 (or none)"
+
+
+def world_sizes_value(text: str) -> str:
+    """'2:1, 1:2' -> '2:1,1:2'; '' or 'none' -> 'none'. Raises ArgumentTypeError."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if parts in ([], ["none"]):
+        return "none"
+    bad = [part for part in parts if _WORLD_SIZE_PAIR.fullmatch(part) is None]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"invalid world-size pair(s) {', '.join(bad)}; {WORLD_SIZE_FORMS}"
+        )
+    big = [p for p in parts if max(map(int, p.split(":"))) > MAX_RANKS]
+    if big:
+        raise argparse.ArgumentTypeError(
+            f"world size(s) {', '.join(big)} above {MAX_RANKS} ranks; {WORLD_SIZE_FORMS}"
+        )
+    return ",".join(dict.fromkeys(parts))
+
+
+def parse_world_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """The (save, load) pairs of a value, validated as `world_sizes_value` does."""
+    normal = world_sizes_value(text)
+    if normal == "none":
+        return ()
+    return tuple((int(save), int(load)) for save, load in (p.split(":") for p in normal.split(",")))
+
+
+def pair_id(pair: tuple[int, int]) -> str:
+    """The pair as it appears in an item id: `ckpt::world_size[TRAINING-1x1-2:1]`."""
+    return f"{pair[0]}:{pair[1]}"
 
 
 def _split(text: str) -> list[str]:

@@ -182,6 +182,110 @@ def _differs_only_at_masks(received: str, recorded: str) -> bool:
     return match is not None and not any(_MASK.fullmatch(g) for g in match.groups())
 
 
+class _SessionText:
+    """How one session writes values: its float mode, and which paths its tolerances check
+    (the patterns that matched a path are kept, to warn about the others at the end)."""
+
+    def __init__(self, float_mode: str, tolerances: Tolerances) -> None:
+        self.float_mode = float_mode
+        self.tolerances = tolerances
+        self.matched_patterns: set[str] = set()
+
+    def checked(self, path: str) -> bool:
+        rule = self.tolerances.rule_for(path)
+        if rule is None:
+            return self.tolerances.default.compares
+        self.matched_patterns.add(rule.pattern)
+        return rule.tolerance.compares
+
+    def number(self, value: Any, where: str) -> str:
+        if not self.checked(where):
+            return UNCHECKED_FLOAT if not isinstance(value, numbers.Integral) else "<int>"
+        if isinstance(value, numbers.Integral):
+            return str(int(value))
+        return format_float(float(value), float_mode=self.float_mode)
+
+    def flow(self, data: Any, where: str) -> str:
+        if type(data) is float:
+            return self.number(data, where)
+        if not isinstance(data, (dict, list, tuple)):
+            return repr(data) if data is None or self.checked(where) else masked(data)
+        if isinstance(data, dict):
+            keys = AmberDataSerializer.sort(data.keys())
+            body = ", ".join(f"{k!r}: {self.flow(data[k], f'{where}.{k}')}" for k in keys)
+            return f"dict({{{body}}})"
+        body = ", ".join(self.flow(v, f"{where}.{i}") for i, v in enumerate(data))
+        return f"list([{body}])" if isinstance(data, list) else f"tuple({body})"
+
+    def plugin_value(self, data: Any, where: str) -> str:
+        """A value the tensor plugin serializes (see `_tensor_plugin`)."""
+        import torch
+
+        mode = self.float_mode
+        if isinstance(data, torch.Tensor):
+            return describe_tensor(data, float_mode=mode, checked=self.checked(where))
+        if _is_long_number_list(data):
+            return describe_number_list(data, float_mode=mode, checked=self.checked(where))
+        if _is_flow_container(data):
+            return self.flow(data, where)
+        # a number type of its own (numpy scalars, float subclasses)
+        return f"{type(data).__name__}({self.number(data, where)})"
+
+
+def _tensor_plugin(text: _SessionText) -> type[AmberDataSerializerPlugin]:
+    class TensorPlugin(AmberDataSerializerPlugin):
+        @classmethod
+        def is_data_serializable(cls, data: Any) -> bool:
+            import torch
+
+            return (
+                isinstance(data, torch.Tensor)
+                or (_is_number(data) and type(data) not in (bool, int, float))
+                or _is_long_number_list(data)
+                or _is_flow_container(data)
+            )
+
+        @classmethod
+        def serialize(cls, data: Any, *, depth: int = 0, path: Any = (), **kwargs: Any) -> str:
+            return AmberDataSerializer.with_indent(
+                text.plugin_value(data, dotted_path(path)), depth
+            )
+
+    return TensorPlugin
+
+
+def _serializer(text: _SessionText) -> type[AmberDataSerializer]:
+    checked = text.checked
+
+    class CkptAmberSerializer(AmberDataSerializer):
+        VERSION = f"ckpt-2-{text.float_mode}"
+        serializer_plugins = (_tensor_plugin(text),)
+
+        @classmethod
+        def serialize_number(
+            cls, data: Any, *, depth: int = 0, path: Any = (), **kwargs: Any
+        ) -> str:
+            if isinstance(data, float):
+                return cls.with_indent(text.number(data, dotted_path(path)), depth)
+            if not checked(dotted_path(path)):
+                return cls.with_indent(masked(data), depth)
+            return super().serialize_number(data, depth=depth, path=path, **kwargs)
+
+        @classmethod
+        def serialize_string(cls, data: Any, *, depth: int = 0, path: Any = (), **kw: Any) -> str:
+            if not checked(dotted_path(path)):  # a version string, a hostname, an ISO time
+                return cls.with_indent(masked(data), depth)
+            return super().serialize_string(data, depth=depth, path=path, **kw)
+
+        @classmethod
+        def serialize_unknown(cls, data: Any, *, depth: int = 0, path: Any = (), **kw: Any) -> str:
+            if data is not None and not checked(dotted_path(path)):  # a datetime, a UUID
+                return cls.with_indent(masked(data), depth)
+            return super().serialize_unknown(data, depth=depth, path=path, **kw)
+
+    return CkptAmberSerializer
+
+
 def make_snapshot_extension(
     float_mode: str = "tolerant",
     *,
@@ -199,95 +303,13 @@ def make_snapshot_extension(
     """
     if float_mode not in FLOAT_MODES:
         raise ValueError(f"unknown float mode {float_mode!r}; expected one of {FLOAT_MODES}")
-
     tolerances = Tolerances(default, tuple(rule.with_defaults(default) for rule in rules))
-
-    matched_patterns: set[str] = set()
-
-    def checked(path: str) -> bool:
-        rule = tolerances.rule_for(path)
-        if rule is None:
-            return tolerances.default.compares
-        matched_patterns.add(rule.pattern)
-        return rule.tolerance.compares
-
-    class TensorPlugin(AmberDataSerializerPlugin):
-        @classmethod
-        def is_data_serializable(cls, data: Any) -> bool:
-            import torch
-
-            return (
-                isinstance(data, torch.Tensor)
-                or (_is_number(data) and type(data) not in (bool, int, float))
-                or _is_long_number_list(data)
-                or _is_flow_container(data)
-            )
-
-        @classmethod
-        def serialize(cls, data: Any, *, depth: int = 0, path: Any = (), **kwargs: Any) -> str:
-            import torch
-
-            where = dotted_path(path)
-            if isinstance(data, torch.Tensor):
-                text = describe_tensor(data, float_mode=float_mode, checked=checked(where))
-            elif _is_long_number_list(data):
-                text = describe_number_list(data, float_mode=float_mode, checked=checked(where))
-            elif _is_flow_container(data):
-                text = _flow_text(data, where)
-            else:  # a number type of its own (numpy scalars, float subclasses)
-                text = f"{type(data).__name__}({_number_text(data, where)})"
-            return AmberDataSerializer.with_indent(text, depth)
-
-    def _number_text(value: Any, where: str) -> str:
-        if not checked(where):
-            return UNCHECKED_FLOAT if not isinstance(value, numbers.Integral) else "<int>"
-        if isinstance(value, numbers.Integral):
-            return str(int(value))
-        return format_float(float(value), float_mode=float_mode)
-
-    def _flow_text(data: Any, where: str) -> str:
-        if type(data) is float:
-            return _number_text(data, where)
-        if not isinstance(data, (dict, list, tuple)):
-            return repr(data) if data is None or checked(where) else masked(data)
-        if isinstance(data, dict):
-            keys = CkptAmberSerializer.sort(data.keys())
-            body = ", ".join(f"{k!r}: {_flow_text(data[k], f'{where}.{k}')}" for k in keys)
-            return f"dict({{{body}}})"
-        body = ", ".join(_flow_text(v, f"{where}.{i}") for i, v in enumerate(data))
-        return f"list([{body}])" if isinstance(data, list) else f"tuple({body})"
-
-    class CkptAmberSerializer(AmberDataSerializer):
-        VERSION = f"ckpt-2-{float_mode}"
-        serializer_plugins = (TensorPlugin,)
-
-        @classmethod
-        def serialize_number(
-            cls, data: Any, *, depth: int = 0, path: Any = (), **kwargs: Any
-        ) -> str:
-            if isinstance(data, float):
-                return cls.with_indent(_number_text(data, dotted_path(path)), depth)
-            if not checked(dotted_path(path)):
-                return cls.with_indent(masked(data), depth)
-            return super().serialize_number(data, depth=depth, path=path, **kwargs)
-
-        @classmethod
-        def serialize_string(cls, data: Any, *, depth: int = 0, path: Any = (), **kw: Any) -> str:
-            if not checked(dotted_path(path)):  # a version string, a hostname, an ISO time
-                return cls.with_indent(masked(data), depth)
-            return super().serialize_string(data, depth=depth, path=path, **kw)
-
-        @classmethod
-        def serialize_unknown(cls, data: Any, *, depth: int = 0, path: Any = (), **kw: Any) -> str:
-            if data is not None and not checked(dotted_path(path)):  # a datetime, a UUID
-                return cls.with_indent(masked(data), depth)
-            return super().serialize_unknown(data, depth=depth, path=path, **kw)
-
+    text = _SessionText(float_mode, tolerances)
     attributes: dict[str, Any] = {
-        "serializer_class": CkptAmberSerializer,
+        "serializer_class": _serializer(text),
         "float_mode": float_mode,
         "tolerances": tolerances,
-        "matched_patterns": matched_patterns,
+        "matched_patterns": text.matched_patterns,
     }
     if dirname is not None:
         attributes["snapshot_dirname"] = dirname

@@ -9,7 +9,7 @@ import datetime
 import torch
 
 import pytest_ckpt.audit as audit
-from pytest_ckpt.targets.layouts import walk_folder
+from pytest_ckpt.audit.formats.walk import walk_folder
 
 
 def test_the_list_is_found_on_first_use_and_once(tmp_path, monkeypatch) -> None:

@@ -169,7 +169,7 @@ def test_text_that_is_not_utf8_is_a_corrupt_pickle_not_a_crash(tmp_path, text_op
 def test_zipfile_reads_archives_where_torchs_reader_cannot_list_sizes(tmp_path, monkeypatch):
     """torch builds whose archive reader lacks get_record_size get the zipfile reader: the
     same pickle, sizes, notes and refusals (and, stricter than torch, CRC checks)."""
-    from pytest_ckpt.audit import archive
+    from pytest_ckpt.audit.formats import torch_archive as archive
 
     clean, outside, script = tmp_path / "clean.pt", tmp_path / "outside.pt", tmp_path / "s.pt"
     torch.save({"w": torch.zeros(2), "v": torch.ones(3)}, clean)

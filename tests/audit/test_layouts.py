@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from pytest_ckpt.audit.allowlist import load_allowlist
+from pytest_ckpt.audit.formats import walk as layouts
+from pytest_ckpt.audit.formats.walk import folder_layout, walk_folder
 from pytest_ckpt.audit.render import artifact_uri
 from pytest_ckpt.cli import main
-from pytest_ckpt.targets import layouts
-from pytest_ckpt.targets.layouts import folder_layout, walk_folder
 from tests.audit.conftest import torch_verdicts
 from tests.audit.test_safetensors import safetensors_bytes
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ckpt.audit.safetensors import (
+from pytest_ckpt.audit.formats.safetensors import (
     DTYPE_BITS,
     MAX_HEADER_VALUES,
     TORCH_DTYPES,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.sb3 import audit_sb3_zip, is_sb3_zip
+from pytest_ckpt.audit.formats.sb3_zip import audit_sb3_zip, is_sb3_zip
 from pytest_ckpt.cli import main
 from tests.audit.conftest import torch_verdicts
 

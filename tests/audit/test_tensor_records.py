@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.archive import open_checkpoint
+from pytest_ckpt.audit.formats.torch_archive import open_checkpoint
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 from pytest_ckpt.audit.tensor_records import TENSOR_RECORD
 from pytest_ckpt.audit.verdict import PickleInterpreter

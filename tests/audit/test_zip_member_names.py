@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_ckpt.audit import archive, audit_file
+from pytest_ckpt.audit import audit_file
+from pytest_ckpt.audit.formats import torch_archive as archive
 from pytest_ckpt.cli import main
 from tests.audit.test_sb3_zip import RunsACommand, sb3_zip, serialized
 

@@ -59,8 +59,8 @@ def dcp_copy(fsdp2_folder, tmp_path) -> Path:
 
 def read_metadata(folder: Path) -> Any:
     """The genuine metadata object (through the restricted unpickler: it is ours)."""
-    from pytest_ckpt.distributed.metadata_allowlist import load_dcp_allowlist
-    from pytest_ckpt.distributed.safe_reader import read_metadata_restricted
+    from pytest_ckpt.audit.formats.dcp.metadata_allowlist import load_dcp_allowlist
+    from pytest_ckpt.audit.formats.dcp.metadata_unpickle import read_metadata_restricted
 
     return read_metadata_restricted(folder / ".metadata", load_dcp_allowlist())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_ckpt.distributed.chunks import chunk_problems
+from pytest_ckpt.audit.formats.dcp.chunks import chunk_problems
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_an_overlap_far_along_dim_0_is_still_found() -> None:
     ],
 )
 def test_the_one_whole_chunk_shortcut_answers_as_the_sweep(shape, chunk, monkeypatch) -> None:
-    from pytest_ckpt.distributed import chunks
+    from pytest_ckpt.audit.formats.dcp import chunks
 
     fast = chunk_problems(shape, [chunk])
     monkeypatch.setattr(chunks, "_is_whole", lambda shape, chunk: False)
@@ -73,7 +73,7 @@ def test_the_one_whole_chunk_shortcut_answers_as_the_sweep(shape, chunk, monkeyp
 
 
 def _count_comparisons(monkeypatch) -> list[int]:
-    from pytest_ckpt.distributed import chunks
+    from pytest_ckpt.audit.formats.dcp import chunks
 
     calls = [0]
     compare = chunks._overlap
@@ -123,7 +123,7 @@ def test_thousands_of_stacked_chunks_are_named_a_few_at_a_time() -> None:
 
 
 def test_a_layout_past_the_comparison_budget_is_never_called_tiled(monkeypatch) -> None:
-    from pytest_ckpt.distributed import chunks as module
+    from pytest_ckpt.audit.formats.dcp import chunks as module
 
     monkeypatch.setattr(module, "_PAIR_BUDGET", 100)
     chunks = [((r, c), (1, 1)) for r in range(30) for c in range(30)]

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
+from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
 from pytest_ckpt.audit.render import render_text
 from pytest_ckpt.cli import main
-from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
 from tests.distributed.conftest import (
     RunsCommand,
     read_metadata,

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_ckpt.audit.archive import open_checkpoint
-from pytest_ckpt.distributed import item_templates
-from pytest_ckpt.distributed.folder_audit import audit_dcp_folder
-from pytest_ckpt.distributed.item_templates import ItemTemplates
-from pytest_ckpt.distributed.items import FileSlice
+from pytest_ckpt.audit.formats.dcp import item_templates
+from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder
+from pytest_ckpt.audit.formats.dcp.item_templates import ItemTemplates
+from pytest_ckpt.audit.formats.dcp.items import FileSlice
+from pytest_ckpt.audit.formats.torch_archive import open_checkpoint
 from pytest_ckpt.errors import Unreadable
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_ckpt.distributed import metadata_records, metadata_scan
-from pytest_ckpt.distributed.metadata_allowlist import load_dcp_allowlist
-from pytest_ckpt.distributed.metadata_proof import proof_memo, proves_clean
+from pytest_ckpt.audit.formats.dcp import metadata_records, metadata_scan
+from pytest_ckpt.audit.formats.dcp.metadata_allowlist import load_dcp_allowlist
+from pytest_ckpt.audit.formats.dcp.metadata_proof import proof_memo, proves_clean
 from pytest_ckpt.errors import MalformedPickle, TruncatedPickle
 
 

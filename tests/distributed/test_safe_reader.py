@@ -14,13 +14,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
+from pytest_ckpt.audit.formats.dcp.metadata_allowlist import load_dcp_allowlist
+from pytest_ckpt.audit.formats.dcp.metadata_unpickle import RestrictedMetadataUnpickler
 from pytest_ckpt.checks.compare import diff_values
-from pytest_ckpt.distributed.metadata_allowlist import load_dcp_allowlist
-from pytest_ckpt.distributed.safe_reader import (
-    RestrictedMetadataUnpickler,
-    SafeFileSystemReader,
-    load_safely,
-)
+from pytest_ckpt.distributed.safe_reader import SafeFileSystemReader, load_safely
 from pytest_ckpt.errors import CheckpointError, UnsafeCheckpointError
 from tests.distributed.conftest import (
     RunsCommand,
@@ -125,9 +122,9 @@ def test_the_static_verdict_and_the_restricted_unpickler_agree_on_mutated_metada
     unpickler refuses nothing either (it may still find the file broken)."""
     import random
 
+    from pytest_ckpt.audit.formats.dcp.metadata_scan import scan_metadata
+    from pytest_ckpt.audit.formats.dcp.metadata_unpickle import unpickle_metadata_restricted
     from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
-    from pytest_ckpt.distributed.metadata_scan import scan_metadata
-    from pytest_ckpt.distributed.safe_reader import unpickle_metadata_restricted
     from pytest_ckpt.errors import CheckpointLoadError
 
     allowlist = load_dcp_allowlist()

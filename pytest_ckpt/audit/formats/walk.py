@@ -1,8 +1,8 @@
 """`pytest-ckpt audit PATH` for whatever a framework wrote at PATH: one file of any known
 kind, or a folder walked for every checkpoint-like file, each with its own verdict.
 
-A file goes to the audit of what it is: safetensors (`audit.safetensors`), an SB3
-`model.save` zip (`audit.sb3`), JSON (parsed, nothing in it runs), a DCP folder's member
+A file goes to the audit of what it is: safetensors (`formats.safetensors`), an SB3
+`model.save` zip (`formats.sb3_zip`), JSON (parsed, nothing in it runs), a DCP folder's member
 (the DCP audit), else the torch.load auditor. A folder is walked without following a
 symlink out of it or into a sub-folder, without opening anything but regular files (a FIFO
 would block), to a bounded depth and count (past either, the walk reports an unreadable
@@ -13,7 +13,7 @@ Folders whose files say which framework wrote them are named on each of their fi
 save_state", "DCP folder"; and a `.ckpt` file is a "Lightning checkpoint". Files that are
 not checkpoint-like (a README, a tokenizer) are listed as skipped, never read as pickles, and
 so is a `.bin` that nothing reads as a checkpoint (a raw `numpy.tofile` array:
-`targets.bin_files`), given on the command line or met in a walk.
+`bin_files`), given on the command line or met in a walk.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from pathlib import Path
 
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist
-from pytest_ckpt.audit.archive import Unreadable, regular_file_size
-from pytest_ckpt.audit.safetensors import audit_safetensors, looks_like_safetensors
-from pytest_ckpt.audit.sb3 import audit_sb3_zip, is_sb3_zip
-from pytest_ckpt.targets.bin_files import NOT_A_CHECKPOINT, is_checkpoint_bin
+from pytest_ckpt.audit.formats.bin_files import NOT_A_CHECKPOINT, is_checkpoint_bin
+from pytest_ckpt.audit.formats.dcp import is_member_name
+from pytest_ckpt.audit.formats.safetensors import audit_safetensors, looks_like_safetensors
+from pytest_ckpt.audit.formats.sb3_zip import audit_sb3_zip, is_sb3_zip
+from pytest_ckpt.audit.formats.torch_archive import Unreadable, regular_file_size
 
 CHECKPOINT_SUFFIXES = frozenset(
     {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".safetensors", ".distcp"}
@@ -68,9 +69,9 @@ def audit_target(
 ) -> TargetAudit:
     """The audit of one command-line PATH: a folder (walked, unless it is a DCP folder) or
     one file."""
-    from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
-
     if os.path.isdir(path):
+        from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
+
         if is_dcp_folder(path):
             report = audit_dcp_folder(path, allowlist=allowlist, allow=allow)
             return TargetAudit(path, False, [report], [(path, DCP)])  # its "(dcp, ...)" names it
@@ -85,11 +86,12 @@ def audit_one_file(
     path: str, allowlist: Allowlist, allow: Iterable[str] = (), *, map_location: str | None = None
 ) -> Report:
     """One file, by what it is (see the module docstring); never raises for a bad file."""
-    from pytest_ckpt.distributed.folder_audit import audit_dcp_target
+    if is_member_name(os.path.basename(path)):  # only a DCP member's name reaches DCP's check
+        from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_target
 
-    dcp_report = audit_dcp_target(path, allowlist=allowlist, allow=allow)
-    if dcp_report is not None:
-        return dcp_report
+        dcp_report = audit_dcp_target(path, allowlist=allowlist, allow=allow)
+        if dcp_report is not None:
+            return dcp_report
     try:
         size = regular_file_size(path)  # the auditor's own check, before anything opens it
     except Unreadable as err:
@@ -129,7 +131,7 @@ def walk_folder(
     root: str, allowlist: Allowlist, allow: Iterable[str] = (), *, map_location: str | None = None
 ) -> TargetAudit:
     """Every checkpoint-like file under `root`, in name order, each audited once."""
-    from pytest_ckpt.distributed.folder_audit import audit_dcp_folder, is_dcp_folder
+    from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
 
     result = TargetAudit(root, True)
     real_root = os.path.realpath(root)

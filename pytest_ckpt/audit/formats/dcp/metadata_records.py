@@ -23,7 +23,7 @@ import struct
 from typing import Any
 
 from pytest_ckpt.audit.allowlist import Allowlist
-from pytest_ckpt.distributed.metadata_entries import Unproven, newobj_result, reduce_result
+from pytest_ckpt.audit.formats.dcp.metadata_entries import Unproven, newobj_result, reduce_result
 
 _GET = rb"(h.|j....)"
 _SMALL_INT = rb"(?:K.|M..|J....)"  # BININT1, BININT2, BININT

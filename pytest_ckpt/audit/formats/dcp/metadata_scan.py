@@ -13,11 +13,11 @@ is a finding, by path from the root. A persistent id is one too: DCP's reader de
 from __future__ import annotations
 
 from pytest_ckpt.audit.advice import is_dangerous
+from pytest_ckpt.audit.formats.dcp.metadata_allowlist import DcpAllowlist
+from pytest_ckpt.audit.formats.dcp.metadata_proof import proves_clean
 from pytest_ckpt.audit.nodes import Finding, Node
 from pytest_ckpt.audit.opcodes import Op
 from pytest_ckpt.audit.verdict import PickleInterpreter
-from pytest_ckpt.distributed.metadata_allowlist import DcpAllowlist
-from pytest_ckpt.distributed.metadata_proof import proves_clean
 
 METADATA = ".metadata"
 

@@ -27,8 +27,8 @@ from typing import IO
 
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist
-from pytest_ckpt.audit.archive import duplicated_member
 from pytest_ckpt.audit.escape import shown
+from pytest_ckpt.audit.formats.torch_archive import duplicated_member
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, iter_ops
 

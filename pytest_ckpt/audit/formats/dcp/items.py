@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from pytest_ckpt.audit.allowlist import Allowlist
-from pytest_ckpt.audit.archive import Unreadable, open_checkpoint
+from pytest_ckpt.audit.formats.dcp.item_templates import ItemTemplates
+from pytest_ckpt.audit.formats.torch_archive import Unreadable, open_checkpoint
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Finding, Node
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op, TruncatedPickle
 from pytest_ckpt.audit.verdict import PickleInterpreter
-from pytest_ckpt.distributed.item_templates import ItemTemplates
 
 _TENSOR_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter")
 

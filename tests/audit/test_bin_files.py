@@ -18,7 +18,7 @@ import tarfile
 import numpy as np
 import torch
 
-from pytest_ckpt.targets.bin_files import is_checkpoint_bin, may_unpickle
+from pytest_ckpt.audit.formats.bin_files import is_checkpoint_bin, may_unpickle
 
 # For each hex-encoded sample: did pickle.loads reach find_class, and does torch.load with
 # weights_only=True refuse it? The audit hook refuses every import find_class asks for.

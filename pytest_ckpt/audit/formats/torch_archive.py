@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pytest_ckpt.audit.escape import shown
-from pytest_ckpt.audit.legacy import MAX_PICKLE_BYTES, ReadAt, read_pickles
+from pytest_ckpt.audit.formats.legacy import MAX_PICKLE_BYTES, ReadAt, read_pickles
 from pytest_ckpt.errors import Unreadable
 
 _SMALL_MEMBER = 4096  # byteorder, .storage_alignment, .data/serialization_id: a few bytes
@@ -54,7 +54,7 @@ class Checkpoint:
 
 def open_checkpoint(path: str | os.PathLike[str] | IO[bytes]) -> Checkpoint:
     """`path` may also be a seekable binary stream holding one checkpoint from its offset 0
-    (a torch.save'd item inside a DCP shard file: `pytest_ckpt.distributed`)."""
+    (a torch.save'd item inside a DCP shard file: `audit.formats.dcp`)."""
     if hasattr(path, "read"):
         return _open_stream(path)  # type: ignore[arg-type]
     size = regular_file_size(path)

@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_ckpt.audit.archive import Checkpoint, open_checkpoint
+from pytest_ckpt.audit.formats.torch_archive import Checkpoint, open_checkpoint
 
 _EOCD = b"PK\x05\x06"
 _EOCD64 = b"PK\x06\x06"

@@ -28,16 +28,7 @@ from pytest_ckpt.audit.allowlist import (
     TENSOR,
     Allowlist,
 )
-from pytest_ckpt.audit.opcodes import (
-    PREVIEW,
-    Blob,
-    MalformedPickle,
-    Op,
-    TruncatedPickle,
-    decode_at,
-)
-from pytest_ckpt.audit.opcodes import new_blob as _new_blob
-from pytest_ckpt.distributed.metadata_entries import (
+from pytest_ckpt.audit.formats.dcp.metadata_entries import (
     PRIMITIVE,
     Unproven,
     global_entry,
@@ -47,7 +38,16 @@ from pytest_ckpt.distributed.metadata_entries import (
     reduce_result,
     type_of,
 )
-from pytest_ckpt.distributed.metadata_records import RecordTaker
+from pytest_ckpt.audit.formats.dcp.metadata_records import RecordTaker
+from pytest_ckpt.audit.opcodes import (
+    PREVIEW,
+    Blob,
+    MalformedPickle,
+    Op,
+    TruncatedPickle,
+    decode_at,
+)
+from pytest_ckpt.audit.opcodes import new_blob as _new_blob
 
 _MARK, _STOP, _BINGET, _LONG_BINGET = (
     pickle.MARK[0],

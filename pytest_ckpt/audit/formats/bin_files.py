@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import pickletools
 
-from pytest_ckpt.audit.legacy import LEGACY_MAGIC, is_tar
+from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC, is_tar
 from pytest_ckpt.audit.opcodes import decode_at
 from pytest_ckpt.errors import MalformedPickle, TruncatedPickle
 

@@ -22,25 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
-from pytest_ckpt.audit.archive import Unreadable
+from pytest_ckpt.audit.formats.dcp import METADATA, SHARD_SUFFIX, is_member_name
+from pytest_ckpt.audit.formats.dcp.chunks import chunk_problems
+from pytest_ckpt.audit.formats.dcp.item_templates import ItemTemplates
+from pytest_ckpt.audit.formats.dcp.items import FileSlice, read_tensor_item
+from pytest_ckpt.audit.formats.torch_archive import Unreadable
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
-from pytest_ckpt.distributed.chunks import chunk_problems
-from pytest_ckpt.distributed.item_templates import ItemTemplates
-from pytest_ckpt.distributed.items import FileSlice, read_tensor_item
 from pytest_ckpt.errors import CheckpointLoadError
 
-METADATA = ".metadata"
-SHARD_SUFFIX = ".distcp"
-_RANK_METADATA = re.compile(r"__\d+\.metadata")
 _RESAVE = "re-save the checkpoint; if it was copied, copy the whole folder again"
 
 
@@ -52,9 +49,7 @@ def is_dcp_folder(path: str | os.PathLike[str]) -> bool:
 def dcp_folder_of(path: str | os.PathLike[str]) -> Path | None:
     """The folder a DCP member file (`.metadata`, `__0_0.distcp`) belongs to, else None."""
     file = Path(path)
-    if file.is_file() and (
-        file.name == METADATA or file.suffix == SHARD_SUFFIX or _RANK_METADATA.fullmatch(file.name)
-    ):
+    if file.is_file() and is_member_name(file.name):
         return file.parent
     return None
 
@@ -92,9 +87,9 @@ def _audit_folder(folder: Path, allowlist: Allowlist, allow: tuple[str, ...]) ->
     name = os.fspath(folder)
     if not dist.is_available():
         return Report(name, "dcp", (), error="this torch build has no torch.distributed")
-    from pytest_ckpt.distributed.metadata_allowlist import load_dcp_allowlist
-    from pytest_ckpt.distributed.metadata_scan import scan_metadata
-    from pytest_ckpt.distributed.safe_reader import (
+    from pytest_ckpt.audit.formats.dcp.metadata_allowlist import load_dcp_allowlist
+    from pytest_ckpt.audit.formats.dcp.metadata_scan import scan_metadata
+    from pytest_ckpt.audit.formats.dcp.metadata_unpickle import (
         read_metadata_bytes,
         unpickle_metadata_restricted,
     )

@@ -1,4 +1,4 @@
-"""What `pytest-ckpt audit PATH...` prints for what `layouts.audit_target` found: the file
+"""What `pytest-ckpt audit PATH...` prints for what `walk.audit_target` found: the file
 renderers' lines for each audited file (`render`), plus, for a folder, the layouts it
 recognised, a line per skipped file and a total line; SARIF gains the list of every file
 looked at, so a folder's clean and skipped files are in the report too."""
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from pytest_ckpt.audit import Report
 from pytest_ckpt.audit.escape import escape
+from pytest_ckpt.audit.formats.walk import DCP, SKIPPED, TargetAudit
 from pytest_ckpt.audit.render import artifact_uri, render_text
-from pytest_ckpt.targets.layouts import DCP, SKIPPED, TargetAudit
 
 
 def render_targets_text(targets: Sequence[TargetAudit]) -> str:

@@ -1,6 +1,6 @@
 """What the fast `.metadata` proof keeps of each object: just what the machine's checks read.
 
-The auditor's machine (`audit.verdict`, `audit.symbolic`) builds a `Node` per object; its
+The auditor's machine (`audit.verdict`, `audit.torch_rules`) builds a `Node` per object; its
 checks look only at whether a value is a Node, its type name, a GLOBAL's dotted name and a
 string's text. Here: a `str` is a Node of that type, a `Global` a GLOBAL Node, a `Blob` a
 string or bytes as the decoder gives it, `PRIMITIVE` any other value. The helpers below are
@@ -32,7 +32,7 @@ class Unproven(Exception):
 
 
 def operand_text(value: object) -> str:
-    """A STACK_GLOBAL operand as the machine writes it (`symbolic._operand_text`)."""
+    """A STACK_GLOBAL operand as the machine writes it (`verdict._operand_text`)."""
     if type(value) is Blob:
         return str(value.preview)  # type: ignore[attr-defined]
     if type(value) is str:

@@ -1,0 +1,84 @@
+"""Reading a DCP `.metadata` without running code: the static scan first (`metadata_scan`),
+then Python's unpickler restricted to DCP's metadata allowlist (`RestrictedMetadataUnpickler`:
+its `find_class` hands out only the allowlist's own objects, it imports nothing, and it has
+no `persistent_load`). The folder audit and `distributed.safe_reader` both read through it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from typing import Any
+
+from torch.distributed.checkpoint.metadata import Metadata
+
+from pytest_ckpt.audit.formats.dcp.metadata_allowlist import DcpAllowlist
+from pytest_ckpt.audit.formats.dcp.metadata_scan import scan_metadata
+from pytest_ckpt.audit.formats.legacy import MAX_PICKLE_BYTES
+from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
+from pytest_ckpt.errors import CheckpointLoadError, UnsafeCheckpointError
+
+
+class RestrictedMetadataUnpickler(pickle.Unpickler):
+    """Python's unpickler with a `find_class` that knows only DCP's metadata allowlist."""
+
+    def __init__(self, file: Any, allowlist: DcpAllowlist, *, source: str) -> None:
+        super().__init__(file)
+        self.allowlist = allowlist
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        dotted = f"{module}.{name}"
+        try:
+            return self.allowlist.objects[dotted]
+        except KeyError:
+            raise UnsafeCheckpointError(
+                f"{self.source}: refused global {dotted}: not in DCP's metadata allowlist "
+                "(nothing from the file was run)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeCheckpointError(f"{self.source}: refused a persistent id in DCP metadata")
+
+
+def unpickle_metadata_restricted(data: bytes, allowlist: DcpAllowlist, *, source: str) -> Any:
+    """`data` through the restricted unpickler; a DCP `Metadata` or CheckpointLoadError."""
+    try:
+        metadata = RestrictedMetadataUnpickler(io.BytesIO(data), allowlist, source=source).load()
+    except UnsafeCheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as err:
+        raise CheckpointLoadError(f"{source}: unreadable DCP metadata: {err}") from None
+    if not isinstance(metadata, Metadata):
+        raise CheckpointLoadError(
+            f"{source}: is a pickled {type(metadata).__name__}, not DCP Metadata"
+        )
+    return metadata
+
+
+def read_metadata_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A `.metadata` file's bytes, refusing one larger than the auditor reads."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_PICKLE_BYTES + 1)
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CheckpointLoadError(f"{path}: larger than {MAX_PICKLE_BYTES} bytes: refusing")
+    return data
+
+
+def read_metadata_restricted(path: str | os.PathLike[str], allowlist: DcpAllowlist) -> Any:
+    """Scan `.metadata` statically, then unpickle it restricted. Raises UnsafeCheckpointError
+    (naming the global and its path) or CheckpointLoadError; nothing from the file runs."""
+    source = os.fspath(path)
+    data = read_metadata_bytes(path)
+    try:
+        findings = scan_metadata(data, allowlist)
+    except (TruncatedPickle, MalformedPickle) as err:
+        raise CheckpointLoadError(f"{source}: unreadable DCP metadata: {err}") from None
+    if findings:
+        first = findings[0]
+        more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
+        raise UnsafeCheckpointError(
+            f"{source}: refused: {first.path}: {first.detail}{more}; nothing from it was run"
+        )
+    return unpickle_metadata_restricted(data, allowlist, source=source)
