@@ -8,18 +8,18 @@ and where (`system['generator'] (a torch.Generator)`), whether the step used it 
 global RNG that advanced, a buffer or attribute that changed), whether `export_state()` holds
 it at all (found by name and value in the exported state), and the fix. Ordered by how surely
 each explains a different step: RNGs first, then optimizer and scheduler state, buffers and
-attributes the step changed, parameters, and anything else that merely differs.
+attributes the step changed, parameters, and anything else that merely differs; last, state
+the step only overwrote (different when the resumed step began, equal in both runs after it:
+a scratch buffer), which rarely explains a different step.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_ckpt.checks.compare import tensors_equal
+from pytest_ckpt.checks.export_index import ExportIndex, same
 from pytest_ckpt.checks.hidden_state import GLOBAL_RNGS, Capture, Leaf
 
 _RNG_FIX = {
@@ -40,24 +40,37 @@ class Cause:
 
 
 def diagnose_resume(
-    exported: Mapping[str, Any], before: Capture, after: Capture, resumed: Capture
+    exported: Mapping[str, Any],
+    before: Capture,
+    after: Capture,
+    resumed: Capture,
+    resumed_after: Capture | None = None,
 ) -> list[str]:
     """One line per piece of state that differs between the start of the continued step
     (`before`) and the start of the resumed one (`resumed`), best explanation first; `after`
-    (the continued run after its steps) tells what the step used."""
+    (the continued run after its steps) tells what the step used. With `resumed_after` (the
+    resumed run after its steps), state equal in both runs after the steps was only
+    overwritten (a scratch buffer), most likely not read: it goes last, said so."""
     index = ExportIndex(exported)
     causes: list[Cause] = []
     for name, state in before.rngs.items():
         if name not in after.rngs or name not in resumed.rngs:
             continue
         if not same(state, after.rngs[name]) and not same(state, resumed.rngs[name]):
-            causes.append(Cause(0, _rng_cause(name, state, index)))
+            if resumed_after is not None and same(after.rngs[name], resumed_after.rngs.get(name)):
+                causes.append(_overwritten(GLOBAL_RNGS[name]))
+            else:
+                causes.append(Cause(0, _rng_cause(name, state, index)))
     for path, leaf in before.leaves.items():
         other = resumed.leaves.get(path)
         if other is None or (other.kind == leaf.kind and same(leaf.value, other.value)):
             continue
         later = after.leaves.get(path)
         changed = later is not None and not same(leaf.value, later.value)
+        ends = None if resumed_after is None else resumed_after.leaves.get(path)
+        if other.kind == leaf.kind and _equal_leaves(later, ends):
+            causes.append(_overwritten(f"{path} ({_what(leaf)})"))
+            continue
         if other.kind != leaf.kind:  # an environment's state that is None until a reset
             cause = _absent_cause(path, leaf, other, changed, index)
         else:
@@ -65,6 +78,21 @@ def diagnose_resume(
         if cause is not None:
             causes.append(cause)
     return [cause.text for cause in sorted(causes, key=lambda c: c.rank)]
+
+
+def _equal_leaves(a: Leaf | None, b: Leaf | None) -> bool:
+    return a is not None and b is not None and a.kind == b.kind and same(a.value, b.value)
+
+
+def _overwritten(what: str) -> Cause:
+    """Different when the resumed step began, equal once it ended: its old value left no trace,
+    so the step most likely wrote it without reading it (a step that read it and then
+    overwrote it would still be named, only last)."""
+    return Cause(
+        9,
+        f"{what} differs at the start of the resumed step but is equal in both runs after it: "
+        "the step only overwrites it (scratch state), so it is an unlikely cause",
+    )
 
 
 def diagnose_rebuild(exported: Mapping[str, Any], live: Capture, rebuilt: Capture) -> list[str]:
@@ -289,91 +317,3 @@ def _last_name(path: str) -> str:
     if tail.endswith("]") and "[" in tail:
         tail = tail[tail.rindex("[") + 1 : -1].strip("'\"")
     return tail
-
-
-class ExportIndex:
-    """The exported state, flattened once: every value with its path and its own key."""
-
-    def __init__(self, exported: Any) -> None:
-        self.entries: list[tuple[str, str, Any]] = []  # (path, key, value), containers too
-        stack: list[tuple[str, str, Any]] = [("root", "", exported)]
-        while stack and len(self.entries) < 100_000:
-            path, key, value = stack.pop()
-            self.entries.append((path, key, value))
-            children: list[tuple[str, str, Any]] = []
-            if isinstance(value, Mapping):
-                children = [(f"{path}[{k!r}]", str(k), v) for k, v in value.items()]
-            elif isinstance(value, (list, tuple)) and not _numbers(value):
-                children = [(f"{path}[{i}]", str(i), v) for i, v in enumerate(value)]
-            stack.extend(reversed(children))
-
-    def find_tensor(self, value: Any, name: str, *, by_value: bool) -> str | None:
-        """A tensor equal to `value` under a key ending in `name` (or anywhere, `by_value`:
-        for values no other tensor shares, like a generator's state)."""
-        import torch
-
-        for path, key, other in self.entries:
-            if not isinstance(other, torch.Tensor) or not (by_value or key.endswith(name)):
-                continue
-            if other.shape == value.shape and tensors_equal(other, value):
-                return path
-        return None
-
-    def find_scalar(self, value: Any, name: str) -> str | None:
-        for path, key, other in self.entries:
-            if key == name and same(value, other):
-                return path
-        return None
-
-    def find_key(self, name: str) -> str | None:
-        for path, key, _ in self.entries:
-            if key == name:
-                return path.rsplit("[", 1)[0] if "[" in path else path
-        return None
-
-    def find_path(self, name: str) -> str | None:
-        """The path of the first value stored under the key `name`, whatever its value."""
-        for path, key, _ in self.entries:
-            if key == name:
-                return path
-        return None
-
-    def find_equal(self, value: Any) -> str | None:
-        for path, _, other in self.entries:
-            if same(value, other):
-                return path
-        return None
-
-
-def _numbers(values: list | tuple) -> bool:
-    """A long run of plain numbers (an RNG state's words) is a value, not a container."""
-    return bool(values) and all(isinstance(v, (int, float)) for v in values)
-
-
-def same(a: Any, b: Any) -> bool:
-    """Exact equality of captured values: tensors and numpy arrays element-wise (NaN equal
-    to NaN), containers recursively, floats with NaN equal to NaN."""
-    import torch
-
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        both = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-        return both and a.shape == b.shape and tensors_equal(a, b)
-    np = sys.modules.get("numpy")
-    if np is not None and (isinstance(a, np.ndarray) or isinstance(b, np.ndarray)):
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-            return False
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if type(a) is not type(b):
-        return False
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError, RuntimeError):
-        return a is b

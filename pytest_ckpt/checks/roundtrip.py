@@ -31,16 +31,26 @@ WALL_CLOCK_PLACEHOLDER = "<wall-clock>"
 _SHOWN = 5
 
 
-def _format(differences: list[Difference], header: str, causes: Sequence[str] = ()) -> str:
-    """The causes first (the first one on the message's first line), then the effects."""
+def _format(
+    differences: list[Difference],
+    header: str,
+    causes: Sequence[str] = (),
+    *,
+    verbose: bool = False,
+) -> str:
+    """The causes first (the first one on the message's first line), then the effects; the
+    first `_SHOWN` of each unless `verbose` (pytest's -v), which shows them all."""
+    shown = max(len(causes), len(differences)) if verbose else _SHOWN
     lines = [causes[0]] if causes else []
-    lines += [f"  and: {cause}" for cause in causes[1:_SHOWN]]
-    if len(causes) > _SHOWN:
-        lines.append(f"  ... and {len(causes) - _SHOWN} more differences in the live state")
+    lines += [f"  and: {cause}" for cause in causes[1:shown]]
+    if len(causes) > shown:
+        lines.append(
+            f"  ... and {len(causes) - shown} more differences in the live state (-v shows all)"
+        )
     lines.append(header)
-    lines += [f"  {d}" for d in differences[:_SHOWN]]
-    if len(differences) > _SHOWN:
-        lines.append(f"  ... and more (first {_SHOWN} shown)")
+    lines += [f"  {d}" for d in differences[:shown]]
+    if len(differences) > shown:
+        lines.append(f"  ... and more (first {shown} shown; -v shows all)")
     return "\n".join(lines)
 
 
@@ -52,7 +62,12 @@ class RoundTrip:
 
 
 def check_roundtrip(
-    subject: Subject, system: Any, path: str | os.PathLike[str], *, keep_loaded: bool = False
+    subject: Subject,
+    system: Any,
+    path: str | os.PathLike[str],
+    *,
+    keep_loaded: bool = False,
+    verbose: bool = False,
 ) -> RoundTrip:
     """Export, save, load with weights_only=True, compare exactly, rebuild, compare again,
     compare the live and the rebuilt system's structure; if the subject has a forward `probe`,
@@ -60,7 +75,7 @@ def check_roundtrip(
 
     With `keep_loaded`, `RoundTrip.loaded` is a copy taken before the rebuild: a rebuilt
     optimizer shares the loaded tensors (`load_state_dict` keeps them), so stepping the rebuilt
-    system would otherwise change what `loaded` shows.
+    system would otherwise change what `loaded` shows. `verbose` lists every difference.
     """
     import copy
 
@@ -68,17 +83,23 @@ def check_roundtrip(
     loaded = save_and_load(state, path)
     differences = diff_values(state, loaded)
     if differences:
-        raise RoundTripMismatch(_format(differences, "state changed through save/load:"))
+        raise RoundTripMismatch(
+            _format(differences, "state changed through save/load:", verbose=verbose)
+        )
     kept = copy.deepcopy(loaded) if keep_loaded else loaded
     rebuilt = call_subject(subject, "rebuild", loaded)
     differences = diff_values(state, call_subject(subject, "export_state", rebuilt))
     if differences:
         raise RoundTripMismatch(
-            _format(differences, "the system rebuilt from the checkpoint exports another state:")
+            _format(
+                differences,
+                "the system rebuilt from the checkpoint exports another state:",
+                verbose=verbose,
+            )
         )
     _check_structure(system, rebuilt)
     if callable(getattr(subject, "probe", None)):
-        _check_probe(subject, system, rebuilt, state)
+        _check_probe(subject, system, rebuilt, state, verbose=verbose)
     return RoundTrip(state, kept, rebuilt)
 
 
@@ -94,7 +115,9 @@ def _check_structure(system: Any, rebuilt: Any) -> None:
         )
 
 
-def _check_probe(subject: Subject, system: Any, rebuilt: Any, state: Mapping[str, Any]) -> None:
+def _check_probe(
+    subject: Subject, system: Any, rebuilt: Any, state: Mapping[str, Any], *, verbose: bool
+) -> None:
     expected = call_subject(subject, "probe", system)
     differences = diff_values(expected, call_subject(subject, "probe", rebuilt), root="probe")
     if differences:
@@ -107,6 +130,7 @@ def _check_probe(subject: Subject, system: Any, rebuilt: Any, state: Mapping[str
                 "the output depends on (weights dropped by load_state_dict(strict=False), a "
                 "module rebuilt differently, a buffer or attribute export_state() does not hold)",
                 suspects,
+                verbose=verbose,
             )
         )
 
@@ -154,6 +178,7 @@ def check_resume(
     path: str | os.PathLike[str],
     *,
     tolerance: ResumeTolerance | None = None,
+    verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """Continue `steps` steps vs save -> load -> rebuild -> resume `steps` steps: the samples
     read (`StepResult.samples`), the metrics, telemetry and final state must be equal.
@@ -166,8 +191,10 @@ def check_resume(
     then compared within the profile's bounds.
 
     The live state (generators, global RNGs, buffers, attributes, optimizer and scheduler
-    state) is captured at the start of the continued run, after it, and at the start of the
-    resumed run, so that a mismatch names its cause first (`checks.diagnose`).
+    state) is captured at the start and the end of the continued and of the resumed run, so
+    that a mismatch names its cause first (`checks.diagnose`): state read before it is
+    written ranks before state the step only overwrote (equal in both runs at the end).
+    The first few causes and effects are shown, all of them when `verbose` (pytest's -v).
     """
     exported = call_subject(subject, "export_state", system)
     loaded = save_and_load(exported, path)
@@ -183,6 +210,7 @@ def check_resume(
     if tolerance is not None:
         _check_state_before_resuming(loaded, export(subject, resumed_system))
     resumed_results = _run(subject, resumed_system, steps)
+    resumed_end = capture(resumed_system)
     resumed, resumed_state = _steps_record(resumed_results), export(subject, resumed_system)
     order = sample_order_difference(
         steps_samples(continued_results), steps_samples(resumed_results), steps
@@ -200,14 +228,15 @@ def check_resume(
             continued_state, twin_state, resumed_state, tolerance, root="state"
         )
     if differences or order:
-        causes = diagnose_resume(exported, before, after, resumed_start)
+        causes = diagnose_resume(exported, before, after, resumed_start, resumed_end)
         within = "" if tolerance is None else f" beyond the {tolerance.describe()} tolerance"
         header = (
             f"resuming from the checkpoint differs from continuing after {steps} step(s){within}:"
             if differences
             else "(the metrics and the final state are equal: they do not show it)"
         )
-        raise ResumeMismatch(_format(differences, header, [order, *causes] if order else causes))
+        causes = [order, *causes] if order else causes
+        raise ResumeMismatch(_format(differences, header, causes, verbose=verbose))
     return continued
 
 

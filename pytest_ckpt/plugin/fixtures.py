@@ -94,10 +94,16 @@ def ckpt_roundtrip(tmp_path: Path, ckpt_check) -> Callable[[Any], Any]:
 
 
 @pytest.fixture
-def ckpt_resume(ckpt_subject: Any, ckpt_options: CkptOptions, tmp_path: Path, ckpt_check):
+def ckpt_resume(
+    ckpt_subject: Any,
+    ckpt_options: CkptOptions,
+    tmp_path: Path,
+    ckpt_check,
+    pytestconfig: pytest.Config,
+):
     """`ckpt_resume(system, steps=None)`: continue vs save -> load -> resume; returns the
-    continued run's step records, or fails with the differences (floats compared under
-    `--ckpt-resume-tolerance`)."""
+    continued run's step records, or fails with the causes and differences (floats compared
+    under `--ckpt-resume-tolerance`; all of them with -v, else the first few)."""
     from pytest_ckpt.checks.roundtrip import check_resume
     from pytest_ckpt.checks.tolerance import profile_named
 
@@ -111,6 +117,7 @@ def ckpt_resume(ckpt_subject: Any, ckpt_options: CkptOptions, tmp_path: Path, ck
                 steps or ckpt_options.resume_steps,
                 tmp_path / "resume.pt",
                 tolerance=tolerance,
+                verbose=pytestconfig.get_verbosity() > 0,
             )
         raise AssertionError("unreachable")
 

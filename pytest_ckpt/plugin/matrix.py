@@ -123,21 +123,32 @@ def matrix_system(
     raise AssertionError("unreachable")  # pytest.fail raised above
 
 
-def roundtrip(matrix_subject, matrix_system, ckpt_check, tmp_path) -> None:
+def roundtrip(matrix_subject, matrix_system, ckpt_check, tmp_path, pytestconfig) -> None:
     from pytest_ckpt.checks.roundtrip import check_roundtrip
 
     with ckpt_check():
-        check_roundtrip(matrix_subject, matrix_system, tmp_path / "checkpoint.pt")
+        check_roundtrip(
+            matrix_subject,
+            matrix_system,
+            tmp_path / "checkpoint.pt",
+            verbose=pytestconfig.get_verbosity() > 0,
+        )
 
 
-def resume(matrix_subject, matrix_system, ckpt_check, ckpt_options, tmp_path) -> None:
+def resume(matrix_subject, matrix_system, ckpt_check, ckpt_options, tmp_path, pytestconfig) -> None:
+    """With -v, every cause and every difference (otherwise the first few)."""
     from pytest_ckpt.checks.roundtrip import check_resume
     from pytest_ckpt.checks.tolerance import profile_named
 
     with ckpt_check():
         steps, tolerance = ckpt_options.resume_steps, profile_named(ckpt_options.resume_tolerance)
         check_resume(
-            matrix_subject, matrix_system, steps, tmp_path / "ckpt.pt", tolerance=tolerance
+            matrix_subject,
+            matrix_system,
+            steps,
+            tmp_path / "ckpt.pt",
+            tolerance=tolerance,
+            verbose=pytestconfig.get_verbosity() > 0,
         )
 
 

@@ -256,3 +256,44 @@ def test_a_value_rebuilt_as_another_type_is_said_to_have_changed_type() -> None:
         "root['venv']['obs_rms']['count']: rebuild() restores it as another type (convert it "
         "back, e.g. float(...))"
     )
+
+
+# ---- state the step only overwrites goes last -------------------------------------------
+
+
+def test_state_equal_in_both_runs_after_the_step_goes_last_said_to_be_overwritten() -> None:
+    """A statistic the step reads differs at both ends and comes first; a scratch buffer and
+    python's RNG reseeded by the step differ at the start but not at the end: last."""
+    scratch, stat = "system.buf_obs", "system.obs_rms.mean"
+    leaf = lambda value: Leaf("tensor", torch.tensor([value]), "Tensor")  # noqa: E731
+    start, seeded, other = random.getstate(), random.Random(1).getstate(), random.Random(2)
+    before = Capture({scratch: leaf(1.0), stat: leaf(1.0)}, {"python": start})
+    after = Capture({scratch: leaf(2.0), stat: leaf(1.5)}, {"python": seeded})
+    resumed = Capture({scratch: leaf(0.0), stat: leaf(0.0)}, {"python": other.getstate()})
+    resumed_after = Capture({scratch: leaf(2.0), stat: leaf(1.0)}, {"python": seeded})
+    causes = diagnose_resume({}, before, after, resumed, resumed_after)
+    assert [cause.split(" (")[0].split(" differs")[0] for cause in causes] == [
+        stat,
+        "python's global random module",
+        scratch,
+    ]
+    assert causes[2] == (
+        "system.buf_obs (a tensor attribute) differs at the start of the resumed step but is "
+        "equal in both runs after it: the step only overwrites it (scratch state), so it is an "
+        "unlikely cause"
+    )
+    without_the_end = diagnose_resume({}, before, after, resumed)
+    assert without_the_end[0].startswith("python's global random module was drawn from")
+
+
+def test_a_value_that_changed_type_is_not_taken_for_overwritten() -> None:
+    """A float64 count restored as a 0-d array and equal again after `count += 1`: the step
+    read it, so it is still said to have changed type."""
+    import numpy as np
+
+    path = "system['venv'].obs_rms.count"
+    before = Capture({path: Leaf("attribute", 3.0, "float64")})
+    after = Capture({path: Leaf("attribute", 4.0, "float64")})
+    resumed = Capture({path: Leaf("array", np.array(3.0), "ndarray")})
+    [cause] = diagnose_resume({}, before, after, resumed, after)
+    assert cause.startswith(f"{path} changed type")

@@ -61,17 +61,16 @@ def _resume(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     )
 
 
-def test_a_noisy_resume_fails_exact_and_passes_standard(noisy_project: pytest.Pytester) -> None:
+def test_a_noisy_resume_fails_exact_and_passes_standard_chosen_in_the_ini(
+    noisy_project: pytest.Pytester,
+) -> None:
+    """The profile from the ini twin (the option itself: the forgotten-optimizer test)."""
     exact = _resume(noisy_project, "--ckpt-resume-steps=3")
     exact.assert_outcomes(failed=1, deselected=2)
     exact.stdout.re_match_lines([r".*resuming from the checkpoint differs.*after 3 step\(s\):"])
-    standard = _resume(noisy_project, "--ckpt-resume-steps=3", "--ckpt-resume-tolerance=standard")
+    noisy_project.makeini("[pytest]\nckpt_resume_tolerance = standard\n")
+    standard = _resume(noisy_project, "--ckpt-resume-steps=3")
     standard.assert_outcomes(passed=1, deselected=2)
-
-
-def test_the_ini_twin_chooses_the_profile(noisy_project: pytest.Pytester) -> None:
-    noisy_project.makeini("[pytest]\nckpt_resume_tolerance = loose\n")
-    _resume(noisy_project).assert_outcomes(passed=1, deselected=2)
 
 
 def test_a_forgotten_optimizer_state_fails_standard(

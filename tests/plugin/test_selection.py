@@ -14,6 +14,7 @@ def test_the_printed_node_id_reruns_that_item_alone(ckpt_pytester: pytest.Pytest
     result.assert_outcomes(passed=1, deselected=2)
 
 
+@pytest.mark.slow  # a pytest process; the full node id test above stays fast
 def test_a_node_id_prefix_and_a_test_file_select_together(ckpt_pytester: pytest.Pytester) -> None:
     result = ckpt_pytester.runpytest_subprocess(*ARGS, "ckpt::roundtrip", "test_plain.py", "-v")
     result.stdout.fnmatch_lines(["test_plain.py::test_plain PASSED*"], consecutive=False)
@@ -32,6 +33,7 @@ def test_dash_m_ckpt_selects_the_generated_items(ckpt_pytester: pytest.Pytester)
     result.assert_outcomes(passed=2, failed=1, deselected=1)  # no snapshot recorded yet
 
 
+@pytest.mark.slow  # a pytest process; -m ckpt above stays fast, --markers lists every kind
 def test_each_kind_has_its_own_marker(ckpt_pytester: pytest.Pytester) -> None:
     result = ckpt_pytester.runpytest_subprocess(*ARGS, "-m", "ckpt_snapshot or ckpt_resume", "-v")
     result.stdout.fnmatch_lines(["ckpt::resume*PASSED*", "ckpt::snapshot*FAILED*"])

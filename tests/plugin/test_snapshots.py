@@ -77,6 +77,7 @@ def test_a_snapshot_holds_on_another_cpu_and_fails_a_one_percent_change(
     )
 
 
+@pytest.mark.slow  # 4 pytest processes: test_snapshot_safety is the fast acceptance test
 def test_each_subject_has_its_own_snapshots_and_never_deletes_anothers(
     scaled: pytest.Pytester,
 ) -> None:
@@ -94,6 +95,7 @@ def test_each_subject_has_its_own_snapshots_and_never_deletes_anothers(
     run(scaled, "make").assert_outcomes(passed=1, deselected=3)
 
 
+@pytest.mark.slow  # a pytest process for a deprecated alias
 def test_the_old_rounded_mode_is_an_alias_of_tolerant_with_a_warning(
     scaled: pytest.Pytester,
 ) -> None:

@@ -39,6 +39,7 @@ def test_the_default_stages_name_the_stage_they_leave_out(holding: pytest.Pytest
     )
 
 
+@pytest.mark.slow  # a pytest process; the default stages' test above stays fast
 def test_all_stages_leave_nothing_out(holding: pytest.Pytester) -> None:
     result = holding.runpytest_subprocess(*ARGS, "--ckpt-stages", "all")
     result.assert_outcomes(passed=3, deselected=7)
