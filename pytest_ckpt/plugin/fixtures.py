@@ -108,7 +108,7 @@ def ckpt_resume(ckpt_subject: Any, ckpt_options: CkptOptions, tmp_path: Path, ck
             return check_resume(
                 ckpt_subject,
                 system,
-                steps or ckpt_options.resume_steps,
+                steps or ckpt_options.resume_steps_for(ckpt_subject),
                 tmp_path / "resume.pt",
                 tolerance=tolerance,
             )
