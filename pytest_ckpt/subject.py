@@ -57,6 +57,9 @@ class Subject(Protocol):
       that never held them, the wrong module rebuilt, a buffer left out of the state).
     - `snapshot_tolerances`: `PATTERN: rtol=X, atol=Y` or `PATTERN: unchecked` lines for the
       matrix snapshots (see `plugin.snapshot_compare`).
+    - `resume_steps`: how many steps the resume check continues and resumes for this subject
+      (an int >= 1) unless `--ckpt-resume-steps` says otherwise; an episodic subject sets it
+      so that an episode ends in them (an environment's RNG is drawn only at a reset).
     """
 
     name: str

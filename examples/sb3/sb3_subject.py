@@ -24,7 +24,9 @@ from __future__ import annotations
 import io
 import json
 import random
+import time
 import zipfile
+from collections import deque
 from typing import Any
 
 import gymnasium as gym
@@ -56,6 +58,9 @@ class PPOSubject:
 
     supports_grids = False
     warmup_steps = 2  # the optimizer state is non-empty and an episode has ended
+    # the resume check's steps: CartPole's RNG is drawn only at a reset, and the first
+    # 32-step rollout after the checkpoint ends no episode (the second does, at seed 0)
+    resume_steps = 2
 
     def stages(self):
         return ("TRAINING",)
@@ -132,6 +137,12 @@ class ExactSubject(PPOSubject):
         model._last_obs = state["last_obs"].numpy().copy()
         model._last_episode_starts = state["last_episode_starts"].numpy().copy()
         set_env_state(model.env, state["env"])
+        # what `learn`'s set-up makes and a constructed model lacks: the episode-statistics
+        # deques the logger reads (not training state) and its clock; every learn call sets
+        # start_time again
+        model.ep_info_buffer = deque(maxlen=model._stats_window_size)
+        model.ep_success_buffer = deque(maxlen=model._stats_window_size)
+        model.start_time = time.time_ns()
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(numpy_rng_from(state["rng"]["numpy"]))
@@ -164,6 +175,9 @@ def set_env_state(vec_env: Any, state: dict[str, Any]) -> None:
     monitor.rewards = list(state["monitor_rewards"])
     monitor.needs_reset = state["monitor_needs_reset"]
     monitor.total_steps = state["monitor_total_steps"]
+    # the seed set by the constructor is for the vector env's first reset(), which the live
+    # env has had: a later reset() must not re-seed the restored np_random
+    vec_env._seeds = [None] * vec_env.num_envs
 
 
 def numpy_rng_state(state: tuple) -> dict[str, Any]:

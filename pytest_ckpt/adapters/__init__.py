@@ -5,10 +5,13 @@
 - `lightning.LightningSubject`: a `LightningModule`, driven through its own
   `configure_optimizers` and `training_step` (needs `pip install lightning`).
 - `transformers.TransformersSubject`: a transformers `PreTrainedModel` rebuilt from its saved
-  config, AdamW with a warm-up schedule by default (needs `pip install transformers`).
+  config, AdamW with a warm-up schedule by default (needs `pip install transformers`);
+  `native=True` runs the `Trainer` itself (`transformers_native`).
 - `accelerate.AccelerateSubject`: a model, optimizer, loader and scheduler prepared by
   `Accelerator`, saved and resumed by accelerate's own `save_state` / `load_state` (needs
   `pip install accelerate`); `framework_folders` reads such a folder into a compared export.
+- `sb3.SB3Subject`: a Stable-Baselines3 algorithm through its own `save` / `load`, saying what
+  they cannot resume (needs `pip install stable-baselines3`).
 
 Importing any of these never imports its framework: that happens when a subject is made, and
 without the framework installed it fails with one line naming the package to install.

@@ -36,17 +36,17 @@ raises an ImportError naming the package (`pip install accelerate`).
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.adapters import require
-from pytest_ckpt.adapters.framework_folders import (
+from pytest_ckpt.adapters.framework_folders import (  # noqa: F401 (FrameworkFileWarning)
     FILES_KEY,
     REFUSED_KEY,
+    FrameworkFileWarning,
     read_folder,
-    refusal_message,
+    report_refusals,
     write_folder,
 )
 from pytest_ckpt.adapters.module import ModuleSubject, Scheduler
@@ -55,7 +55,7 @@ from pytest_ckpt.adapters.rngs import (
     restore_global_rng_state,
     seed_global_rngs,
 )
-from pytest_ckpt.errors import CheckpointLoadError, SubjectError
+from pytest_ckpt.errors import SubjectError
 from pytest_ckpt.subject import StepResult
 from pytest_ckpt.vocabulary import Grid
 
@@ -87,11 +87,6 @@ def _hidden(parts: LoopParts) -> Callable[[], LoopParts]:
 
 def _parts(system: Mapping[str, Any]) -> LoopParts:
     return system["loop"]()
-
-
-class FrameworkFileWarning(UserWarning):
-    """A framework writes a file that plain `torch.load(weights_only=True)` refuses, which
-    the framework itself loads with its own allowlist."""
 
 
 class AccelerateSubject(ModuleSubject):
@@ -252,13 +247,10 @@ class AccelerateSubject(ModuleSubject):
         return next(parts.batches)
 
     def _report_refused(self, refused: Mapping[str, list[str]]) -> None:
-        head = refusal_message("accelerate's load_state", refused)
-        items = [f"{name}: {line}" for name, lines in refused.items() for line in lines]
-        if self.strict:
-            raise CheckpointLoadError(head, items=items)
-        if not self._warned:
-            self._warned = True
-            warnings.warn(FrameworkFileWarning("\n  ".join([head, *items])), stacklevel=3)
+        report_refusals(
+            "accelerate's load_state", refused, strict=self.strict, warn=not self._warned
+        )
+        self._warned = True
 
 
 def _epoch(dataloader: Any, steps: int) -> Iterator[Any]:

@@ -25,6 +25,11 @@ FILES_KEY = "files"
 REFUSED_KEY = "weights_only_refused"  # file name -> the auditor's lines for it
 
 
+class FrameworkFileWarning(UserWarning):
+    """A framework writes a file that plain `torch.load(weights_only=True)` refuses, which
+    the framework itself loads with its own allowlist."""
+
+
 def read_folder(folder: str, *, skip: Iterable[str] = ()) -> dict[str, Any]:
     """`{FILES_KEY: {name: value}, REFUSED_KEY: {name: [lines]}}` for the files of `folder`
     (sub-folders are not read; a name in `skip` is left out)."""
@@ -80,6 +85,22 @@ def refusal_message(framework_loader: str, refused: Mapping[str, list[str]]) -> 
         f"{names}: refused by torch.load(weights_only=True) ({framework_loader} loads it with "
         "its own allowlist; a loader without that allowlist cannot):"
     )
+
+
+def report_refusals(
+    framework_loader: str, refused: Mapping[str, list[str]], *, strict: bool, warn: bool
+) -> None:
+    """The plain `weights_only=True` verdict on a folder's refused files: an error under
+    `strict` (`CheckpointLoadError`), else a `FrameworkFileWarning` when `warn` (once per
+    subject: the caller keeps count)."""
+    import warnings
+
+    head = refusal_message(framework_loader, refused)
+    items = [f"{name}: {line}" for name, lines in refused.items() for line in lines]
+    if strict:
+        raise CheckpointLoadError(head, items=items)
+    if warn:
+        warnings.warn(FrameworkFileWarning("\n  ".join([head, *items])), stacklevel=4)
 
 
 def write_folder(files: Mapping[str, Any], folder: str) -> None:

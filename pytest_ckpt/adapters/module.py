@@ -105,6 +105,7 @@ class ModuleSubject:
         warmup_steps: int = 2,
         steps_per_epoch: int = 1,
         probe: bool = True,
+        rank_shards: bool = False,
         name: str = "module",
     ) -> None:
         self.make_model = make_model
@@ -122,7 +123,13 @@ class ModuleSubject:
         self.stage_steps = dict(stages) if stages is not None else {"TRAINING": warmup_steps}
         self.steps_per_epoch = steps_per_epoch
         self.use_probe = probe
+        self.rank_shards = rank_shards
         self.name = name
+        if rank_shards and make_loader is not None:
+            raise ValueError(
+                "rank_shards=True shards make_batch's generator by rank; a DataLoader shards "
+                "with its own sampler (DistributedSampler): give make_batch instead"
+            )
         _check_stage_steps(self.stage_steps)
         if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int):
             raise ValueError(f"steps_per_epoch must be an int >= 1, got {steps_per_epoch!r}")

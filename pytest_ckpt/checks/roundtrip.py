@@ -21,6 +21,7 @@ from pytest_ckpt.checks.diagnose import diagnose_rebuild, diagnose_resume
 from pytest_ckpt.checks.hidden_state import capture, global_rng_states, set_global_rng_states
 from pytest_ckpt.checks.live_structure import describe_structure, structure_differences
 from pytest_ckpt.checks.loading import save_and_load
+from pytest_ckpt.checks.rng_reads import warn_unread_generators
 from pytest_ckpt.checks.samples import sample_order_difference, steps_samples
 from pytest_ckpt.checks.tolerance import ResumeTolerance, tolerant_differences
 from pytest_ckpt.errors import ResumeMismatch, RoundTripMismatch, SubjectError
@@ -202,6 +203,7 @@ def check_resume(
     before = capture(system)
     continued_results = _run(subject, system, steps)
     after = capture(system)
+    warn_unread_generators(exported, before, after, steps)
     continued, continued_state = _steps_record(continued_results), export(subject, system)
     if twin is not None:
         twin_records, twin_state = _rerun(subject, twin, steps, before.rngs)

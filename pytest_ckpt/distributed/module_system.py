@@ -1,7 +1,17 @@
 """`ModuleSubject` under the world-size check, unchanged: its model sharded before its
 optimizer is made, its own step with the loss weighted as `protocol` explains, and its
 state through `get_state_dict`/`set_state_dict` (optimizer state keyed by parameter name,
-so it reshards to any world size)."""
+so it reshards to any world size).
+
+`ModuleSubject(..., rank_shards=True)`: each rank reads its own shard, from a generator seeded
+by the seed and its rank (rank 0's is the single-process one), saved under the rank's own key
+like every rank state. Only rank 0's gradient still counts (`protocol`), so training stays
+exact at any world size while each rank's data position, loss and samples are its own: a
+checkpoint that loses a rank's position fails. A sum of every rank's gradient is what real data
+parallelism does, but its order of addition changes with the world size (not bit-exact across
+sizes), so the check does not use it. A LOAD rank past SAVE takes the state of rank
+`r % SAVE` and so replays that rank's shard: a real resume at more ranks re-shards the data,
+which no exact comparison with the continued run can follow."""
 
 from __future__ import annotations
 
@@ -13,6 +23,8 @@ from pytest_ckpt.adapters.rngs import global_rng_state, restore_numpy_rng, seed_
 from pytest_ckpt.distributed.protocol import DistributedSystem, Parallel
 from pytest_ckpt.subject import StepResult
 from pytest_ckpt.vocabulary import Grid
+
+RANK_SEED_STRIDE = 7_919  # rank r's shard generator: seed + stride * r
 
 
 class ModuleSubjectSystem:
@@ -32,6 +44,8 @@ class ModuleSubjectSystem:
         self.subject = subject
         self.parallel = parallel
         self.system = subject._fresh(seed, parallelize=parallel.shard)
+        if getattr(subject, "rank_shards", False):
+            self.system["generator"].manual_seed(seed + RANK_SEED_STRIDE * parallel.rank)
         seed_global_rngs(seed)  # as ModuleSubject.build
         for _ in range(0 if fresh else subject.stage_steps[stage or subject.stages()[0]]):
             self.step()

@@ -114,7 +114,7 @@ def ckpt_resume(
             return check_resume(
                 ckpt_subject,
                 system,
-                steps or ckpt_options.resume_steps,
+                steps or ckpt_options.resume_steps_for(ckpt_subject),
                 tmp_path / "resume.pt",
                 tolerance=tolerance,
                 verbose=pytestconfig.get_verbosity() > 0,

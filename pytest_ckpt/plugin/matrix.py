@@ -141,7 +141,8 @@ def resume(matrix_subject, matrix_system, ckpt_check, ckpt_options, tmp_path, py
     from pytest_ckpt.checks.tolerance import profile_named
 
     with ckpt_check():
-        steps, tolerance = ckpt_options.resume_steps, profile_named(ckpt_options.resume_tolerance)
+        steps = ckpt_options.resume_steps_for(matrix_subject)
+        tolerance = profile_named(ckpt_options.resume_tolerance)
         check_resume(
             matrix_subject,
             matrix_system,
@@ -202,6 +203,6 @@ def world_size(
             grid=ckpt_grid,
             save_world_size=save,
             load_world_size=load,
-            steps=ckpt_options.resume_steps,
+            steps=ckpt_options.resume_steps_for(matrix_subject),
             workdir=tmp_path,
         )

@@ -11,7 +11,7 @@ import argparse
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_ckpt.plugin.snapshot_compare import ToleranceRule
 from pytest_ckpt.subject import DEFAULT_SUBJECT, STAGE_NAME
@@ -164,6 +164,25 @@ class CkptOptions:
     snapshot_tolerances: tuple[str, ...]  # ToleranceRule texts (plain strings travel to xdist)
     world_sizes: tuple[tuple[int, int], ...] = ()  # (save, load) rank counts; () for none
     resume_tolerance: str = "exact"  # a checks.tolerance profile name
+    resume_steps_chosen: bool = False  # given on the command line or in the ini
+
+    def resume_steps_for(self, subject: Any) -> int:
+        """The resume check's steps for `subject`: `--ckpt-resume-steps` (or the ini) when
+        given, else the subject's own `resume_steps` when it declares one (an episodic
+        subject whose environment RNG is drawn only when an episode ends), else the default.
+
+        Raises SubjectError for a declared value that is not an int >= 1."""
+        declared = getattr(subject, "resume_steps", None)
+        if self.resume_steps_chosen or declared is None:
+            return self.resume_steps
+        if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+            from pytest_ckpt.errors import SubjectError
+
+            raise SubjectError(
+                f"subject {subject.name} declares resume_steps = {declared!r}: give an int >= 1 "
+                "(the steps its resume check continues and resumes)"
+            )
+        return declared
 
     def stage_list(self, reachable: tuple[str, ...]) -> tuple[str, ...]:
         """The stages to test for a subject that can reach `reachable`.
@@ -336,6 +355,8 @@ def resolve_options(config: pytest.Config) -> CkptOptions:
         snapshot_tolerances=rules,
         world_sizes=parse_world_sizes(values["ckpt_world_sizes"]),
         resume_tolerance=values["ckpt_resume_tolerance"],
+        resume_steps_chosen=config.getoption("ckpt_resume_steps") is not None
+        or values["ckpt_resume_steps"] != "1",
     )
 
 

@@ -9,14 +9,16 @@ import pytest
 
 from pytest_ckpt.adapters.accelerate import AccelerateSubject
 from pytest_ckpt.adapters.lightning import LightningSubject
+from pytest_ckpt.adapters.sb3 import SB3Subject
 from pytest_ckpt.adapters.transformers import TransformersSubject
 
 
 def test_importing_the_adapters_imports_no_framework_and_no_torch() -> None:
     code = (
         "import sys, pytest_ckpt.adapters.lightning, pytest_ckpt.adapters.transformers\n"
-        "import pytest_ckpt.adapters.accelerate\n"
-        "frameworks = ('lightning', 'transformers', 'accelerate', 'torch')\n"
+        "import pytest_ckpt.adapters.accelerate, pytest_ckpt.adapters.sb3\n"
+        "import pytest_ckpt.adapters.transformers_native\n"
+        "frameworks = ('lightning', 'transformers', 'accelerate', 'stable_baselines3', 'torch')\n"
         "print(sorted(m for m in frameworks if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -29,6 +31,7 @@ def test_importing_the_adapters_imports_no_framework_and_no_torch() -> None:
         (LightningSubject, ("lightning", "lightning.pytorch"), "lightning"),
         (TransformersSubject, ("transformers",), "transformers"),
         (AccelerateSubject, ("accelerate",), "accelerate"),
+        (SB3Subject, ("stable_baselines3",), "stable-baselines3"),
     ],
 )
 def test_an_adapter_without_its_framework_names_the_package(
@@ -39,6 +42,8 @@ def test_an_adapter_without_its_framework_names_the_package(
     with pytest.raises(ImportError) as failure:
         if adapter is AccelerateSubject:
             adapter(lambda: None, make_dataloader=lambda: None)
+        elif adapter is SB3Subject:
+            adapter(lambda env, seed: None, make_env=lambda: None)
         else:
             adapter(lambda: None, make_batch=lambda g: None)
     assert str(failure.value) == (
