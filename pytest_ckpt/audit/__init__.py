@@ -21,11 +21,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO
 
 from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
 from pytest_ckpt.audit.exact_allowlist import exact_safe_globals
-from pytest_ckpt.audit.formats.torch_archive import Checkpoint, Unreadable, open_checkpoint
+from pytest_ckpt.audit.formats.torch_archive import (
+    BinaryStream,
+    Checkpoint,
+    Unreadable,
+    is_stream,
+    open_checkpoint,
+)
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
@@ -87,7 +92,7 @@ class Report:
 
 
 def audit_file(
-    path: str | os.PathLike[str] | IO[bytes],
+    path: str | os.PathLike[str] | BinaryStream,
     *,
     allow: Iterable[str] = (),
     allowlist: Allowlist | None = None,
@@ -105,9 +110,9 @@ def audit_file(
 
 
 def _audit(
-    path: str | os.PathLike[str] | IO[bytes], allowlist: Allowlist, map_location: str | None
+    path: str | os.PathLike[str] | BinaryStream, allowlist: Allowlist, map_location: str | None
 ) -> Report:
-    name = str(getattr(path, "name", "<stream>")) if hasattr(path, "read") else os.fspath(path)
+    name = str(getattr(path, "name", "<stream>")) if is_stream(path) else os.fspath(path)
     try:
         checkpoint = open_checkpoint(path)
     except Unreadable as err:

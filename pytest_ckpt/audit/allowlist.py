@@ -127,8 +127,9 @@ def _grad_storages(default: Mapping[str, Any]) -> set[str]:
     names = set()
     for name, value in default.items():
         dtype = getattr(value, "dtype", None)
-        is_dtype = name.endswith("Storage") and isinstance(dtype, torch.dtype)
-        if is_dtype and (dtype.is_floating_point or dtype.is_complex):
+        if not name.endswith("Storage") or not isinstance(dtype, torch.dtype):
+            continue
+        if dtype.is_floating_point or dtype.is_complex:
             names.add(name)
     return names
 

@@ -28,6 +28,7 @@ from pytest_ckpt.audit.advice import (
     MODULE_FIX,
     NUMPY_RNG_FIX,
     OBJECT_STATE_FIX,
+    Fix,
     fix_for_name,
     keeps_contents,
 )
@@ -241,6 +242,7 @@ def _refine_fix(finding: Finding, node: Node) -> None:
     for label, child in node.children:  # a BUILD state, linked: its entries are attributes
         if label == STATE_LABEL:
             labels |= {attribute_label(entry) for entry, _value in child.children}
+    fix: Fix | None
     if node.shape == "object-state" and labels >= MODULE_STATE:
         fix, hint = MODULE_FIX, "an nn.Module"
     else:

@@ -134,7 +134,9 @@ def _run(data: bytes, start: int, persistent_load: Callable[[Any], Any] | None, 
     stream.seek(start)
     unpickler = WeightsOnlyUnpickler(stream, encoding="utf-8")  # torch.load's default encoding
     if persistent_load is not None:
-        unpickler.persistent_load = persistent_load
+        # torch.load hooks it the same way: the instance attribute shadows the class's
+        # method (which refuses every persistent id), and the unpickler calls the attribute.
+        unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with mode:
@@ -185,7 +187,7 @@ def legacy_refusal(
     read_at: Callable[[int, int], bytes],
     file_size: int,
     map_location: str | None,
-) -> None:
+) -> list[str]:
     """Raise as `zip_refusal` does where torch.load(weights_only=True) refuses this legacy
     file: its five pickles (`data` holds them, from offset 0) through torch's unpickler, then
     the size record of each storage, read with `read_at(offset, n)` (tensor bytes are never

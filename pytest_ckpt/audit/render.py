@@ -70,9 +70,9 @@ def _allowlist_line(report: Report) -> str:
                 "and it never offers what may run code"
             )
         return "  allowlist: no torch.serialization.safe_globals list makes torch load this file"
-    names = ", ".join(escape(name) for name in report.safe_globals)
+    listed = ", ".join(escape(name) for name in report.safe_globals)
     return (
-        f"  allowlist: torch.serialization.safe_globals([{names}]) makes torch load this file "
+        f"  allowlist: torch.serialization.safe_globals([{listed}]) makes torch load this file "
         "(only if you trust these classes: an allowed class's code runs on load)"
     )
 

@@ -48,8 +48,13 @@ def _identity(tensor: Any) -> int | None:
     object, a new TensorImpl) but keeps its storage, so a stand-in (a strided meta tensor
     with a storage of its own) is known by its storage."""
     if tensor.is_meta and not tensor.is_nested and tensor.layout is _STRIDED[0]:
-        return tensor.untyped_storage()._cdata
+        return _stand_in_identity(tensor)
     return None
+
+
+def _stand_in_identity(stand_in: Any) -> int:
+    """`_identity` of a tensor known to be a stand-in (made here, or found in `fresh`)."""
+    return int(stand_in.untyped_storage()._cdata)
 
 
 def _shadow(nbytes: int) -> Any:
@@ -96,13 +101,13 @@ class _StandIns:
         for extent in size:
             numel *= extent
         stand_in = torch.empty(0, dtype=empty.dtype, device="meta")
-        self.fresh[_identity(stand_in)] = (stand_in, empty, numel)
+        self.fresh[_stand_in_identity(stand_in)] = (stand_in, empty, numel)
         return stand_in
 
     def quantized_set(self, target: Any, storage: Any, rest: list) -> Any:
         """`_rebuild_qtensor`'s set_: torch's quantized CPU set_ over a shadow storage,
         then the stand-in is sealed."""
-        _stand_in, empty, numel = self.fresh.pop(_identity(target))
+        _stand_in, empty, numel = self.fresh.pop(_stand_in_identity(target))
         if storage._cdata in self.really_meta:  # torch too builds it on meta, and fails
             raise RuntimeError(
                 "a quantized tensor on a meta storage: torch has no QuantizedMeta kernel "
@@ -115,14 +120,14 @@ class _StandIns:
                 f"{storage.nbytes()} bytes: torch.load allocates them"
             )
         empty.set_(_shadow(storage.nbytes()), *rest)
-        self.sealed[_identity(target)] = target
+        self.sealed[_stand_in_identity(target)] = target
         return target
 
     def nested(self, buffer: Any) -> Any:
         import torch
 
         stand_in = torch.empty(0, dtype=buffer.dtype, device="meta")
-        self.sealed[_identity(stand_in)] = stand_in
+        self.sealed[_stand_in_identity(stand_in)] = stand_in
         self.unverified.append(
             "a nested tensor: torch checks its sizes, strides and offsets, which are "
             "tensor bytes the auditor does not read"

@@ -316,8 +316,11 @@ def _record_puts(
 ) -> list[int] | tuple[int, ...] | None:
     """The memo indices a record's PUTs write; None when a write overwrites a value that
     validated records read (the interpreter's PUT then resets the cache)."""
+    puts: list[int] | tuple[int, ...]
     try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
-        puts = _FIVE_LONG_PUTS(b"".join(put_ops))
+        # A missing PUT (None) makes join raise TypeError, the fallback: cheaper per record
+        # than testing the five first.
+        puts = _FIVE_LONG_PUTS(b"".join(put_ops))  # type: ignore[arg-type]
     except (TypeError, struct.error):
         puts = [_index(op) for op in put_ops if op is not None]
     if not guarded.isdisjoint(puts) or not guarded.isdisjoint(other_writes):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from pytest_ckpt.audit.advice import OBJECT_STATE_FIX, fix_for_name
 from pytest_ckpt.audit.allowlist import (
@@ -78,7 +78,7 @@ def operation_finding(detail: str, offset: int, fix: str, kind: str = "") -> Fin
 class TorchRules(PickleMachine):
     """What each opcode torch accepts builds, symbolically, and where torch refuses it."""
 
-    ACCEPTED = TORCH_OPCODES
+    ACCEPTED: ClassVar[frozenset[str] | None] = TORCH_OPCODES
 
     def __init__(
         self,

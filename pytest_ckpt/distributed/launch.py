@@ -27,13 +27,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_ckpt import errors
 from pytest_ckpt.errors import CheckpointError, DistributedRunError
 
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
+
 _GRACE_S = 2.0  # how long the other ranks get to report after one fails, before SIGKILL
 _POLL_S = 0.02
+# multiprocessing's start methods (on Windows, spawn only).
+StartMethod = Literal["fork", "spawn", "forkserver"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,6 +131,16 @@ def _raise_for(rank: int, phase: str, outcome: dict[str, Any] | None, exitcode: 
     raise cls(f"{where}: {outcome['error']}")
 
 
+def _context(method: StartMethod) -> ForkContext | SpawnContext | ForkServerContext:
+    """multiprocessing's context for `method`, typed as the concrete context it is (typeshed
+    types `get_context(str)` as BaseContext, which has no `Process`)."""
+    if method == "fork":
+        return multiprocessing.get_context("fork")
+    if method == "forkserver":
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context(method)
+
+
 def run_ranks(
     world_size: int,
     target: Callable[[RankContext, Any], Any],
@@ -134,7 +149,7 @@ def run_ranks(
     workdir: str | os.PathLike[str],
     phase: str = "run",
     timeout: float = 120.0,
-    start_method: str | None = None,
+    start_method: StartMethod | None = None,
 ) -> list[Any]:
     """`target(context, payload)` on `world_size` fresh ranks; their return values in rank
     order. Raises the rank's own CheckpointError, or DistributedRunError naming the rank for
@@ -144,8 +159,8 @@ def run_ranks(
     require_numpy()
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    default = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(start_method or default)
+    default: StartMethod = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = _context(start_method or default)
     folder = Path(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     tag = f"{phase}-{uuid.uuid4().hex[:8]}"

@@ -92,7 +92,7 @@ class Parallel:
         return sharded
 
 
-def _sum_allreduce(group, bucket):  # type: ignore[no-untyped-def]
+def _sum_allreduce(group, bucket):
     """DDP comm hook: sum the gradients (DDP's default divides by the world size). No
     annotations: DDP rejects a hook whose `bucket` is annotated other than GradBucket."""
     import torch.distributed as dist

@@ -44,7 +44,7 @@ class _AuditedByteItems:
         return getattr(self._planner, name)
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        value.name = f"{os.fspath(self._reader.path)}:{read_item.storage_index.fqn}"  # type: ignore[misc]
+        value.name = f"{os.fspath(self._reader.path)}:{read_item.storage_index.fqn}"
         report = audit_file(value, allowlist=self._reader.byte_item_allowlist)
         if report.error is not None:
             raise self._reader.refuse(
@@ -108,7 +108,10 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
     def read_data(self, plan: Any, planner: Any) -> Any:
-        return super().read_data(plan, _AuditedByteItems(planner, self))
+        # Duck-typed, not a LoadPlanner subclass: a subclass would inherit LoadPlanner's own
+        # methods where the wrapped planner's must answer (only load_bytes is ours).
+        audited = _AuditedByteItems(planner, self)
+        return super().read_data(plan, audited)  # type: ignore[arg-type]
 
 
 def load_safely(

@@ -36,7 +36,7 @@ from typing import Any
 
 from pytest_ckpt.adapters.module import ModuleSubject
 from pytest_ckpt.checks.roundtrip import normalize_telemetry
-from pytest_ckpt.distributed.launch import RankContext, require_numpy, run_ranks
+from pytest_ckpt.distributed.launch import RankContext, StartMethod, require_numpy, run_ranks
 from pytest_ckpt.distributed.protocol import (
     DistributedSubject,
     DistributedSystem,
@@ -240,7 +240,7 @@ def check_world_size_resume(
     workdir: str | os.PathLike[str],
     seed: int = 0,
     timeout: float = 120.0,
-    start_method: str | None = None,
+    start_method: StartMethod | None = None,
 ) -> WorldSizeResume:
     """Save at `save_world_size` ranks, resume at `load_world_size`, compare exactly.
 
@@ -255,8 +255,8 @@ def check_world_size_resume(
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    job = _Job(
-        subject, stage, tuple(grid), seed, steps, save_world_size, load_world_size, "",
+    job = _Job(  # (*grid,): a list passed at run time becomes the tuple Grid says
+        subject, stage, (*grid,), seed, steps, save_world_size, load_world_size, "",
         strategy_of(subject),
     )  # fmt: skip
     import torch.distributed as dist

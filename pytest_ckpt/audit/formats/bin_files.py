@@ -59,7 +59,7 @@ def may_unpickle(head: bytes, size: int) -> bool:
     """Whether pickle, reading a file of `size` bytes that starts with `head`, could reach
     an import, or a whole pickle of the legacy magic number, before it fails."""
     pos = 0
-    values = []
+    values: list[object] = []  # decoded opcode arguments, compared with the magic
     try:
         while True:
             op, pos = decode_at(head, pos)

@@ -103,7 +103,7 @@ def audit_safetensors(path: str | os.PathLike[str]) -> Report:
         )
         for key in header.duplicates
     )
-    notes = ()
+    notes: tuple[str, ...] = ()
     if header.unknown_fields:
         notes = (f"{header.unknown_fields} tensor field(s) the safetensors reader ignores",)
     summary = (
@@ -193,9 +193,8 @@ def check_header(raw: bytes, data_bytes: int) -> Header:
             f"the tensors cover {position} of the {data_bytes} data bytes: the offsets must "
             f"reach the end of the file"
         )
-    seen = set()
-    unique = [k for k in duplicates if not (k in seen or seen.add(k))]
-    return Header(len(top), data_bytes, len(metadata or {}), tuple(unique), unknown)
+    unique = tuple(dict.fromkeys(duplicates))  # each once, in the order first seen
+    return Header(len(top), data_bytes, len(metadata or {}), unique, unknown)
 
 
 def _object(pairs: list[tuple[str, object]], duplicates: list[str]) -> dict[str, object]:

@@ -28,16 +28,35 @@ import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_ckpt.audit.escape import shown
 from pytest_ckpt.audit.formats.legacy import MAX_PICKLE_BYTES, ReadAt, read_pickles
 from pytest_ckpt.errors import Unreadable
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
 _SMALL_MEMBER = 4096  # byteorder, .storage_alignment, .data/serialization_id: a few bytes
 _USED = frozenset(
     {"data.pkl", "data", "version", ".data", "byteorder", ".format_version", ".storage_alignment"}
 )
+
+
+class BinaryStream(Protocol):
+    """A readable, seekable binary stream with a `name`: an open file, a `BytesIO`, or a DCP
+    byte item's `FileSlice` (an `io.RawIOBase`, so not an `IO[bytes]`)."""
+
+    @property
+    def name(self) -> str: ...
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+
+
+def is_stream(path: str | os.PathLike[str] | BinaryStream) -> TypeIs[BinaryStream]:
+    """Whether `path` is an open stream rather than a file's path (streams have `read`)."""
+    return hasattr(path, "read")
 
 
 @dataclass(slots=True)
@@ -52,11 +71,11 @@ class Checkpoint:
     size: int = 0  # of the file, in bytes
 
 
-def open_checkpoint(path: str | os.PathLike[str] | IO[bytes]) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike[str] | BinaryStream) -> Checkpoint:
     """`path` may also be a seekable binary stream holding one checkpoint from its offset 0
     (a torch.save'd item inside a DCP shard file: `audit.formats.dcp`)."""
-    if hasattr(path, "read"):
-        return _open_stream(path)  # type: ignore[arg-type]
+    if is_stream(path):
+        return _open_stream(path)
     size = regular_file_size(path)
     try:
         with open(path, "rb") as handle:
@@ -87,7 +106,7 @@ def regular_file_size(path: str | os.PathLike[str]) -> int:
     return info.st_size
 
 
-def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
+def _open_zip(path: str | os.PathLike[str] | BinaryStream) -> Checkpoint:
     import torch
 
     reader = getattr(torch._C, "PyTorchFileReader", None)
@@ -96,7 +115,9 @@ def _open_zip(path: str | os.PathLike[str]) -> Checkpoint:
     return _open_zip_with_torch(path, reader)
 
 
-def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Checkpoint:
+def _open_zip_with_torch(
+    path: str | os.PathLike[str] | BinaryStream, reader_class: Any
+) -> Checkpoint:
     try:
         reader = _torch_reader(path, reader_class)
         names = reader.get_all_records()
@@ -127,10 +148,10 @@ def _open_zip_with_torch(path: str | os.PathLike[str], reader_class: Any) -> Che
     return Checkpoint("zip", pickle_bytes, 0, sizes, _unused_members_note(unused))
 
 
-def _torch_reader(path: str | os.PathLike[str], reader_class: Any) -> Any:
+def _torch_reader(path: str | os.PathLike[str] | BinaryStream, reader_class: Any) -> Any:
     """torch's reader on a path, or on an open file where the path is not valid UTF-8 (the
     reader takes str paths only; torch.load itself reads through the open file)."""
-    if hasattr(path, "read"):
+    if is_stream(path):
         return reader_class(path)
     name = os.fspath(path)
     try:
@@ -222,7 +243,7 @@ def _first_sentence(err: RuntimeError) -> str:
     return _TORCH_BOILERPLATE.sub("", lines[0]).strip()
 
 
-def _open_zip_with_zipfile(path: str | os.PathLike[str]) -> Checkpoint:
+def _open_zip_with_zipfile(path: str | os.PathLike[str] | BinaryStream) -> Checkpoint:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -267,7 +288,7 @@ def _open_zip_with_zipfile(path: str | os.PathLike[str]) -> Checkpoint:
         raise Unreadable(f"corrupt zip archive: {err}") from None
 
 
-def _open_stream(stream: IO[bytes]) -> Checkpoint:
+def _open_stream(stream: BinaryStream) -> Checkpoint:
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
     stream.seek(0)
@@ -276,7 +297,7 @@ def _open_stream(stream: IO[bytes]) -> Checkpoint:
     if not head:
         raise Unreadable("empty")
     if head == b"PK\x03\x04":
-        return _open_zip(stream)  # type: ignore[arg-type]
+        return _open_zip(stream)
 
     def read_at(offset: int, n: int) -> bytes:
         stream.seek(offset)

@@ -23,7 +23,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
@@ -270,14 +270,8 @@ def _skipped(path: str, why: str) -> Report:
 
 
 def _renamed(report: Report, path: str) -> Report:
-    return report if report.path == path else _replace(report, path=path)
+    return report if report.path == path else replace(report, path=path)
 
 
 def _with_note(report: Report, note: str) -> Report:
-    return _replace(report, notes=(*report.notes, note))
-
-
-def _replace(report: Report, **changes: object) -> Report:
-    from dataclasses import replace
-
-    return replace(report, **changes)
+    return replace(report, notes=(*report.notes, note))

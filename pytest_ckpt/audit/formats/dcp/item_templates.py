@@ -208,7 +208,7 @@ class ItemTemplates:
                 return template.checkpoint
             return open_checkpoint(stream)
         recording = _RecordingSlice(stream)
-        checkpoint = open_checkpoint(recording)  # type: ignore[arg-type]
+        checkpoint = open_checkpoint(recording)
         if stream.length not in self._by_length and len(self._by_length) < _MAX_TEMPLATES:
             self._by_length[stream.length] = self._template(stream, recording.reads, checkpoint)
         return checkpoint

@@ -34,7 +34,7 @@ class Unproven(Exception):
 def operand_text(value: object) -> str:
     """A STACK_GLOBAL operand as the machine writes it (`verdict._operand_text`)."""
     if type(value) is Blob:
-        return str(value.preview)  # type: ignore[attr-defined]
+        return str(value.preview)
     if type(value) is str:
         return f"<{value}>"
     if type(value) is Global:
