@@ -9,12 +9,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_ckpt.plugin.matrix import MARKERS, collect_matrix
-from pytest_ckpt.plugin.options import (
-    add_options,
-    check_report_option_form,
-    pair_id,
-    resolve_options,
-)
+from pytest_ckpt.plugin.option_values import pair_id
+from pytest_ckpt.plugin.options import add_options, check_report_option_form, resolve_options
 from pytest_ckpt.plugin.session import SESSION_KEY, CkptSession, ckpt_session
 from pytest_ckpt.vocabulary import grid_id
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pytest_ckpt.plugin.options import pair_id
+from pytest_ckpt.plugin.option_values import pair_id
 from pytest_ckpt.plugin.report import strip_ansi
 from pytest_ckpt.plugin.session import CELL_PROPERTY, ckpt_session
 

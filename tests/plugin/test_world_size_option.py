@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pytest_ckpt.plugin.options import (
+from pytest_ckpt.plugin.option_values import (
     pair_id,
     parse_world_sizes,
     world_sizes_value,
@@ -39,6 +39,6 @@ def test_invalid_values_name_the_bad_pair_and_the_valid_forms(text) -> None:
 
 def test_item_id_part_and_no_torch_import() -> None:
     assert pair_id((2, 1)) == "2:1"
-    code = "import sys; import pytest_ckpt.plugin.options; print('torch' in sys.modules)"
+    code = "import sys; import pytest_ckpt.plugin.option_values; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
