@@ -65,7 +65,8 @@ class Report:
     # How to find the exact allowlist of a file with findings (`exact_allowlist`): asked
     # for on first use of `safe_globals`, since it costs one more static pass per round.
     exact: Callable[[], list[str] | None] | None = field(default=None, repr=False, compare=False)
-    _exact_result: list = field(default_factory=list, repr=False, compare=False)
+    # a one-item cache of that answer (a frozen dataclass: the list is the mutable cell)
+    _exact_result: list[list[str] | None] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def safe_globals(self) -> list[str] | None:
