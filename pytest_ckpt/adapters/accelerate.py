@@ -134,13 +134,10 @@ class AccelerateSubject(ModuleSubject):
     # ---- the Subject protocol -----------------------------------------------------------
 
     def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
-        if stage not in self.stage_steps:
-            raise ValueError(
-                f"{self.name} has the stages {', '.join(self.stages())}, not {stage!r}"
-            )
+        steps = self.steps_to(stage)
         seed_global_rngs(seed)
         system = self._loop(seed)
-        for _ in range(self.stage_steps[stage]):
+        for _ in range(steps):
             self.step(system)
         return system
 

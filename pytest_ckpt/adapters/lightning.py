@@ -107,11 +107,7 @@ class LightningSubject(ModuleSubject):
             return super().build(grid=grid, stage=stage, seed=seed)
         from pytest_ckpt.adapters.lightning_native import native_fit
 
-        if stage not in self.stage_steps:
-            raise ValueError(
-                f"{self.name} has the stages {', '.join(self.stages())}, not {stage!r}"
-            )
-        return native_fit(self, seed=seed, steps=self.stage_steps[stage], resume=None)
+        return native_fit(self, seed=seed, steps=self.steps_to(stage), resume=None)
 
     def step(self, system: Any, *, loss_weight: float = 1.0) -> Any:
         if not self.native:

@@ -141,14 +141,19 @@ class ModuleSubject:
     def stages(self) -> Sequence[str]:
         return tuple(sorted(self.stage_steps, key=lambda s: self.stage_steps[s]))
 
-    def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
+    def steps_to(self, stage: str) -> int:
+        """The steps from a fresh system to `stage`; a ValueError naming the stages it has."""
         if stage not in self.stage_steps:
             raise ValueError(
                 f"{self.name} has the stages {', '.join(self.stages())}, not {stage!r}"
             )
+        return self.stage_steps[stage]
+
+    def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
+        steps = self.steps_to(stage)
         system = self._fresh(seed)
         seed_global_rngs(seed)  # the state captures the global RNGs: do not inherit history
-        for _ in range(self.stage_steps[stage]):
+        for _ in range(steps):
             self.step(system)
         return system
 

@@ -116,11 +116,7 @@ class TransformersSubject(ModuleSubject):
             return super().build(grid=grid, stage=stage, seed=seed)
         from pytest_ckpt.adapters.transformers_native import native_train
 
-        if stage not in self.stage_steps:
-            raise ValueError(
-                f"{self.name} has the stages {', '.join(self.stages())}, not {stage!r}"
-            )
-        return native_train(self, seed=seed, steps=self.stage_steps[stage], resume=None)
+        return native_train(self, seed=seed, steps=self.steps_to(stage), resume=None)
 
     def step(self, system: Any, *, loss_weight: float = 1.0) -> Any:
         if not self.native:
