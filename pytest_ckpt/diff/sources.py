@@ -30,7 +30,8 @@ from typing import Any
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.formats.safetensors import audit_safetensors, looks_like_safetensors
-from pytest_ckpt.errors import CheckpointError
+from pytest_ckpt.audit.formats.torch_archive import regular_file_size
+from pytest_ckpt.errors import CheckpointError, Unreadable
 
 INDEX_SUFFIX = ".safetensors.index.json"
 _SAFETENSORS_DTYPES = {
@@ -80,6 +81,7 @@ def open_side(path: str, allow: Iterable[str]) -> Side:
         )
     if target.name.endswith(INDEX_SUFFIX):
         return _sharded_side(path, target)
+    _regular_file(target)
     try:
         with open(target, "rb") as handle:
             head = handle.read(9)
@@ -209,8 +211,24 @@ def _mapped_tensor(
     return read
 
 
+def _regular_file(path: Path) -> int:
+    """The size of `path`, a regular file: a FIFO would block the read and a device never
+    ends, so anything else is refused before it is opened (as `audit` refuses it)."""
+    try:
+        return regular_file_size(path)
+    except Unreadable as err:
+        raise DiffRefused(f"{path}: unreadable: {err}") from None
+
+
+_MAX_INDEX_BYTES = 64 << 20  # an index maps names to shard files: megabytes at the most
+
+
 def _sharded_side(shown: str, index: Path) -> Side:
     """The shards a `*.safetensors.index.json` names (its `weight_map`), each audited."""
+    if _regular_file(index) > _MAX_INDEX_BYTES:
+        raise DiffRefused(
+            f"{index}: a safetensors index past {_MAX_INDEX_BYTES >> 20} MiB: refusing to read it"
+        )
     try:
         data = json.loads(index.read_text())
         weight_map = data["weight_map"]

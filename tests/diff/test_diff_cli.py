@@ -5,6 +5,7 @@ rest through `main` in process: each subprocess pays torch's import)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,17 @@ def test_unreadable_files_and_bad_arguments_exit_2_in_one_line(tmp_path, pair, c
     with pytest.raises(SystemExit) as usage:
         main(["diff", str(pair[0]), str(pair[1]), "--rtol", "-1"])
     assert usage.value.code == 2 and "expected a number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["fifo.pt", "fifo.safetensors", "m.safetensors.index.json"])
+def test_a_fifo_or_a_device_is_refused_without_opening_it(tmp_path, pair, capsys, name) -> None:
+    """Opening a FIFO blocks until a writer comes: diff would hang (it did, for A)."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    for args in ((fifo, pair[0]), (pair[0], fifo), ("/dev/zero", pair[0])):
+        result = diff_in_process(capsys, *args)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+        assert "not a regular file" in result.stderr
 
 
 def test_names_from_a_file_are_escaped(tmp_path, capsys) -> None:
