@@ -198,7 +198,7 @@ def test_a_file_with_findings_is_refused_naming_the_global(tmp_path) -> None:
 
 def test_unreadable_inputs_are_refused_with_the_reason(tmp_path) -> None:
     torch.save({"w": torch.ones(1)}, tmp_path / "b.pt")
-    with pytest.raises(DiffRefused, match=r"missing.pt: cannot read: No such file"):
+    with pytest.raises(DiffRefused, match=r"missing.pt: unreadable: no such file"):
         diff_checkpoints(str(tmp_path / "missing.pt"), str(tmp_path / "b.pt"))
     (tmp_path / "cut.pt").write_bytes((tmp_path / "b.pt").read_bytes()[:100])
     with pytest.raises(DiffRefused, match=r"cut.pt: unreadable"):
