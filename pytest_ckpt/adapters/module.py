@@ -144,9 +144,8 @@ class ModuleSubject:
     def steps_to(self, stage: str) -> int:
         """The steps from a fresh system to `stage`; a ValueError naming the stages it has."""
         if stage not in self.stage_steps:
-            raise ValueError(
-                f"{self.name} has the stages {', '.join(self.stages())}, not {stage!r}"
-            )
+            stages = ", ".join(self.stages())
+            raise ValueError(f"{self.name} has the stages {stages}, not {stage!r}")
         return self.stage_steps[stage]
 
     def build(self, *, grid: Grid, stage: str, seed: int) -> Any:
