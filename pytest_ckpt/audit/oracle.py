@@ -56,8 +56,17 @@ class NeedsTensorData(Exception):
     storage, say), which a meta storage does not have: torch's verdict is not known."""
 
 
+def _message(err: BaseException) -> str:
+    """`str(err)`, or a stand-in when the message's arguments cannot be shown: an error
+    raised with a tensor argument shows its repr, which raises for our meta stand-ins."""
+    try:
+        return str(err)
+    except Exception:  # any failure of an argument's repr: the error itself still stands
+        return f"{type(err).__name__} with an argument that cannot be shown"
+
+
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or "(no message)"
+    text = " ".join(_message(err).split()) or "(no message)"
     if len(text) > _MESSAGE_CHARS:
         text = text[:_MESSAGE_CHARS] + "..."
     return f"{type(err).__name__}: {text}"
@@ -159,9 +168,9 @@ def _refusing(job: Callable[[], Any]) -> Any:
         raise
     except Exception as err:  # see the docstring: every exception is torch's refusal
         if isinstance(err, (NotImplementedError, RuntimeError)):  # our storages' fault?
-            if _NO_KERNEL.search(str(err)):
+            if _NO_KERNEL.search(_message(err)):
                 raise Unverifiable(f"stage 2 stopped at {_one_line(err)}") from None
-            if _NO_DATA.search(str(err)):
+            if _NO_DATA.search(_message(err)):
                 raise NeedsTensorData(_one_line(err)) from None
         raise TorchRefusal(_one_line(err)) from None
     finally:
