@@ -326,7 +326,7 @@ class CheckpointManager:
 
         def prune(path: Path) -> Path:
             if self.keep_last is not None and rank == 0:
-                folders.prune(self.keep_last)
+                folders.prune(self.keep_last, just_saved=step)
             return path
 
         if blocking:

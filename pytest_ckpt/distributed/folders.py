@@ -225,8 +225,11 @@ class DcpFolders:
         load_safely(state, info.path, process_group=process_group)
         return info
 
-    def prune(self, keep_last: int) -> None:
-        """Remove all but the newest `keep_last` folders (sidecar first: unoffered at once)."""
-        for old in self.list()[:-keep_last]:
+    def prune(self, keep_last: int, *, just_saved: int) -> None:
+        """Keep step `just_saved` and the newest `keep_last - 1` other folders; remove the
+        rest (sidecar first: unoffered at once). As `CheckpointManager.save`'s keep_last: a
+        save of an older step (a rerun from an earlier checkpoint) is never the one removed."""
+        others = [info for info in self.list() if info.step != just_saved]
+        for old in others[: max(len(others) - (keep_last - 1), 0)]:
             self.sidecar_for(old.path).unlink(missing_ok=True)
             shutil.rmtree(old.path, ignore_errors=True)

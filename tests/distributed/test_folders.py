@@ -89,6 +89,19 @@ def test_keep_last_prunes_folders_and_a_step_can_be_saved_again(tmp_path) -> Non
     assert state["step"] == 30
 
 
+def test_keep_last_never_removes_the_dcp_folder_just_saved(tmp_path) -> None:
+    """A save of an older step (a rerun from an earlier checkpoint) is kept, as the file
+    checkpoints' keep_last keeps it: pruning by step alone deleted the folder it returned."""
+    manager = _manager(tmp_path, keep_last=1)
+    manager.save_dcp(_state(10), 10)
+    folder = manager.save_dcp(_state(5), 5)
+    assert folder.is_dir()
+    assert [info.step for info in manager.list_dcp()] == [5]
+    state = _template()
+    manager.load_dcp(state, 5)
+    assert state["step"] == 5
+
+
 def _save_until_killed(context, payload) -> None:
     directory, first = payload
     (directory / f"pid{context.rank}").write_text(str(os.getpid()))
