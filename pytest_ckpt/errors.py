@@ -13,10 +13,15 @@ class CheckpointError(Exception):
     few with a count of the rest (`plugin.report.shortened`), since nothing may be lost.
     """
 
-    def __init__(self, message: str = "", *, items: Sequence[str] = ()) -> None:
+    def __init__(
+        self, message: str = "", *, items: Sequence[str] = (), full: str | None = None
+    ) -> None:
+        """`full`: the whole message where `message` was already cut for a terminal (the
+        `--ckpt-report` report shows it)."""
         self.head = message
         self.items = tuple(items)
         super().__init__("\n".join([message, *(f"  {item}" for item in self.items)]))
+        self.full = str(self) if full is None else full
 
 
 class CheckpointLoadError(CheckpointError):

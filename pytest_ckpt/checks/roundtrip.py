@@ -24,7 +24,7 @@ from pytest_ckpt.checks.loading import save_and_load
 from pytest_ckpt.checks.rng_reads import warn_unread_generators
 from pytest_ckpt.checks.samples import sample_order_difference, steps_samples
 from pytest_ckpt.checks.tolerance import ResumeTolerance, tolerant_differences
-from pytest_ckpt.errors import ResumeMismatch, RoundTripMismatch, SubjectError
+from pytest_ckpt.errors import CheckpointError, ResumeMismatch, RoundTripMismatch, SubjectError
 from pytest_ckpt.subject import StepResult, Subject
 
 WALL_CLOCK_KEYS = ("timestamp", "time", "created", "wall_time")
@@ -32,16 +32,7 @@ WALL_CLOCK_PLACEHOLDER = "<wall-clock>"
 _SHOWN = 5
 
 
-def _format(
-    differences: list[Difference],
-    header: str,
-    causes: Sequence[str] = (),
-    *,
-    verbose: bool = False,
-) -> str:
-    """The causes first (the first one on the message's first line), then the effects; the
-    first `_SHOWN` of each unless `verbose` (pytest's -v), which shows them all."""
-    shown = max(len(causes), len(differences)) if verbose else _SHOWN
+def _lines(differences: list[Difference], header: str, causes: Sequence[str], shown: int) -> str:
     lines = [causes[0]] if causes else []
     lines += [f"  and: {cause}" for cause in causes[1:shown]]
     if len(causes) > shown:
@@ -53,6 +44,21 @@ def _format(
     if len(differences) > shown:
         lines.append(f"  ... and more (first {shown} shown; -v shows all)")
     return "\n".join(lines)
+
+
+def _mismatch(
+    error: type[CheckpointError],
+    differences: list[Difference],
+    header: str,
+    causes: Sequence[str] = (),
+    *,
+    verbose: bool = False,
+) -> CheckpointError:
+    """The causes first (the first one on the message's first line), then the effects; the
+    first `_SHOWN` of each unless `verbose` (pytest's -v), which shows them all. The whole
+    message rides along (`full`) for the `--ckpt-report` report: nothing is lost there."""
+    whole = _lines(differences, header, causes, max(len(causes), len(differences)))
+    return error(whole if verbose else _lines(differences, header, causes, _SHOWN), full=whole)
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,19 +90,18 @@ def check_roundtrip(
     loaded = save_and_load(state, path)
     differences = diff_values(state, loaded)
     if differences:
-        raise RoundTripMismatch(
-            _format(differences, "state changed through save/load:", verbose=verbose)
+        raise _mismatch(
+            RoundTripMismatch, differences, "state changed through save/load:", verbose=verbose
         )
     kept = copy.deepcopy(loaded) if keep_loaded else loaded
     rebuilt = call_subject(subject, "rebuild", loaded)
     differences = diff_values(state, call_subject(subject, "export_state", rebuilt))
     if differences:
-        raise RoundTripMismatch(
-            _format(
-                differences,
-                "the system rebuilt from the checkpoint exports another state:",
-                verbose=verbose,
-            )
+        raise _mismatch(
+            RoundTripMismatch,
+            differences,
+            "the system rebuilt from the checkpoint exports another state:",
+            verbose=verbose,
         )
     _check_structure(system, rebuilt)
     if callable(getattr(subject, "probe", None)):
@@ -123,16 +128,15 @@ def _check_probe(
     differences = diff_values(expected, call_subject(subject, "probe", rebuilt), root="probe")
     if differences:
         suspects = diagnose_rebuild(state, capture(system), capture(rebuilt))
-        raise RoundTripMismatch(
-            _format(
-                differences,
-                "the rebuilt system's output on the probe batch differs from the live one's, "
-                "although their exported states are equal: the checkpoint leaves out something "
-                "the output depends on (weights dropped by load_state_dict(strict=False), a "
-                "module rebuilt differently, a buffer or attribute export_state() does not hold)",
-                suspects,
-                verbose=verbose,
-            )
+        raise _mismatch(
+            RoundTripMismatch,
+            differences,
+            "the rebuilt system's output on the probe batch differs from the live one's, "
+            "although their exported states are equal: the checkpoint leaves out something "
+            "the output depends on (weights dropped by load_state_dict(strict=False), a "
+            "module rebuilt differently, a buffer or attribute export_state() does not hold)",
+            suspects,
+            verbose=verbose,
         )
 
 
@@ -238,7 +242,7 @@ def check_resume(
             else "(the metrics and the final state are equal: they do not show it)"
         )
         causes = [order, *causes] if order else causes
-        raise ResumeMismatch(_format(differences, header, causes, verbose=verbose))
+        raise _mismatch(ResumeMismatch, differences, header, causes, verbose=verbose)
     return continued
 
 
@@ -282,12 +286,11 @@ def _check_state_before_resuming(loaded: Any, resumed_start: Any) -> None:
     loaded (the live export shares the live tensors, which the continued run has stepped)."""
     differences = diff_values(loaded, resumed_start, root="state")
     if differences:
-        raise ResumeMismatch(
-            _format(
-                differences,
-                "the state before the first resumed step differs from the saved one (exact "
-                "under every tolerance profile: a save and a load are never noisy):",
-            )
+        raise _mismatch(
+            ResumeMismatch,
+            differences,
+            "the state before the first resumed step differs from the saved one (exact "
+            "under every tolerance profile: a save and a load are never noisy):",
         )
 
 

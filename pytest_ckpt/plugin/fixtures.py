@@ -67,7 +67,7 @@ def ckpt_check(
             yield
         except CheckpointError as err:
             name = type(err).__name__
-            request.node.user_properties.append((FULL_FAILURE_PROPERTY, f"{name}: {err}"))
+            request.node.user_properties.append((FULL_FAILURE_PROPERTY, f"{name}: {err.full}"))
             report = ckpt_session(config).options.report
             shown = shortened(err, verbose=config.get_verbosity() > 0, report=report)
             failure = f"{name}: {shown}"

@@ -95,3 +95,13 @@ def test_without_v_five_causes_are_shown_and_the_rest_counted(pytester) -> None:
     more = "  ... and 1 more differences in the live state (-v shows all)"
     assert output.count("\n".join([*READ_FIRST, more, EFFECTS])) == 2
     assert "last_input" not in output
+
+
+def test_without_v_the_report_still_holds_every_cause(pytester) -> None:
+    """The terminal shows five causes; the `--ckpt-report` report keeps all six (the
+    scratch buffer too), since nothing a failure says may be lost."""
+    output = str(run(pytester, "--ckpt-report=report.md").stdout)
+    assert "last_input" not in output
+    report = (pytester.path / "report.md").read_text()
+    assert "last_input (a buffer of Normalizer, persistent=False) differs" in report
+    assert "more differences in the live state" not in report
