@@ -4,6 +4,9 @@
 1 different, 2 unreadable or refused).
 
 Audit exit status: 0 every file loads; 1 findings; 2 a file is unreadable or bad arguments.
+In a folder a framework wrote (HF Trainer, accelerate, timm), a file passes when the loader
+that framework reads it with accepts it (or never reads it); `--strict`: weights_only=True
+with torch's allowlist alone must accept it too.
 A PATH may be a folder (every checkpoint-like file in it, a verdict each and a total), a
 safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.audit.formats.walk`.
 Migrate exit status: 0 written; 1 refused (OUT not written or replaced); 2 unreadable or bad
@@ -26,9 +29,14 @@ import sys
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.escape import escape
 from pytest_ckpt.audit.formats.walk import audit_target
-from pytest_ckpt.audit.formats.walk_report import render_targets_text, with_artifacts
+from pytest_ckpt.audit.formats.walk_report import (
+    exit_status,
+    render_targets_json,
+    render_targets_text,
+    with_artifacts,
+)
 from pytest_ckpt.audit.global_kinds import runs_code, searching
-from pytest_ckpt.audit.render import render_json, render_sarif
+from pytest_ckpt.audit.render import render_sarif
 from pytest_ckpt.migrate.workflow import REFERENCE_V0, MigrationFailed, migrate_file
 
 
@@ -84,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the verdict is for torch.load(..., map_location=DEVICE), e.g. cpu; without it, "
         "storages saved on a device this host lacks (cuda:0 on a CPU-only host) are refused",
     )
+    audit.add_argument(
+        "--strict",
+        action="store_true",
+        help="plain torch.load(weights_only=True) decides the exit status, even for files "
+        "that their framework's loader (with its own allowlist) reads, or never reads",
+    )
     _add_path_option(audit)
     migrate = commands.add_parser(
         "migrate", help="convert a legacy checkpoint to primitives and tensors (weights_only-safe)"
@@ -135,11 +149,11 @@ def _run(args: argparse.Namespace) -> int:
     ]
     reports = [report for target in targets for report in target.reports]
     if args.json:
-        print(render_json(reports))
+        print(render_targets_json(targets, strict=args.strict))
     elif args.sarif:
         print(with_artifacts(render_sarif(reports), reports))
     else:
-        print(render_targets_text(targets))
+        print(render_targets_text(targets, strict=args.strict))
     for report in reports:
         if report.error is not None:
             print(
@@ -147,9 +161,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"{_option_hint(report.path, report.error)}",
                 file=sys.stderr,
             )
-    if any(r.error is not None for r in reports):
-        return 2
-    return 1 if any(r.findings for r in reports) else 0
+    return exit_status(targets, strict=args.strict)
 
 
 def _option_hint(path: str, error: str) -> str:

@@ -149,25 +149,27 @@ def render_text(reports: Sequence[Report]) -> str:
 
 
 def render_json(reports: Sequence[Report]) -> str:
-    return json.dumps(
-        [
-            {
-                "path": r.path,
-                "format": r.format,
-                # a file listed but not audited (not a checkpoint) has no verdict
-                "loadable": None if r.format == "skipped" else r.loadable,
-                "error": r.error,
-                "storages": r.storages,
-                "notes": list(r.notes),
-                **({"summary": r.summary} if r.summary else {}),
-                "safe_globals": r.safe_globals,
-                "findings_omitted": r.findings_omitted,
-                "findings": [dataclasses.asdict(f) for f in r.findings],
-            }
-            for r in reports
-        ],
-        indent=2,
-    )
+    return json.dumps(json_entries(reports), indent=2)
+
+
+def json_entries(reports: Sequence[Report]) -> list[dict]:
+    """One JSON object per report (what `render_json` prints; the folder report adds to it)."""
+    return [
+        {
+            "path": r.path,
+            "format": r.format,
+            # a file listed but not audited (not a checkpoint) has no verdict
+            "loadable": None if r.format == "skipped" else r.loadable,
+            "error": r.error,
+            "storages": r.storages,
+            "notes": list(r.notes),
+            **({"summary": r.summary} if r.summary else {}),
+            "safe_globals": r.safe_globals,
+            "findings_omitted": r.findings_omitted,
+            "findings": [dataclasses.asdict(f) for f in r.findings],
+        }
+        for r in reports
+    ]
 
 
 def artifact_uri(path: str) -> str:

@@ -122,7 +122,8 @@ def test_a_folder_gets_a_verdict_per_file_named_layouts_and_a_total(run_folder) 
         timeout=120,  # a FIFO opened for reading would block forever
     )
     out, root = result.stdout, str(run_folder)
-    assert result.returncode == 1, out + result.stderr
+    # the 3 files with findings are read by their frameworks' loaders (2) or never (1)
+    assert result.returncode == 0, out + result.stderr
     assert "Traceback" not in result.stderr
     lines = out.splitlines()
     hf = lines.index(f"{root}/checkpoint-500/: HF Trainer checkpoint")
@@ -155,8 +156,10 @@ def test_a_folder_gets_a_verdict_per_file_named_layouts_and_a_total(run_folder) 
     assert any(line.startswith(f"{root}/link-in.pt: ok (zip") for line in lines)
     assert any(line.startswith(f"{root}/odd\\nname.pt: ok (zip") for line in lines)
     assert "outside" not in out and "evil" not in out
-    assert (
-        lines[-1] == f"total: 19 file(s) in {root}: 12 ok, 3 with findings, 0 unreadable, 4 skipped"
+    assert lines[-1] == (
+        f"total: 19 file(s) in {root}: 12 ok, 3 with findings, 0 unreadable, 4 skipped; of those "
+        "with findings, 2 load with their framework's allowlist, 1 not read on resume: they pass "
+        "(--strict fails them)"
     )
 
 
@@ -173,8 +176,8 @@ def test_folder_verdicts_agree_with_torch_load(run_folder) -> None:
 
 def test_json_and_sarif_include_every_file_and_parse(run_folder, capsys) -> None:
     walked = {r.path for r in walk_folder(str(run_folder), load_allowlist()).reports}
-    assert main(["audit", "--json", str(run_folder)]) == 1
-    reports = json.loads(capsys.readouterr().out)
+    assert main(["audit", "--json", str(run_folder)]) == 0
+    reports = json.loads(capsys.readouterr().out)["files"]
     assert {r["path"] for r in reports} == walked and len(reports) == len(walked)
     skipped = {r["path"] for r in reports if r["format"] == "skipped"}
     assert f"{run_folder}/events.fifo" in skipped
@@ -185,7 +188,7 @@ def test_json_and_sarif_include_every_file_and_parse(run_folder, capsys) -> None
         "in an HF Trainer checkpoint"
     ]
     assert by_path[f"{run_folder}/dcp"]["notes"] == ["DCP folder"]
-    assert main(["audit", "--sarif", str(run_folder)]) == 1
+    assert main(["audit", "--sarif", str(run_folder)]) == 0
     sarif = json.loads(capsys.readouterr().out)
     artifacts = sarif["runs"][0]["artifacts"]
     assert {a["location"]["uri"] for a in artifacts} == {artifact_uri(p) for p in walked}

@@ -47,7 +47,7 @@ def test_cli_text_json_and_sarif(tmp_path, capsys) -> None:
     assert "root['h']: unsupported global collections.deque. Fix: store list(d)" in text
     assert "add_safe_globals would not be enough" in text
     main(["audit", "--json", str(bad)])
-    (report,) = json.loads(capsys.readouterr().out)
+    (report,) = json.loads(capsys.readouterr().out)["files"]
     assert report["loadable"] is False
     assert report["findings"][0]["path"] == "root['h']"
     main(["audit", "--sarif", str(bad)])

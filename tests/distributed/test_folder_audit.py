@@ -39,7 +39,7 @@ def test_json_and_sarif_for_folders(fsdp2_folder, dcp_copy, capsys) -> None:
     metadata.storage_meta.save_id = RunsCommand("true")
     write_metadata(dcp_copy, metadata)
     assert main(["audit", "--json", str(fsdp2_folder[0]), str(dcp_copy)]) == 1
-    genuine, hostile = json.loads(capsys.readouterr().out)
+    genuine, hostile = json.loads(capsys.readouterr().out)["files"]
     assert genuine["format"] == "dcp" and genuine["loadable"] and genuine["summary"]
     assert hostile["loadable"] is False
     assert hostile["findings"][0]["path"] == ".metadata:root.storage_meta.save_id"

@@ -31,6 +31,15 @@ from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.audit.formats.bin_files import NOT_A_CHECKPOINT, is_checkpoint_bin
 from pytest_ckpt.audit.formats.dcp import is_member_name
+from pytest_ckpt.audit.formats.framework_loaders import (
+    ACCELERATE,
+    HF_TRAINER,
+    TIMM,
+    TIMM_FILES,
+    FrameworkVerdict,
+    judge,
+    reader_for,
+)
 from pytest_ckpt.audit.formats.safetensors import audit_safetensors, looks_like_safetensors
 from pytest_ckpt.audit.formats.sb3_zip import audit_sb3_zip, is_sb3_zip
 from pytest_ckpt.audit.formats.torch_archive import Unreadable, regular_file_size
@@ -42,8 +51,6 @@ MAX_DEPTH = 32
 MAX_ENTRIES = 100_000  # directory entries looked at in one walk
 MAX_JSON_BYTES = 64 << 20
 SKIPPED = "skipped"  # the `format` of a file listed but not audited
-HF_TRAINER = "HF Trainer checkpoint"
-ACCELERATE = "accelerate save_state"
 LIGHTNING = "Lightning checkpoint"
 DCP = "DCP folder"
 _HF_DIR = re.compile(r"checkpoint-\d+")
@@ -56,12 +63,14 @@ _PICKLE_HEADS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 class TargetAudit:
     """What one PATH argument came to: a report per file (skipped ones included, with format
     "skipped"; entries the walk could not look at, as unreadable ones) and the recognised
-    layouts as (folder, name)."""
+    layouts as (folder, name); `framework`, by path, the verdict of the loader that reads
+    the file on resume, where its layout or name says which (`framework_loaders`)."""
 
     path: str
     folder: bool
     reports: list[Report] = field(default_factory=list)
     layouts: list[tuple[str, str]] = field(default_factory=list)
+    framework: dict[str, FrameworkVerdict] = field(default_factory=dict)
 
 
 def audit_target(
@@ -79,7 +88,20 @@ def audit_target(
     report = audit_one_file(path, allowlist, allow, map_location=map_location)
     if Path(path).suffix == ".ckpt":
         report = _with_note(report, LIGHTNING)
-    return TargetAudit(path, False, [report])
+    result = TargetAudit(path, False, [report])
+    _judge(result, report, _layout_of_parent(path), allowlist, map_location)
+    return result
+
+
+def _layout_of_parent(path: str) -> str | None:
+    """The layout of a file's folder: a pre-commit hook passes files, not folders."""
+    folder = os.path.dirname(path) or "."
+    try:
+        with os.scandir(folder) as scan:
+            names = [entry.name for entry in islice(scan, MAX_ENTRIES)]
+    except OSError:
+        return None
+    return folder_layout(Path(os.path.abspath(folder)).name, names)
 
 
 def audit_one_file(
@@ -175,6 +197,7 @@ def walk_folder(
             report = _audit_entry(entry.path, allowlist, allow, map_location)
             if layout and report.format != SKIPPED:
                 report = _with_note(report, f"in an {layout}")
+            _judge(result, report, layout, allowlist, map_location)
             if entry.name.endswith(".ckpt") and report.format != SKIPPED:
                 report = _with_note(report, LIGHTNING)
             result.reports.append(report)
@@ -191,7 +214,25 @@ def folder_layout(name: str, files: list[str]) -> str | None:
         return HF_TRAINER
     if any(_ACCELERATE_FILES.fullmatch(f) for f in names):
         return ACCELERATE
+    if any(TIMM_FILES.fullmatch(f) for f in names):
+        return TIMM
     return None
+
+
+def _judge(
+    result: TargetAudit,
+    report: Report,
+    layout: str | None,
+    allowlist: Allowlist,
+    map_location: str | None,
+) -> None:
+    """The verdict of the framework loader that reads this file on resume, where known."""
+    reader = reader_for(layout, os.path.basename(report.path))
+    if reader is None or report.format == SKIPPED:
+        return
+    verdict = judge(report, reader, allowlist, map_location)
+    if verdict is not None:
+        result.framework[report.path] = verdict
 
 
 def _not_followed(entry: os.DirEntry[str], real_root: str) -> str | None:
