@@ -24,8 +24,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pytest_ckpt.adapters.loaders import LoaderPosition
+from pytest_ckpt.adapters.loaders import LoaderPosition, _Recorder, _StatefulRecorder
 from pytest_ckpt.errors import SubjectError
+
+
+class _FreshIteration:
+    """A recorder whose new pass over the sampler forgets what an earlier one drew: Lightning
+    makes (and drops) an iterator to check that a loader iterates, and with workers that
+    iterator has already drawn the indices of the batches it prefetched."""
+
+    drawn: Any
+
+    def __iter__(self) -> Any:
+        self.drawn.clear()
+        return super().__iter__()  # type: ignore[misc]
+
+
+class _LightningRecorder(_FreshIteration, _Recorder):
+    pass
+
+
+class _LightningStatefulRecorder(_FreshIteration, _StatefulRecorder):
+    pass
 
 
 class LightningLoader(LoaderPosition):
@@ -46,6 +66,15 @@ class LightningLoader(LoaderPosition):
             ) from None
         if self.length < 1:
             raise SubjectError("make_loader() gave a DataLoader with no batches")
+        for name in ("batch_sampler", "sampler"):
+            recorder: Any = getattr(loader, name, None)
+            if type(recorder) is _Recorder:
+                fresh: _Recorder = _LightningRecorder(recorder.inner, self.drawn)
+            elif type(recorder) is _StatefulRecorder:
+                fresh = _LightningStatefulRecorder(recorder.inner, self.drawn)
+            else:
+                continue
+            object.__setattr__(loader, name, fresh)  # DataLoader guards a plain set
         self.loaded: list[Any] = []  # each state Lightning (or rebuild) loaded into the loader
         if self.resumable:
             own_load = loader.load_state_dict

@@ -177,3 +177,21 @@ def test_steps_per_epoch_must_agree_with_the_loader() -> None:
     )
     with pytest.raises(SubjectError, match=r"steps_per_epoch=2 but make_loader\(\) gave 3"):
         subject.build(grid=(1, 1), stage="T", seed=0)
+
+
+@pytest.mark.slow  # two worker processes per fit, one fit per step (~6 s on 2 cores)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_native_ids_stay_with_their_batches_with_workers(tmp_path) -> None:
+    """Lightning makes and drops an iterator to check the loader iterates; with workers it
+    has drawn the indices of its prefetched batches, which must not be taken for the first
+    batches' ids (they were: 'the same samples in another order')."""
+
+    def make_loader(generator):
+        return DataLoader(Points(), batch_size=4, num_workers=2)
+
+    subject = LightningSubject(
+        Regressor, make_loader=make_loader, stages={"TRAINING": 4}, native=True
+    )
+    system = subject.build(grid=(1, 1), stage="TRAINING", seed=0)
+    with pytest.raises(ResumeMismatch, match=r"^data order: 4 samples read twice, 4 never read"):
+        check_resume(subject, system, 3, tmp_path / "b.ckpt")
