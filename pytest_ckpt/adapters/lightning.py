@@ -75,7 +75,8 @@ class TrainerView:
 
 
 class LightningSubject(ModuleSubject):
-    """A `LightningModule` made by `make_module()`; batches from `make_batch(generator)`;
+    """A `LightningModule` made by `make_module()`; batches from `make_batch(generator)` or
+    from the DataLoader `make_loader(generator)` makes (its steps report their samples);
     extra callbacks from `make_callbacks()` (beside the module's `configure_callbacks()`)."""
 
     def __init__(
