@@ -24,6 +24,13 @@ and `load_state_dict`, the optimizer, the schedulers. What the harness needs bey
 batch generator, the global RNGs, the step count, the seed) is kept under `pytest_ckpt`; the
 fit loop's progress (`loops`) exists only under a real Trainer, which this mode does not run.
 
+Data from a real DataLoader instead: `make_loader(generator)` (`lightning_data`). Every step
+then reports the indices it read (`StepResult.samples`), and the loader resumes as Lightning
+resumes it: a stateful loader (torchdata's `StatefulDataLoader`) from the `state_dict()` kept
+where Lightning keeps it (`loops.fit_loop.state_dict.combined_loader`, the only part of `loops`
+written here); a plain one from the start of its epoch, so a mid-epoch resume reads samples
+twice and fails with the data order, as the user's own resume does.
+
 `native=True` runs Lightning itself instead (`lightning_native`): a real `Trainer.fit`,
 `Trainer.save_checkpoint` and `fit(ckpt_path=...)` resume, `loops` included, so what is proven
 is the user's own save and resume path; one fit per step (about 0.1-0.3 s on CPU).
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +57,8 @@ from pytest_ckpt.errors import SubjectError
 if TYPE_CHECKING:  # lightning is optional: imported when a subject is made (require)
     import torch
     from lightning.pytorch import Callback, LightningModule
+
+    from pytest_ckpt.adapters.lightning_data import LightningLoader
 
 HARNESS_KEY = "pytest_ckpt"  # what the harness keeps beside Lightning's own keys
 
@@ -66,32 +75,38 @@ class TrainerView:
 
 
 class LightningSubject(ModuleSubject):
-    """A `LightningModule` made by `make_module()`; batches from `make_batch(generator)`;
+    """A `LightningModule` made by `make_module()`; batches from `make_batch(generator)` or
+    from the DataLoader `make_loader(generator)` makes (its steps report their samples);
     extra callbacks from `make_callbacks()` (beside the module's `configure_callbacks()`)."""
 
     def __init__(
         self,
         make_module: Callable[[], LightningModule],
         *,
-        make_batch: Callable[[torch.Generator], Any],
+        make_batch: Callable[[torch.Generator], Any] | None = None,
+        make_loader: Callable[[torch.Generator], Iterable[Any]] | None = None,
         make_callbacks: Callable[[], Sequence[Callback]] | None = None,
         stages: Mapping[str, int] | None = None,
         warmup_steps: int = 2,
-        steps_per_epoch: int = 1,
+        steps_per_epoch: int | None = None,
         probe: bool = True,
         native: bool = False,
         name: str = "lightning",
     ) -> None:
         """`native=True`: every run is a real `Trainer.fit`, saved by `Trainer.save_checkpoint`
-        and resumed by `fit(ckpt_path=...)` (see `lightning_native`); slower, one fit a step."""
+        and resumed by `fit(ckpt_path=...)` (see `lightning_native`); slower, one fit a step.
+        `make_loader(generator)`: a DataLoader instead of `make_batch` (`lightning_data`); an
+        epoch is then its length (`steps_per_epoch`, when given, must agree)."""
         self.lightning = require("lightning.pytorch", "lightning", "LightningSubject")
         self.native = native
+        self.epoch_given = steps_per_epoch
         super().__init__(
             make_module,
             make_batch=make_batch,
+            make_loader=make_loader,
             stages=stages,
             warmup_steps=warmup_steps,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=1 if steps_per_epoch is None else steps_per_epoch,
             probe=probe,
             name=name,
         )
@@ -140,6 +155,23 @@ class LightningSubject(ModuleSubject):
         system["callbacks"] = own + extra
         return system
 
+    def _loader(self, seed: int) -> LightningLoader:
+        """The loader `make_loader` makes for `seed`, as Lightning reads and resumes it; its
+        length is the epoch."""
+        import torch
+
+        from pytest_ckpt.adapters.lightning_data import LightningLoader
+
+        assert self.make_loader is not None  # called only when there is one
+        made = LightningLoader(self.make_loader(torch.Generator().manual_seed(seed)))
+        if self.epoch_given is not None and self.epoch_given != made.length:
+            raise SubjectError(
+                f"{self.name}: steps_per_epoch={self.epoch_given} but make_loader() gave "
+                f"{made.length} batches an epoch: leave steps_per_epoch out with a loader"
+            )
+        self.steps_per_epoch = made.length
+        return made
+
     def trainer_view(self, system: Mapping[str, Any]) -> TrainerView:
         steps = system["steps"]
         epoch = steps // self.steps_per_epoch
@@ -164,6 +196,8 @@ class LightningSubject(ModuleSubject):
             "optimizer_states": [system["optimizer"].state_dict()],
             "lr_schedulers": [s.state_dict() for s in system["schedulers"]],
         }
+        if system["loader"] is not None and (kept := system["loader"].state_dict()):
+            checkpoint["loops"] = {"fit_loop": {"state_dict": kept}}  # where Lightning keeps it
         if model.hparams:
             if hasattr(model, "_hparams_name"):
                 checkpoint[model.CHECKPOINT_HYPER_PARAMS_NAME] = model._hparams_name
@@ -200,6 +234,10 @@ class LightningSubject(ModuleSubject):
                 callback.load_state_dict(copy.deepcopy(saved_callbacks[callback.state_key]))
         _load_all([system["optimizer"]], checkpoint, "optimizer_states")
         _load_all(system["schedulers"], checkpoint, "lr_schedulers")
+        if system["loader"] is not None:
+            fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+            epoch, batches = divmod(system["steps"], self.steps_per_epoch)
+            system["loader"].load_state_dict({**fit_loop, "epoch": epoch, "batches": batches})
         system["generator"].set_state(harness["generator"])
         restore_global_rng_state(harness)
         return system

@@ -12,7 +12,10 @@ checkpoint for a resumed one, so a resumed run is stopped exactly once. The expo
 hands it over), `loops` included; `rebuild` writes the loaded dict to a `.ckpt` file and resumes
 from it with `max_steps` at its own step, which restores it and takes no step.
 
-Batches come from `make_batch(generator)` through `NativeBatches`, a sized iterable with
+With `make_loader`, the user's DataLoader goes to `fit` as it is (`lightning_data` records the
+indices its sampler draws; each step reports its batch's), so Lightning saves and restores its
+position as it does for the user, or does not. Otherwise batches come from
+`make_batch(generator)` through `NativeBatches`, a sized iterable with
 `state_dict`/`load_state_dict`: Lightning saves it in `loops` and restores it on resume, as it
 does a stateful DataLoader (a sized one is not prefetched, so its state is exact at any step).
 What Lightning does not save (the global RNGs, a plain attribute) is lost on resume, as it is
@@ -27,10 +30,13 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.adapters.rngs import seed_global_rngs
 from pytest_ckpt.subject import StepResult
+
+if TYPE_CHECKING:
+    from pytest_ckpt.adapters.lightning_data import LightningLoader
 
 NATIVE_KEY = "pytest_ckpt_native"  # the harness's seed, beside Lightning's own keys
 RESUME_SEED_OFFSET = 1_000_003  # a resumed run's fresh module and data: everything from the file
@@ -85,14 +91,17 @@ def native_classes(lightning: Any) -> tuple[type, type]:
         where `ModelCheckpoint(every_n_train_steps=...)` saves (after every other callback's
         batch end: it is last in the list)."""
 
-        def __init__(self, path: str) -> None:
+        def __init__(self, path: str, data: LightningLoader | None) -> None:
             self.records: list[dict[str, Any]] = []
-            self.path = path
+            self.samples: list[list[Any] | None] = []
+            self.path, self.data = path, data
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             self.records.append({"loss": float(loss.detach()), "lr": float(lr)})
+            if self.data is not None:
+                self.samples.append(self.data.taken_ids())
             if trainer.global_step >= trainer.max_steps:
                 trainer.save_checkpoint(self.path)
 
@@ -108,12 +117,16 @@ def native_fit(
 
     capturing_io, step_recorder = native_classes(subject.lightning)
     seed_global_rngs(seed)
+    data: LightningLoader | None = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = subject.make_model()
-    batches = NativeBatches(subject.make_batch, seed, subject.steps_per_epoch)
+        if subject.make_loader is not None:  # the user's loader, samples recorded
+            data = subject._loader(seed)
+    batches = data.loader if data is not None else _native_batches(subject, seed)
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(), _quiet():
-        io, recorder = capturing_io(), step_recorder(os.path.join(folder, "last.ckpt"))
+        io = capturing_io()
+        recorder = step_recorder(os.path.join(folder, "last.ckpt"), data)
         extra = list(subject.make_callbacks()) if subject.make_callbacks is not None else []
         trainer = subject.lightning.Trainer(
             max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
@@ -130,18 +143,34 @@ def native_fit(
         trainer.fit(module, train_dataloaders=batches, ckpt_path=ckpt_path, weights_only=True)
         if io.captured is None:  # a resume at its own step: no batch ran
             trainer.save_checkpoint(os.path.join(folder, "last.ckpt"))
+            _keep_restored_position(io.captured, data)
         elif resume is not None:
             _count_restarted_epoch(io.captured, resume, subject.steps_per_epoch)
     return {
         "model": module,
         "checkpoint": io.captured,
         "records": recorder.records,
+        "samples": recorder.samples,
         "steps": trainer.global_step,
         "seed": seed,
         # {} for a run from the seed: a dict on both sides, so the roundtrip's structure
         # comparison sees one kind of value, not None against the loaded checkpoint
         "resume": {} if resume is None else resume,
     }
+
+
+def _native_batches(subject: Any, seed: int) -> NativeBatches:
+    assert subject.make_batch is not None  # LightningSubject: make_batch when no make_loader
+    return NativeBatches(subject.make_batch, seed, subject.steps_per_epoch)
+
+
+def _keep_restored_position(checkpoint: Any, data: LightningLoader | None) -> None:
+    """Lightning 2.6 loads a stateful loader's saved position into it, but a fit that ends
+    before asking it for a batch resets it, and a save after that writes a fresh position. The
+    position Lightning loaded into the loader is what such a re-save shows here."""
+    if data is None or not data.loaded:
+        return
+    checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] = [data.loaded[-1]]
 
 
 def _count_restarted_epoch(
@@ -196,4 +225,6 @@ def native_step(subject: Any, system: dict[str, Any]) -> StepResult:
     ran = native_fit(subject, seed=seed + offset, steps=system["steps"] + 1, resume=resume)
     system.update(ran, seed=seed)
     metrics = system["records"][-1] if system["records"] else {}
-    return StepResult(metrics=metrics, telemetry=[{"event": "step", "step": system["steps"]}])
+    samples = system["samples"][-1] if system["samples"] else None
+    telemetry = [{"event": "step", "step": system["steps"]}]
+    return StepResult(metrics=metrics, telemetry=telemetry, samples=samples)
