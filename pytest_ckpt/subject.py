@@ -60,6 +60,8 @@ class Subject(Protocol):
     - `resume_steps`: how many steps the resume check continues and resumes for this subject
       (an int >= 1) unless `--ckpt-resume-steps` says otherwise; an episodic subject sets it
       so that an episode ends in them (an environment's RNG is drawn only at a reset).
+    - `data_order_fix`: the advice a data-order failure gives (`checks.samples`) in the words
+      of the subject's framework, instead of the generic "save the sampler's generator".
     """
 
     name: str

@@ -111,6 +111,13 @@ class LightningSubject(ModuleSubject):
             name=name,
         )
         self.make_callbacks = make_callbacks
+        # what a data-order failure advises (checks.samples), measured under Lightning 2.6.6
+        self.data_order_fix = (
+            "Lightning restarts a plain DataLoader's epoch when it resumes mid-epoch and saves "
+            "no loader generator: checkpoint at epoch ends with a sampler whose order set_epoch "
+            "sets (DistributedSampler), or use torchdata's StatefulDataLoader (Lightning saves "
+            "its position in the fit loop) with such a sampler"
+        )
         # id(scheduler) -> (interval, frequency), set when configure_optimizers made it: every
         # scheduler a system holds was made (and registered) by make_training_state.
         self._intervals: dict[int, tuple[str, int]] = {}

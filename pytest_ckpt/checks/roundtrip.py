@@ -219,7 +219,10 @@ def check_resume(
     resumed_end = capture(resumed_system)
     resumed, resumed_state = _steps_record(resumed_results), export(subject, resumed_system)
     order = sample_order_difference(
-        steps_samples(continued_results), steps_samples(resumed_results), steps
+        steps_samples(continued_results),
+        steps_samples(resumed_results),
+        steps,
+        getattr(subject, "data_order_fix", None),
     )
     # the samples are said by `order`, in their own words: not again as record differences
     continued_metrics, resumed = _without_samples(continued), _without_samples(resumed)

@@ -48,10 +48,15 @@ def steps_samples(results: Sequence[Any]) -> list[Any] | None:
 
 
 def sample_order_difference(
-    continued: Sequence[Any] | None, resumed: Sequence[Any] | None, steps: int
+    continued: Sequence[Any] | None,
+    resumed: Sequence[Any] | None,
+    steps: int,
+    fix: str | None = None,
 ) -> str | None:
     """One line saying how the resumed run's samples differ from the continued run's, or
-    None when they are the same ids in the same order (or neither run reported any)."""
+    None when they are the same ids in the same order (or neither run reported any).
+    `fix`: the subject's own advice (its framework's way to keep a loader's position),
+    said instead of the generic one."""
     if continued is None and resumed is None:
         return None
     over = f"over {steps} step(s) after the checkpoint"
@@ -70,17 +75,21 @@ def sample_order_difference(
         return (
             f"data order: the resumed run read the same samples in another order {over}: "
             f"sample #{first} is {_show(resumed[first])}, the continued run read "
-            f"{_show(continued[first])}; the checkpoint does not restore the sampler's "
-            "shuffle (its generator state)"
+            f"{_show(continued[first])}; "
+            + (fix or "the checkpoint does not restore the sampler's shuffle (its generator state)")
         )
     first_twice = next(s for s in resumed if s in twice)
     first_never = next((s for s in continued if s in never), None)
     never_text = "" if first_never is None else f", first never read: {_show(first_never)}"
     return (
         f"data order: {sum(twice.values())} samples read twice, {sum(never.values())} never "
-        f"read {over} (first read twice: {_show(first_twice)}{never_text}); the checkpoint "
-        "does not restore the data loader's position: save the sampler's generator state and "
-        "the batches consumed in the epoch (or a StatefulDataLoader's state_dict())"
+        f"read {over} (first read twice: {_show(first_twice)}{never_text}); "
+        + (
+            fix
+            or "the checkpoint does not restore the data loader's position: save the sampler's "
+            "generator state and the batches consumed in the epoch (or a StatefulDataLoader's "
+            "state_dict())"
+        )
     )
 
 
