@@ -273,3 +273,12 @@ def test_the_walk_and_the_cli_choose_a_reader_only_through_the_table() -> None:
         }
         assert formats == set(), module
         assert "pytest_ckpt.audit.audit_file" not in imported, module
+
+
+def test_the_module_map_in_contributing_lists_every_module() -> None:
+    """CONTRIBUTING.md's module map: one line per module (`- `name`: its job`), no more."""
+    text = (PACKAGE.parent / "CONTRIBUTING.md").read_text()
+    listed = [line.split("`")[1] for line in text.splitlines() if line.startswith("- `pytest_ckpt")]
+    assert sorted(set(MODULES) - set(listed)) == [], "add a line for each to the module map"
+    assert sorted(set(listed) - set(MODULES)) == [], "take these off the module map"
+    assert len(listed) == len(set(listed)), "a module listed twice"
