@@ -28,7 +28,7 @@ from pathlib import Path
 from pytest_ckpt.audit import Report
 from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.audit.formats import SKIPPED, Format
-from pytest_ckpt.audit.formats.table import choose, probe_file, probe_folder
+from pytest_ckpt.audit.formats.table import DCP_FOLDER, choose, probe_file, probe_folder
 from pytest_ckpt.errors import Unreadable
 
 MAX_DEPTH = 32
@@ -36,7 +36,7 @@ MAX_ENTRIES = 100_000  # directory entries looked at in one walk
 HF_TRAINER = "HF Trainer checkpoint"
 ACCELERATE = "accelerate save_state"
 LIGHTNING = "Lightning checkpoint"
-DCP = "DCP folder"
+DCP = DCP_FOLDER.name  # "DCP folder": a folder format's name is its layout's
 _HF_DIR = re.compile(r"checkpoint-\d+")
 _HF_FILES = re.compile(r"training_args\.bin|optimizer\.pt|scheduler\.pt|rng_state(_\d+)?\.pth")
 _ACCELERATE_FILES = re.compile(r"random_states_\d+\.pkl")
