@@ -8,7 +8,8 @@ In a folder a framework wrote (HF Trainer, accelerate, timm), a file passes when
 that framework reads it with accepts it (or never reads it); `--strict`: weights_only=True
 with torch's allowlist alone must accept it too.
 A PATH may be a folder (every checkpoint-like file in it, a verdict each and a total), a
-safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.audit.formats.walk`.
+safetensors file, an SB3 zip or a DCP folder: `pytest_ckpt.audit.formats.walk`, which asks
+the formats table (`audit.formats.table`) what each path is.
 Migrate exit status: 0 written; 1 refused (OUT not written or replaced); 2 unreadable or bad
 arguments.
 Errors are one line on stderr, never a traceback; nothing from a file is ever executed

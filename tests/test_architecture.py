@@ -200,3 +200,92 @@ def test_no_class_is_built_from_mixins() -> None:
         if isinstance(node, ast.ClassDef) and len(node.bases) > MAX_BASES
     }
     assert mixed == {}
+
+
+# --- audit/formats: one interface, one table (issue 21) ---------------------------------
+FORMATS_PACKAGE = "pytest_ckpt.audit.formats"
+# Modules of audit/formats that are not a format, each with its job; every other module
+# there exposes at least one module-level `Format`, and the table holds exactly those.
+FORMAT_HELPERS = {
+    "pytest_ckpt.audit.formats": "the `Format` interface and the `Probe` it recognises from",
+    "pytest_ckpt.audit.formats.table": "THE ordered table: which format a path is",
+    "pytest_ckpt.audit.formats.walk": "what a PATH given to `pytest-ckpt audit` is; the walk",
+    "pytest_ckpt.audit.formats.walk_report": "the text of a walk",
+    "pytest_ckpt.audit.formats.legacy": "the legacy format's pickles, for the torch file's row",
+    "pytest_ckpt.audit.formats.bin_files": "is a .bin a checkpoint at all, for side_files' row",
+    "pytest_ckpt.audit.formats.dcp": "the DCP audit (a package); its rows are dcp_format's",
+    "pytest_ckpt.audit.formats.framework_loaders": (
+        "after a file's audit, the verdict of the framework loader that reads it (issue 22)"
+    ),
+}
+# Readers the table reaches only through a format module's row.
+FORMAT_READERS = {
+    "pytest_ckpt.audit.formats.legacy": "pytest_ckpt.audit.formats.torch_archive",
+    "pytest_ckpt.audit.formats.bin_files": "pytest_ckpt.audit.formats.side_files",
+    "pytest_ckpt.audit.formats.dcp.folder": "pytest_ckpt.audit.formats.dcp_format",
+}
+
+
+def _format_modules() -> list[str]:
+    """The modules directly in audit/formats (the dcp/ package counted as one)."""
+    depth = FORMATS_PACKAGE.count(".") + 1
+    return sorted(
+        name
+        for name in MODULES
+        if name.startswith(FORMATS_PACKAGE + ".") and name.count(".") == depth
+    )
+
+
+def test_each_format_module_exposes_the_format_interface() -> None:
+    import importlib
+
+    from pytest_ckpt.audit.formats import Format, table
+
+    exposed: dict[str, list[Format]] = {}
+    for name in [n for n in _format_modules() if n not in FORMAT_HELPERS]:
+        module = importlib.import_module(name)
+        exposed[name] = [v for v in vars(module).values() if isinstance(v, Format)]
+        exposed[name] = [v for v in exposed[name] if v.audit.__module__ == name]
+    assert {name: rows for name, rows in exposed.items() if not rows} == {}
+    defined = {id(row): row.name for rows in exposed.values() for row in rows}
+    in_table = {id(row): row.name for row in (*table.FORMATS, *table.BY_NAME)}
+    assert sorted(defined.values()) == sorted(in_table.values())
+    assert set(defined) == set(in_table)
+    assert set(FORMAT_HELPERS) - {FORMATS_PACKAGE} <= set(_format_modules())
+
+
+def test_readers_are_reached_through_their_format_row() -> None:
+    for reader, row in FORMAT_READERS.items():
+        assert reader in GRAPH[row] or any(m.startswith(reader) for m in GRAPH[row]), row
+
+
+def test_the_walk_and_the_cli_choose_a_reader_only_through_the_table() -> None:
+    """`walk` imports no format module (nor `audit_file`): the table chooses; the CLI's
+    audit goes through `walk` (and its report) only."""
+    allowed = {
+        "pytest_ckpt.audit.formats.walk": {
+            FORMATS_PACKAGE,
+            "pytest_ckpt.audit.formats.table",
+            "pytest_ckpt.audit.formats.framework_loaders",  # judges a report, chooses nothing
+        },
+        "pytest_ckpt.cli": {
+            "pytest_ckpt.audit.formats.walk",
+            "pytest_ckpt.audit.formats.walk_report",
+        },
+    }
+    for module, may in allowed.items():
+        imported = imports_of(MODULES[module])
+        formats = {
+            i for i in imported if i in MODULES and i.startswith(FORMATS_PACKAGE) and i not in may
+        }
+        assert formats == set(), module
+        assert "pytest_ckpt.audit.audit_file" not in imported, module
+
+
+def test_the_module_map_in_contributing_lists_every_module() -> None:
+    """CONTRIBUTING.md's module map: one line per module (`- `name`: its job`), no more."""
+    text = (PACKAGE.parent / "CONTRIBUTING.md").read_text()
+    listed = [line.split("`")[1] for line in text.splitlines() if line.startswith("- `pytest_ckpt")]
+    assert sorted(set(MODULES) - set(listed)) == [], "add a line for each to the module map"
+    assert sorted(set(listed) - set(MODULES)) == [], "take these off the module map"
+    assert len(listed) == len(set(listed)), "a module listed twice"

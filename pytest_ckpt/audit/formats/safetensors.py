@@ -20,6 +20,8 @@ would take gigabytes).
 
 A tensor name given twice is read (the last one wins) but is a finding: two parsers of one
 file may disagree on which tensor it holds.
+
+`FORMAT` is safetensors in the formats table (`audit.formats.table`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
+from typing import TYPE_CHECKING
 
 from pytest_ckpt.audit import Report
 from pytest_ckpt.audit.escape import shown
+from pytest_ckpt.audit.formats import Format, Probe
 from pytest_ckpt.audit.nodes import Finding
+
+if TYPE_CHECKING:
+    from pytest_ckpt.audit.allowlist import Allowlist
 
 MAX_HEADER_BYTES = 100_000_000  # the Rust reader's limit
 MAX_JSON_DEPTH = 128  # serde_json's recursion limit
@@ -78,6 +85,16 @@ def looks_like_safetensors(head: bytes) -> bool:
         return False
     (size,) = struct.unpack_from("<Q", head)
     return 2 <= size <= MAX_HEADER_BYTES and head[8:9] == b"{"
+
+
+def is_safetensors(probe: Probe) -> bool:
+    """A file whose first bytes start a safetensors header, or one named `.safetensors`
+    that is not a zip or a pickle (a broken one: its audit says what is wrong)."""
+    if probe.head is None:
+        return False
+    if looks_like_safetensors(probe.head):
+        return True
+    return probe.suffix == ".safetensors" and not (probe.zip or probe.pickle)
 
 
 def audit_safetensors(path: str | os.PathLike[str]) -> Report:
@@ -320,3 +337,13 @@ def _first_line(err: BaseException) -> str:
     if isinstance(err, RecursionError):
         return "nested too deep"
     return str(err).splitlines()[0][:200]
+
+
+def _audit_as_format(
+    path: str, allowlist: Allowlist, *, allow: tuple[str, ...], map_location: str | None
+) -> Report:
+    """No pickle, so no allowlist and no device: the header is the whole question."""
+    return audit_safetensors(path)
+
+
+FORMAT = Format("safetensors", is_safetensors, _audit_as_format)

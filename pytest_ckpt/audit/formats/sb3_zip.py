@@ -12,6 +12,9 @@ auditor only to name what it would import; nothing is unpickled. A blob that nam
 global (or uses an opcode that can call one) is a finding; one of primitives only, a note.
 A zip with two members of one name is refused: SB3 reads them through Python's `zipfile`,
 which takes the last copy, whatever the first one shows.
+
+`FORMAT` is the SB3 zip in the formats table (`audit.formats.table`), ahead of the torch
+file: both are zips, and an SB3 zip's members sit at the top, never in one folder.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import IO
 from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.audit.escape import shown
+from pytest_ckpt.audit.formats import Format, Probe
 from pytest_ckpt.audit.formats.torch_archive import duplicated_member
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, iter_ops
@@ -203,3 +207,18 @@ def _what_it_imports(blob: bytes, allowlist: Allowlist) -> tuple[list[str], bool
     except (TruncatedPickle, MalformedPickle):
         calls = True
     return names, calls or bool(names) or report.error is not None
+
+
+def _is_sb3_probe(probe: Probe) -> bool:
+    return probe.zip and is_sb3_zip(probe.path)
+
+
+def _audit_as_format(
+    path: str, allowlist: Allowlist, *, allow: tuple[str, ...], map_location: str | None
+) -> Report:
+    """`audit_sb3_zip`, which takes no `map_location`: the `.pth` members are audited as
+    `torch.load` without one would read them (as before the formats table)."""
+    return audit_sb3_zip(path, allowlist)
+
+
+FORMAT = Format("SB3 zip", _is_sb3_probe, _audit_as_format)

@@ -17,6 +17,10 @@ stricter: it also checks CRCs, which torch does not).
 An archive with two members of one name is refused: torch's reader finds one copy by a
 binary search over the sorted names, Python's `zipfile` takes the last, so the copy audited
 need not be the copy a reader loads (PITFALLS: "Zip members can share a name").
+
+`FORMAT` is the torch file in the formats table (`audit.formats.table`): one row for the zip,
+legacy and raw-pickle kinds, since torch.load reads all three and `open_checkpoint` tells
+them apart as it does; its audit is `pytest_ckpt.audit.audit_file`.
 """
 
 from __future__ import annotations
@@ -27,15 +31,20 @@ import stat
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_ckpt.audit.escape import shown
+from pytest_ckpt.audit.formats import CHECKPOINT_SUFFIXES, Format, Probe
 from pytest_ckpt.audit.formats.legacy import MAX_PICKLE_BYTES, ReadAt, read_pickles
 from pytest_ckpt.errors import Unreadable
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
+
+    from pytest_ckpt.audit import Report
+    from pytest_ckpt.audit.allowlist import Allowlist
 
 _SMALL_MEMBER = 4096  # byteorder, .storage_alignment, .data/serialization_id: a few bytes
 _USED = frozenset(
@@ -320,3 +329,43 @@ def _non_zip(read_at: ReadAt, size: int, *, regular_file: bool) -> Checkpoint:
     if kind == "legacy":
         return Checkpoint(kind, data, starts[3], pickle_starts=starts, read_at=read_at, size=size)
     return Checkpoint(kind, data, 0, pickle_starts=starts, size=size)
+
+
+def is_torch_file(probe: Probe) -> bool:
+    """What torch.load has to judge: a zip named as a checkpoint or holding a torch.save
+    pickle, a pickle with a protocol header (whatever its name: a pickle named `.safetensors`
+    is what torch.load would run), anything else named as a checkpoint, and a file that could
+    not be read (its audit says why)."""
+    if probe.head is None:
+        return True
+    if probe.zip:
+        return probe.suffix in CHECKPOINT_SUFFIXES or _is_torch_zip(probe.path)
+    return probe.pickle or probe.suffix in CHECKPOINT_SUFFIXES
+
+
+def _is_torch_zip(path: str) -> bool:
+    """A zip whose members include a torch.save pickle (`<folder>/data.pkl`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return True  # damaged: the auditor says how
+    return any(n.endswith("/data.pkl") or n.endswith("/constants.pkl") for n in names)
+
+
+def audit_torch_file(
+    path: str, allowlist: Allowlist, *, allow: tuple[str, ...] = (), map_location: str | None
+) -> Report:
+    """`audit_file` (`allow` is already in `allowlist`), with its exact allowlist found now:
+    a walk must not hold every file's pickle until the report is printed."""
+    from pytest_ckpt.audit import audit_file  # the package imports this module
+
+    report = audit_file(path, allowlist=allowlist, map_location=map_location)
+    report.safe_globals  # noqa: B018  computed and cached, the pickle released
+    if Path(path).suffix.lower() == ".safetensors":
+        note = "named .safetensors but it is not one: audited as a pickle"
+        report = replace(report, notes=(*report.notes, note))
+    return report
+
+
+FORMAT = Format("torch file", is_torch_file, audit_torch_file)

@@ -1,13 +1,12 @@
 """`pytest-ckpt audit PATH` for whatever a framework wrote at PATH: one file of any known
 kind, or a folder walked for every checkpoint-like file, each with its own verdict.
 
-A file goes to the audit of what it is: safetensors (`formats.safetensors`), an SB3
-`model.save` zip (`formats.sb3_zip`), JSON (parsed, nothing in it runs), a DCP folder's member
-(the DCP audit), else the torch.load auditor. A folder is walked without following a
-symlink out of it or into a sub-folder, without opening anything but regular files (a FIFO
-would block), to a bounded depth and count (past either, the walk reports an unreadable
-entry: what it did not look at, it does not vouch for). A DCP folder inside it is audited
-whole.
+A path goes to the audit of its format, as the formats table says (`formats.table`: the
+one place the choice is made; this module imports no format's audit). A folder is walked
+without following a symlink out of it or into a sub-folder, without opening anything but
+regular files (a FIFO would block), to a bounded depth and count (past either, the walk
+reports an unreadable entry: what it did not look at, it does not vouch for). A DCP folder
+inside it is audited whole.
 Folders whose files say which framework wrote them are named on each of their files:
 "HF Trainer checkpoint" (`checkpoint-N/` of `transformers.Trainer`), "accelerate
 save_state", "DCP folder"; and a `.ckpt` file is a "Lightning checkpoint". Files that are
@@ -18,7 +17,6 @@ so is a `.bin` that nothing reads as a checkpoint (a raw `numpy.tofile` array:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -27,10 +25,9 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
-from pytest_ckpt.audit import Report, audit_file
+from pytest_ckpt.audit import Report
 from pytest_ckpt.audit.allowlist import Allowlist
-from pytest_ckpt.audit.formats.bin_files import NOT_A_CHECKPOINT, is_checkpoint_bin
-from pytest_ckpt.audit.formats.dcp import is_member_name
+from pytest_ckpt.audit.formats import SKIPPED, Format
 from pytest_ckpt.audit.formats.framework_loaders import (
     ACCELERATE,
     HF_TRAINER,
@@ -40,23 +37,16 @@ from pytest_ckpt.audit.formats.framework_loaders import (
     judge,
     reader_for,
 )
-from pytest_ckpt.audit.formats.safetensors import audit_safetensors, looks_like_safetensors
-from pytest_ckpt.audit.formats.sb3_zip import audit_sb3_zip, is_sb3_zip
-from pytest_ckpt.audit.formats.torch_archive import Unreadable, regular_file_size
+from pytest_ckpt.audit.formats.table import DCP_FOLDER, choose, probe_file, probe_folder
+from pytest_ckpt.errors import Unreadable
 
-CHECKPOINT_SUFFIXES = frozenset(
-    {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".safetensors", ".distcp"}
-)
 MAX_DEPTH = 32
 MAX_ENTRIES = 100_000  # directory entries looked at in one walk
-MAX_JSON_BYTES = 64 << 20
-SKIPPED = "skipped"  # the `format` of a file listed but not audited
 LIGHTNING = "Lightning checkpoint"
-DCP = "DCP folder"
+DCP = DCP_FOLDER.name  # "DCP folder": a folder format's name is its layout's
 _HF_DIR = re.compile(r"checkpoint-\d+")
 _HF_FILES = re.compile(r"training_args\.bin|optimizer\.pt|scheduler\.pt|rng_state(_\d+)?\.pth")
 _ACCELERATE_FILES = re.compile(r"random_states_\d+\.pkl")
-_PICKLE_HEADS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 @dataclass(slots=True)
@@ -76,14 +66,13 @@ class TargetAudit:
 def audit_target(
     path: str, allowlist: Allowlist, allow: Iterable[str] = (), *, map_location: str | None = None
 ) -> TargetAudit:
-    """The audit of one command-line PATH: a folder (walked, unless it is a DCP folder) or
-    one file."""
+    """The audit of one command-line PATH: a folder (walked, unless a folder format such as
+    a DCP folder claims it) or one file."""
     if os.path.isdir(path):
-        from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
-
-        if is_dcp_folder(path):
-            report = audit_dcp_folder(path, allowlist=allowlist, allow=allow)
-            return TargetAudit(path, False, [report], [(path, DCP)])  # its "(dcp, ...)" names it
+        kind = choose(probe_folder(path, given=True))
+        if kind is not None:
+            report = _audit_as(kind, path, allowlist, allow, map_location)
+            return TargetAudit(path, False, [report], [(path, kind.name)])  # "(dcp, ...)" names it
         return walk_folder(path, allowlist, allow, map_location=map_location)
     report = audit_one_file(path, allowlist, allow, map_location=map_location)
     if Path(path).suffix == ".ckpt":
@@ -105,56 +94,35 @@ def _layout_of_parent(path: str) -> str | None:
 
 
 def audit_one_file(
-    path: str, allowlist: Allowlist, allow: Iterable[str] = (), *, map_location: str | None = None
+    path: str,
+    allowlist: Allowlist,
+    allow: Iterable[str] = (),
+    *,
+    map_location: str | None = None,
+    given: bool = True,
 ) -> Report:
-    """One file, by what it is (see the module docstring); never raises for a bad file."""
-    if is_member_name(os.path.basename(path)):  # only a DCP member's name reaches DCP's check
-        from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_target
-
-        dcp_report = audit_dcp_target(path, allowlist=allowlist, allow=allow)
-        if dcp_report is not None:
-            return dcp_report
+    """One file, by its format (see `formats.table`); never raises for a bad file. A file
+    met in a walk (`given=False`) that no format claims is listed as skipped."""
     try:
-        size = regular_file_size(path)  # the auditor's own check, before anything opens it
+        probe = probe_file(path, given=given)
     except Unreadable as err:
         return Report(path, None, (), error=str(err))
-    kind = _kind(path, size)
-    if kind == "not-a-checkpoint":
-        return _skipped(path, NOT_A_CHECKPOINT)
-    if kind == "safetensors":
-        report = audit_safetensors(path)
-    elif kind == "sb3":
-        report = audit_sb3_zip(path, allowlist)
-    elif kind == "json":
-        report = check_json(path)
-    else:
-        report = audit_file(path, allowlist=allowlist, map_location=map_location)
-        report.safe_globals  # noqa: B018  the exact list now: a walk must not hold every pickle
-        if Path(path).suffix.lower() == ".safetensors":
-            report = _with_note(report, "named .safetensors but it is not one: audited as a pickle")
-    return _renamed(report, path)
+    kind = choose(probe)
+    if kind is None:
+        return _skipped(path, "not checkpoint-like")
+    return _renamed(_audit_as(kind, path, allowlist, allow, map_location), path)
 
 
-def check_json(path: str) -> Report:
-    """A JSON file a framework wrote beside its checkpoints (trainer_state.json): parsed, so
-    a corrupt one is said, but nothing in it is code."""
-    size = os.path.getsize(path)
-    if size > MAX_JSON_BYTES:
-        return Report(path, "json", (), summary=f"{size} bytes: too big to check, not read")
-    try:
-        with open(path, "rb") as handle:
-            json.loads(handle.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        return Report(path, "json", (), error=f"not valid JSON: {str(err).splitlines()[0]}")
-    return Report(path, "json", (), summary="valid JSON, not a checkpoint: nothing in it runs")
+def _audit_as(
+    kind: Format, path: str, allowlist: Allowlist, allow: Iterable[str], map_location: str | None
+) -> Report:
+    return kind.audit(path, allowlist, allow=tuple(allow), map_location=map_location)
 
 
 def walk_folder(
     root: str, allowlist: Allowlist, allow: Iterable[str] = (), *, map_location: str | None = None
 ) -> TargetAudit:
     """Every checkpoint-like file under `root`, in name order, each audited once."""
-    from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
-
     result = TargetAudit(root, True)
     real_root = os.path.realpath(root)
     pending: list[tuple[str, int]] = [(root, 0)]
@@ -179,11 +147,11 @@ def walk_folder(
                 result.reports.append(Report(root, None, (), error=error))
                 return result
             if entry.is_dir(follow_symlinks=False):
-                if is_dcp_folder(entry.path):
-                    report = audit_dcp_folder(entry.path, allowlist=allowlist, allow=allow)
-                    report = _with_note(_renamed(report, entry.path), DCP)
-                    result.reports.append(report)
-                    result.layouts.append((entry.path, DCP))
+                kind = choose(probe_folder(entry.path, given=False))
+                if kind is not None:  # a DCP folder: audited whole
+                    report = _audit_as(kind, entry.path, allowlist, allow, map_location)
+                    result.reports.append(_with_note(_renamed(report, entry.path), kind.name))
+                    result.layouts.append((entry.path, kind.name))
                 elif depth + 1 >= MAX_DEPTH:
                     error = f"deeper than {MAX_DEPTH} folders: not audited"
                     result.reports.append(Report(entry.path, None, (), error=error))
@@ -194,7 +162,9 @@ def walk_folder(
             if why:
                 result.reports.append(_skipped(entry.path, why))
                 continue
-            report = _audit_entry(entry.path, allowlist, allow, map_location)
+            report = audit_one_file(
+                entry.path, allowlist, allow, map_location=map_location, given=False
+            )
             if layout and report.format != SKIPPED:
                 report = _with_note(report, f"in an {layout}")
             _judge(result, report, layout, allowlist, map_location)
@@ -252,58 +222,6 @@ def _not_followed(entry: os.DirEntry[str], real_root: str) -> str | None:
     if not entry.is_file(follow_symlinks=False):
         return "not a regular file (a FIFO, socket or device): not opened"
     return None
-
-
-def _audit_entry(
-    path: str, allowlist: Allowlist, allow: Iterable[str], map_location: str | None
-) -> Report:
-    """A walked file: audited if checkpoint-like (by suffix or first bytes), checked if JSON,
-    else listed as skipped."""
-    suffix = Path(path).suffix.lower()
-    if suffix in CHECKPOINT_SUFFIXES or suffix == ".json" or _kind(path, None) != "other":
-        return audit_one_file(path, allowlist, allow, map_location=map_location)
-    return _skipped(path, "not checkpoint-like")
-
-
-def _kind(path: str, size: int | None) -> str:
-    """ "safetensors", "sb3", "json", "checkpoint", "not-a-checkpoint" (a `.bin` of `size`
-    bytes nothing reads as one; None: not asked) or "other", by the first bytes before the
-    name: a pickle named `.safetensors` is still a pickle (and what torch.load would run)."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".json":
-        return "json"
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError:
-        return "checkpoint"  # the auditor says why it cannot be read
-    if looks_like_safetensors(head):
-        return "safetensors"
-    if head[:4] == b"PK\x03\x04":
-        if is_sb3_zip(path):
-            return "sb3"
-        if suffix in CHECKPOINT_SUFFIXES or _is_torch_zip(path):
-            return "checkpoint"
-        return "other"  # a zip of something else (a dataset): not a checkpoint
-    if head[:2] in _PICKLE_HEADS:
-        return "checkpoint"
-    if suffix == ".safetensors":
-        return "safetensors"  # a broken one: its audit says what is wrong
-    if suffix == ".bin" and size is not None and not is_checkpoint_bin(path, size):
-        return "not-a-checkpoint"
-    return "checkpoint" if suffix in CHECKPOINT_SUFFIXES else "other"
-
-
-def _is_torch_zip(path: str) -> bool:
-    """A zip whose members include a torch.save pickle (`<folder>/data.pkl`)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return True  # damaged: the auditor says how
-    return any(n.endswith("/data.pkl") or n.endswith("/constants.pkl") for n in names)
 
 
 def _skipped(path: str, why: str) -> Report:
