@@ -270,7 +270,7 @@ def test_a_name_is_told_class_or_function_from_its_source_never_imported(tmp_pat
         env=env,
         cwd=tmp_path,
     )
-    color, launch = json.loads(out.stdout)
+    color, launch = json.loads(out.stdout)["files"]
     assert not marker.exists()
     assert color["safe_globals"] == ["userpkg.kinds.Color"]
     assert launch["safe_globals"] is None

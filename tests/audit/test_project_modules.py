@@ -64,7 +64,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def _stage_finding(stdout: str) -> dict:
-    (report,) = json.loads(stdout)
+    (report,) = json.loads(stdout)["files"]
     return next(f for f in report["findings"] if f["global_name"] == STAGE)
 
 
@@ -122,6 +122,6 @@ def test_a_standard_library_global_does_not_depend_on_pythonpath_or_the_folder(
     )
     assert clean.returncode == shadowed.returncode == 1, (clean.stderr, shadowed.stderr)
     assert json.loads(clean.stdout) == json.loads(shadowed.stdout)
-    path, fraction = json.loads(clean.stdout)[0]["findings"]
+    path, fraction = json.loads(clean.stdout)["files"][0]["findings"]
     assert path["needs"] == [path["global_name"]]  # a class: offered
     assert fraction["global_name"] == "fractions.Fraction" and "function" not in fraction["fix"]
