@@ -69,7 +69,8 @@ class PickleInterpreter(TorchRules):
         if fast_records:
             self.take_records = take_tensor_records
         self.records_taken = 0  # tensor records the fast path took
-        self.clean_reads: dict[tuple[bytes, ...], tuple] = {}  # see tensor_records
+        # validated reads, by their GETs (tensor_records) or a record (DCP metadata_records)
+        self.clean_reads: dict[Any, tuple[Any, ...]] = {}
         self.guarded: set[int] = set()  # memo entries clean_reads depends on
         self.refused_opcodes: set[str] = set()
         self.memo_sparse = False  # a PUT past the memo's end: MEMOIZE may overwrite

@@ -112,24 +112,31 @@ class DcpRecords:
                 if match is None:
                     break
                 self.order.reverse()
-            groups = match.groups()
-            known, strings = clean.get(groups), None
+            end, strings = match.end(), None
+            raw = data[pos:end]  # the same bytes read the same entries: the same verdict
+            known = clean.get(raw)
             if known is None:
-                key = groups
-                if gets is _FLAT_GETS:  # which strings its plain GETs read: not a part
-                    key, strings = _string_reads(memo, groups)
-                known = clean.get(key) or self._learn(machine, key, gets, match)
+                groups = match.groups()
+                known = clean.get(groups)
+                if known is None and gets is _FLAT_GETS:  # which strings its plain GETs
+                    key, strings = _string_reads(memo, groups)  # read: not a part
+                    known = clean.get(key) or self._learn(machine, key, gets, match)
+                elif known is None:
+                    known = self._learn(machine, groups, gets, match)
                 if known is None:
                     break
+                if strings is None:
+                    clean[raw] = known
             writes, type_name, shape, reads = known
             if strings:
                 reads = {**reads, **strings}
-            base, end = len(memo), match.end()
+            base = len(memo)
             node = Node(type_name)
             node.shape = shape
             memo[base] = node  # the NEWOBJ's own MEMOIZE: the object pushed
             record = MemoizedRecord(pos, end, reads, node, base - len(reads))
-            memo.update(dict.fromkeys(range(base + 1, base + writes), record))
+            for index in range(base + 1, base + writes):
+                memo[index] = record
             stack.append(node)
             taken += 1
             pos = end
