@@ -22,6 +22,10 @@ from pytest_ckpt.audit.verdict import PickleInterpreter, gc_paused
 METADATA = ".metadata"
 
 
+class _Flagged(Exception):
+    """The run with records found something: the run without them decides."""
+
+
 class DcpMetadataInterpreter(PickleInterpreter):
     """The auditor's symbolic run with Python's opcode set and no torch tensor records;
     `records` lets DCP's own records (`metadata_records`) skip the opcode loop."""
@@ -37,6 +41,13 @@ class DcpMetadataInterpreter(PickleInterpreter):
 
     def new_replay(self, data: bytes) -> PickleInterpreter:
         return DcpMetadataInterpreter(data, self.dcp_allowlist)
+
+    def _flag(self, node: Node | None, finding: Finding) -> None:
+        """With records on, the first finding ends the run: the run without them reports
+        every finding by path (`scan_metadata`), so nothing after it is worth running."""
+        super()._flag(node, finding)
+        if self.records is not None:
+            raise _Flagged
 
     def _op_BINPERSID(self, op: Op) -> None:
         self._pop(op)
@@ -102,7 +113,7 @@ def runs_clean(data: bytes, allowlist: DcpAllowlist) -> bool:
     try:
         with gc_paused():
             fast.execute()
-    except (TruncatedPickle, MalformedPickle):
+    except (TruncatedPickle, MalformedPickle, _Flagged):
         return False
     return fast.flags == 0 and not fast.loose
 
