@@ -10,10 +10,12 @@ What every semantics means alike lives here: PROTO and FRAME do nothing, MARK st
 stack, NONE/NEWTRUE/NEWFALSE and the number opcodes push their value.
 
 `INLINE = True` runs the hot opcodes on the raw bytes without building an `Op` (memo PUT and
-GET, small ints, MARK, booleans, None, short BINUNICODE strings: most of a state dict). A
-semantics that turns it on means by them what the machine does (a string is the `Blob` that
-`decode_at` gives, PUT and GET go through `memo_put`/`memo_get`), and may set `take_records`
-to consume whole runs of opcodes at a GET or BINUNICODE (the auditor's tensor records).
+GET, small ints, MARK, booleans, None, short BINUNICODE strings: most of a state dict; and,
+where the semantics accepts them, MEMOIZE and SHORT_BINUNICODE: protocol 4). A semantics
+that turns it on means by them what the machine does (a string is the `Blob` that
+`decode_at` gives, PUT, MEMOIZE and GET go through `memo_put`/`memo_get`), and may set
+`take_records` to consume whole runs of opcodes at a GET or BINUNICODE (the auditor's tensor
+records, DCP's metadata records): a recogniser that decides nothing itself.
 """
 
 from __future__ import annotations
@@ -38,12 +40,20 @@ from pytest_ckpt.audit.opcodes import (
 # Opcodes run inline when INLINE is on: code -> argument width in bytes.
 _BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET = ord("q"), ord("r"), ord("h"), ord("j")
 _BININT1, _BININT2, _BININT, _MARK = ord("K"), ord("M"), ord("J"), ord("(")
-_NEWFALSE, _NEWTRUE, _NONE = 0x89, 0x88, ord("N")
-_INLINE_WIDTH = {
-    _BINPUT: 1, _LONG_BINPUT: 4, _BINGET: 1, _LONG_BINGET: 4, _BININT1: 1, _BININT2: 2,
-    _BININT: 4, _MARK: 0, _NEWFALSE: 0, _NEWTRUE: 0, _NONE: 0,
+_NEWFALSE, _NEWTRUE, _NONE, _MEMOIZE = 0x89, 0x88, ord("N"), 0x94
+_INLINE = {
+    _BINPUT: ("BINPUT", 1), _LONG_BINPUT: ("LONG_BINPUT", 4), _BINGET: ("BINGET", 1),
+    _LONG_BINGET: ("LONG_BINGET", 4), _BININT1: ("BININT1", 1), _BININT2: ("BININT2", 2),
+    _BININT: ("BININT", 4), _MARK: ("MARK", 0), _NEWFALSE: ("NEWFALSE", 0),
+    _NEWTRUE: ("NEWTRUE", 0), _NONE: ("NONE", 0), _MEMOIZE: ("MEMOIZE", 0),
 }  # fmt: skip
-_BINUNICODE = ord("X")
+_BINUNICODE, _SHORT_BINUNICODE = ord("X"), 0x8C
+_UNPACK_I = struct.Struct("<I").unpack_from
+_EMPTY_PUT = {
+    _BINPUT: "PUT at offset {} with an empty stack",
+    _LONG_BINPUT: "PUT at offset {} with an empty stack",
+    _MEMOIZE: "MEMOIZE at offset {} needs a value on the stack",
+}
 
 # take_records(machine, pos, named=...) -> the offset after the opcodes it ran, or None
 TakeRecords = Callable[..., "int | None"]
@@ -85,6 +95,9 @@ class PickleMachine:
         self.memo: dict[int, Any] = {}
         self.end = start  # the offset after STOP, once run
         self.take_records: TakeRecords | None = None
+        # where MEMOIZE writes, less len(memo): a replay of part of a pickle starts with
+        # only the memo entries that part reads, yet must write where the whole run did
+        self.memo_offset = 0
 
     # ---- what a semantics may override ----------------------------------------------------
 
@@ -140,6 +153,9 @@ class PickleMachine:
         self.metastack.append(self.stack)
         self.stack = []
 
+    def _op_MEMOIZE(self, op: Op) -> None:
+        self.memo_put(len(self.memo) + self.memo_offset, self._top(op))
+
     def _op_NONE(self, op: Op) -> None:
         self.stack.append(None)
 
@@ -158,6 +174,33 @@ class PickleMachine:
 
     # ---- run ------------------------------------------------------------------------------
 
+    def _inline_table(self) -> tuple[dict[int, int], bool]:
+        """The opcodes run inline (code -> argument width), and whether SHORT_BINUNICODE
+        is: only those the semantics accepts (one it refuses is decoded, to be flagged)."""
+        accepted = self.ACCEPTED
+        widths = {
+            code: width
+            for code, (name, width) in _INLINE.items()
+            if accepted is None or name in accepted
+        }
+        return widths, accepted is None or "SHORT_BINUNICODE" in accepted
+
+    def _inline_string(self, code: int, pos: int, short_strings: bool) -> int | None:
+        """A BINUNICODE (or, when `short_strings`, SHORT_BINUNICODE) of at most PREVIEW
+        characters pushed as the `Blob` `decode_at` makes; the offset after it, or None
+        (nothing done: the decoder takes it, and says what is wrong with it)."""
+        data, size = self.data, len(self.data)
+        if code == _BINUNICODE and pos + 5 <= size:
+            start, length = pos + 5, struct.unpack_from("<I", data, pos + 1)[0]
+        elif code == _SHORT_BINUNICODE and short_strings and pos + 2 <= size:
+            start, length = pos + 2, data[pos + 1]
+        else:
+            return None
+        if length > PREVIEW or start + length > size:
+            return None
+        self.stack.append(new_blob(Blob, ("str", length, utf8_text(data, start, length), start)))
+        return start + length
+
     def execute(self) -> Any:
         """Run to STOP and return what it pops; raises TruncatedPickle or MalformedPickle
         (and whatever the semantics raises)."""
@@ -165,25 +208,26 @@ class PickleMachine:
         unpack_from = struct.unpack_from
         handlers = {name: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
         inline, accepted, take_records = self.INLINE, self.ACCEPTED, self.take_records
+        inline_width, short_strings = self._inline_table()
         pos = self.start
         while True:
             if inline:
                 if pos >= size:
                     raise TruncatedPickle(f"pickle ends at offset {pos} without STOP")
                 code = data[pos]
-                width = _INLINE_WIDTH.get(code)
+                width = inline_width.get(code)
                 if width is not None:
                     if pos + 1 + width > size:
                         raise TruncatedPickle(f"opcode at offset {pos} runs past the end")
                     stack = self.stack
-                    if code in (_BINPUT, _LONG_BINPUT):
+                    if code in (_BINPUT, _LONG_BINPUT, _MEMOIZE):
                         if not stack:
-                            raise MalformedPickle(f"PUT at offset {pos} with an empty stack")
-                        index = (
-                            data[pos + 1]
-                            if code == _BINPUT
-                            else unpack_from("<I", data, pos + 1)[0]
-                        )
+                            raise MalformedPickle(_EMPTY_PUT[code].format(pos))
+                        index = data[pos + 1] if code == _BINPUT else len(self.memo)
+                        if code == _LONG_BINPUT:
+                            index = _UNPACK_I(data, pos + 1)[0]
+                        elif code == _MEMOIZE:
+                            index += self.memo_offset
                         self.memo_put(index, stack[-1])
                     elif code in (_BINGET, _LONG_BINGET):
                         if take_records is not None:  # a tensor record starts with a GET
@@ -191,11 +235,7 @@ class PickleMachine:
                             if after is not None:
                                 pos = after
                                 continue
-                        index = (
-                            data[pos + 1]
-                            if code == _BINGET
-                            else unpack_from("<I", data, pos + 1)[0]
-                        )
+                        index = data[pos + 1] if code == _BINGET else _UNPACK_I(data, pos + 1)[0]
                         stack.append(self.memo_get(index, pos))
                     elif code == _BININT1:
                         stack.append(data[pos + 1])
@@ -214,17 +254,15 @@ class PickleMachine:
                         stack.append(None)
                     pos += 1 + width
                     continue
-                if code == _BINUNICODE and take_records is not None:  # a state dict entry
-                    after = take_records(self, pos, named=True)
+                if code in (_BINUNICODE, _SHORT_BINUNICODE):
+                    if code == _BINUNICODE and take_records is not None:  # a dict entry
+                        after = take_records(self, pos, named=True)
+                        if after is not None:
+                            pos = after
+                            continue
+                    after = self._inline_string(code, pos, short_strings)
                     if after is not None:
                         pos = after
-                        continue
-                if code == _BINUNICODE and pos + 5 <= size:  # short strings: every dict key
-                    length = unpack_from("<I", data, pos + 1)[0]
-                    if length <= PREVIEW and pos + 5 + length <= size:
-                        text = utf8_text(data, pos + 5, length)
-                        self.stack.append(new_blob(Blob, ("str", length, text, pos + 5)))
-                        pos += 5 + length
                         continue
             op, pos = decode_at(data, pos)
             if accepted is not None and op.name not in accepted:

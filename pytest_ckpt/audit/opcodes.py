@@ -19,6 +19,34 @@ from pytest_ckpt.errors import MalformedPickle, TruncatedPickle
 _BY_CODE = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
 PREVIEW = 80  # longest string/bytes value kept (for paths and checks), in characters
 
+# The opcode names other modules ask about, by what they mean (here, so that only the
+# decoder, the machine and torch's rules know opcodes by name).
+STOP = "STOP"
+NO_VALUE = frozenset({"PROTO", "FRAME", STOP})  # framing: no value a header pickle holds
+LINE_IMPORTS = frozenset({"GLOBAL", "INST"})  # import a module named by two text lines
+STACK_IMPORT = "STACK_GLOBAL"  # imports a module named by two strings on the stack
+# opcodes through which a pickle can import or call something
+CODE_RUNNING = frozenset(
+    {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX",
+     "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"}
+)  # fmt: skip
+# opcodes whose argument is a length and that many bytes: (width of the length, signed)
+_LENGTH_PREFIX = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+
+
+def length_prefix(code: int) -> tuple[int, bool] | None:
+    """For an opcode byte whose argument is a length and that many bytes (BINBYTES,
+    BINUNICODE, LONG4, ...): the length's width in bytes and whether it is signed."""
+    op = _BY_CODE.get(code)
+    if op is None or op.arg is None:
+        return None
+    return _LENGTH_PREFIX.get(op.arg.n)
+
 
 class Op(NamedTuple):
     """One decoded opcode (a tuple: the decoder makes ~30 per tensor, so it must be cheap)."""
@@ -212,7 +240,7 @@ def iter_ops(data: bytes, start: int = 0) -> Iterator[Op]:
     while True:
         op, pos = decode_at(data, pos)
         yield op
-        if op.name == "STOP":
+        if op.name == STOP:
             return
 
 

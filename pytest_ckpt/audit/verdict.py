@@ -32,6 +32,19 @@ def _operand_text(value: Any) -> str:
     return repr(value)
 
 
+class MemoizedRecord(DeferredRecord):
+    """A deferred record whose memo writes are MEMOIZEs (protocol 4: DCP's `.metadata`):
+    its replay must write them `memo_offset` past the entries it read."""
+
+    __slots__ = ("memo_offset",)
+
+    def __init__(
+        self, start: int, end: int, reads: dict[int, Any], node: Node, memo_offset: int
+    ) -> None:
+        self.start, self.end, self.reads, self.tensor = start, end, reads, node
+        self.memo_offset = memo_offset
+
+
 class PickleInterpreter(TorchRules):
     """Run one pickle symbolically. `run()` returns the root and every finding."""
 
@@ -56,9 +69,13 @@ class PickleInterpreter(TorchRules):
         if fast_records:
             self.take_records = take_tensor_records
         self.records_taken = 0  # tensor records the fast path took
-        self.clean_reads: dict[tuple[bytes, ...], tuple] = {}  # see tensor_records
+        # validated reads, by their GETs (tensor_records) or a record (DCP metadata_records)
+        self.clean_reads: dict[Any, tuple[Any, ...]] = {}
         self.guarded: set[int] = set()  # memo entries clean_reads depends on
         self.refused_opcodes: set[str] = set()
+        self.memo_sparse = False  # a PUT past the memo's end: MEMOIZE may overwrite
+        self.end_value: Any = None  # a replay's root (`replay`)
+        self.findings: list[Finding] = []  # a replay's findings (`replay`)
 
     # ---- run -----------------------------------------------------------------------------
 
@@ -96,6 +113,8 @@ class PickleInterpreter(TorchRules):
         tensor_records) makes the fast path validate them again."""
         if index in self.guarded:
             self.forget_clean_reads()
+        if index > len(self.memo):
+            self.memo_sparse = True
         self.memo[index] = value
 
     def forget_clean_reads(self) -> None:
@@ -108,25 +127,37 @@ class PickleInterpreter(TorchRules):
         if index not in self.memo:
             raise MalformedPickle(f"GET at offset {offset} reads memo {index}, never set")
         value = self.memo[index]
-        if type(value) is DeferredRecord:
+        if isinstance(value, DeferredRecord):
             self._materialize(value)
             value = self.memo[index]
         return value
 
-    def _materialize(self, record: DeferredRecord) -> None:
-        """Replay a fast-path tensor record through the opcode loop, from the memo values it
-        read, and put what it built where the record's memo entries still point."""
-        replay = PickleInterpreter(
-            self.data[record.start : record.end] + b".",
-            self.allow,
-            storage_sizes=self.storage_sizes,
-            fast_records=False,
+    def new_replay(self, data: bytes) -> PickleInterpreter:
+        """A run of this semantics, with no fast path, over `data` (a record's bytes)."""
+        return PickleInterpreter(
+            data, self.allow, storage_sizes=self.storage_sizes, fast_records=False
         )
-        replay.memo.update(record.reads)
-        tensor, findings = replay._run()
-        if findings:  # take_tensor_record takes clean records only
-            raise AssertionError(f"tensor record at offset {record.start} was not clean")
-        record.tensor.children[:0] = tensor.children  # before anything added since
+
+    def replay(
+        self, start: int, end: int, reads: dict[int, Any], memo_offset: int = 0
+    ) -> PickleInterpreter:
+        """`data[start:end]` run on its own by this semantics, from the memo entries it
+        reads; its MEMOIZEs write `memo_offset` further on (where the whole run wrote them).
+        The run leaves its root in `replay.end_value`, its findings in `replay.findings`."""
+        replay = self.new_replay(self.data[start:end] + b".")
+        replay.memo.update(reads)
+        replay.memo_offset = memo_offset
+        replay.end_value, replay.findings = replay._run()
+        return replay
+
+    def _materialize(self, record: DeferredRecord) -> None:
+        """Replay a fast-path record through the opcode loop, from the memo values it read,
+        and put what it built where the record's memo entries still point."""
+        offset = record.memo_offset if isinstance(record, MemoizedRecord) else 0
+        replay = self.replay(record.start, record.end, record.reads, offset)
+        if replay.findings:  # the fast paths take clean records only
+            raise AssertionError(f"record at offset {record.start} was not clean")
+        record.tensor.children[:0] = replay.end_value.children  # before anything added since
         for index, value in replay.memo.items():
             if self.memo.get(index) is record:
                 self.memo[index] = value
@@ -151,9 +182,6 @@ class PickleInterpreter(TorchRules):
 
     def _op_GET(self, op: Op) -> None:
         self._push(self.memo_get(int(op.arg), op.offset))
-
-    def _op_MEMOIZE(self, op: Op) -> None:
-        self.memo_put(len(self.memo), self._top(op))
 
     def _op_LIST(self, op: Op) -> None:
         node = Node("builtins.list")
@@ -184,7 +212,7 @@ class PickleInterpreter(TorchRules):
     def _op_STACK_GLOBAL(self, op: Op) -> None:
         name, module = self._pop(op), self._pop(op)
         text = [_operand_text(v) for v in (module, name)]
-        self._op_GLOBAL(Op("GLOBAL", (text[0], text[1]), op.offset))
+        self._op_GLOBAL(op._replace(arg=(text[0], text[1])))
 
     def _op_EXT1(self, op: Op) -> None:
         node = Node(GLOBAL_TYPE, name=f"<extension {op.arg}>")
@@ -200,8 +228,7 @@ class PickleInterpreter(TorchRules):
 
     def _op_INST(self, op: Op) -> None:
         args = self._pop_mark(op)
-        module, name = op.arg
-        self._op_GLOBAL(Op("GLOBAL", (module, name), op.offset))
+        self._op_GLOBAL(op)  # INST's argument is GLOBAL's: the two lines
         self._push(tuple_node(args))
         self._op_NEWOBJ(op)
 

@@ -1,8 +1,8 @@
-"""The fast `.metadata` proof against the general scan: on genuine and byte-mutated metadata
-(GETs pointed elsewhere, class names and opcodes changed, bytes flipped, truncations),
-`scan_metadata` with the proof gives exactly the general scan's answer, the proof never
-calls clean what the general scan refuses, and the harness itself fails when the proof (or
-one of its records) is forced to accept."""
+"""DCP's records on the pickle machine against its run without them: on genuine and
+byte-mutated metadata (GETs pointed elsewhere, class names and opcodes changed, bytes
+flipped, truncations), `scan_metadata` (records taken whole) gives exactly the general scan's
+answer, the run with records never calls clean what the general scan refuses, it leaves the
+general run's very memo, and the harness itself fails when a record is taken unchecked."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_ckpt.audit.formats.dcp import metadata_records, metadata_scan
+from pytest_ckpt.audit import verdict
+from pytest_ckpt.audit.formats.dcp import metadata_scan
 from pytest_ckpt.audit.formats.dcp.metadata_allowlist import load_dcp_allowlist
-from pytest_ckpt.audit.formats.dcp.metadata_proof import proof_memo, proves_clean
+from pytest_ckpt.audit.formats.dcp.metadata_scan import DcpMetadataInterpreter, runs_clean
+from pytest_ckpt.audit.nodes import Node
+from pytest_ckpt.audit.opcodes import Blob
 from pytest_ckpt.errors import MalformedPickle, TruncatedPickle
 
 
@@ -45,7 +48,7 @@ def disagreements(cases: dict[str, bytes], general_answers: dict[str, tuple]) ->
         answer = _outcome(lambda d: metadata_scan.scan_metadata(d, allowlist), data)
         if answer != general:
             found.append(f"{name}: {answer} != {general}")
-        if proves_clean(data, allowlist.static) and general != ("findings", []):
+        if runs_clean(data, allowlist) and general != ("findings", []):
             found.append(f"{name}: proven clean, the general scan says {general}")
     return found
 
@@ -116,41 +119,68 @@ def general(cases) -> dict[str, tuple]:
     return general_outcomes(cases)
 
 
-def test_genuine_metadata_is_proven_clean_by_records(genuine) -> None:
-    allowlist = load_dcp_allowlist().static
+def _fingerprint(value: object) -> object:
+    """What a memo entry is, as the rules see it: a node's type and shape, a string's
+    text, a primitive's value."""
+    if isinstance(value, Node):
+        return ("node", value.type_name, value.shape, len(value.children))
+    if isinstance(value, Blob):
+        return ("blob", value.kind, value.preview)
+    return value
+
+
+def _memo(data: bytes, *, records: bool) -> tuple[DcpMetadataInterpreter, dict[int, object]]:
+    machine = DcpMetadataInterpreter(data, load_dcp_allowlist(), records=records)
+    machine.execute()
+    memo = {index: machine.memo_get(index, 0) for index in sorted(machine.memo)}  # built
+    return machine, {index: _fingerprint(value) for index, value in memo.items()}
+
+
+def test_genuine_metadata_runs_clean_with_records_and_leaves_the_same_memo(genuine) -> None:
     for data in genuine.values():
-        fast, slow = proof_memo(data, allowlist), proof_memo(data, allowlist, records=False)
-        assert fast is not None and fast == slow  # records leave the loop's very memo
+        fast, fast_memo = _memo(data, records=True)
+        _slow, slow_memo = _memo(data, records=False)
+        assert fast.records is not None and fast.records.taken > 20
+        assert fast.records.replays * 3 < fast.records.taken  # each kind run on its own once
+        assert fast_memo == slow_memo  # deferred entries replay to the machine's own
+        assert runs_clean(data, load_dcp_allowlist())
         assert metadata_scan.scan_metadata_general(data, load_dcp_allowlist()) == []
 
 
-def test_the_proof_gives_the_general_answer_on_every_mutant(cases, general) -> None:
+def test_records_give_the_general_answer_on_every_mutant(cases, general) -> None:
     assert disagreements(cases, general) == []
-    allowlist = load_dcp_allowlist().static
-    proven = [name for name, data in cases.items() if proves_clean(data, allowlist)]
+    allowlist = load_dcp_allowlist()
+    proven = [name for name, data in cases.items() if runs_clean(data, allowlist)]
     refused = len(cases) - len(proven)
     assert len(proven) > 40 and refused > 100  # both answers are exercised
 
 
-def test_the_harness_fails_when_the_proof_is_forced_to_accept(cases, general, monkeypatch) -> None:
-    monkeypatch.setattr(metadata_scan, "proves_clean", lambda data, allow: True)
+def test_the_harness_fails_when_the_fast_run_is_forced_to_accept(cases, general, monkeypatch):
+    monkeypatch.setattr(metadata_scan, "runs_clean", lambda data, allow: True)
     assert disagreements(cases, general)
 
 
-def test_the_harness_fails_when_a_record_skips_its_class_check(cases, general, monkeypatch) -> None:
-    monkeypatch.setattr(
-        metadata_records, "newobj_result", lambda allow, cls: getattr(cls, "name", "x")
-    )
+def test_the_harness_fails_when_a_record_is_taken_unchecked(cases, general, monkeypatch) -> None:
+    """A record's verdict is the machine's own run of it: hide that run's findings, and
+    the records take what the machine refuses."""
+    replay = verdict.PickleInterpreter.replay
+
+    def blind(self, *args, **kwargs):
+        run = replay(self, *args, **kwargs)
+        run.findings = []
+        return run
+
+    monkeypatch.setattr(verdict.PickleInterpreter, "replay", blind)
     found = disagreements(cases, general)
     assert any("-get@" in line for line in found)  # a GET pointed at a key string
 
 
-def test_a_clean_metadata_never_runs_the_machine(genuine, monkeypatch) -> None:
-    """The speed: a clean .metadata costs no symbolic run (4096 tensors: 270k opcodes)."""
+def test_a_clean_metadata_runs_the_machine_once(genuine, monkeypatch) -> None:
+    """The speed: a clean .metadata costs one run, with records (4096 tensors: 270k opcodes)."""
 
-    def no_machine(*args, **kwargs):
-        raise AssertionError("the general scan ran on a clean .metadata")
+    def no_general_scan(*args, **kwargs):
+        raise AssertionError("the run without records ran on a clean .metadata")
 
-    monkeypatch.setattr(metadata_scan, "DcpMetadataInterpreter", no_machine)
+    monkeypatch.setattr(metadata_scan, "scan_metadata_general", no_general_scan)
     for data in genuine.values():
         assert metadata_scan.scan_metadata(data, load_dcp_allowlist()) == []

@@ -17,24 +17,21 @@ with or without `weights_only`, and torch refuses them.
 from __future__ import annotations
 
 import os
-import pickletools
 
 from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC, is_tar
-from pytest_ckpt.audit.opcodes import decode_at
+from pytest_ckpt.audit.opcodes import (
+    LINE_IMPORTS,
+    NO_VALUE,
+    STACK_IMPORT,
+    STOP,
+    decode_at,
+    length_prefix,
+)
 from pytest_ckpt.errors import MalformedPickle, TruncatedPickle
 
 NOT_A_CHECKPOINT = "not a checkpoint"
 PROBE_BYTES = 1 << 16  # random bytes fail as a pickle within a few opcodes
-_NOT_VALUES = frozenset({"PROTO", "FRAME", "STOP"})
 _LONG4 = 0x8B  # the opcode byte of LONG4
-_BY_CODE = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
-# opcodes whose argument is a length and that many bytes: (width of the length, signed)
-_LENGTH_PREFIX = {
-    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
-    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
-    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
-    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
-}
 
 
 def is_checkpoint_bin(path: str | os.PathLike[str], size: int) -> bool:
@@ -63,13 +60,13 @@ def may_unpickle(head: bytes, size: int) -> bool:
     try:
         while True:
             op, pos = decode_at(head, pos)
-            if op.name in ("GLOBAL", "INST"):
+            if op.name in LINE_IMPORTS:
                 return _importable_names(head[op.offset + 1 : pos])
-            if op.name == "STACK_GLOBAL":
+            if op.name == STACK_IMPORT:
                 return True
-            if op.name == "STOP":
+            if op.name == STOP:
                 return values == [LEGACY_MAGIC]
-            if op.name not in _NOT_VALUES and len(values) < 2:  # two are not the magic alone
+            if op.name not in NO_VALUE and len(values) < 2:  # two are not the magic alone
                 values.append(op.arg)
     except TruncatedPickle:
         fits = _declared_length_fits(head, pos, size)
@@ -91,10 +88,10 @@ def _importable_names(lines: bytes) -> bool:
 def _declared_length_fits(head: bytes, pos: int, size: int) -> bool | None:
     """For a length-prefixed opcode at `pos` (BINBYTES, BINUNICODE, LONG4, ...): whether the
     bytes it declares lie inside the file; None for any other opcode."""
-    op = _BY_CODE.get(head[pos]) if pos < len(head) else None
-    if op is None or op.arg is None or op.arg.n not in _LENGTH_PREFIX:
+    prefix = length_prefix(head[pos]) if pos < len(head) else None
+    if prefix is None:
         return None
-    width, signed = _LENGTH_PREFIX[op.arg.n]
+    width, signed = prefix
     if pos + 1 + width > len(head):
         return len(head) < size
     declared = int.from_bytes(head[pos + 1 : pos + 1 + width], "little", signed=signed)

@@ -15,7 +15,13 @@ import io
 import tarfile
 from collections.abc import Callable
 
-from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, end_of_pickle, iter_ops
+from pytest_ckpt.audit.opcodes import (
+    NO_VALUE,
+    MalformedPickle,
+    TruncatedPickle,
+    end_of_pickle,
+    iter_ops,
+)
 from pytest_ckpt.errors import Unreadable
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -73,7 +79,7 @@ def _first_value(data: bytes, start: int = 0) -> object:
     values = []
     try:
         for op in iter_ops(data, start):
-            if op.name not in ("PROTO", "FRAME", "STOP"):
+            if op.name not in NO_VALUE:
                 values.append(op.arg)
                 if len(values) > 1:
                     return None

@@ -34,17 +34,12 @@ from pytest_ckpt.audit.escape import shown
 from pytest_ckpt.audit.formats import Format, Probe
 from pytest_ckpt.audit.formats.torch_archive import duplicated_member
 from pytest_ckpt.audit.nodes import Finding
-from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle, iter_ops
+from pytest_ckpt.audit.opcodes import CODE_RUNNING, MalformedPickle, TruncatedPickle, iter_ops
 
 SERIALIZED = ":serialized:"
 MAX_MEMBERS = 10_000
 MAX_DATA_BYTES = 64 << 20  # the JSON `data` member
 MAX_IN_MEMORY = 256 << 20  # a .pth member up to this size is read into memory, else streamed
-# opcodes through which a pickle can import or call something
-_CODE_OPS = frozenset(
-    {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX",
-     "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"}
-)  # fmt: skip
 _FIX = (
     "load it only if you trust where it came from, or pass this key in custom_objects= "
     "(SB3 then skips unpickling it); to share weights, save policy.state_dict() instead"
@@ -203,7 +198,7 @@ def _what_it_imports(blob: bytes, allowlist: Allowlist) -> tuple[list[str], bool
     report = audit_file(stream, allowlist=allowlist)
     names = sorted({f.global_name for f in report.findings if f.global_name})
     try:
-        calls = any(op.name in _CODE_OPS for op in iter_ops(blob))
+        calls = any(op.name in CODE_RUNNING for op in iter_ops(blob))
     except (TruncatedPickle, MalformedPickle):
         calls = True
     return names, calls or bool(names) or report.error is not None

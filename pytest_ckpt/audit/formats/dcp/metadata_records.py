@@ -1,4 +1,4 @@
-"""The records DCP's pickler repeats in `.metadata`, each taken in one regex match.
+"""The records DCP's pickler repeats in `.metadata`, each recognised in one regex match.
 
 A `.metadata` is mostly three records per tensor, each some 20-50 opcodes:
 - a `TensorStorageMetadata` (NEWOBJ, a state dict: its `TensorProperties` built from a
@@ -6,14 +6,19 @@ A `.metadata` is mostly three records per tensor, each some 20-50 opcodes:
 - in `storage_data`, a `MetadataIndex` and a `_StorageInfo`: a class's NEWOBJ and a state
   dict of at most eight plain values (memo GETs, ints, None, booleans, `torch.Size` calls).
 
-`metadata_proof` runs the machine's checks opcode by opcode on everything else; at a GET it
-offers the bytes here. A record is taken only in the shape matched, only when every memo
-entry it reads exists and is what the machine's checks need (an allowed class for NEWOBJ and
-BUILD, an allowed global for REDUCE), and only when the memo is dense (every MEMOIZE of the
-record lands on the next fresh index, as the machine would put it). Its effect is then
-exactly the machine's: the same memo entries (by type), the same object pushed. Anything
-else (a first record that names its globals inline, a frame boundary, a sharded tensor's
-chunk list, an unusual integer width) is left to the opcode loop.
+The pickle machine runs the scan (`metadata_scan`); at each GET it offers the bytes here
+(`DcpRecords.take`). This module only recognises: it decides nothing. The first record of a
+kind is run by the machine itself, on its own (`PickleInterpreter.replay`, torch_rules'
+handlers, from the memo entries the record reads); a record the machine flags is left to
+the opcode loop, which flags it there. A clean one's verdict is kept under what it can
+depend on: the memo entries it reads as classes, callables and keys or values that are not
+strings (by their GET's bytes, until a PUT writes one again), which of its shapes are empty,
+and which of its plain values are strings (a string is a leaf the rules never judge; which
+string changes only labels). A later record with the same key is then taken as the machine
+would run it: its object pushed, its memo entries deferred (`MemoizedRecord`: the first GET
+of one replays the record), and only while the memo is dense, so its MEMOIZEs land where
+the machine's would. Anything else (a first record that names its globals inline, a frame
+boundary, a sharded tensor's chunk list, an unusual integer width) is the opcode loop's.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import re
 import struct
 from typing import Any
 
-from pytest_ckpt.audit.allowlist import Allowlist
-from pytest_ckpt.audit.formats.dcp.metadata_entries import Unproven, newobj_result, reduce_result
+from pytest_ckpt.audit.nodes import Node
+from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, TruncatedPickle
+from pytest_ckpt.audit.tensor_records import DeferredRecord
+from pytest_ckpt.audit.verdict import MemoizedRecord, PickleInterpreter
 
 _GET = rb"(h.|j....)"
 _SMALL_INT = rb"(?:K.|M..|J....)"  # BININT1, BININT2, BININT
@@ -64,117 +71,125 @@ TENSOR_METADATA = re.compile(
     ),
     re.DOTALL,
 )
-_TENSOR_READS = (1, 3, 4, 5, 6, 9, 11, 14)  # keys and the 5-tuple's values, read as they are
+# the groups that are GETs: of a class, a callable, a key or the 5-tuple's values
+_TENSOR_GETS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15)
+_FLAT_GETS = tuple(at for at in range(25) if at % 3 != 2)  # the class; each item's two GETs
+_FLAT_PLAIN = tuple(range(3, 25, 3))  # an item's plain GET (a key or a value)
 
 _LONG_INDEX = struct.Struct("<xI").unpack
+_MISSING = object()
+_GET_CODES = b"hj"  # BINGET, LONG_BINGET: where a record starts
 
 
 def _index(op: bytes) -> int:
     return op[1] if len(op) == 2 else _LONG_INDEX(op)[0]
 
 
-class RecordTaker:
-    """Takes records for one proof run, on its memo (see module docstring).
+class DcpRecords:
+    """The record recogniser of one scan; `take` is the machine's `take_records` hook."""
 
-    What a record writes depends only on its GETs' bytes (which memo entries it reads), on
-    which of its shapes are empty and on those entries' values: `effects` keeps it by
-    `match.groups()`, which holds exactly those, until a PUT may change an entry
-    (`memo_written`); a MEMOIZE on a dense memo only ever adds one.
-    """
+    def __init__(self) -> None:
+        self.order = [(FLAT_OBJECT, _FLAT_GETS), (TENSOR_METADATA, _TENSOR_GETS)]
+        self.taken = 0  # records taken
+        self.replays = 0  # records the machine ran on their own, to learn their verdict
 
-    def __init__(
-        self, data: bytes, allow: Allowlist, memo: dict[int, Any], *, enabled: bool = True
-    ) -> None:
-        self.data, self.allow, self.memo, self.enabled = data, allow, memo, enabled
-        self.put_high = -1  # the highest memo index a PUT (not a MEMOIZE) has written
-        self.effects: dict[tuple[Any, ...], tuple[tuple[Any, ...], str]] = {}
-        self.flat_effects: dict[tuple[Any, ...], tuple[tuple[Any, ...], str]] = {}
-        self.order = [(FLAT_OBJECT, self._flat), (TENSOR_METADATA, self._tensor)]
-        self.taken = 0
-
-    def memo_written(self, index: int) -> None:
-        """A PUT wrote memo `index`: the memo may no longer be dense, and the effects kept
-        may have read the entry it replaced."""
-        self.put_high = max(self.put_high, index)
-        self.effects.clear()
-        self.flat_effects.clear()
-
-    def at_get(self, pos: int, stack: list[Any]) -> int | None:
-        """The offset after the record that starts at this GET, having applied it; None
-        (nothing changed) when there is none to take. Raises Unproven where the machine
-        would flag or raise."""
-        data = self.data
-        after = pos + (2 if data[pos] == 0x68 else 5)
-        if (
-            data[after : after + 2] != b")\x81"
-            or self.put_high >= len(self.memo)
-            or not self.enabled
-        ):
+    def take(self, machine: PickleInterpreter, pos: int, *, named: bool) -> int | None:
+        """The offset after the records that start at this GET, one after another (a
+        `storage_data` is thousands in a row), each applied as the machine would run it;
+        None (nothing changed) when there is none to take."""
+        if named:
             return None
-        first, second = self.order  # the kind taken last first: they come in runs
-        match, validate = first[0].match(data, pos), first[1]
-        if match is None:
-            match, validate = second[0].match(data, pos), second[1]
+        data, memo, stack, clean = machine.data, machine.memo, machine.stack, machine.clean_reads
+        taken = 0
+        while True:
+            after = pos + (2 if data[pos] == 0x68 else 5)
+            if data[after : after + 2] != b")\x81" or machine.memo_sparse:
+                break
+            first, second = self.order  # the kind taken last first: they come in runs
+            match, gets = first[0].match(data, pos), first[1]
             if match is None:
-                return None
-            self.order.reverse()
-        groups = match.groups()
-        effect = self.effects.get(groups) or validate(groups)
-        writes, node = effect
-        memo = self.memo
-        base = len(memo)
-        memo.update(enumerate(writes, base))  # each MEMOIZE, in order
-        stack.append(node)
-        self.taken += 1
-        return match.end()
+                match, gets = second[0].match(data, pos), second[1]
+                if match is None:
+                    break
+                self.order.reverse()
+            end, strings = match.end(), None
+            raw = data[pos:end]  # the same bytes read the same entries: the same verdict
+            known = clean.get(raw)
+            if known is None:
+                groups = match.groups()
+                known = clean.get(groups)
+                if known is None and gets is _FLAT_GETS:  # which strings its plain GETs
+                    key, strings = _string_reads(memo, groups)  # read: not a part
+                    known = clean.get(key) or self._learn(machine, key, gets, match)
+                elif known is None:
+                    known = self._learn(machine, groups, gets, match)
+                if known is None:
+                    break
+                if strings is None:
+                    clean[raw] = known
+            writes, type_name, shape, reads = known
+            if strings:
+                reads = {**reads, **strings}
+            base = len(memo)
+            node = Node(type_name)
+            node.shape = shape
+            memo[base] = node  # the NEWOBJ's own MEMOIZE: the object pushed
+            record = MemoizedRecord(pos, end, reads, node, base - len(reads))
+            for index in range(base + 1, base + writes):
+                memo[index] = record
+            stack.append(node)
+            taken += 1
+            pos = end
+            if pos >= len(data) or data[pos] not in _GET_CODES:
+                break
+        if not taken:
+            return None
+        self.taken += taken
+        return pos
 
-    def _read(self, op: bytes) -> Any:
-        """The memo entry a GET of the record reads; only entries from before the record
-        are looked at (one it made itself is not there yet: Unproven, the loop's job)."""
-        index = _index(op)
-        if index not in self.memo:
-            raise Unproven("GET of a memo entry not set before the record")
-        return self.memo[index]
+    def _learn(
+        self, machine: PickleInterpreter, key: tuple[Any, ...], gets: tuple[int, ...], match: Any
+    ) -> tuple[int, str, str, dict[int, Any]] | None:
+        """The machine's verdict on this record, run on its own from the memo entries it
+        reads: (its memo writes, the type and shape of what it pushes, those entries) when
+        clean, kept under `key` until one of them is written again; None when not."""
+        memo, groups = machine.memo, match.groups()
+        reads: dict[int, Any] = {}
+        for at in gets:
+            if groups[at] is not None:
+                index = _index(groups[at])
+                value = memo.get(index, _MISSING)
+                if value is _MISSING or isinstance(value, DeferredRecord):
+                    return None  # the machine raises there, or builds the entry first
+                reads[index] = value
+        self.replays += 1
+        try:
+            replay = machine.replay(match.start(), match.end(), reads, len(memo) - len(reads))
+        except (MalformedPickle, TruncatedPickle):
+            return None  # the opcode loop raises it, where it is
+        root = replay.end_value
+        if replay.findings or replay.stack or replay.metastack or not isinstance(root, Node):
+            return None
+        known = (len(replay.memo) - len(reads), root.type_name, root.shape, reads)
+        machine.guarded.update(reads)
+        machine.clean_reads[key] = machine.clean_reads[groups] = known
+        return known
 
-    def _size_call(self, op: bytes, empty: bytes | None, writes: list[Any]) -> None:
-        result = reduce_result(self.allow, self._read(op))
-        if empty is None:  # a non-empty shape tuple is memoized
-            writes.append("builtins.tuple")
-        writes += ["builtins.tuple", result]
 
-    def _flat(self, groups: tuple[Any, ...]) -> tuple[tuple[Any, ...], str]:
-        """A flat object's effect. Its plain GETs (a MetadataIndex's fqn: another one each
-        time) need only their entry to exist; the effect is kept by the rest of the groups."""
-        key = (groups[0], groups[1::3], groups[2::3])
-        effect = self.flat_effects.get(key)
-        if effect is not None:
-            for plain_get in groups[3::3]:
-                if plain_get is not None:
-                    self._read(plain_get)
-            return effect
-        node = newobj_result(self.allow, self._read(groups[0]))
-        writes: list[Any] = [node, "builtins.dict"]
-        for at in range(1, len(groups), 3):
-            size_get, empty, plain_get = groups[at : at + 3]
-            if size_get is not None:
-                self._size_call(size_get, empty, writes)
-            elif plain_get is not None:
-                self._read(plain_get)
-        effect = (tuple(writes), node)
-        self.effects[groups] = self.flat_effects[key] = effect
-        return effect
-
-    def _tensor(self, groups: tuple[Any, ...]) -> tuple[tuple[Any, ...], str]:
-        for at in _TENSOR_READS:
-            self._read(groups[at])
-        node, properties, chunk = (
-            newobj_result(self.allow, self._read(groups[at])) for at in (0, 2, 10)
-        )
-        writes: list[Any] = [node, "builtins.dict", properties, "builtins.tuple"]
-        self._size_call(groups[7], groups[8], writes)
-        writes += ["builtins.list", chunk, "builtins.dict"]
-        self._size_call(groups[12], groups[13], writes)
-        self._size_call(groups[15], groups[16], writes)
-        effect = (tuple(writes), node)
-        self.effects[groups] = effect
-        return effect
+def _string_reads(
+    memo: dict[int, Any], groups: tuple[Any, ...]
+) -> tuple[tuple[Any, ...], dict[int, Any] | None]:
+    """A flat object's key (its groups, each plain GET that reads a string replaced by the
+    string's kind) and those strings by memo index."""
+    key, strings = list(groups), None
+    for at in _FLAT_PLAIN:
+        op = groups[at]
+        if op is not None:
+            index = op[1] if len(op) == 2 else _LONG_INDEX(op)[0]
+            value = memo.get(index)
+            if type(value) is Blob:
+                key[at] = value.kind
+                if strings is None:
+                    strings = {}
+                strings[index] = value
+    return tuple(key), strings

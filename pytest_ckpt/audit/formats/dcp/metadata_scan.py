@@ -14,21 +14,40 @@ from __future__ import annotations
 
 from pytest_ckpt.audit.advice import is_dangerous
 from pytest_ckpt.audit.formats.dcp.metadata_allowlist import DcpAllowlist
-from pytest_ckpt.audit.formats.dcp.metadata_proof import proves_clean
+from pytest_ckpt.audit.formats.dcp.metadata_records import DcpRecords
 from pytest_ckpt.audit.nodes import Finding, Node
-from pytest_ckpt.audit.opcodes import Op
-from pytest_ckpt.audit.verdict import PickleInterpreter
+from pytest_ckpt.audit.opcodes import MalformedPickle, Op, TruncatedPickle
+from pytest_ckpt.audit.verdict import PickleInterpreter, gc_paused
 
 METADATA = ".metadata"
 
 
+class _Flagged(Exception):
+    """The run with records found something: the run without them decides."""
+
+
 class DcpMetadataInterpreter(PickleInterpreter):
-    """The auditor's symbolic run with Python's opcode set and no torch tensor records."""
+    """The auditor's symbolic run with Python's opcode set and no torch tensor records;
+    `records` lets DCP's own records (`metadata_records`) skip the opcode loop."""
 
     ACCEPTED = None
 
-    def __init__(self, data: bytes, allowlist: DcpAllowlist) -> None:
+    def __init__(self, data: bytes, allowlist: DcpAllowlist, *, records: bool = False) -> None:
         super().__init__(data, allowlist.static, fast_records=False)
+        self.dcp_allowlist = allowlist
+        self.records = DcpRecords() if records else None
+        if self.records is not None:
+            self.take_records = self.records.take
+
+    def new_replay(self, data: bytes) -> PickleInterpreter:
+        return DcpMetadataInterpreter(data, self.dcp_allowlist)
+
+    def _flag(self, node: Node | None, finding: Finding) -> None:
+        """With records on, the first finding ends the run: the run without them reports
+        every finding by path (`scan_metadata`), so nothing after it is worth running."""
+        super()._flag(node, finding)
+        if self.records is not None:
+            raise _Flagged
 
     def _op_BINPERSID(self, op: Op) -> None:
         self._pop(op)
@@ -79,11 +98,24 @@ def scan_metadata(data: bytes, allowlist: DcpAllowlist) -> list[Finding]:
     it may be unpickled. Raises TruncatedPickle or MalformedPickle for a broken pickle.
 
     A clean `.metadata` (the common case, and the costly one: some 65 opcodes a tensor) is
-    answered by `metadata_proof` without the machine; anything it cannot prove clean gets
-    the machine's full run, whose findings and errors are the answer."""
-    if proves_clean(data, allowlist.static):
+    answered by one run of the machine with DCP's records taken whole (`metadata_records`);
+    anything else (a finding, an error) gets the machine's run without them, whose findings
+    by path and errors are the answer."""
+    if runs_clean(data, allowlist):
         return []
     return scan_metadata_general(data, allowlist)
+
+
+def runs_clean(data: bytes, allowlist: DcpAllowlist) -> bool:
+    """Whether the machine, taking DCP's records whole, runs `data` to STOP with nothing
+    flagged (False on any finding or error: the run without records then decides)."""
+    fast = DcpMetadataInterpreter(data, allowlist, records=True)
+    try:
+        with gc_paused():
+            fast.execute()
+    except (TruncatedPickle, MalformedPickle, _Flagged):
+        return False
+    return fast.flags == 0 and not fast.loose
 
 
 def scan_metadata_general(data: bytes, allowlist: DcpAllowlist) -> list[Finding]:
