@@ -2,6 +2,16 @@
 
     .venv/bin/python benchmarks/audit_speed.py [--gigabytes 1.0] [--repeat 3]
         [--variant clean|dirty|exotic ...]
+    .venv/bin/python benchmarks/audit_speed.py --rows [--repeat 3]
+    .venv/bin/python benchmarks/audit_speed.py --corpus
+
+`--rows`: ordinary files of 4096 small tensors that also hold one thing each (nothing, a
+torch.Size, a torch.device, nn.Parameters instead of tensors, a complex + a bytes + a set;
+and a dirty file of 256 tensors + 50 datetime.date), each timed in one process against
+torch's lister and torch.load(weights_only=True) (median of `--repeat`, after one warm-up),
+with whether the audit ran stage 2 (torch's own unpickler). Targets: audit <= 2x lister and
+<= 0.2x load. `--corpus`: what fraction of generated ordinary checkpoints (`ordinary_files`)
+still enters stage 2. Both count stage 2 by wrapping the audit's calls into `oracle`.
 
 Builds two checkpoints of about `--gigabytes` each in a temp dir (256 tensors; 4096 tensors)
 per variant: `clean` (a state dict of tensors), `dirty` (the same plus one datetime.date at
@@ -90,8 +100,103 @@ def measure(what: str, path: Path, repeat: int) -> dict[str, float]:
     return {"seconds": best["seconds"], "rss": max(r["rss_above_torch_mb"] for r in runs)}
 
 
+ROW_MEASURE = textwrap.dedent(
+    """
+    import json, statistics, sys, time
+    import torch
+    import pytest_ckpt.audit as audit
+
+    stage2 = []  # the audit's calls into torch's unpickler (oracle), counted here
+    for name in ("zip_refusal", "legacy_refusal"):
+        real = getattr(audit, name)
+        def counted(*args, _real=real, **kwargs):
+            stage2.append(1)
+            return _real(*args, **kwargs)
+        setattr(audit, name, counted)
+
+    def load(path):
+        try:
+            torch.load(path, weights_only=True)
+        except Exception:  # a dirty file: timed up to torch's refusal
+            pass
+
+    steps = {
+        "load": load,
+        "lister": torch.serialization.get_unsafe_globals_in_checkpoint,
+        "audit": audit.audit_file,
+    }
+    path, repeat = sys.argv[1], int(sys.argv[2])
+    times = {name: [] for name in steps}
+    for round in range(repeat + 1):  # round 0 warms up (imports, the allowlist)
+        for name, step in steps.items():
+            del stage2[:]
+            start = time.perf_counter()
+            step(path)
+            if round:
+                times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(json.dumps({**medians, "stage2": bool(stage2)}))
+    """
+)
+
+
+def _row_state(row: str, tensors: int, numel: int) -> dict[str, object]:
+    """A state dict of `tensors` small tensors that also holds what `row` names."""
+    import datetime
+
+    import torch
+
+    if row == "parameters":
+        return {f"layer{i}.weight": torch.nn.Parameter(torch.randn(numel)) for i in range(tensors)}
+    state: dict[str, object] = {f"layer{i}.weight": torch.randn(numel) for i in range(tensors)}
+    if row == "size":
+        state["zz.shape"] = torch.Size([2, 3])
+    elif row == "device":
+        state["zz.device"] = torch.device("cpu")
+    elif row == "complex-bytes-set":
+        state.update({"zz.complex": 1 + 2j, "zz.bytes": b"\x00ab", "zz.set": {1, 2, 3}})
+    elif row == "dirty":
+        state.update({f"zz.when{i}": datetime.date(2026, 1, 1 + i % 28) for i in range(50)})
+    return state
+
+
+ROWS = {  # row -> (tensors, what the row's file also holds)
+    "nothing": (4096, "nothing (plain state dict)"),
+    "size": (4096, "a torch.Size"),
+    "device": (4096, "a torch.device"),
+    "parameters": (4096, "nn.Parameters instead of tensors"),
+    "complex-bytes-set": (4096, "a complex, a bytes, a set"),
+    "dirty": (256, "256 tensors + 50 datetime.date (findings)"),
+}
+
+
+def rows(repeat: int, numel: int = 64) -> None:
+    """The ordinary-file rows: audit / lister and audit / load, measured in one process."""
+    import torch
+
+    print(f"median of {repeat} in one process per row, {numel} floats per tensor")
+    print(f"{'the file also holds':44} {'audit/lister':>12} {'audit/load':>10} {'stage 2':>8}")
+    with tempfile.TemporaryDirectory(prefix="audit-rows-") as tmp:
+        for row, (tensors, label) in ROWS.items():
+            path = Path(tmp, f"{row}.pt")
+            torch.save(_row_state(row, tensors, numel), path)
+            out = subprocess.run(
+                [sys.executable, "-c", ROW_MEASURE, str(path), str(repeat)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            got = json.loads(out.stdout)
+            print(
+                f"{label:44} {got['audit'] / got['lister']:11.2f}x "
+                f"{got['audit'] / got['load']:9.3f}x {'yes' if got['stage2'] else 'no':>8}"
+                f"   (audit {got['audit'] * 1e3:.1f} ms)"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", action="store_true", help="the ordinary-file rows")
     parser.add_argument("--gigabytes", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
@@ -101,6 +206,9 @@ def main() -> None:
         help="which files to build (repeatable; default: clean and dirty)",
     )
     args = parser.parse_args()
+    if args.rows:
+        rows(args.repeat)
+        return
     total = int(args.gigabytes * (1 << 30))
     runs = [(v, t) for v in args.variant or ["clean", "dirty"] for t in (256, 4096)]
     with tempfile.TemporaryDirectory(prefix="audit-speed-") as tmp:
