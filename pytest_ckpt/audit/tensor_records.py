@@ -77,6 +77,7 @@ class Interpreter(Protocol):
     allow: Allowlist
     storage_sizes: Mapping[str, int] | None
     storage_decls: dict[str, tuple[str, int]]  # key -> its first (storage type, numel)
+    grad_tensors: dict[int, Node]  # plain tensors whose dtype can require grad (the gate's)
     map_location: str | None
     clean_reads: dict[tuple[bytes, ...], tuple]  # validated reads, by the GETs' bytes
     guarded: set[int]  # memo entries clean_reads depends on
@@ -111,6 +112,7 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     """
     data, memo, stack, guarded = interp.data, interp.memo, interp.stack, interp.guarded
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
+    grad_tensors, grad_storages = interp.grad_tensors, interp.allow.grad_storages
     taken = 0
     while True:
         record_start, name_index, name = pos, None, None
@@ -132,7 +134,7 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
         if cached is None:
             break
         reads, rebuild, hooks, storage_type, element_size = cached
-        if grad_op == b"\x88" and storage_type.name not in interp.allow.grad_storages:
+        if grad_op == b"\x88" and storage_type.name not in grad_storages:
             break  # torch: only floating point and complex tensors can require grad
         if rebuild.findings or hooks.findings or storage_type.findings:
             break  # flagged since (BUILD or APPEND onto them): the interpreter's job
@@ -168,6 +170,8 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             memo[index] = record
         if tensor_index is not None:
             memo[tensor_index] = tensor
+        if storage_type.name in grad_storages:
+            grad_tensors[id(tensor)] = tensor
         stack.append(tensor)
         taken += 1
         pos = end
