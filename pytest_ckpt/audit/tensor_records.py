@@ -22,7 +22,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from pytest_ckpt.audit.allowlist import ORDERED_DICT, TENSOR, Allowlist
+from pytest_ckpt.audit.allowlist import ORDERED_DICT, PARAMETER, TENSOR, Allowlist
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Node, value_is
 from pytest_ckpt.audit.opcodes import PREVIEW, Blob, new_blob
 
@@ -65,6 +65,14 @@ _RECORD = b"".join(
     ]
 )
 TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
+# An nn.Parameter as torch.save writes it: `_rebuild_parameter(<tensor record>,
+# requires_grad, OrderedDict())`, groups 1 (the GET of _rebuild_parameter), 2-20 (the
+# tensor's, as above), 21 requires_grad, 22 OrderedDict's GET, 23-25 the three PUTs.
+PARAMETER_RECORD = re.compile(
+    _GET + _RECORD + rb"([\x88\x89])" + _GET + rb"\)R" + _PUT + rb"\x87" + _PUT + rb"R" + _PUT,
+    re.DOTALL,
+)
+REBUILD_PARAMETER = "torch._utils._rebuild_parameter"
 
 
 class Interpreter(Protocol):
@@ -115,20 +123,15 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     grad_tensors, grad_storages = interp.grad_tensors, interp.allow.grad_storages
     taken = 0
     while True:
-        record_start, name_index, name = pos, None, None
-        if named:  # BINUNICODE <4-byte length> <name> [BINPUT|LONG_BINPUT], read in place
-            entry = _entry_name(data, pos, size)
-            if entry is None:
-                break
-            record_start, name_index, name = entry
-        match = TENSOR_RECORD.match(data, record_start)
-        if match is None:
+        at = _record_at(data, pos, size, named)
+        if at is None:
             break
+        record_start, name_index, name, groups, outer, end, key_start = at
         (
             rebuild_get, tag_get, type_get, new_key, key_put, key_get, location_get, numel_op,
             id_put, offset_op, size_shape, size_put, stride_shape, stride_put, grad_op,
             hooks_get, hooks_put, args_put, tensor_put,
-        ) = match.groups()  # fmt: skip
+        ) = groups  # fmt: skip
         signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
         cached = clean_reads.get(signature) or _validated_reads(interp, signature)
         if cached is None:
@@ -149,15 +152,20 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             (size_shape, stride_shape),
         ):  # fmt: skip
             break  # the interpreter reports it, on the storage node, with its path
-        put_ops = (id_put, size_put, stride_put, hooks_put, args_put)
+        put_ops: tuple[bytes | None, ...] = (id_put, size_put, stride_put, hooks_put, args_put)
         key_index = None if key_put is None else _index(key_put)
+        if outer:  # the tensor is the Parameter's data; the Parameter is what is pushed
+            parameter_reads = _parameter_reads(interp, outer, storage_type.name)
+            if parameter_reads is None:
+                break
+            reads = {**reads, **parameter_reads}
+            put_ops, tensor_put = (*put_ops, tensor_put, outer[22], outer[23]), outer[24]
         tensor_index = None if tensor_put is None else _index(tensor_put)
         puts = _record_puts(put_ops, guarded, (name_index, key_index, tensor_index))
         if puts is None or (key_get is not None and index in puts):
             break  # overwrites what records read, or reads what it wrote: the interpreter's
         # Taken: from here on, only what the interpreter would have done.
-        end = match.end()
-        tensor = Node(TENSOR)
+        tensor = Node(PARAMETER if outer else TENSOR)
         record = DeferredRecord(record_start, end, reads, tensor)
         if name is not None:
             blob = new_blob(Blob, ("str", data[pos + 1], name, pos + 5))
@@ -165,12 +173,12 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             if name_index is not None:
                 memo[name_index] = blob
         if key_index is not None:  # a value, cheap to make: shared storages stay on this path
-            memo[key_index] = new_blob(Blob, ("str", len(key), key, match.start(4) + 5))
+            memo[key_index] = new_blob(Blob, ("str", len(key), key, key_start + 5))
         for index in puts:
             memo[index] = record
         if tensor_index is not None:
             memo[tensor_index] = tensor
-        if storage_type.name in grad_storages:
+        if storage_type.name in grad_storages and not outer:
             grad_tensors[id(tensor)] = tensor
         stack.append(tensor)
         taken += 1
@@ -215,6 +223,47 @@ def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple
     cached = (reads, rebuild, hooks, storage_type, element_size)
     interp.clean_reads[signature] = cached
     return cached
+
+
+def _record_at(data: bytes, pos: int, size: int, named: bool) -> tuple | None:
+    """The record at `pos` (after its entry's name when `named`: BINUNICODE <4-byte length>
+    <name> [BINPUT|LONG_BINPUT], read in place), or None: (where it starts, the name's memo
+    index, the name, its tensor's groups as TENSOR_RECORD numbers them, a Parameter's own
+    groups around them or (), where it ends, where its new storage key's opcode starts)."""
+    record_start, name_index, name = pos, None, None
+    if named:
+        entry = _entry_name(data, pos, size)
+        if entry is None:
+            return None
+        record_start, name_index, name = entry
+    match = TENSOR_RECORD.match(data, record_start)
+    if match is not None:
+        return record_start, name_index, name, match.groups(), (), match.end(), match.start(4)
+    match = PARAMETER_RECORD.match(data, record_start)
+    if match is None:
+        return None
+    outer = match.groups()
+    return record_start, name_index, name, outer[1:20], outer, match.end(), match.start(5)
+
+
+def _parameter_reads(interp: Interpreter, outer: tuple, storage_type: str) -> dict | None:
+    """The memo values a Parameter record reads besides its tensor's (`_rebuild_parameter`
+    and the hooks' OrderedDict), if they are the globals torch.save writes and the
+    requires_grad it sets is one torch accepts for the storage's dtype; guarded like the
+    tensor's reads. Clean copies stand in for the globals in replays (`_validated_reads`)."""
+    if outer[20] == b"\x88" and storage_type not in interp.allow.grad_storages:
+        return None  # torch: only floating point and complex tensors can require grad
+    parameter_index, hooks_index = _index(outer[0]), _index(outer[21])
+    parameter, hooks = interp.memo.get(parameter_index), interp.memo.get(hooks_index)
+    if not (
+        _is_clean_global(parameter, REBUILD_PARAMETER) and _is_clean_global(hooks, ORDERED_DICT)
+    ):
+        return None
+    interp.guarded.update((parameter_index, hooks_index))
+    return {
+        parameter_index: Node(GLOBAL_TYPE, name=REBUILD_PARAMETER),
+        hooks_index: Node(GLOBAL_TYPE, name=ORDERED_DICT),
+    }
 
 
 _EXTENTS: dict[tuple[bytes, bytes], int] = {}  # (size, stride) opcodes -> elements spanned
