@@ -28,7 +28,8 @@ from pytest_ckpt.audit.opcodes import PREVIEW, Blob, new_blob
 
 REBUILD_TENSOR_V2 = "torch._utils._rebuild_tensor_v2"
 _BININT = ord("J")  # the one signed integer opcode of the three
-_BINUNICODE, _BINPUT, _LONG_BINPUT = ord("X"), ord("q"), ord("r")
+_BINUNICODE, _BINPUT, _LONG_BINPUT, _BINGET = ord("X"), ord("q"), ord("r"), ord("h")
+_NEXT = (b"(", b"h", b"j")  # what follows a record's first GET: MARK, or a Parameter's GET
 _LONG_INDEX = struct.Struct("<xI").unpack  # a 5-byte LONG_BINGET / LONG_BINPUT
 _FIVE_LONG_PUTS = struct.Struct("<" + "xI" * 5).unpack
 
@@ -110,15 +111,15 @@ class DeferredRecord:
 
 
 def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | None:
-    """Apply the clean tensor records that start at `pos`, one after another, to `interp`
-    (each tensor pushed, the record's other memo entries deferred) and return the offset
-    after the last; None, having changed nothing, when the first is not one.
-
-    `named`: each record is a state dict entry, preceded by its name (a BINUNICODE and its
-    PUT), which is pushed before the tensor. The loop keeps the interpreter's state in locals:
-    a state dict is thousands of entries in a row.
-    """
-    data, memo, stack, guarded = interp.data, interp.memo, interp.stack, interp.guarded
+    """Apply the clean tensor (or Parameter) records that start at `pos`, one after another,
+    to `interp` (each pushed, the record's other memo entries deferred) and return the offset
+    after the last; None, having changed nothing, when the first is not one. `named`: each
+    is a state dict entry, its name (a BINUNICODE and its PUT) pushed first. The loop keeps
+    the interpreter's state in locals: a state dict is thousands of entries in a row."""
+    data = interp.data
+    if not named and data[pos + (2 if data[pos] == _BINGET else 5) : pos + 6][:1] not in _NEXT:
+        return None  # most GETs start no record: answered before the set-up below
+    memo, stack, guarded = interp.memo, interp.stack, interp.guarded
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
     grad_tensors, grad_storages = interp.grad_tensors, interp.allow.grad_storages
     taken = 0
