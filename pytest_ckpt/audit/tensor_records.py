@@ -1,18 +1,16 @@
-"""The auditor's fast path: one regex match for each tensor `torch.save` writes.
+"""The auditor's fast path: one regex match for each tensor (or Parameter) torch.save writes.
 
 A state dict is mostly the same ~30 opcodes per tensor (`_rebuild_tensor_v2` on a persistent
-storage id, sizes, strides, requires_grad, an empty OrderedDict of hooks). Interpreting them
-one by one costs ~30 us per tensor in Python; matching the whole record with one compiled
-regex and checking the few values it reads from the memo costs a few.
-
+storage id, sizes, strides, requires_grad, an empty OrderedDict of hooks): ~30 us each in
+Python, against a few for one compiled regex and the few memo values it reads.
 The fast path only *recognises* records; it never decides anything the interpreter would
 decide differently. A record is taken only when it is provably clean: every value it reads
 from the memo is the allowed global or string torch expects, and its storage passes the
 size check. Anything else, down to an unusual integer width, is left to the interpreter.
 What the record writes to the memo besides the tensor is deferred: a `DeferredRecord` keeps
 what the record read, and the first GET of one of its entries replays the record's bytes
-through the interpreter (`verdict.PickleInterpreter.memo_get`), so every value anyone can
-reach is the interpreter's own.
+through the interpreter (`verdict.PickleInterpreter.memo_get`): every value anyone can reach
+is the interpreter's own.
 """
 
 from __future__ import annotations
@@ -31,7 +29,8 @@ _BININT = ord("J")  # the one signed integer opcode of the three
 _BINUNICODE, _BINPUT, _LONG_BINPUT, _BINGET = ord("X"), ord("q"), ord("r"), ord("h")
 _NEXT = (b"(", b"h", b"j")  # what follows a record's first GET: MARK, or a Parameter's GET
 _LONG_INDEX = struct.Struct("<xI").unpack  # a 5-byte LONG_BINGET / LONG_BINPUT
-_FIVE_LONG_PUTS = struct.Struct("<" + "xI" * 5).unpack
+# all of a tensor's five PUTs (a Parameter's eight) in the 4-byte form: one unpack
+_LONG_PUTS = {n: struct.Struct("<" + "xI" * n).unpack for n in (5, 8)}
 
 _GET = rb"(h.|j....)"  # BINGET / LONG_BINGET, captured
 _PUT = rb"(q.|r....)?"  # BINPUT / LONG_BINPUT, captured (absent when the pickler keeps no memo)
@@ -248,23 +247,25 @@ def _record_at(data: bytes, pos: int, size: int, named: bool) -> tuple | None:
 
 
 def _parameter_reads(interp: Interpreter, outer: tuple, storage_type: str) -> dict | None:
-    """The memo values a Parameter record reads besides its tensor's (`_rebuild_parameter`
-    and the hooks' OrderedDict), if they are the globals torch.save writes and the
-    requires_grad it sets is one torch accepts for the storage's dtype; guarded like the
-    tensor's reads. Clean copies stand in for the globals in replays (`_validated_reads`)."""
+    """Stand-ins for what a Parameter record reads besides its tensor (`_rebuild_parameter`,
+    the hooks' OrderedDict) if torch.save wrote them and torch accepts its requires_grad for
+    the dtype; validated, guarded and cached like the tensor's reads (`_validated_reads`)."""
     if outer[20] == b"\x88" and storage_type not in interp.allow.grad_storages:
         return None  # torch: only floating point and complex tensors can require grad
-    parameter_index, hooks_index = _index(outer[0]), _index(outer[21])
-    parameter, hooks = interp.memo.get(parameter_index), interp.memo.get(hooks_index)
-    if not (
-        _is_clean_global(parameter, REBUILD_PARAMETER) and _is_clean_global(hooks, ORDERED_DICT)
-    ):
-        return None
-    interp.guarded.update((parameter_index, hooks_index))
-    return {
-        parameter_index: Node(GLOBAL_TYPE, name=REBUILD_PARAMETER),
-        hooks_index: Node(GLOBAL_TYPE, name=ORDERED_DICT),
-    }
+    signature = (b"P", outer[0], outer[21])
+    cached = interp.clean_reads.get(signature)
+    if cached is None:
+        at, hooks_at = _index(outer[0]), _index(outer[21])
+        parameter, hooks = interp.memo.get(at), interp.memo.get(hooks_at)
+        clean = _is_clean_global(parameter, REBUILD_PARAMETER)
+        if not (clean and _is_clean_global(hooks, ORDERED_DICT)):
+            return None
+        interp.guarded.update((at, hooks_at))
+        reads = {at: Node(GLOBAL_TYPE, name=REBUILD_PARAMETER)}
+        reads[hooks_at] = Node(GLOBAL_TYPE, name=ORDERED_DICT)
+        cached = interp.clean_reads[signature] = (reads, parameter, hooks)
+    stand_ins, parameter, hooks = cached
+    return None if parameter.findings or hooks.findings else stand_ins  # flagged since
 
 
 _EXTENTS: dict[tuple[bytes, bytes], int] = {}  # (size, stride) opcodes -> elements spanned
@@ -371,10 +372,9 @@ def _record_puts(
     """The memo indices a record's PUTs write; None when a write overwrites a value that
     validated records read (the interpreter's PUT then resets the cache)."""
     puts: list[int] | tuple[int, ...]
-    try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
-        # A missing PUT (None) makes join raise TypeError, the fallback: cheaper per record
-        # than testing the five first.
-        puts = _FIVE_LONG_PUTS(b"".join(put_ops))  # type: ignore[arg-type]
+    try:  # all in the 4-byte form (past the first 256 memo entries): one unpack. A missing
+        # PUT (None) makes join raise TypeError, the fallback: cheaper than testing each.
+        puts = _LONG_PUTS[len(put_ops)](b"".join(put_ops))  # type: ignore[arg-type]
     except (TypeError, struct.error):
         puts = [_index(op) for op in put_ops if op is not None]
     if not guarded.isdisjoint(puts) or not guarded.isdisjoint(other_writes):
