@@ -57,6 +57,7 @@ CODE_RUNNING_MODULES = (
     "turtle", "curses", "readline", "rlcompleter", "ensurepip", "venv", "compileall",
     "py_compile", "zipapp", "modulefinder", "imp",
 )  # fmt: skip
+_CODE_RUNNING_MODULES = frozenset(CODE_RUNNING_MODULES)
 CODE_RUNNING_NAMES = frozenset(
     {
         "builtins.eval", "builtins.exec", "builtins.compile", "builtins.open",
@@ -93,7 +94,18 @@ def runs_code(qualname: str) -> bool:
     if qualname in CODE_RUNNING_NAMES:
         return True
     module = qualname.rpartition(".")[0]
-    return any(module == m or module.startswith(m + ".") for m in CODE_RUNNING_MODULES)
+    # the module or a package above it is listed: one set lookup per level of the name, not
+    # one comparison per listed module (a file with findings asks for each of them)
+    return any(prefix in _CODE_RUNNING_MODULES for prefix in _packages_of(module))
+
+
+def _packages_of(module: str) -> Iterator[str]:
+    """`a.b.c` -> `a`, `a.b`, `a.b.c`."""
+    end = module.find(".")
+    while end >= 0:
+        yield module[:end]
+        end = module.find(".", end + 1)
+    yield module
 
 
 def kind_of(qualname: str) -> Kind:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pytest_ckpt.audit.allowlist import ORDERED_DICT, Allowlist
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Node
-from pytest_ckpt.audit.opcodes import Op
+from pytest_ckpt.audit.plain_calls import plain_call
 from pytest_ckpt.audit.tensor_records import REBUILD_TENSOR_V2, loads_here, tensor_extent
 
 _SMALL_ALLOCATION = 1 << 24  # elements: literal sizes an allocating call may ask for
@@ -25,9 +25,11 @@ _ORACLE_WORK = 20_000_000  # item visits torch's unpickler may make for us
 class OracleGate:
     """The static run decides alone only where it mirrors torch exactly: the fast path's tensor
     records (whose storage size, bounds and location it checks), containers of primitives,
-    `OrderedDict()` and BUILD of a dict onto one (a state dict's `_metadata`). Any other call,
-    object creation, state, set, persistent id, or a SETITEM(S) with an odd count or a
-    non-primitive key makes the pickle `exotic`: torch's unpickler decides. It may not run
+    `OrderedDict()`, BUILD of a dict onto one (a state dict's `_metadata`), an empty set, and
+    the calls `plain_calls` models (Size, device, complex, bytes, bytearray, set, Counter,
+    Parameters of plain tensors). Any other call, object creation, state, persistent id, or
+    a SETITEM(S) with an odd count or a non-primitive key makes the pickle `exotic`: torch's
+    unpickler decides. It may not run
     (`oracle_blockers`) where a global is not on torch's own allowlist (a user's --allow name
     is code we do not call), nor where an allocating callable gets a size that is not a small
     literal, or where the calls would visit far more items than the pickle holds: those two
@@ -53,6 +55,10 @@ class OracleGate:
         self.oracle_work = 0
         # id(storage node) -> (numel, storage type), for the tensors judged here
         self.plain_storages: dict[int, tuple[int, str]] = {}
+        # id(tensor node) -> that node, for plain tensors whose dtype can require grad (the
+        # fast path's records too: `tensor_records` fills it), for `_rebuild_parameter`
+        self.grad_tensors: dict[int, Node] = {}
+        self._made_grad_tensor = False  # the last call builds one of those
 
     # ---- what the rules report -----------------------------------------------------------
 
@@ -61,18 +67,16 @@ class OracleGate:
         if name not in self.allow.torch_names:
             self.oracle_blockers.append(f"{name} is not on torch's own allowlist")
 
-    def call(self, func: Any, args: Any, op: Op) -> None:
-        """A REDUCE or NEWOBJ (or one built from them) of `func` on `args`, before it runs."""
+    def call(self, func: Any, args: Any, offset: int, *, reduce: bool) -> None:
+        """A call of `func` on `args` (`func(*args)` when `reduce`, else an object creation,
+        `func.__new__(func, *args)`), before it runs; `made` follows a call with its result."""
         name = func.name if isinstance(func, Node) and func.type_name == GLOBAL_TYPE else None
         items = args.items if isinstance(args, Node) else None
         if isinstance(args, Node) and args.type_name == "builtins.list" and not args.appended:
-            items = []  # func(*[]): torch calls with whatever REDUCE's argument unpacks to
-        plain = op.name == "REDUCE" and (
-            (name == ORDERED_DICT and items == [])
-            or (name == REBUILD_TENSOR_V2 and not func.findings and self._plain_tensor(items))
-        )
-        if not plain:
-            self.exotic = True
+            items = []  # func(*[]): torch calls with whatever the argument unpacks to
+        self._made_grad_tensor = False
+        if not self.exotic:  # once exotic, stage 2 runs whatever the rest holds
+            self.exotic = not self._plain_call(func, name, items, reduce)
         if isinstance(args, Node):
             self.oracle_work += 1 + sum(
                 len(child.children) + child.appended for _label, child in args.children
@@ -86,10 +90,32 @@ class OracleGate:
                     elements = _SMALL_ALLOCATION + 1
             if elements > _SMALL_ALLOCATION:
                 self.resource_problems.append(
-                    f"{name} at offset {op.offset} is called with a size the file chooses "
+                    f"{name} at offset {offset} is called with a size the file chooses "
                     f"(over {_SMALL_ALLOCATION} elements, or not a literal): torch.load "
                     "would allocate it"
                 )
+
+    def made(self, result: Node) -> None:
+        """What the rules built from the call just reported to `call`."""
+        if self._made_grad_tensor:
+            self.grad_tensors[id(result)] = result
+
+    def _plain_call(
+        self, func: Node, name: str | None, items: list[Any] | None, reduce: bool
+    ) -> bool:
+        """Is this call one the static run judges exactly as torch does (`plain_calls`)?
+        Asked only while everything built so far was plain."""
+        if items is None or name is None or func.findings or name not in self.allow.torch_names:
+            return False
+        if name == REBUILD_TENSOR_V2:
+            kind = self._plain_tensor(items) if reduce else None
+            self._made_grad_tensor = kind in self.allow.grad_storages
+            return kind is not None
+        if name == ORDERED_DICT:
+            return reduce and items == []
+        first = items[0] if items else None
+        grad_capable = self.grad_tensors.get(id(first)) is first is not None
+        return plain_call(name, items, reduce, grad_capable)
 
     def build(self, inst: Any, state: Any) -> None:
         """A BUILD of `state` onto `inst`, before it runs."""
@@ -109,8 +135,8 @@ class OracleGate:
             self.exotic = True  # torch: an IndexError, or an unhashable key
 
     def set_made(self) -> None:
-        """An EMPTY_SET: what torch then adds to it is torch's to judge."""
-        self.exotic = True
+        """An empty set: plain. torch accepts no opcode that adds to it (each is refused by
+        name, a finding), and as a key or an argument it is judged there."""
 
     def storage_is_torchs(self, pid: Any) -> bool:
         """A storage id whose type is an object (an object's `.dtype`), not a global: torch's
@@ -142,28 +168,30 @@ class OracleGate:
             return
         self.plain_storages[id(storage)] = (numel, kind.name)
 
-    def _plain_tensor(self, items: list[Any] | None) -> bool:
+    def _plain_tensor(self, items: list[Any]) -> str | None:
         """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)` as
-        torch.save writes it, in bounds of a plain storage (what the fast path takes)."""
-        if items is None or len(items) != 6:
-            return False
+        torch.save writes it, in bounds of a plain storage (what the fast path takes): the
+        storage type's name, or None."""
+        if len(items) != 6:
+            return None
         storage, offset, size, stride, requires_grad, hooks = items
         numel, kind = self.plain_storages.get(id(storage), (None, None))
         if numel is None or type(offset) is not int or type(requires_grad) is not bool:
-            return False
+            return None
         if requires_grad and kind not in self.allow.grad_storages:
-            return False
+            return None
         if not (isinstance(hooks, Node) and hooks.type_name == ORDERED_DICT):
-            return False
+            return None
         shapes = []
         for shape in (size, stride):
             if not (isinstance(shape, Node) and shape.type_name == "builtins.tuple"):
-                return False
+                return None
             if shape.items is None or any(type(v) is not int for v in shape.items):
-                return False
+                return None
             shapes.append(shape.items)
         extent = tensor_extent(*shapes)
-        return extent >= 0 and offset >= 0 and (extent == 0 or offset + extent <= numel)
+        in_bounds = extent >= 0 and offset >= 0 and (extent == 0 or offset + extent <= numel)
+        return kind if in_bounds else None
 
     # ---- what audit_file asks ------------------------------------------------------------
 

@@ -1,18 +1,16 @@
-"""The auditor's fast path: one regex match for each tensor `torch.save` writes.
+"""The auditor's fast path: one regex match for each tensor (or Parameter) torch.save writes.
 
 A state dict is mostly the same ~30 opcodes per tensor (`_rebuild_tensor_v2` on a persistent
-storage id, sizes, strides, requires_grad, an empty OrderedDict of hooks). Interpreting them
-one by one costs ~30 us per tensor in Python; matching the whole record with one compiled
-regex and checking the few values it reads from the memo costs a few.
-
+storage id, sizes, strides, requires_grad, an empty OrderedDict of hooks): ~30 us each in
+Python, against a few for one compiled regex and the few memo values it reads.
 The fast path only *recognises* records; it never decides anything the interpreter would
 decide differently. A record is taken only when it is provably clean: every value it reads
 from the memo is the allowed global or string torch expects, and its storage passes the
 size check. Anything else, down to an unusual integer width, is left to the interpreter.
 What the record writes to the memo besides the tensor is deferred: a `DeferredRecord` keeps
 what the record read, and the first GET of one of its entries replays the record's bytes
-through the interpreter (`verdict.PickleInterpreter.memo_get`), so every value anyone can
-reach is the interpreter's own.
+through the interpreter (`verdict.PickleInterpreter.memo_get`): every value anyone can reach
+is the interpreter's own.
 """
 
 from __future__ import annotations
@@ -22,15 +20,17 @@ import struct
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from pytest_ckpt.audit.allowlist import ORDERED_DICT, TENSOR, Allowlist
+from pytest_ckpt.audit.allowlist import ORDERED_DICT, PARAMETER, TENSOR, Allowlist
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Node, value_is
 from pytest_ckpt.audit.opcodes import PREVIEW, Blob, new_blob
 
 REBUILD_TENSOR_V2 = "torch._utils._rebuild_tensor_v2"
 _BININT = ord("J")  # the one signed integer opcode of the three
-_BINUNICODE, _BINPUT, _LONG_BINPUT = ord("X"), ord("q"), ord("r")
+_BINUNICODE, _BINPUT, _LONG_BINPUT, _BINGET = ord("X"), ord("q"), ord("r"), ord("h")
+_NEXT = (b"(", b"h", b"j")  # what follows a record's first GET: MARK, or a Parameter's GET
 _LONG_INDEX = struct.Struct("<xI").unpack  # a 5-byte LONG_BINGET / LONG_BINPUT
-_FIVE_LONG_PUTS = struct.Struct("<" + "xI" * 5).unpack
+# all of a tensor's five PUTs (a Parameter's eight) in the 4-byte form: one unpack
+_LONG_PUTS = {n: struct.Struct("<" + "xI" * n).unpack for n in (5, 8)}
 
 _GET = rb"(h.|j....)"  # BINGET / LONG_BINGET, captured
 _PUT = rb"(q.|r....)?"  # BINPUT / LONG_BINPUT, captured (absent when the pickler keeps no memo)
@@ -65,6 +65,14 @@ _RECORD = b"".join(
     ]
 )
 TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
+# An nn.Parameter as torch.save writes it: `_rebuild_parameter(<tensor record>,
+# requires_grad, OrderedDict())`, groups 1 (the GET of _rebuild_parameter), 2-20 (the
+# tensor's, as above), 21 requires_grad, 22 OrderedDict's GET, 23-25 the three PUTs.
+PARAMETER_RECORD = re.compile(
+    _GET + _RECORD + rb"([\x88\x89])" + _GET + rb"\)R" + _PUT + rb"\x87" + _PUT + rb"R" + _PUT,
+    re.DOTALL,
+)
+REBUILD_PARAMETER = "torch._utils._rebuild_parameter"
 
 
 class Interpreter(Protocol):
@@ -77,6 +85,7 @@ class Interpreter(Protocol):
     allow: Allowlist
     storage_sizes: Mapping[str, int] | None
     storage_decls: dict[str, tuple[str, int]]  # key -> its first (storage type, numel)
+    grad_tensors: dict[int, Node]  # plain tensors whose dtype can require grad (the gate's)
     map_location: str | None
     clean_reads: dict[tuple[bytes, ...], tuple]  # validated reads, by the GETs' bytes
     guarded: set[int]  # memo entries clean_reads depends on
@@ -101,38 +110,34 @@ class DeferredRecord:
 
 
 def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | None:
-    """Apply the clean tensor records that start at `pos`, one after another, to `interp`
-    (each tensor pushed, the record's other memo entries deferred) and return the offset
-    after the last; None, having changed nothing, when the first is not one.
-
-    `named`: each record is a state dict entry, preceded by its name (a BINUNICODE and its
-    PUT), which is pushed before the tensor. The loop keeps the interpreter's state in locals:
-    a state dict is thousands of entries in a row.
-    """
-    data, memo, stack, guarded = interp.data, interp.memo, interp.stack, interp.guarded
+    """Apply the clean tensor (or Parameter) records that start at `pos`, one after another,
+    to `interp` (each pushed, the record's other memo entries deferred) and return the offset
+    after the last; None, having changed nothing, when the first is not one. `named`: each
+    is a state dict entry, its name (a BINUNICODE and its PUT) pushed first. The loop keeps
+    the interpreter's state in locals: a state dict is thousands of entries in a row."""
+    data = interp.data
+    if not named and data[pos + (2 if data[pos] == _BINGET else 5) : pos + 6][:1] not in _NEXT:
+        return None  # most GETs start no record: answered before the set-up below
+    memo, stack, guarded = interp.memo, interp.stack, interp.guarded
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
+    grad_tensors, grad_storages = interp.grad_tensors, interp.allow.grad_storages
     taken = 0
     while True:
-        record_start, name_index, name = pos, None, None
-        if named:  # BINUNICODE <4-byte length> <name> [BINPUT|LONG_BINPUT], read in place
-            entry = _entry_name(data, pos, size)
-            if entry is None:
-                break
-            record_start, name_index, name = entry
-        match = TENSOR_RECORD.match(data, record_start)
-        if match is None:
+        at = _record_at(data, pos, size, named)
+        if at is None:
             break
+        record_start, name_index, name, groups, outer, end, key_start = at
         (
             rebuild_get, tag_get, type_get, new_key, key_put, key_get, location_get, numel_op,
             id_put, offset_op, size_shape, size_put, stride_shape, stride_put, grad_op,
             hooks_get, hooks_put, args_put, tensor_put,
-        ) = match.groups()  # fmt: skip
+        ) = groups  # fmt: skip
         signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
         cached = clean_reads.get(signature) or _validated_reads(interp, signature)
         if cached is None:
             break
         reads, rebuild, hooks, storage_type, element_size = cached
-        if grad_op == b"\x88" and storage_type.name not in interp.allow.grad_storages:
+        if grad_op == b"\x88" and storage_type.name not in grad_storages:
             break  # torch: only floating point and complex tensors can require grad
         if rebuild.findings or hooks.findings or storage_type.findings:
             break  # flagged since (BUILD or APPEND onto them): the interpreter's job
@@ -147,15 +152,20 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             (size_shape, stride_shape),
         ):  # fmt: skip
             break  # the interpreter reports it, on the storage node, with its path
-        put_ops = (id_put, size_put, stride_put, hooks_put, args_put)
+        put_ops: tuple[bytes | None, ...] = (id_put, size_put, stride_put, hooks_put, args_put)
         key_index = None if key_put is None else _index(key_put)
+        if outer:  # the tensor is the Parameter's data; the Parameter is what is pushed
+            parameter_reads = _parameter_reads(interp, outer, storage_type.name)
+            if parameter_reads is None:
+                break
+            reads = {**reads, **parameter_reads}
+            put_ops, tensor_put = (*put_ops, tensor_put, outer[22], outer[23]), outer[24]
         tensor_index = None if tensor_put is None else _index(tensor_put)
         puts = _record_puts(put_ops, guarded, (name_index, key_index, tensor_index))
         if puts is None or (key_get is not None and index in puts):
             break  # overwrites what records read, or reads what it wrote: the interpreter's
         # Taken: from here on, only what the interpreter would have done.
-        end = match.end()
-        tensor = Node(TENSOR)
+        tensor = Node(PARAMETER if outer else TENSOR)
         record = DeferredRecord(record_start, end, reads, tensor)
         if name is not None:
             blob = new_blob(Blob, ("str", data[pos + 1], name, pos + 5))
@@ -163,11 +173,13 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             if name_index is not None:
                 memo[name_index] = blob
         if key_index is not None:  # a value, cheap to make: shared storages stay on this path
-            memo[key_index] = new_blob(Blob, ("str", len(key), key, match.start(4) + 5))
+            memo[key_index] = new_blob(Blob, ("str", len(key), key, key_start + 5))
         for index in puts:
             memo[index] = record
         if tensor_index is not None:
             memo[tensor_index] = tensor
+        if storage_type.name in grad_storages and not outer:
+            grad_tensors[id(tensor)] = tensor
         stack.append(tensor)
         taken += 1
         pos = end
@@ -211,6 +223,49 @@ def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple
     cached = (reads, rebuild, hooks, storage_type, element_size)
     interp.clean_reads[signature] = cached
     return cached
+
+
+def _record_at(data: bytes, pos: int, size: int, named: bool) -> tuple | None:
+    """The record at `pos` (after its entry's name when `named`: BINUNICODE <4-byte length>
+    <name> [BINPUT|LONG_BINPUT], read in place), or None: (where it starts, the name's memo
+    index, the name, its tensor's groups as TENSOR_RECORD numbers them, a Parameter's own
+    groups around them or (), where it ends, where its new storage key's opcode starts)."""
+    record_start, name_index, name = pos, None, None
+    if named:
+        entry = _entry_name(data, pos, size)
+        if entry is None:
+            return None
+        record_start, name_index, name = entry
+    match = TENSOR_RECORD.match(data, record_start)
+    if match is not None:
+        return record_start, name_index, name, match.groups(), (), match.end(), match.start(4)
+    match = PARAMETER_RECORD.match(data, record_start)
+    if match is None:
+        return None
+    outer = match.groups()
+    return record_start, name_index, name, outer[1:20], outer, match.end(), match.start(5)
+
+
+def _parameter_reads(interp: Interpreter, outer: tuple, storage_type: str) -> dict | None:
+    """Stand-ins for what a Parameter record reads besides its tensor (`_rebuild_parameter`,
+    the hooks' OrderedDict) if torch.save wrote them and torch accepts its requires_grad for
+    the dtype; validated, guarded and cached like the tensor's reads (`_validated_reads`)."""
+    if outer[20] == b"\x88" and storage_type not in interp.allow.grad_storages:
+        return None  # torch: only floating point and complex tensors can require grad
+    signature = (b"P", outer[0], outer[21])
+    cached = interp.clean_reads.get(signature)
+    if cached is None:
+        at, hooks_at = _index(outer[0]), _index(outer[21])
+        parameter, hooks = interp.memo.get(at), interp.memo.get(hooks_at)
+        clean = _is_clean_global(parameter, REBUILD_PARAMETER)
+        if not (clean and _is_clean_global(hooks, ORDERED_DICT)):
+            return None
+        interp.guarded.update((at, hooks_at))
+        reads = {at: Node(GLOBAL_TYPE, name=REBUILD_PARAMETER)}
+        reads[hooks_at] = Node(GLOBAL_TYPE, name=ORDERED_DICT)
+        cached = interp.clean_reads[signature] = (reads, parameter, hooks)
+    stand_ins, parameter, hooks = cached
+    return None if parameter.findings or hooks.findings else stand_ins  # flagged since
 
 
 _EXTENTS: dict[tuple[bytes, bytes], int] = {}  # (size, stride) opcodes -> elements spanned
@@ -317,10 +372,9 @@ def _record_puts(
     """The memo indices a record's PUTs write; None when a write overwrites a value that
     validated records read (the interpreter's PUT then resets the cache)."""
     puts: list[int] | tuple[int, ...]
-    try:  # all five in the 4-byte form (past the first 256 memo entries): one unpack
-        # A missing PUT (None) makes join raise TypeError, the fallback: cheaper per record
-        # than testing the five first.
-        puts = _FIVE_LONG_PUTS(b"".join(put_ops))  # type: ignore[arg-type]
+    try:  # all in the 4-byte form (past the first 256 memo entries): one unpack. A missing
+        # PUT (None) makes join raise TypeError, the fallback: cheaper than testing each.
+        puts = _LONG_PUTS[len(put_ops)](b"".join(put_ops))  # type: ignore[arg-type]
     except (TypeError, struct.error):
         puts = [_index(op) for op in put_ops if op is not None]
     if not guarded.isdisjoint(puts) or not guarded.isdisjoint(other_writes):

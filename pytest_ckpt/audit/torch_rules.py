@@ -98,6 +98,7 @@ class TorchRules(PickleMachine):
         self.map_location = map_location
         self.storage_decls: dict[str, tuple[str, int]] = {}  # key -> first (type, numel)
         self.gate = OracleGate(allowlist, storage_sizes, self.storage_decls, map_location)
+        self.grad_tensors = self.gate.grad_tensors  # the fast path's tensors go in too
         self.loose: list[Finding] = []  # findings with no node to sit on
         self.nodes_with_findings: list[Node] = []
         # id(refused GLOBAL node) -> (that node, the findings its first object took): what
@@ -156,7 +157,7 @@ class TorchRules(PickleMachine):
 
     def _op_NEWOBJ(self, op: Op) -> None:
         if len(self.stack) >= 2:
-            self.gate.call(self.stack[-2], self.stack[-1], op)
+            self.gate.call(self.stack[-2], self.stack[-1], op.offset, reduce=False)
         args = self._pop(op)
         cls = self._pop(op)
         if isinstance(cls, Node) and cls.type_name == GLOBAL_TYPE:
@@ -182,7 +183,7 @@ class TorchRules(PickleMachine):
 
     def _op_REDUCE(self, op: Op) -> None:
         if len(self.stack) >= 2:
-            self.gate.call(self.stack[-2], self.stack[-1], op)
+            self.gate.call(self.stack[-2], self.stack[-1], op.offset, reduce=True)
         args = self._pop(op)
         func = self._top(op)
         items = (args.items if isinstance(args, Node) else None) or [None, None]
@@ -207,6 +208,7 @@ class TorchRules(PickleMachine):
         else:
             result.add_child("(args)", args)
         self.stack[-1] = result
+        self.gate.made(result)
 
     def _op_BUILD(self, op: Op) -> None:
         if len(self.stack) >= 2:

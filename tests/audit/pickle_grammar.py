@@ -6,8 +6,10 @@ REDUCE/NEWOBJ/BUILD/SETITEM(S)/APPEND(S)/MARK/memo operations and tensor records
 well-formed and sometimes not (odd SETITEMS, unhashable keys, wrong arity or argument types,
 BUILD states of the wrong type, out-of-bounds tensor views, storages on devices this host
 lacks), and quantized and nested tensors followed by more objects (torch's unpickler over
-meta storages has no kernels for them: the pass must go on past them, issue 20). Sizes stay
-small: the point is the verdict, not the allocator.
+meta storages has no kernels for them: the pass must go on past them, issue 20). The calls
+ordinary files hold (Size, device, complex, bytes, bytearray, set, Counter, Parameters) come
+with ordinary and odd arguments: the static run judges those alone (`plain_calls`). Sizes
+stay small: the point is the verdict, not the allocator.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ REFUSED = [
     "datetime.date", "collections.deque", "__builtin__.intern", "builtins.getattr",
     "os.getcwd", "argparse.Namespace", "builtins.print",
 ]  # fmt: skip
+ODD_TEXTS = [
+    "cpu", "cuda", "cuda:1", "cuda:-1", "meta", "bogus", "zz", "1+2j", "\u0100", "a\xff", "",
+    "latin1", "inf", "(1+2j)", "cpu:0",
+]  # fmt: skip
 STORAGE_KEY_BYTES = 32  # data/0 of the template archive: 8 float32 / 4 int64
 
 
@@ -49,14 +55,21 @@ def _global(name: str) -> bytes:
 class Grammar:
     """`program()` is one data.pkl. Every choice comes from the seeded `random.Random`."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, *, ordinary: bool = False) -> None:
+        """`ordinary`: each program is a dict of 1-4 ordinary calls (`_ordinary_call`), the
+        shapes the static run judges alone."""
         self.rng = rng
         self.memo: list[int] = []
+        self.ordinary = ordinary
 
     def program(self) -> bytes:
         rng = self.rng
         self.memo = []
         proto = rng.choice([2, 2, 2, 2, 3, 4, 5])
+        if self.ordinary:
+            proto = 2
+            entries = [_uni(f"k{i}") + self._ordinary_call(1) for i in range(rng.randint(1, 4))]
+            return b"\x80\x02}(" + b"".join(entries) + b"u."
         body = self.value(0)
         if rng.random() < 0.1:
             body += rng.choice([b"0", b"2", b"a", b"s", b"b", b"e", b"u", b"R", b"t", b"("])
@@ -69,8 +82,8 @@ class Grammar:
             return self.primitive()
         kind = rng.choices(
             ["primitive", "tuple", "list", "dict", "call", "newobj", "build", "tensor",
-             "memo", "persid", "setitem_target", "no_kernel_then"],
-            weights=[6, 3, 3, 4, 6, 1, 2, 3, 2, 1, 1, 2],
+             "memo", "persid", "setitem_target", "no_kernel_then", "ordinary_call"],
+            weights=[6, 3, 3, 4, 6, 1, 2, 3, 2, 1, 1, 2, 5],
         )[0]  # fmt: skip
         out = getattr(self, "_" + kind)(depth + 1)
         if rng.random() < 0.2 and len(self.memo) < 250:
@@ -244,6 +257,86 @@ class Grammar:
             record = _global("torch._utils._rebuild_parameter") + b"(" + record
             record += rng.choice([b"\x89", b"\x88"]) + hooks + b"tR"
         return record
+
+    def _odd(self, depth: int) -> bytes:
+        """An argument of an ordinary call: mostly what torch.save writes, at times not."""
+        rng = self.rng
+        choice = rng.randrange(8)
+        if choice == 0:
+            return _uni(rng.choice(ODD_TEXTS))
+        if choice == 1:
+            return b"G" + struct.pack(">d", rng.choice([0.5, -1.0, 2.0, float("nan")]))
+        if choice == 2:
+            value = rng.choice([2**40, 2**70, -(2**63), 10**400])
+            raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+            return b"\x8a" + bytes([len(raw)]) + raw
+        if choice == 3:
+            return self._tuple(depth + 2)
+        if choice == 4:
+            return rng.choice([b"N", b"\x88", b"\x89", b")", b"]", b"}", b"\x8f"])
+        if choice == 5 and depth < 3:
+            return self.value(depth + 1)
+        return b"K" + bytes([rng.choice([0, 1, 2, 3, 255])])
+
+    def _ordinary_call(self, depth: int) -> bytes:
+        """Size, device, complex, bytes, bytearray, set, Counter, a Parameter or an empty set,
+        as torch.save writes them or with odd arguments (issue 20)."""
+        rng = self.rng
+        odd = [self._odd(depth) for _ in range(rng.choice([0, 1, 1, 2, 2, 3]))]
+        choice = rng.randrange(9)
+        if choice == 0:
+            ints = b"".join(b"K" + bytes([rng.randrange(5)]) for _ in range(rng.randrange(4)))
+            args = [b"(" + ints + b"t"] if rng.random() < 0.6 else odd
+            return _global("torch.Size") + b"(" + b"".join(args) + b"tR"
+        if choice == 1:
+            args = [_uni(rng.choice(ODD_TEXTS)), *odd[:1]] if rng.random() < 0.6 else odd
+            return _global("torch.device") + b"(" + b"".join(args) + b"tR"
+        if choice == 2:
+            args = odd if rng.random() < 0.5 else [self._odd(depth), self._odd(depth)]
+            return (
+                _global("builtins.complex") + b"(" + b"".join(args) + rng.choice([b"tR", b"t\x81"])
+            )
+        if choice == 3:
+            return self._bytes(depth, odd)
+        if choice == 4:
+            arg = self._bytes(depth, odd) if rng.random() < 0.5 else b"".join(odd[:2])
+            return _global("builtins.bytearray") + b"(" + arg + b"tR"
+        if choice in (5, 6):
+            items = b"".join(rng.choice([self.primitive(), self._odd(depth)]) for _ in odd)
+            arg = rng.choice([b"](" + items + b"e", b"}", b"".join(odd)])
+            name = "builtins.set" if choice == 5 else "collections.Counter"
+            return _global(name) + b"(" + arg + b"tR"
+        if choice == 7:
+            return self._parameter(depth)
+        return b"\x8f"
+
+    def _bytes(self, depth: int, odd: list[bytes]) -> bytes:
+        """`_codecs.encode(text, "latin1")`, how protocol 2 writes bytes, or odder."""
+        rng = self.rng
+        text = _uni(rng.choice(["ab", "\x00\xff", "\u0100", "", "x" * 90]))
+        encoding = _uni(rng.choice(["latin1", "latin1", "latin-1", "utf-8", "rot13", "nope"]))
+        args = [text, encoding] if rng.random() < 0.7 else odd
+        return _global("_codecs.encode") + b"(" + b"".join(args) + b"tR"
+
+    def _parameter(self, depth: int) -> bytes:
+        """`_rebuild_parameter(tensor, requires_grad, hooks)` (or `_with_state`) on float or
+        int storages, with a bool, an int, or another object as requires_grad."""
+        rng = self.rng
+        kind = rng.choice(["torch.FloatStorage", "torch.LongStorage"])
+        hooks = _global("collections.OrderedDict") + b")R"
+        data = (
+            _global("torch._utils._rebuild_tensor_v2") + b"(" + self._view(kind)
+            + rng.choice([b"\x89", b"\x89", b"\x88"]) + hooks + b"tR"
+        )  # fmt: skip
+        if rng.random() < 0.1:
+            data = self._odd(depth)
+        args = data + rng.choice([b"\x88", b"\x89", b"K\x01", b"N"])
+        args += hooks if rng.random() < 0.85 else self._odd(depth)
+        name = "torch._utils._rebuild_parameter"
+        if rng.random() < 0.3:
+            name += "_with_state"
+            args += rng.choice([b"N", b"}", b"}" + _uni("foo") + b"K\x01s", b")", self._odd(depth)])
+        return _global(name) + b"(" + args + b"tR"
 
     def _memo(self, depth: int) -> bytes:
         if self.memo:

@@ -6,6 +6,8 @@ disagreement and prints the cases. The default run is a few hundred seeded cases
 subprocess per batch); the nightly run is 100k:
 
     .venv/bin/python -m pytest -m slow -k differential tests/audit/test_differential_torch.py
+
+(plus 20k dicts of ordinary calls with odd arguments, issue 20).
 """
 
 from __future__ import annotations
@@ -62,20 +64,25 @@ def check(tmp: Path, cases: list) -> None:
     assert len(declined) <= len(cases) // 200, "\n".join(declined[:20])
 
 
-def generated_cases(seed: int, grammar_cases: int, mutation_cases: int) -> list[tuple]:
-    """Grammar programs over an archive holding one 32-byte storage, then mutations of a
-    real save's data.pkl in that save's archive."""
+def generated_cases(
+    seed: int, grammar_cases: int, mutation_cases: int, *, ordinary: int = 0
+) -> list[tuple]:
+    """Grammar programs over an archive holding one 32-byte storage, then `ordinary` dicts of
+    ordinary calls with odd arguments (issue 20), then mutations of a real save's data.pkl in
+    that save's archive."""
     rng = random.Random(seed)
     tensor_members = archive_members({"w": torch.zeros(8)})
     grammar = Grammar(rng)
     cases = [(grammar.program(), tensor_members) for _ in range(grammar_cases)]
+    calls = Grammar(rng, ordinary=True)
+    cases += [(calls.program(), tensor_members) for _ in range(ordinary)]
     real = real_checkpoint()
     cases += [(data, real) for data in mutations(real["data.pkl"], rng, mutation_cases)]
     return cases
 
 
 def test_differential_default_run_has_no_disagreements(tmp_path) -> None:
-    check(tmp_path, generated_cases(seed=14, grammar_cases=250, mutation_cases=150))
+    check(tmp_path, generated_cases(seed=14, grammar_cases=250, mutation_cases=150, ordinary=100))
 
 
 @pytest.mark.slow
@@ -83,3 +90,14 @@ def test_differential_default_run_has_no_disagreements(tmp_path) -> None:
 def test_differential_nightly_100k_has_no_disagreements(tmp_path, batch) -> None:
     """100k cases in 50 batches of 2000 (1200 generated, 800 mutations), a seed per batch."""
     check(tmp_path, generated_cases(seed=1000 + batch, grammar_cases=1200, mutation_cases=800))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", range(10))
+def test_differential_nightly_ordinary_calls_have_no_disagreements(tmp_path, batch) -> None:
+    """20k dicts of ordinary calls with odd arguments (the calls `plain_calls` judges without
+    torch's unpickler), in 10 batches of 2000, a seed per batch."""
+    check(
+        tmp_path,
+        generated_cases(seed=5000 + batch, grammar_cases=0, mutation_cases=0, ordinary=2000),
+    )
