@@ -295,8 +295,6 @@ OPCODE_MODULES = {
     "pytest_ckpt.audit.opcodes",
     "pytest_ckpt.audit.machine",
     "pytest_ckpt.audit.torch_rules",
-    # its "REDUCE" check goes with the stage-2 speed work (another branch): drop it then
-    "pytest_ckpt.audit.stage2_gate",
 }
 
 
