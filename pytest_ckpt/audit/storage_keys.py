@@ -21,7 +21,7 @@ def storage_key(key: Any, data: bytes) -> tuple[Any, str] | None:
     """(what torch caches the storage under, the member name after `data/`) for a key of a
     persistent id in `data`, the pickle; None for a key stage 2 judges.
 
-    Text of any length (a SHORT_BINSTRING too: torch.load decodes it, by default as UTF-8)
+    Text of any length (a protocol-1 byte string too: torch.load decodes it, as UTF-8)
     is read whole from the pickle; an int or bool is its `str`."""
     if type(key) is int or type(key) is bool:
         return key, f"{key}"

@@ -132,3 +132,109 @@ def test_a_tar_named_bin_is_a_checkpoint(tmp_path) -> None:
         info = tarfile.TarInfo("storages")
         archive.addfile(info, io.BytesIO(b""))
     assert is_checkpoint_bin(path, path.stat().st_size)
+
+
+# What random arrays most often look like to a byte-level probe: a run of zeros (an empty tar
+# to `tarfile`), a STACK_GLOBAL or a call before anything is on the stack, a GET of an empty
+# memo. pickle fails on each before an import; torch's tar reader fails on the empty tar.
+LOOK_ALIKES = {
+    "zeros_4k": bytes(4226),
+    "zeros_100k": bytes(100_000),
+    "zeros_then_noise": bytes(1024) + bytes(range(256)) * 8,
+    "stack_global_first": b"\x93" + bytes(range(256)),
+    "stack_global_on_ints": b"K\x01K\x02\x93" + bytes(64),
+    "stack_global_on_one_text": b"X\x01\x00\x00\x00a\x93" + bytes(64),
+    "stack_global_on_a_mark": b"X\x01\x00\x00\x00a(\x93" + bytes(64),
+    "reduce_first": b"K\x01K\x02R" + bytes(64),
+    "get_of_an_empty_memo": b"h\x07\x93" + bytes(64),
+    "pop_of_nothing": b"0c" + b"os\nsystem\n",
+    "stop_of_nothing": b"." + bytes(64),
+    "tar_without_storages": b"",  # filled in by the test: a tar of one member "x"
+}
+
+
+def tar_of(names: list[str]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name in names:
+            archive.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    return out.getvalue()
+
+
+# torch.load of each path, with and without weights_only: nothing may load, nothing may run
+# (a GLOBAL of os.system in a sample would leave the marker file).
+TORCH_LOADS_PATHS = """
+import json, sys, warnings
+import torch
+warnings.simplefilter("ignore")
+loaded = []
+for path in sys.argv[1:]:
+    for weights_only in (True, False):
+        try:
+            torch.load(path, weights_only=weights_only)
+            loaded.append([path, weights_only])
+        except Exception:
+            pass
+print(json.dumps(loaded))
+"""
+
+
+def test_what_random_arrays_look_like_is_not_a_checkpoint_and_nothing_loads_it(tmp_path):
+    paths = []
+    for name, body in LOOK_ALIKES.items():
+        paths.append(tmp_path / f"{name}.bin")
+        paths[-1].write_bytes(body or tar_of(["x"]))
+    called = {path.name: is_checkpoint_bin(path, path.stat().st_size) for path in paths}
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_LOADS_PATHS, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert not (tmp_path / "ran-by-a-sample").exists()
+    assert {name for name, is_one in called.items() if is_one} == set()
+
+
+def test_stack_globals_pickle_can_run_are_still_pickles() -> None:
+    two_texts = b"X\x02\x00\x00\x00osX\x06\x00\x00\x00system\x93"
+    assert may_unpickle(two_texts, len(two_texts))
+    assert may_unpickle(b"(X\x02\x00\x00\x00osq\x00h\x00\x93", 20)  # text from the memo
+    assert may_unpickle(b"U\x02osU\x06system\x93", 12)  # SHORT_BINSTRING: text in py3
+    assert is_checkpoint_bin_bytes(tar_of(["sys_info", "pickle", "tensors", "storages"]))
+    assert is_checkpoint_bin_bytes(tar_of(["./storages"]))
+
+
+def is_checkpoint_bin_bytes(body: bytes) -> bool:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "x.bin")
+        with open(path, "wb") as handle:
+            handle.write(body)
+        return is_checkpoint_bin(path, len(body))
+
+
+def test_what_torch_save_writes_as_bin_is_audited(tmp_path) -> None:
+    """HF `pytorch_model.bin` and `training_args.bin` are torch zips; old ones are legacy
+    pickles (protocol 2 headers, or headerless at protocols 0 and 1)."""
+    from pytest_ckpt.audit.allowlist import load_allowlist
+    from pytest_ckpt.audit.formats.walk import audit_one_file
+
+    state = {"w": torch.zeros(3)}
+    saves = {"zip": {}, "legacy2": {"_use_new_zipfile_serialization": False}}
+    for protocol in (0, 1):
+        saves[f"legacy{protocol}"] = {
+            "_use_new_zipfile_serialization": False,
+            "pickle_protocol": protocol,
+        }
+    for name, kwargs in saves.items():
+        path = tmp_path / f"{name}" / "pytorch_model.bin"
+        path.parent.mkdir()
+        torch.save(state, path, **kwargs)
+        report = audit_one_file(str(path), load_allowlist())
+        assert report.format != "skipped", (name, report)
+        # torch's weights_only unpickler reads protocol 2 only: 0 and 1 are refused
+        assert report.loadable == (name in ("zip", "legacy2")), (name, report)

@@ -80,10 +80,10 @@ class _NotANumber(Exception):
 
 
 class _HeaderMachine(PickleMachine):
-    """The machine with only what every semantics means alike (numbers, None, booleans, MARK,
-    PROTO) and the memo: enough for the legacy header pickles, which hold one number each."""
+    """The machine with only what every semantics means alike (numbers, None, booleans, marks,
+    the protocol) and the memo: enough for the legacy headers, which hold one number each."""
 
-    INLINE = True  # the memo's PUT and GET, as torch's unpickler runs them
+    INLINE = True  # the memo's writes and reads, as torch's unpickler runs them
 
     def unsupported(self, op: Op) -> Exception:
         return _NotANumber()
@@ -92,8 +92,9 @@ class _HeaderMachine(PickleMachine):
 def _first_value(data: bytes, start: int = 0) -> object:
     """The value of a pickle of numbers (the legacy header: torch.load compares it with the
     magic number and the protocol version) as torch's unpickler builds it, memo and all:
-    what STOP takes from the top of the stack. None for any other pickle, and for one longer
-    than `_HEADER_BYTES` (torch.save writes 15 bytes; the bound keeps the stack small)."""
+    what the pickle's end takes from the top of the stack. None for any other pickle, and
+    for one longer than `_HEADER_BYTES` (torch.save writes 15 bytes; the bound keeps the
+    stack small)."""
     window = data[: start + _HEADER_BYTES]
     try:
         return _HeaderMachine(window, start=start).execute()
