@@ -238,3 +238,44 @@ def test_what_torch_save_writes_as_bin_is_audited(tmp_path) -> None:
         assert report.format != "skipped", (name, report)
         # torch's weights_only unpickler reads protocol 2 only: 0 and 1 are refused
         assert report.loadable == (name in ("zip", "legacy2")), (name, report)
+
+
+def stack_programs(count: int, seed: int) -> list[bytes]:
+    """Headerless opcode sequences over the stack, mark and memo opcodes, each ending in
+    an import (STACK_GLOBAL of what is on the stack, or GLOBAL / INST of os.getcwd): the
+    symbolic stack in `headerless_reach` must never call one that pickle imports from
+    "not a pickle"."""
+    rng = random.Random(seed)
+    pieces = [
+        b"X\x02\x00\x00\x00os", b"X\x06\x00\x00\x00getcwd", b"U\x02os", b"K\x01", b"N",
+        b"(", b"0", b"1", b"2", b"t", b"\x85", b"\x86", b"]", b"a", b"e", b"}", b"s", b"u",
+        b"l", b"d", b"q\x00", b"q\x01", b"h\x00", b"h\x01", b"\x94", b"\x8f", b"\x90", b"\x91",
+        b")", b"b", b"\x88",
+    ]  # fmt: skip
+    endings = [b"\x93", b"\x93", b"cos\ngetcwd\n", b"ios\ngetcwd\n"]
+    return [
+        b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 7))) + rng.choice(endings)
+        for _ in range(count)
+    ]
+
+
+def test_the_symbolic_stack_never_skips_what_pickle_imports_from() -> None:
+    blobs = stack_programs(3000, seed=11)
+    called = [may_unpickle(blob, len(blob)) for blob in blobs]
+    result = subprocess.run(
+        [sys.executable, "-c", READERS],
+        input="\n".join(blob.hex() for blob in blobs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    readers = json.loads(result.stdout)
+    wrong = [
+        blob
+        for blob, pickle_like, (imported, _) in zip(blobs, called, readers, strict=True)
+        if imported and not pickle_like
+    ]
+    assert wrong == []
+    assert sum(imported for imported, _ in readers) > 100  # the programs do reach imports
+    assert sum(not c for c in called) > 300  # and many fail before one
