@@ -293,10 +293,13 @@ def headerless_reach(head: bytes) -> Reach:
             if op.arg not in memo:
                 return Reach("fails")
             stack.append(memo[op.arg])
-        elif name in _MEMO_PUTS:
+        elif name in _MEMO_PUTS or name == "DUP":  # both keep what the top is
             if len(stack) <= fence or (op.arg is not None and op.arg < 0):
                 return Reach("fails")
-            memo[len(memo) if op.arg is None else op.arg] = stack[-1]
+            if name == "DUP":
+                stack.append(stack[-1])
+            else:
+                memo[len(memo) if op.arg is None else op.arg] = stack[-1]
         elif not _run_stack_effect(info, op.arg, stack, marks):
             return Reach("fails")
         pos = after

@@ -145,6 +145,7 @@ LOOK_ALIKES = {
     "stack_global_on_ints": b"K\x01K\x02\x93" + bytes(64),
     "stack_global_on_one_text": b"X\x01\x00\x00\x00a\x93" + bytes(64),
     "stack_global_on_a_mark": b"X\x01\x00\x00\x00a(\x93" + bytes(64),
+    "stack_global_on_a_dup_bool": b"\x892\x93\x15%\xbc",  # seed 1 of the benchmark
     "reduce_first": b"K\x01K\x02R" + bytes(64),
     "get_of_an_empty_memo": b"h\x07\x93" + bytes(64),
     "pop_of_nothing": b"0c" + b"os\nsystem\n",
