@@ -22,30 +22,11 @@ PREVIEW = 80  # longest string/bytes value kept (for paths and checks), in chara
 # The opcode names other modules ask about, by what they mean (here, so that only the
 # decoder, the machine and torch's rules know opcodes by name).
 STOP = "STOP"
-NO_VALUE = frozenset({"PROTO", "FRAME", STOP})  # framing: no value a header pickle holds
-LINE_IMPORTS = frozenset({"GLOBAL", "INST"})  # import a module named by two text lines
-STACK_IMPORT = "STACK_GLOBAL"  # imports a module named by two strings on the stack
 # opcodes through which a pickle can import or call something
 CODE_RUNNING = frozenset(
     {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX",
      "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"}
 )  # fmt: skip
-# opcodes whose argument is a length and that many bytes: (width of the length, signed)
-_LENGTH_PREFIX = {
-    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
-    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
-    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
-    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
-}
-
-
-def length_prefix(code: int) -> tuple[int, bool] | None:
-    """For an opcode byte whose argument is a length and that many bytes (BINBYTES,
-    BINUNICODE, LONG4, ...): the length's width in bytes and whether it is signed."""
-    op = _BY_CODE.get(code)
-    if op is None or op.arg is None:
-        return None
-    return _LENGTH_PREFIX.get(op.arg.n)
 
 
 class Op(NamedTuple):
@@ -248,3 +229,130 @@ def end_of_pickle(data: bytes, start: int = 0) -> int:
     """Offset just after the STOP of the pickle starting at `start`."""
     *_, stop = iter_ops(data, start)
     return stop.offset + 1
+
+
+# ---- How far pickle gets through bytes that may not be a pickle at all (`formats.bin_files`)
+
+
+class Reach(NamedTuple):
+    """Where `pickle.load` stops on some bytes (`headerless_reach`). `kind`:
+    - "import": at GLOBAL or INST (`detail`: their two raw lines) or STACK_GLOBAL (None);
+    - "stop": at STOP (`detail`: the value it returns when that is a number, else None);
+    - "needs": pickle goes on only if the file holds `detail` bytes or more;
+    - "fails": pickle raises there, having imported and called nothing."""
+
+    kind: str
+    detail: Any = None
+
+
+_MARK = pickletools.markobject
+# pickletools' names of the stack objects that are never text (STACK_GLOBAL's arguments)
+_NEVER_TEXT = frozenset(
+    ("int", "int_or_bool", "bool", "bytes", "bytearray", "None", "float", "list", "tuple",
+     "dict", "set", "frozenset", "buffer", "mark")
+)  # fmt: skip
+# Need a callable, a class, the copyreg registry (empty), a persistent_load or out-of-band
+# buffers: none exists before the first import, so pickle.load fails at these.
+_FAIL_BEFORE_IMPORT = frozenset(
+    ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID",
+     "NEXT_BUFFER")
+)  # fmt: skip
+_MEMO_PUTS = frozenset(("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"))
+_MEMO_GETS = frozenset(("GET", "BINGET", "LONG_BINGET"))
+# length-prefixed argument kinds: (width of the length, signed)
+_LENGTH_PREFIX = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+
+
+def headerless_reach(head: bytes) -> Reach:
+    """How far `pickle.load` (or torch.load, which reads a non-zip file as pickles) gets
+    through bytes that start with `head`, run symbolically with pickletools' stack effects:
+    the stack (and what may be text on it), MARKs and the memo. Where the stack cannot say
+    whether pickle fails (BUILD on what, APPEND to what), it goes on: the answer errs
+    towards "it may unpickle"."""
+    stack: list[tuple[Any, Any]] = []  # (pickletools stack object, the value if a number)
+    marks: list[int] = []  # stack positions of the MARKs
+    memo: dict[int, tuple[Any, Any]] = {}
+    pos = 0
+    while True:
+        try:
+            op, after = decode_at(head, pos)
+        except (TruncatedPickle, MalformedPickle) as err:
+            return _cut_short(head, pos, truncated=isinstance(err, TruncatedPickle))
+        name, info = op.name, _BY_CODE[head[pos]]
+        fence = marks[-1] + 1 if marks else 0
+        if name in ("GLOBAL", "INST"):
+            if name == "INST" and not marks:
+                return Reach("fails")
+            return Reach("import", head[pos + 1 : after])
+        if name == "STACK_GLOBAL":
+            texts = len(stack) - fence >= 2 and all(
+                s[0].name not in _NEVER_TEXT for s in stack[-2:]
+            )
+            return Reach("import") if texts else Reach("fails")
+        if name == "STOP":
+            return Reach("stop", stack[-1][1]) if len(stack) > fence else Reach("fails")
+        if name in _FAIL_BEFORE_IMPORT or (name == "PROTO" and op.arg > 5):
+            return Reach("fails")
+        if name in _MEMO_GETS:
+            if op.arg not in memo:
+                return Reach("fails")
+            stack.append(memo[op.arg])
+        elif name in _MEMO_PUTS or name == "DUP":  # both keep what the top is
+            if len(stack) <= fence or (op.arg is not None and op.arg < 0):
+                return Reach("fails")
+            if name == "DUP":
+                stack.append(stack[-1])
+            else:
+                memo[len(memo) if op.arg is None else op.arg] = stack[-1]
+        elif not _run_stack_effect(info, op.arg, stack, marks):
+            return Reach("fails")
+        pos = after
+
+
+def _run_stack_effect(info: Any, arg: Any, stack: list, marks: list[int]) -> bool:
+    """Apply one opcode's pickletools stack effect; False where pickle underflows."""
+    before = info.stack_before
+    fence = marks[-1] + 1 if marks else 0
+    if _MARK in before or (info.name == "POP" and len(stack) <= fence):
+        if not marks:
+            return False
+        below = marks.pop()
+        wanted = before.index(_MARK) if _MARK in before else 0
+        if below - (marks[-1] + 1 if marks else 0) < wanted:
+            return False
+        del stack[below - wanted :]
+    else:
+        if len(stack) - fence < len(before):
+            return False
+        if before:
+            del stack[-len(before) :]
+    number = arg if type(arg) is int and len(info.stack_after) == 1 else None
+    for kind in info.stack_after:
+        if kind is _MARK:
+            marks.append(len(stack))
+        stack.append((kind, number))
+    return True
+
+
+def _cut_short(head: bytes, pos: int, *, truncated: bool) -> Reach:
+    """The opcode at `pos` could not be decoded from `head`: what the file must hold for
+    pickle to read it (a length-prefixed one: its declared bytes), or where it fails."""
+    info = _BY_CODE.get(head[pos]) if pos < len(head) else None
+    if info is not None and info.name in _FAIL_BEFORE_IMPORT:
+        return Reach("fails")  # whatever its argument holds
+    prefix = _LENGTH_PREFIX.get(info.arg.n) if info is not None and info.arg else None
+    if prefix is None:
+        return Reach("needs", len(head) + 1) if truncated else Reach("fails")
+    width, signed = prefix
+    if pos + 1 + width > len(head):
+        return Reach("needs", len(head) + 1)
+    declared = int.from_bytes(head[pos + 1 : pos + 1 + width], "little", signed=signed)
+    needs = pos + 1 + width + declared
+    if declared < 0 or (not truncated and needs <= len(head)):
+        return Reach("fails")  # a negative length, or bytes pickle refuses (not UTF-8)
+    return Reach("needs", needs)

@@ -94,6 +94,16 @@ def _storage_dtype(storage_type: Any) -> Any:
     return torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
 
 
+def _formatted_key(key: Any) -> str:
+    """The text torch.load puts after `data/` for a storage key, `f"{key}"`; Unverifiable
+    for a key of another type (a tuple, a tensor: its text could show our meta stand-ins)."""
+    import torch
+
+    if type(key) not in (str, bytes, int, float, complex, bool, type(None), torch.dtype):
+        raise Unverifiable(f"a storage key of type {type(key).__name__}")
+    return f"{key}"
+
+
 def _zip_persistent_load(
     record_sizes: Mapping[str, int], map_location: str | None, really_meta: set[int]
 ) -> Callable[[Any], Any]:
@@ -113,13 +123,13 @@ def _zip_persistent_load(
         if key in loaded:
             return loaded[key]
         nbytes = numel * torch._utils._element_size(dtype)
-        name = f"data/{key}"
-        if key not in record_sizes:
+        name = f"data/{_formatted_key(key)}"  # torch: any key, as f"data/{key}" shows it
+        size = record_sizes.get(name[5:])
+        if size is None:
             raise RuntimeError(f"PytorchStreamReader failed locating file {name}")
-        if record_sizes[key] != nbytes:
+        if size != nbytes:
             raise RuntimeError(
-                f"record size ({record_sizes[key]} bytes) does not match expected size "
-                f"({nbytes} bytes)"
+                f"record size ({size} bytes) does not match expected size ({nbytes} bytes)"
             )
         storage = torch.UntypedStorage(nbytes, device="meta")
         meta = _restore_location(location, map_location)

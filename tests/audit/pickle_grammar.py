@@ -52,6 +52,32 @@ def _global(name: str) -> bytes:
     return b"c" + module.encode() + b"\n" + attr.encode() + b"\n"
 
 
+LONG_KEY = "k" * 100  # a storage key past the 80 characters the auditor keeps of a string
+# Storage keys torch.save never writes, which torch.load reads from member f"data/{key}" and
+# caches under the key itself (`data_members` holds a member for some of them).
+ODD_KEYS = [
+    _uni("7"),  # no such member
+    b"K\x00",  # 0: member data/0
+    b"K\x07",  # 7: no member
+    b"\x88",  # True: member data/True
+    b"\x89",  # False: no member
+    b"U\x010",  # SHORT_BINSTRING "0": text, member data/0
+    _global("_codecs.encode") + _uni("0") + _uni("latin1") + b"\x86R",  # b"0": data/b'0'
+    _global("_codecs.encode") + _uni("7") + _uni("latin1") + b"\x86R",  # b"7": no member
+    _uni(LONG_KEY),  # a member of that name
+    _uni(LONG_KEY + "k"),  # no member
+    b"K\x00\x85",  # (0,): no member (data/(0,))
+    b"]",  # a list: unhashable
+]
+
+
+def data_members(members: dict[str, bytes]) -> dict[str, bytes]:
+    """`members` (an archive holding data/0) with copies of data/0 for the odd keys that
+    name one (`ODD_KEYS`)."""
+    storage = members["data/0"]
+    return {**members, **{f"data/{key}": storage for key in ("True", "b'0'", LONG_KEY)}}
+
+
 class Grammar:
     """`program()` is one data.pkl. Every choice comes from the seeded `random.Random`."""
 
@@ -189,9 +215,9 @@ class Grammar:
             if rng.random() < 0.15:
                 numel += rng.choice([-1, 1, 5])
         location = rng.choices(["cpu", "cuda:0", "meta", "mps", "bogus"], [20, 2, 1, 1, 1])[0]
-        key = "0" if rng.random() < 0.95 else "7"
+        key = _uni("0") if rng.random() < 0.85 else rng.choice(ODD_KEYS)
         return (
-            b"(" + _uni("storage") + _global(kind) + _uni(key) + _uni(location)
+            b"(" + _uni("storage") + _global(kind) + key + _uni(location)
             + b"K" + bytes([max(numel, 0)]) + b"tQ"
         )  # fmt: skip
 

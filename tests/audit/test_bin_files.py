@@ -132,3 +132,151 @@ def test_a_tar_named_bin_is_a_checkpoint(tmp_path) -> None:
         info = tarfile.TarInfo("storages")
         archive.addfile(info, io.BytesIO(b""))
     assert is_checkpoint_bin(path, path.stat().st_size)
+
+
+# What random arrays most often look like to a byte-level probe: a run of zeros (an empty tar
+# to `tarfile`), a STACK_GLOBAL or a call before anything is on the stack, a GET of an empty
+# memo. pickle fails on each before an import; torch's tar reader fails on the empty tar.
+LOOK_ALIKES = {
+    "zeros_4k": bytes(4226),
+    "zeros_100k": bytes(100_000),
+    "zeros_then_noise": bytes(1024) + bytes(range(256)) * 8,
+    "stack_global_first": b"\x93" + bytes(range(256)),
+    "stack_global_on_ints": b"K\x01K\x02\x93" + bytes(64),
+    "stack_global_on_one_text": b"X\x01\x00\x00\x00a\x93" + bytes(64),
+    "stack_global_on_a_mark": b"X\x01\x00\x00\x00a(\x93" + bytes(64),
+    "stack_global_on_a_dup_bool": b"\x892\x93\x15%\xbc",  # seed 1 of the benchmark
+    "reduce_first": b"K\x01K\x02R" + bytes(64),
+    "get_of_an_empty_memo": b"h\x07\x93" + bytes(64),
+    "pop_of_nothing": b"0c" + b"os\nsystem\n",
+    "stop_of_nothing": b"." + bytes(64),
+    "tar_without_storages": b"",  # filled in by the test: a tar of one member "x"
+}
+
+
+def tar_of(names: list[str]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name in names:
+            archive.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    return out.getvalue()
+
+
+# torch.load of each path, with and without weights_only: nothing may load, nothing may run
+# (a GLOBAL of os.system in a sample would leave the marker file).
+TORCH_LOADS_PATHS = """
+import json, sys, warnings
+import torch
+warnings.simplefilter("ignore")
+loaded = []
+for path in sys.argv[1:]:
+    for weights_only in (True, False):
+        try:
+            torch.load(path, weights_only=weights_only)
+            loaded.append([path, weights_only])
+        except Exception:
+            pass
+print(json.dumps(loaded))
+"""
+
+
+def test_what_random_arrays_look_like_is_not_a_checkpoint_and_nothing_loads_it(tmp_path):
+    paths = []
+    for name, body in LOOK_ALIKES.items():
+        paths.append(tmp_path / f"{name}.bin")
+        paths[-1].write_bytes(body or tar_of(["x"]))
+    called = {path.name: is_checkpoint_bin(path, path.stat().st_size) for path in paths}
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_LOADS_PATHS, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert not (tmp_path / "ran-by-a-sample").exists()
+    assert {name for name, is_one in called.items() if is_one} == set()
+
+
+def test_stack_globals_pickle_can_run_are_still_pickles() -> None:
+    two_texts = b"X\x02\x00\x00\x00osX\x06\x00\x00\x00system\x93"
+    assert may_unpickle(two_texts, len(two_texts))
+    assert may_unpickle(b"(X\x02\x00\x00\x00osq\x00h\x00\x93", 20)  # text from the memo
+    assert may_unpickle(b"U\x02osU\x06system\x93", 12)  # SHORT_BINSTRING: text in py3
+    assert is_checkpoint_bin_bytes(tar_of(["sys_info", "pickle", "tensors", "storages"]))
+    assert is_checkpoint_bin_bytes(tar_of(["./storages"]))
+
+
+def is_checkpoint_bin_bytes(body: bytes) -> bool:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "x.bin")
+        with open(path, "wb") as handle:
+            handle.write(body)
+        return is_checkpoint_bin(path, len(body))
+
+
+def test_what_torch_save_writes_as_bin_is_audited(tmp_path) -> None:
+    """HF `pytorch_model.bin` and `training_args.bin` are torch zips; old ones are legacy
+    pickles (protocol 2 headers, or headerless at protocols 0 and 1)."""
+    from pytest_ckpt.audit.allowlist import load_allowlist
+    from pytest_ckpt.audit.formats.walk import audit_one_file
+
+    state = {"w": torch.zeros(3)}
+    saves = {"zip": {}, "legacy2": {"_use_new_zipfile_serialization": False}}
+    for protocol in (0, 1):
+        saves[f"legacy{protocol}"] = {
+            "_use_new_zipfile_serialization": False,
+            "pickle_protocol": protocol,
+        }
+    for name, kwargs in saves.items():
+        path = tmp_path / f"{name}" / "pytorch_model.bin"
+        path.parent.mkdir()
+        torch.save(state, path, **kwargs)
+        report = audit_one_file(str(path), load_allowlist())
+        assert report.format != "skipped", (name, report)
+        # torch's weights_only unpickler reads protocol 2 only: 0 and 1 are refused
+        assert report.loadable == (name in ("zip", "legacy2")), (name, report)
+
+
+def stack_programs(count: int, seed: int) -> list[bytes]:
+    """Headerless opcode sequences over the stack, mark and memo opcodes, each ending in
+    an import (STACK_GLOBAL of what is on the stack, or GLOBAL / INST of os.getcwd): the
+    symbolic stack in `headerless_reach` must never call one that pickle imports from
+    "not a pickle"."""
+    rng = random.Random(seed)
+    pieces = [
+        b"X\x02\x00\x00\x00os", b"X\x06\x00\x00\x00getcwd", b"U\x02os", b"K\x01", b"N",
+        b"(", b"0", b"1", b"2", b"t", b"\x85", b"\x86", b"]", b"a", b"e", b"}", b"s", b"u",
+        b"l", b"d", b"q\x00", b"q\x01", b"h\x00", b"h\x01", b"\x94", b"\x8f", b"\x90", b"\x91",
+        b")", b"b", b"\x88",
+    ]  # fmt: skip
+    endings = [b"\x93", b"\x93", b"cos\ngetcwd\n", b"ios\ngetcwd\n"]
+    return [
+        b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 7))) + rng.choice(endings)
+        for _ in range(count)
+    ]
+
+
+def test_the_symbolic_stack_never_skips_what_pickle_imports_from() -> None:
+    blobs = stack_programs(3000, seed=11)
+    called = [may_unpickle(blob, len(blob)) for blob in blobs]
+    result = subprocess.run(
+        [sys.executable, "-c", READERS],
+        input="\n".join(blob.hex() for blob in blobs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    readers = json.loads(result.stdout)
+    wrong = [
+        blob
+        for blob, pickle_like, (imported, _) in zip(blobs, called, readers, strict=True)
+        if imported and not pickle_like
+    ]
+    assert wrong == []
+    assert sum(imported for imported, _ in readers) > 100  # the programs do reach imports
+    assert sum(not c for c in called) > 300  # and many fail before one

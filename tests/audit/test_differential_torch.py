@@ -22,7 +22,13 @@ import torch
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.allowlist import load_allowlist
 from tests.audit.conftest import torch_verdicts
-from tests.audit.pickle_grammar import Grammar, archive_members, mutations, real_checkpoint
+from tests.audit.pickle_grammar import (
+    Grammar,
+    archive_members,
+    data_members,
+    mutations,
+    real_checkpoint,
+)
 
 ALLOWLIST = load_allowlist()
 
@@ -71,7 +77,7 @@ def generated_cases(
     ordinary calls with odd arguments (issue 20), then mutations of a real save's data.pkl in
     that save's archive."""
     rng = random.Random(seed)
-    tensor_members = archive_members({"w": torch.zeros(8)})
+    tensor_members = data_members(archive_members({"w": torch.zeros(8)}))
     grammar = Grammar(rng)
     cases = [(grammar.program(), tensor_members) for _ in range(grammar_cases)]
     calls = Grammar(rng, ordinary=True)

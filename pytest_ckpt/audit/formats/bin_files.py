@@ -5,78 +5,76 @@ a `.bin` that nothing reads as a checkpoint is "not a checkpoint" (skipped, exit
 `.pt`, `.pth` or `.ckpt` claims to be a checkpoint and stays unreadable when it is not.
 
 This module decides for a `.bin` that is not a zip, safetensors or a pickle with a protocol
-header (2 to 5): those are audited anyway. What is left is audited when it is a tar (torch's
-legacy tar format) or when pickle, reading it as a headerless pickle (protocols 0 and 1),
-could reach an import (GLOBAL or INST of two UTF-8 lines, STACK_GLOBAL) or the legacy magic
-number before failing. The opcodes that call (REDUCE, BUILD, OBJ, NEWOBJ) need a callable
-that only an import puts on the stack, and copyreg's extension registry (EXT1/2/4) is
-empty: bytes that fail before an import run nothing under `pickle.load` or `torch.load`,
-with or without `weights_only`, and torch refuses them.
+header (2 to 5): those are audited anyway. What is left is audited when it is a tar that
+holds the `storages` member torch's legacy tar reader extracts first (a run of zeros is an
+empty tar to `tarfile`, and torch fails on it with a KeyError), or when pickle, reading it
+as a headerless pickle (protocols 0 and 1), could reach an import (of two non-empty UTF-8
+names) or a whole pickle of the legacy magic number before failing
+(`opcodes.headerless_reach`, which runs the stack and memo symbolically: bytes that
+underflow the stack fail there). Calls need a callable that only an import puts on the
+stack, and copyreg's extension registry is empty: bytes that fail before an import run
+nothing under `pickle.load` or `torch.load`, with or without `weights_only`, and torch
+refuses them.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 
-from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC, is_tar
-from pytest_ckpt.audit.opcodes import (
-    LINE_IMPORTS,
-    NO_VALUE,
-    STACK_IMPORT,
-    STOP,
-    decode_at,
-    length_prefix,
-)
-from pytest_ckpt.errors import MalformedPickle, TruncatedPickle
+from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC
+from pytest_ckpt.audit.opcodes import headerless_reach
 
 NOT_A_CHECKPOINT = "not a checkpoint"
 PROBE_BYTES = 1 << 16  # random bytes fail as a pickle within a few opcodes
-_LONG4 = 0x8B  # the opcode byte of LONG4
+MAX_PROBE_BYTES = 16 << 20  # a pickle that reads on past this is taken to be one
+_TAR_READ = 1 << 20  # the member headers read to find torch's "storages" member
 
 
 def is_checkpoint_bin(path: str | os.PathLike[str], size: int) -> bool:
     """Whether a `.bin` of `size` bytes, not a zip, safetensors or a pickle with a protocol
     header, could still be read as a checkpoint (see the module docstring); False means
-    nothing reads it as one (or True where it cannot be read: the auditor says why)."""
+    nothing reads it as one (or True where it cannot be read: the auditor says why).
+
+    Reads 1 MiB, and more (up to `MAX_PROBE_BYTES`) only while pickle would go on past it."""
+    want = PROBE_BYTES
     try:
         with open(path, "rb") as handle:
-            head = handle.read(PROBE_BYTES)
+            head = handle.read(_TAR_READ)
+            if _may_be_legacy_tar(head, size):
+                return True
+            while True:
+                verdict = _pickle_verdict(head[:want], size)
+                if verdict is not None or want >= MAX_PROBE_BYTES:
+                    return verdict is not False
+                want *= 4
+                if want > len(head):
+                    head += handle.read(want - len(head))
     except OSError:
         return True
-
-    def read_at(offset: int, n: int) -> bytes:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read(n)
-
-    return may_unpickle(head, size) or is_tar(read_at, size)
 
 
 def may_unpickle(head: bytes, size: int) -> bool:
     """Whether pickle, reading a file of `size` bytes that starts with `head`, could reach
     an import, or a whole pickle of the legacy magic number, before it fails."""
-    pos = 0
-    values: list[object] = []  # decoded opcode arguments, compared with the magic
-    try:
-        while True:
-            op, pos = decode_at(head, pos)
-            if op.name in LINE_IMPORTS:
-                return _importable_names(head[op.offset + 1 : pos])
-            if op.name == STACK_IMPORT:
-                return True
-            if op.name == STOP:
-                return values == [LEGACY_MAGIC]
-            if op.name not in NO_VALUE and len(values) < 2:  # two are not the magic alone
-                values.append(op.arg)
-    except TruncatedPickle:
-        fits = _declared_length_fits(head, pos, size)
-        return fits if fits is not None else len(head) < size
-    except MalformedPickle:  # pickle fails there too, but for the decoder's bound on LONG4
-        return head[pos] == _LONG4 and bool(_declared_length_fits(head, pos, size))
+    return _pickle_verdict(head, size) is not False
+
+
+def _pickle_verdict(head: bytes, size: int) -> bool | None:
+    """`may_unpickle`, or None where pickle reads on past `head` (the file holds more)."""
+    reach = headerless_reach(head)
+    if reach.kind == "import":
+        return reach.detail is None or _importable_names(reach.detail)
+    if reach.kind == "stop":
+        return bool(reach.detail == LEGACY_MAGIC)
+    if reach.kind == "needs":
+        return None if len(head) < reach.detail <= size else reach.detail <= size
+    return False
 
 
 def _importable_names(lines: bytes) -> bool:
-    """Whether pickle passes GLOBAL's or INST's two lines to `find_class`, which imports the
+    """Whether pickle passes an import's two lines to `find_class`, which imports the
     module: each must be UTF-8 and not empty (any other name may be a file on sys.path)."""
     try:
         module, name = lines.decode("utf-8").split("\n")[:2]
@@ -85,14 +83,15 @@ def _importable_names(lines: bytes) -> bool:
     return bool(module) and bool(name)
 
 
-def _declared_length_fits(head: bytes, pos: int, size: int) -> bool | None:
-    """For a length-prefixed opcode at `pos` (BINBYTES, BINUNICODE, LONG4, ...): whether the
-    bytes it declares lie inside the file; None for any other opcode."""
-    prefix = length_prefix(head[pos]) if pos < len(head) else None
-    if prefix is None:
-        return None
-    width, signed = prefix
-    if pos + 1 + width > len(head):
-        return len(head) < size
-    declared = int.from_bytes(head[pos + 1 : pos + 1 + width], "little", signed=signed)
-    return 0 <= declared <= size - (pos + 1 + width)
+def _may_be_legacy_tar(head: bytes, size: int) -> bool:
+    """Whether torch's legacy tar reader gets past its first step, `tar.extract("storages")`:
+    `tarfile` opens the bytes (a run of zeros is an empty tar) and lists a member of that
+    name, or the listing runs past `head` (a member torch would see may lie beyond)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r:", format=tarfile.PAX_FORMAT) as tar:
+            names = tar.getnames()
+            listed_whole = len(head) >= size or tar.offset + tarfile.BLOCKSIZE <= len(head)
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError):
+        return False
+    has_storages = any(os.path.normpath(name) == "storages" for name in names)
+    return has_storages or not listed_whole

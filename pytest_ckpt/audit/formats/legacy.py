@@ -15,19 +15,15 @@ import io
 import tarfile
 from collections.abc import Callable
 
-from pytest_ckpt.audit.opcodes import (
-    NO_VALUE,
-    MalformedPickle,
-    TruncatedPickle,
-    end_of_pickle,
-    iter_ops,
-)
+from pytest_ckpt.audit.machine import PickleMachine
+from pytest_ckpt.audit.opcodes import MalformedPickle, Op, TruncatedPickle, end_of_pickle
 from pytest_ckpt.errors import Unreadable
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 MAX_PICKLE_BYTES = 256 << 20  # the most pickle bytes the auditor reads or inflates
 _FIRST_READ = 1 << 16
+_HEADER_BYTES = 4096  # the longest magic-number or protocol pickle the auditor evaluates
 _TAR_HEADER_READ = 1 << 20  # tarfile reads the first member's headers; bounded here
 
 ReadAt = Callable[[int, int], bytes]  # read_at(offset, n) -> at most n bytes
@@ -61,7 +57,12 @@ def _split(data: bytes) -> tuple[str, bytes, list]:
     """Raises TruncatedPickle when `data` ends inside a pickle it needs."""
     first = _first_value(data)
     if first != LEGACY_MAGIC:
-        end = end_of_pickle(data, 0)
+        try:
+            end = end_of_pickle(data, 0)
+        except MalformedPickle as err:
+            raise Unreadable(
+                f"not a checkpoint (neither a zip archive nor a pickle): {err}"
+            ) from None
         return "raw-pickle", data[:end], [0]
     starts = [0]
     try:
@@ -74,18 +75,35 @@ def _split(data: bytes) -> tuple[str, bytes, list]:
     return "legacy", data[: starts[-1]], starts[:-1]
 
 
+class _NotANumber(Exception):
+    """A header pickle builds something other than numbers: not the legacy header."""
+
+
+class _HeaderMachine(PickleMachine):
+    """The machine with only what every semantics means alike (numbers, None, booleans, marks,
+    the protocol) and the memo: enough for the legacy headers, which hold one number each."""
+
+    INLINE = True  # the memo's writes and reads, as torch's unpickler runs them
+
+    def unsupported(self, op: Op) -> Exception:
+        return _NotANumber()
+
+
 def _first_value(data: bytes, start: int = 0) -> object:
-    """The value of a pickle that is one integer (the legacy header), else None."""
-    values = []
+    """The value of a pickle of numbers (the legacy header: torch.load compares it with the
+    magic number and the protocol version) as torch's unpickler builds it, memo and all:
+    what the pickle's end takes from the top of the stack. None for any other pickle, and
+    for one longer than `_HEADER_BYTES` (torch.save writes 15 bytes; the bound keeps the
+    stack small)."""
+    window = data[: start + _HEADER_BYTES]
     try:
-        for op in iter_ops(data, start):
-            if op.name not in NO_VALUE:
-                values.append(op.arg)
-                if len(values) > 1:
-                    return None
-    except MalformedPickle as err:
-        raise Unreadable(f"not a checkpoint (neither a zip archive nor a pickle): {err}") from None
-    return values[0] if len(values) == 1 and isinstance(values[0], int) else None
+        return _HeaderMachine(window, start=start).execute()
+    except (_NotANumber, MalformedPickle):
+        return None  # the raw-pickle path, or the protocol check, says what is wrong
+    except TruncatedPickle:
+        if len(window) < len(data):
+            return None
+        raise
 
 
 def is_tar(read_at: ReadAt, size: int) -> bool:
