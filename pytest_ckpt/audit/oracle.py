@@ -136,7 +136,6 @@ def _zip_persistent_load(
 def _run(data: bytes, start: int, persistent_load: Callable[[Any], Any] | None, mode: Any) -> tuple:
     """torch's Unpickler over `data[start:]`, under `mode` (`shadow_dispatch`): (the object,
     the offset after its STOP)."""
-    import torch
     from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler
 
     stream = io.BytesIO(data)
@@ -150,8 +149,31 @@ def _run(data: bytes, start: int, persistent_load: Callable[[Any], Any] | None, 
         warnings.simplefilter("ignore")
         with mode:
             result = unpickler.load()
-        torch._utils._validate_loaded_sparse_tensors()
+        _validate_sparse_tensors()
     return result, stream.tell()
+
+
+def _sparse_tensors_to_validate() -> list[Any]:
+    """torch's list of sparse tensors awaiting validation after a load: a module global up
+    to torch 2.14, thread-local from 2.15."""
+    import torch
+
+    getter = getattr(torch._utils, "_get_sparse_tensors_to_validate", None)
+    return getter() if getter is not None else torch._utils._sparse_tensors_to_validate
+
+
+def _validate_sparse_tensors() -> None:
+    """torch.load's check after the unpickler: from torch 2.14 it is told weights_only, and
+    then always validates (before, only under check_sparse_tensor_invariants)."""
+    import inspect
+
+    import torch
+
+    validate = torch._utils._validate_loaded_sparse_tensors
+    if "weights_only" in inspect.signature(validate).parameters:
+        validate(weights_only=True)  # type: ignore[call-arg]  # torch>=2.14
+    else:
+        validate()
 
 
 def _refusing(job: Callable[[], Any]) -> Any:
@@ -160,7 +182,6 @@ def _refusing(job: Callable[[], Any]) -> Any:
     design), so every Exception becomes a TorchRefusal, in one line. What our meta storages
     cannot do is not torch's refusal: an operator with no meta kernel that `shadow_dispatch`
     does not know is `Unverifiable` (the pass stopped there), reading bytes NeedsTensorData."""
-    import torch
 
     try:
         return job()
@@ -174,7 +195,7 @@ def _refusing(job: Callable[[], Any]) -> Any:
                 raise NeedsTensorData(_one_line(err)) from None
         raise TorchRefusal(_one_line(err)) from None
     finally:
-        torch._utils._sparse_tensors_to_validate.clear()
+        _sparse_tensors_to_validate().clear()
 
 
 def zip_refusal(
