@@ -94,6 +94,17 @@ def _storage_dtype(storage_type: Any) -> Any:
     return torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
 
 
+def _reuses_records_by_dtype() -> bool:
+    """torch >= 2.15's persistent_load caches every storage record it loads, and re-wraps (same
+    byte length) or reloads (another) a record referenced again under another dtype; before,
+    it cached only storages with data and handed them out whatever dtype was asked."""
+    import torch
+
+    from pytest_ckpt.torch_support import parse_torch_version
+
+    return parse_torch_version(torch.__version__) >= (2, 15)
+
+
 def _zip_persistent_load(
     record_sizes: Mapping[str, int], map_location: str | None, really_meta: set[int]
 ) -> Callable[[Any], Any]:
@@ -102,17 +113,9 @@ def _zip_persistent_load(
     from torch.serialization import _maybe_decode_ascii
 
     loaded: dict[str, Any] = {}
+    by_dtype = _reuses_records_by_dtype()
 
-    def persistent_load(saved_id: Any) -> Any:
-        if not isinstance(saved_id, tuple):
-            raise AssertionError(f"saved_id must be a tuple, got {type(saved_id).__name__}")
-        if _maybe_decode_ascii(saved_id[0]) != "storage":
-            raise AssertionError("Unknown typename for persistent_load")
-        storage_type, key, location, numel = saved_id[1:]
-        dtype = _storage_dtype(storage_type)
-        if key in loaded:
-            return loaded[key]
-        nbytes = numel * torch._utils._element_size(dtype)
+    def load_tensor(dtype: Any, nbytes: int, key: str, location: Any) -> Any:
         name = f"data/{key}"
         if key not in record_sizes:
             raise RuntimeError(f"PytorchStreamReader failed locating file {name}")
@@ -126,9 +129,28 @@ def _zip_persistent_load(
         if meta:
             really_meta.add(storage._cdata)
         typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
-        if nbytes and not meta:  # torch caches storages whose data pointer is set
-            loaded[key] = typed
+        if by_dtype or (nbytes and not meta):  # before 2.15: storages with a data pointer
+            loaded.setdefault(key, typed)
         return typed
+
+    def persistent_load(saved_id: Any) -> Any:
+        if not isinstance(saved_id, tuple):
+            raise AssertionError(f"saved_id must be a tuple, got {type(saved_id).__name__}")
+        if _maybe_decode_ascii(saved_id[0]) != "storage":
+            raise AssertionError("Unknown typename for persistent_load")
+        storage_type, key, location, numel = saved_id[1:]
+        dtype = _storage_dtype(storage_type)
+        nbytes = numel * torch._utils._element_size(dtype)
+        cached = loaded.get(key)
+        if cached is None:
+            return load_tensor(dtype, nbytes, key, location)
+        if not by_dtype or cached.dtype == dtype:
+            return cached
+        if cached._untyped_storage.nbytes() == nbytes:
+            return torch.storage.TypedStorage(
+                wrap_storage=cached._untyped_storage, dtype=dtype, _internal=True
+            )
+        return load_tensor(dtype, nbytes, key, location)
 
     return persistent_load
 
@@ -268,6 +290,8 @@ def _legacy_persistent_load(
     import torch
     from torch.serialization import _maybe_decode_ascii
 
+    by_dtype = _reuses_records_by_dtype()
+
     def persistent_load(saved_id: Any) -> Any:
         if not isinstance(saved_id, tuple):
             raise AssertionError(f"saved_id must be a tuple, got {type(saved_id).__name__}")
@@ -291,7 +315,16 @@ def _legacy_persistent_load(
             )
         typed = roots[root_key]
         root_meta = typed._untyped_storage._cdata in really_meta
-        if typed._untyped_storage.nbytes() == 0 or root_meta:  # torch: a data pointer of 0
+        if by_dtype:  # torch >= 2.15: another dtype re-wraps the root, or gets a new one
+            same_size = typed._untyped_storage.nbytes() == nbytes
+            fresh = typed.dtype != dtype and not same_size
+            if typed.dtype != dtype and same_size:
+                typed = torch.storage.TypedStorage(
+                    wrap_storage=typed._untyped_storage, dtype=dtype, _internal=True
+                )
+        else:  # torch: a data pointer of 0
+            fresh = typed._untyped_storage.nbytes() == 0 or root_meta
+        if fresh:
             typed = torch.storage.TypedStorage(device="meta", dtype=dtype, _internal=True)
             if root_meta:  # a new storage on the meta device, where set_ checks nothing
                 really_meta.add(typed._untyped_storage._cdata)
