@@ -324,10 +324,9 @@ def _legacy_persistent_load(
                 )
         else:  # torch: a data pointer of 0
             fresh = typed._untyped_storage.nbytes() == 0 or root_meta
-        if fresh:
+        if fresh:  # torch's new empty storage is resizable: set_ grows it and checks nothing
             typed = torch.storage.TypedStorage(device="meta", dtype=dtype, _internal=True)
-            if root_meta:  # a new storage on the meta device, where set_ checks nothing
-                really_meta.add(typed._untyped_storage._cdata)
+            really_meta.add(typed._untyped_storage._cdata)
         if view_metadata is None:
             return typed
         view_key, offset, view_size = view_metadata

@@ -4,11 +4,14 @@ pinned one they pin today's behaviour."""
 
 from __future__ import annotations
 
+import pickle
+import struct
 import zipfile
 
 import torch
 
 from pytest_ckpt.audit import audit_file
+from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC
 from tests.audit.conftest import torch_verdicts
 from tests.audit.pickle_grammar import archive_members
 
@@ -64,6 +67,35 @@ def test_a_record_read_under_two_dtypes_gets_this_torchs_verdict(tmp_path) -> No
             for name, body in members.items():
                 if name != "data.pkl":
                     archive.writestr(f"archive/{name}", body)
+    torch_says = torch_verdicts(paths)
+    assert torch_says[str(paths[0])], "same byte length: every torch loads it"
+    for path in paths:
+        assert audit_file(path).loadable == torch_says[str(path)], path.name
+
+
+def _legacy_rebuild(kind: bytes, numel: int) -> bytes:
+    """The legacy format's `_rebuild_tensor_v2` of root "0" as `kind`, size (1,)."""
+    return (
+        b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\n"
+        + kind
+        + b"\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK"
+        + bytes([numel])
+        + b"NtQK\x00(K\x01t(K\x01t\x89ccollections\nOrderedDict\n)RtR"
+    )
+
+
+def test_a_legacy_root_read_under_two_dtypes_gets_this_torchs_verdict(tmp_path) -> None:
+    """The legacy loader: torch <= 2.14 hands out a root with data whatever dtype is asked;
+    2.15 re-wraps it (same byte length) or gives a new empty storage of the new dtype."""
+    sys_info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4}}
+    head = b"".join(pickle.dumps(v, protocol=2) for v in (LEGACY_MAGIC, 1001, sys_info))
+    tail = pickle.dumps(["0"], protocol=2) + struct.pack("<q", 8) + bytes(32)
+    paths = []
+    for numel in (4, 9):
+        data = b"\x80\x02}(X\x01\x00\x00\x00a" + _legacy_rebuild(b"FloatStorage", 8)
+        data += b"X\x01\x00\x00\x00b" + _legacy_rebuild(b"LongStorage", numel) + b"u."
+        paths.append(tmp_path / f"legacy{numel}.pt")
+        paths[-1].write_bytes(head + data + tail)
     torch_says = torch_verdicts(paths)
     assert torch_says[str(paths[0])], "same byte length: every torch loads it"
     for path in paths:
