@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow lint
+.PHONY: demo test test-slow lint test-torch
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,27 @@ test: lint
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m slow
+
+# The auditor against another torch (issue 20): `make test-torch TORCH=2.15.0` builds a throwaway
+# venv (.venv-torch-2.15.0, gitignored; delete it when done, CUDA builds take ~5 GB) holding that
+# torch and the dev extra (everything but torch still pinned by constraints.txt), then runs the
+# allowlist contract and the differential tests, nightly size (`-m slow`) included, printing each
+# batch's case and disagreement counts (~10 min per torch on 2 cores). The default suite stays on
+# the pinned CPU wheel. PIP_CONSTRAINT replaces any machine-wide pip constraint.
+TORCH ?= 2.13.0
+TORCH_VENV := .venv-torch-$(TORCH)
+TORCH_STAMP := $(TORCH_VENV)/.installed-stamp
+TORCH_TESTS := tests/audit/test_allowlist_contract.py tests/audit/test_torch_versions.py \
+	tests/audit/test_differential_torch.py
+
+$(TORCH_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(TORCH_VENV)
+	grep -v '^torch==' constraints.txt > $(TORCH_VENV)/constraints.txt
+	echo 'torch==$(TORCH)' >> $(TORCH_VENV)/constraints.txt
+	PIP_CONSTRAINT=$(TORCH_VENV)/constraints.txt $(TORCH_VENV)/bin/python -m pip install \
+		--quiet 'torch==$(TORCH)' -e '.[dev]'
+	touch $(TORCH_STAMP)
+
+test-torch: $(TORCH_STAMP)
+	$(TORCH_VENV)/bin/python -c 'import torch; print("torch", torch.__version__)'
+	$(TORCH_VENV)/bin/python -m pytest -p no:cacheprovider -q -s -rf -m '' $(TORCH_TESTS)

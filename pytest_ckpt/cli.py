@@ -39,6 +39,7 @@ from pytest_ckpt.audit.formats.walk_report import (
 from pytest_ckpt.audit.global_kinds import runs_code, searching
 from pytest_ckpt.audit.render import render_sarif
 from pytest_ckpt.migrate.workflow import REFERENCE_V0, MigrationFailed, migrate_file
+from pytest_ckpt.torch_support import new_advisories
 
 
 def _dotted(text: str) -> str:
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for advisory in new_advisories():  # once, before any verdict that it qualifies
+        print(f"pytest-ckpt: warning: {advisory}", file=sys.stderr)
     with searching(args.path):
         return _run(args)
 

@@ -4,16 +4,26 @@ The auditor's verdict must be torch's verdict for *this* torch, so nothing here 
 the default allowlist, the user's `add_safe_globals`, the blocked modules and the Python 2
 name mappings all come from `torch._weights_only_unpickler`. What the auditor adds is
 knowledge of what each allowed callable *returns* (a tensor, a Parameter, bytes...), which
-torch's unpickler learns by calling it and we must not.
+torch's unpickler learns by calling it and we must not: that is reviewed per torch minor
+version, in `torch_allowlists/MAJOR.MINOR.txt` (a callable no review covers returns "?").
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pytest_ckpt.audit.global_kinds import kind_of
+from pytest_ckpt.torch_support import (
+    REVIEWED_ALLOWLISTS,
+    parse_torch_version,
+    reviewed_torch_versions,
+    shown,
+    warn_about_torch,
+)
 
 TENSOR = "torch.Tensor"
 PARAMETER = "torch.nn.parameter.Parameter"
@@ -70,17 +80,38 @@ class Allowlist:
         return "?"
 
 
-def _returns(default: Mapping[str, Any]) -> dict[str, str]:
-    returns = {}
-    for name in default:
-        if name.startswith("torch._utils._rebuild_parameter"):
-            returns[name] = PARAMETER
-        elif name.startswith("torch._utils._rebuild_"):
-            returns[name] = TENSOR
-    returns["_codecs.encode"] = "builtins.bytes"
-    returns["torch.serialization._get_layout"] = "torch.layout"
-    returns["torch._tensor._rebuild_from_type_v2"] = TENSOR
-    return returns
+@dataclass(slots=True, frozen=True)
+class ReviewedAllowlist:
+    """One torch minor version's default allowlist as reviewed against the auditor."""
+
+    version: str  # "2.13"
+    path: Path
+    names: frozenset[str]
+    returns: Mapping[str, str]  # allowed callable -> type name of what it returns
+
+
+@functools.cache
+def read_reviewed(path: Path) -> ReviewedAllowlist:
+    """Parse a reviewed allowlist: `name` or `name -> TYPE` a line, `#` comments."""
+    names, returns = set(), {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _arrow, result = (part.strip() for part in line.partition("->"))
+        names.add(name)
+        if result:
+            returns[name] = result
+    return ReviewedAllowlist(path.stem, path, frozenset(names), returns)
+
+
+def reviewed_allowlist(torch_version: str) -> ReviewedAllowlist:
+    """The review that covers `torch_version`: its own minor version's, else the nearest
+    older one's (the oldest for a torch older than every review)."""
+    parsed = parse_torch_version(torch_version)
+    reviewed = reviewed_torch_versions()
+    older = [version for version in reviewed if version <= parsed]
+    chosen = older[-1] if older else reviewed[0]
+    return read_reviewed(REVIEWED_ALLOWLISTS / f"{shown(chosen)}.txt")
 
 
 def _storage_sizes(default: Mapping[str, Any]) -> dict[str, int]:
@@ -97,9 +128,11 @@ def _storage_sizes(default: Mapping[str, Any]) -> dict[str, int]:
 
 def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
     """The allowlist torch would apply now, plus `extra` dotted names (the CLI's --allow)."""
+    import torch
     import torch._weights_only_unpickler as wo
     from torch._utils import IMPORT_MAPPING, NAME_MAPPING
 
+    warn_about_torch(torch.__version__)
     default = wo._get_allowed_globals()
     user = wo._get_user_allowed_globals()
     names = set(default) | set(user) | set(extra)
@@ -110,7 +143,7 @@ def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
     return Allowlist(
         names=frozenset(names),
         classes=frozenset(classes),
-        returns=_returns(default),
+        returns=dict(reviewed_allowlist(torch.__version__).returns),
         storage_sizes=_storage_sizes(default),
         blocked_modules=frozenset(wo._blocklisted_modules),
         name_mapping=dict(NAME_MAPPING),

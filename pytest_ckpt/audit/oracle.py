@@ -104,6 +104,17 @@ def _formatted_key(key: Any) -> str:
     return f"{key}"
 
 
+def _reuses_records_by_dtype() -> bool:
+    """torch >= 2.15's persistent_load caches every storage record it loads, and re-wraps (same
+    byte length) or reloads (another) a record referenced again under another dtype; before,
+    it cached only storages with data and handed them out whatever dtype was asked."""
+    import torch
+
+    from pytest_ckpt.torch_support import parse_torch_version
+
+    return parse_torch_version(torch.__version__) >= (2, 15)
+
+
 def _zip_persistent_load(
     record_sizes: Mapping[str, int], map_location: str | None, really_meta: set[int]
 ) -> Callable[[Any], Any]:
@@ -112,17 +123,9 @@ def _zip_persistent_load(
     from torch.serialization import _maybe_decode_ascii
 
     loaded: dict[str, Any] = {}
+    by_dtype = _reuses_records_by_dtype()
 
-    def persistent_load(saved_id: Any) -> Any:
-        if not isinstance(saved_id, tuple):
-            raise AssertionError(f"saved_id must be a tuple, got {type(saved_id).__name__}")
-        if _maybe_decode_ascii(saved_id[0]) != "storage":
-            raise AssertionError("Unknown typename for persistent_load")
-        storage_type, key, location, numel = saved_id[1:]
-        dtype = _storage_dtype(storage_type)
-        if key in loaded:
-            return loaded[key]
-        nbytes = numel * torch._utils._element_size(dtype)
+    def load_tensor(dtype: Any, nbytes: int, key: Any, location: Any) -> Any:
         name = f"data/{_formatted_key(key)}"  # torch: any key, as f"data/{key}" shows it
         size = record_sizes.get(name[5:])
         if size is None:
@@ -136,9 +139,28 @@ def _zip_persistent_load(
         if meta:
             really_meta.add(storage._cdata)
         typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
-        if nbytes and not meta:  # torch caches storages whose data pointer is set
-            loaded[key] = typed
+        if by_dtype or (nbytes and not meta):  # before 2.15: storages with a data pointer
+            loaded.setdefault(key, typed)
         return typed
+
+    def persistent_load(saved_id: Any) -> Any:
+        if not isinstance(saved_id, tuple):
+            raise AssertionError(f"saved_id must be a tuple, got {type(saved_id).__name__}")
+        if _maybe_decode_ascii(saved_id[0]) != "storage":
+            raise AssertionError("Unknown typename for persistent_load")
+        storage_type, key, location, numel = saved_id[1:]
+        dtype = _storage_dtype(storage_type)
+        nbytes = numel * torch._utils._element_size(dtype)
+        cached = loaded.get(key)
+        if cached is None:
+            return load_tensor(dtype, nbytes, key, location)
+        if not by_dtype or cached.dtype == dtype:
+            return cached
+        if cached._untyped_storage.nbytes() == nbytes:
+            return torch.storage.TypedStorage(
+                wrap_storage=cached._untyped_storage, dtype=dtype, _internal=True
+            )
+        return load_tensor(dtype, nbytes, key, location)
 
     return persistent_load
 
@@ -146,7 +168,6 @@ def _zip_persistent_load(
 def _run(data: bytes, start: int, persistent_load: Callable[[Any], Any] | None, mode: Any) -> tuple:
     """torch's Unpickler over `data[start:]`, under `mode` (`shadow_dispatch`): (the object,
     the offset after its STOP)."""
-    import torch
     from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler
 
     stream = io.BytesIO(data)
@@ -160,8 +181,31 @@ def _run(data: bytes, start: int, persistent_load: Callable[[Any], Any] | None, 
         warnings.simplefilter("ignore")
         with mode:
             result = unpickler.load()
-        torch._utils._validate_loaded_sparse_tensors()
+        _validate_sparse_tensors()
     return result, stream.tell()
+
+
+def _sparse_tensors_to_validate() -> list[Any]:
+    """torch's list of sparse tensors awaiting validation after a load: a module global up
+    to torch 2.14, thread-local from 2.15."""
+    import torch
+
+    getter = getattr(torch._utils, "_get_sparse_tensors_to_validate", None)
+    return getter() if getter is not None else torch._utils._sparse_tensors_to_validate
+
+
+def _validate_sparse_tensors() -> None:
+    """torch.load's check after the unpickler: from torch 2.14 it is told weights_only, and
+    then always validates (before, only under check_sparse_tensor_invariants)."""
+    import inspect
+
+    import torch
+
+    validate = torch._utils._validate_loaded_sparse_tensors
+    if "weights_only" in inspect.signature(validate).parameters:
+        validate(weights_only=True)  # type: ignore[call-arg]  # torch>=2.14
+    else:
+        validate()
 
 
 def _refusing(job: Callable[[], Any]) -> Any:
@@ -170,7 +214,6 @@ def _refusing(job: Callable[[], Any]) -> Any:
     design), so every Exception becomes a TorchRefusal, in one line. What our meta storages
     cannot do is not torch's refusal: an operator with no meta kernel that `shadow_dispatch`
     does not know is `Unverifiable` (the pass stopped there), reading bytes NeedsTensorData."""
-    import torch
 
     try:
         return job()
@@ -184,7 +227,7 @@ def _refusing(job: Callable[[], Any]) -> Any:
                 raise NeedsTensorData(_one_line(err)) from None
         raise TorchRefusal(_one_line(err)) from None
     finally:
-        torch._utils._sparse_tensors_to_validate.clear()
+        _sparse_tensors_to_validate().clear()
 
 
 def zip_refusal(
@@ -257,6 +300,8 @@ def _legacy_persistent_load(
     import torch
     from torch.serialization import _maybe_decode_ascii
 
+    by_dtype = _reuses_records_by_dtype()
+
     def persistent_load(saved_id: Any) -> Any:
         if not isinstance(saved_id, tuple):
             raise AssertionError(f"saved_id must be a tuple, got {type(saved_id).__name__}")
@@ -280,10 +325,18 @@ def _legacy_persistent_load(
             )
         typed = roots[root_key]
         root_meta = typed._untyped_storage._cdata in really_meta
-        if typed._untyped_storage.nbytes() == 0 or root_meta:  # torch: a data pointer of 0
+        if by_dtype:  # torch >= 2.15: another dtype re-wraps the root, or gets a new one
+            same_size = typed._untyped_storage.nbytes() == nbytes
+            fresh = typed.dtype != dtype and not same_size
+            if typed.dtype != dtype and same_size:
+                typed = torch.storage.TypedStorage(
+                    wrap_storage=typed._untyped_storage, dtype=dtype, _internal=True
+                )
+        else:  # torch: a data pointer of 0
+            fresh = typed._untyped_storage.nbytes() == 0 or root_meta
+        if fresh:  # torch's new empty storage is resizable: set_ grows it and checks nothing
             typed = torch.storage.TypedStorage(device="meta", dtype=dtype, _internal=True)
-            if root_meta:  # a new storage on the meta device, where set_ checks nothing
-                really_meta.add(typed._untyped_storage._cdata)
+            really_meta.add(typed._untyped_storage._cdata)
         if view_metadata is None:
             return typed
         view_key, offset, view_size = view_metadata
