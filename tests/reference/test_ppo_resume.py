@@ -13,6 +13,7 @@ from pytest_ckpt.reference import SeedStage, SlotConfig, build_at_stage
 from pytest_ckpt.reference.ppo import Operation, PPOConfig
 from pytest_ckpt.reference.trainer import Trainer
 
+PYTHON_SEED = 20261205  # the shared run's python generator; the sabotage seeds 0
 BLEND_EPOCHS = 10  # long enough that a seed is still BLENDING when the checkpoint is taken
 CASES = [
     ("cnn", "1x2"),
@@ -120,7 +121,10 @@ def test_training_state_loads_with_weights_only_and_no_allowlist(tmp_path) -> No
 def continued_blending_run(tmp_path_factory) -> tuple[Path, dict]:
     """One saved checkpoint and the run that continued from it, shared by the sabotage cases:
     Trainer.load restores every RNG the run draws from, so the continued snapshot does not
-    depend on what ran before it."""
+    depend on what ran before it. Python's generator is seeded here, not left to the worker:
+    after another test's `random.seed(0)` the python sabotage (also seed 0) would change
+    nothing (seen in a full -n 2 run)."""
+    random.seed(PYTHON_SEED)
     trainer = _trainer_at("transformer", "1x3", SeedStage.BLENDING)
     path = tmp_path_factory.mktemp("sabotage") / "s.pt"
     trainer.save(path)
@@ -159,7 +163,7 @@ def _reset_global_rng(t: Trainer) -> None:
 
 
 def _reset_python_rng(t: Trainer) -> None:
-    random.seed(0)
+    random.seed(0)  # not PYTHON_SEED: the run's own state
 
 
 @pytest.mark.parametrize(
