@@ -33,11 +33,10 @@ from pytest_ckpt.audit.formats.walk import audit_target
 from pytest_ckpt.audit.formats.walk_report import (
     exit_status,
     render_targets_json,
+    render_targets_sarif,
     render_targets_text,
-    with_artifacts,
 )
 from pytest_ckpt.audit.global_kinds import runs_code, searching
-from pytest_ckpt.audit.render import render_sarif
 from pytest_ckpt.migrate.workflow import REFERENCE_V0, MigrationFailed, migrate_file
 from pytest_ckpt.torch_support import new_advisories
 
@@ -155,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(render_targets_json(targets, strict=args.strict))
     elif args.sarif:
-        print(with_artifacts(render_sarif(reports), reports))
+        print(render_targets_sarif(targets, strict=args.strict))
     else:
         print(render_targets_text(targets, strict=args.strict))
     for report in reports:

@@ -324,3 +324,53 @@ def test_without_the_framework_the_reviewed_list_is_used_and_said(monkeypatch) -
         loaders.framework_allowlist.cache_clear()
     assert used.source == "reviewed against accelerate 1.16.0"
     assert "_codecs.encode" in used.names
+
+
+def _sarif_results(out: str) -> dict[str, list[dict]]:
+    """SARIF results by file name."""
+    run = json.loads(out)["runs"][0]
+    by_name: dict[str, list[dict]] = {}
+    for result in run["results"]:
+        uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+        by_name.setdefault(uri.rsplit("/", 1)[-1], []).append(result)
+    return by_name
+
+
+def test_sarif_levels_follow_the_verdict_that_sets_the_exit_status(folders, capsys) -> None:
+    """Code scanning shows what the exit status says: a file its framework's loader reads is
+    a warning (plain weights_only refuses it), an error under --strict; a file its framework
+    reads with pickle.load is an error even where torch would load it."""
+    assert main(["audit", "--sarif", str(folders)]) == 1
+    sarif = capsys.readouterr().out
+    results = _sarif_results(sarif)
+    rng = results["rng_state.pth"]
+    assert {r["level"] for r in rng} == {"warning"}
+    assert {r["properties"]["frameworkVerdict"] for r in rng} == {"ok for its framework's loader"}
+    assert {r["level"] for r in results["training_args.bin"]} == {"warning"}
+    custom = results["custom_checkpoint_0.pkl"]
+    assert [(r["ruleId"], r["level"]) for r in custom] == [("runs-code-when-read", "error")]
+    assert "load_custom_state (torch.load, weights_only=False)" in custom[0]["message"]["text"]
+    vec = results["vec_normalize.pkl"]
+    assert {r["level"] for r in vec} == {"error"}
+    assert "runs-code-when-read" in {r["ruleId"] for r in vec}
+    assert {r["level"] for r in results["checkpoint-1.pth.tar"]} == {"error"}  # timm refuses
+    artifacts = {
+        a["location"]["uri"].rsplit("/", 1)[-1]: a["properties"]
+        for a in json.loads(sarif)["runs"][0]["artifacts"]
+    }
+    assert artifacts["rng_state.pth"]["verdict"] == "findings"  # plain weights_only=True
+    assert artifacts["rng_state.pth"]["frameworkVerdict"] == "ok for its framework's loader"
+    assert artifacts["custom_checkpoint_0.pkl"]["frameworkVerdict"] == (
+        "runs code when its framework reads it"
+    )
+    assert "frameworkVerdict" not in artifacts["trainer_state.json"]
+
+    assert main(["audit", "--sarif", "--strict", str(folders)]) == 1
+    strict = _sarif_results(capsys.readouterr().out)
+    assert {r["level"] for r in strict["rng_state.pth"]} == {"error"}
+
+
+def test_a_folder_that_passes_has_no_sarif_error(folders, capsys) -> None:
+    assert main(["audit", "--sarif", str(folders / "hf")]) == 0
+    results = [r for rs in _sarif_results(capsys.readouterr().out).values() for r in rs]
+    assert results and {r["level"] for r in results} == {"warning"}

@@ -25,7 +25,7 @@ from pytest_ckpt.audit.formats.framework_loaders import (
     FrameworkVerdict,
 )
 from pytest_ckpt.audit.formats.walk import DCP, SKIPPED, TargetAudit
-from pytest_ckpt.audit.render import artifact_uri, json_entries, render_text
+from pytest_ckpt.audit.render import artifact_uri, json_entries, render_sarif, render_text
 
 # Per-file verdicts (`file_verdict`), the keys of the JSON total's "by_verdict".
 OK_FOR_FRAMEWORK = "ok for its framework's loader"
@@ -230,18 +230,57 @@ def _total(entries: Sequence[dict]) -> dict:
     }
 
 
-def with_artifacts(sarif_text: str, reports: Sequence[Report]) -> str:
-    """The SARIF log `render_sarif` wrote, with `runs[0].artifacts` naming every file and
-    its verdict (SARIF results name only the files with problems)."""
-    sarif = json.loads(sarif_text)
-    sarif["runs"][0]["artifacts"] = [
-        {
-            "location": {"uri": artifact_uri(report.path)},
-            "properties": {"format": report.format, "verdict": verdict(report)},
-        }
-        for report in reports
+def render_targets_sarif(targets: Sequence[TargetAudit], *, strict: bool = False) -> str:
+    """The SARIF log of every file, its levels set by what decides the exit status: a
+    finding is an error where the file fails (`fails`), a warning where only plain
+    weights_only=True refuses it (its framework's loader reads it, or never does); a file
+    its framework reads with code running gets an error of its own. `runs[0].artifacts`
+    names every file looked at with its verdict (SARIF results name only files with
+    problems)."""
+    reports = [report for target in targets for report in target.reports]
+    judged = {
+        artifact_uri(r.path): (r, t.framework.get(r.path)) for t in targets for r in t.reports
+    }
+    sarif = json.loads(render_sarif(reports))
+    run = sarif["runs"][0]
+    for result in run["results"]:
+        uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+        report, framework = judged[uri]
+        if framework is None or result["ruleId"] in ("unreadable", "findings-omitted"):
+            continue
+        result["level"] = "error" if fails(report, framework, strict=strict) else "warning"
+        result["properties"]["frameworkVerdict"] = file_verdict(report, framework)
+    run["results"] += [
+        _runs_code_result(uri, framework)
+        for uri, (_, framework) in judged.items()
+        if framework is not None and framework.verdict == RUNS_CODE
+    ]
+    run["artifacts"] = [
+        {"location": {"uri": uri}, "properties": _artifact_properties(report, framework)}
+        for uri, (report, framework) in judged.items()
     ]
     return json.dumps(sarif, indent=2)
+
+
+def _runs_code_result(uri: str, framework: FrameworkVerdict) -> dict:
+    reader = framework.reader
+    return {
+        "ruleId": "runs-code-when-read",
+        "level": "error",
+        "message": {
+            "text": f"anything in it runs when {reader.framework} reads it ({reader.call}): "
+            "no allowlist applies. Fix: load it only from a source you trust"
+        },
+        "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
+    }
+
+
+def _artifact_properties(report: Report, framework: FrameworkVerdict | None) -> dict:
+    """The file's format and plain verdict (`verdict`), and its framework loader's."""
+    properties = {"format": report.format, "verdict": verdict(report)}
+    if framework is not None:
+        properties["frameworkVerdict"] = file_verdict(report, framework)
+    return properties
 
 
 def verdict(report: Report) -> str:
