@@ -100,7 +100,12 @@ class _StandIns:
         numel = 1
         for extent in size:
             numel *= extent
-        stand_in = torch.empty(0, dtype=empty.dtype, device="meta")
+        # the real tensor's shape (meta: nothing allocated): torch checks some uses on the
+        # shape before any operator (a 0-dim tensor taken as a number)
+        try:
+            stand_in = torch.empty(size, dtype=empty.dtype, device="meta")
+        except RuntimeError:  # sizes past int64: torch.load would allocate them
+            raise ResourceLimit(f"a quantized tensor of sizes {list(size)}") from None
         self.fresh[_stand_in_identity(stand_in)] = (stand_in, empty, numel)
         return stand_in
 

@@ -203,3 +203,25 @@ def test_the_cli_exits_1_when_it_cannot_verify(tmp_path) -> None:
     )
     assert result.returncode == 1, result
     assert "cannot verify: a nested tensor" in result.stdout
+
+
+def quantized_scalar() -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(torch.tensor(0.0), 0.1, 0, torch.qint8)
+
+
+def test_a_stand_in_has_the_quantized_tensors_shape(tmp_path) -> None:
+    """`torch.Tensor((qtensor, 1.5))` takes the 0-dim quantized tensor as a number, a check
+    made on its shape before any operator: a stand-in of another shape made the audit refuse
+    a file torch loads (the nightly differential on torch 2.15 found it); with its shape, the
+    number is an operator on the stand-in, which the audit cannot verify."""
+    path = saved(
+        tmp_path / "q_in_tensor.pt",
+        {"a": quantized_scalar()},
+        (rb"ctorch._utils\n_rebuild_qtensor", b"ctorch\nTensor\n((ctorch._utils\n_rebuild_qtensor"),
+        (rb"R(q.)?s\.$", b"RG?\xf8\x00\x00\x00\x00\x00\x00ttRs."),
+    )
+    assert torch_verdicts([path]) == {str(path): True}
+    report = audit_file(path)
+    assert [finding.kind for finding in report.findings] == ["cannot-verify"], report
