@@ -293,3 +293,22 @@ def test_a_fifo_given_as_an_argument_is_unreadable_not_a_hang(tmp_path) -> None:
 )
 def test_layouts_are_told_by_their_file_names(name, files, layout) -> None:
     assert folder_layout(name, files) == layout
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("suffix", [".json", ".pt", ".safetensors", ".bin", ".zip", ".metadata"])
+def test_a_file_that_fails_when_read_is_one_line_not_a_traceback(tmp_path, suffix) -> None:
+    """/proc/self/mem opens and then fails every read at offset 0 (EIO): as a disk error
+    would, past the probe, in whichever format's reader it reaches."""
+    link = tmp_path / f"mem{suffix}"
+    link.symlink_to("/proc/self/mem")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(link)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"pytest-ckpt audit: {link}: "), line

@@ -23,12 +23,14 @@ MAX_JSON_BYTES = 64 << 20
 
 def check_json(path: str) -> Report:
     """A JSON file: valid (nothing in it runs), too big to check, or not valid JSON."""
-    size = os.path.getsize(path)
-    if size > MAX_JSON_BYTES:
-        return Report(path, "json", (), summary=f"{size} bytes: too big to check, not read")
     try:
+        size = os.path.getsize(path)
+        if size > MAX_JSON_BYTES:
+            return Report(path, "json", (), summary=f"{size} bytes: too big to check, not read")
         with open(path, "rb") as handle:
-            json.loads(handle.read().decode("utf-8"))
+            json.loads(handle.read(MAX_JSON_BYTES + 1).decode("utf-8"))
+    except OSError as err:
+        return Report(path, "json", (), error=f"cannot read it: {err.strerror or err}")
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         return Report(path, "json", (), error=f"not valid JSON: {str(err).splitlines()[0]}")
     return Report(path, "json", (), summary="valid JSON, not a checkpoint: nothing in it runs")
