@@ -129,7 +129,7 @@ def _audit(
     notes = list(checkpoint.notes)
     omitted = interpreter.findings_omitted
     exact = None
-    if findings and not omitted:
+    if findings and not interpreter.keys_omitted:  # repeats past the cap ask for nothing new
 
         def exact() -> list[str] | None:
             return _exact(checkpoint, allowlist, findings, map_location)
@@ -182,7 +182,7 @@ def _exact(
             again, interpreter = _scan(checkpoint, extended, map_location)
         except (TruncatedPickle, MalformedPickle):
             return None
-        return None if interpreter.findings_omitted else again
+        return None if interpreter.keys_omitted else again
 
     return exact_safe_globals(findings, allowlist, scan)
 

@@ -15,7 +15,7 @@ GLOBAL_TYPE = "<global>"  # the type of a Node standing for a GLOBAL (a class or
 STATE_LABEL = "<state>"  # links an object to its BUILD state dict: entries read as attributes
 
 _IDENTIFIER_KEY = re.compile(r"\['([A-Za-z_][A-Za-z0-9_]*)'\]")
-MAX_FINDINGS = 1000  # kept per pickle; past it, findings are counted, not kept
+MAX_FINDINGS = 1000  # kept per pickle; past it, repeats are counted, not kept (torch_rules._flag)
 _MAX_PATH_PARTS = 40  # longer paths are shown with the middle elided
 
 

@@ -140,7 +140,8 @@ def render_text(reports: Sequence[Report]) -> str:
             if report.findings_omitted:
                 lines.append(
                     f"  ... and {report.findings_omitted} more finding(s) not kept (the "
-                    f"auditor keeps {MAX_FINDINGS} per pickle)"
+                    f"auditor keeps {MAX_FINDINGS} per pickle, then the first of each "
+                    "other kind)"
                 )
             if report.format not in NOT_TORCH_LOAD:
                 lines.append(_allowlist_line(report))

@@ -107,14 +107,24 @@ class TorchRules(PickleMachine):
         self.built_from: dict[int, tuple[Node, list[Finding]]] = {}
         self.storages = 0  # storage references seen
         self.flags = self.findings_omitted = 0
+        # what each kept finding asks for: past the cap, a finding asking for something new
+        # is still kept (one per key), so every global is named and the exact list complete
+        self.kept_keys: set[tuple] = set()
+        self.keys_omitted = False  # past MAX_FINDINGS keys too: the list cannot be vouched for
 
     # ---- findings ------------------------------------------------------------------------
 
     def _flag(self, node: Node | None, finding: Finding) -> None:
         self.flags += 1
-        if self.flags > MAX_FINDINGS:  # count the rest: reports stay bounded (nodes.py)
+        key = (finding.kind, finding.global_name, finding.needs)
+        if self.flags > MAX_FINDINGS and key in self.kept_keys:  # a repeat: counted only
             self.findings_omitted += 1
             return
+        if len(self.kept_keys) >= MAX_FINDINGS and key not in self.kept_keys:
+            self.findings_omitted += 1  # reports stay bounded (nodes.py): 2x the cap at most
+            self.keys_omitted = True
+            return
+        self.kept_keys.add(key)
         if node is None:
             self.loose.append(finding)
             return

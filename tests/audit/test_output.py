@@ -15,7 +15,8 @@ import torch
 from pytest_ckpt.audit import audit_file
 from pytest_ckpt.audit.nodes import MAX_FINDINGS
 from pytest_ckpt.audit.render import artifact_uri, render_json, render_sarif, render_text
-from tests.audit.advice_fixtures import Record
+from tests.audit.advice_fixtures import Record, Stage
+from tests.audit.test_advice import torch_with_allowlists
 from tests.audit.test_hostile import PROTO2, global_op, write_zip
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -78,7 +79,8 @@ def test_findings_are_capped_per_file_and_the_rest_counted(tmp_path):
     report = audit_file(path)
     assert len(report.findings) == MAX_FINDINGS
     assert len(report.findings) + report.findings_omitted == count
-    assert report.safe_globals is None
+    # the repeats past the cap ask for nothing new: the list is still exact
+    assert report.safe_globals == ["tests.audit.advice_fixtures.Record"]
     text, sarif = render_text([report]), render_sarif([report])
     assert time.perf_counter() - start < 30
     assert len(text) < 20_000 and f"and {count - MAX_FINDINGS} more finding(s)" in text
@@ -129,3 +131,37 @@ def test_a_huge_global_name_is_not_copied_into_every_path(tmp_path):
         assert len(render_json([report])) < 2_000 * len(report.findings)  # not 4 MB each
         assert len(render_text([report])) < 50_000
         assert "(4000002 characters)" in report.findings[0].detail
+
+
+def test_past_the_cap_every_global_is_still_named_and_the_list_loads(tmp_path):
+    """One run names everything: 1500 objects of one class fill the cap, and the one Enum
+    member after them is still a finding of its own; the list the audit offers is applied
+    in torch and loads the file."""
+    path = tmp_path / "many_then_one.pt"
+    torch.save({"records": [Record(float(i)) for i in range(1500)], "stage": Stage.BLENDING}, path)
+    report = audit_file(path)
+    assert report.findings_omitted > 0
+    named = {finding.global_name for finding in report.findings}
+    assert {"tests.audit.advice_fixtures.Record", "tests.audit.advice_fixtures.Stage"} <= named
+    stage = [f for f in report.findings if f.global_name == "tests.audit.advice_fixtures.Stage"]
+    assert [f.path for f in stage] == ["root['stage']"]
+    assert report.safe_globals == [
+        "tests.audit.advice_fixtures.Record",
+        "tests.audit.advice_fixtures.Stage",
+    ]
+    assert torch_with_allowlists({"all": (path, report.safe_globals)}) == {"all": "ok"}
+    assert "safe_globals([tests.audit.advice_fixtures.Record" in render_text([report])
+
+
+def test_distinct_globals_past_the_cap_are_counted_and_no_list_is_offered(tmp_path):
+    """A file naming more distinct globals than the cap: the rest are counted, the report
+    stays bounded, and no list is vouched for."""
+    count = MAX_FINDINGS + 50
+    body = PROTO2 + b"]("
+    for i in range(count):
+        body += global_op("nomod", f"Name{i}")
+    path = write_zip(tmp_path / "names.pt", body + b"e.")
+    report = audit_file(path)
+    assert len(report.findings) == MAX_FINDINGS
+    assert report.findings_omitted == 50
+    assert report.safe_globals is None
