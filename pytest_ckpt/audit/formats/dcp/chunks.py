@@ -29,12 +29,12 @@ def _overlap(a: Chunk, b: Chunk) -> bool:
 def _is_whole(shape: tuple[int, ...], chunk: Chunk) -> bool:
     """One chunk at offset 0 with the tensor's own (non-negative int) sizes."""
     offsets, sizes = chunk
-    return (
-        tuple(sizes) == shape
-        and len(offsets) == len(shape)
-        and all(type(n) is int and n >= 0 for n in shape)
-        and all(type(o) is int and o == 0 for o in offsets)
-    )
+    if tuple(sizes) != shape or len(offsets) != len(shape):
+        return False
+    for n in shape:  # loops, not all(...): once per tensor of a folder
+        if type(n) is not int or n < 0:
+            return False
+    return tuple(offsets) == (0,) * len(shape) and all(type(o) is int for o in offsets)
 
 
 # Bounds on the overlap sweep: pairs of chunks compared, overlaps named. A layout that needs

@@ -235,7 +235,9 @@ class _FolderCheck:
         """The item `info` describes, as a file; None (with a finding) if it is not there."""
         relative, offset, length = info.relative_path, info.offset, info.length
         where = f"storage_data[{fqn!r}]"
-        if not isinstance(relative, str) or os.path.basename(relative) != relative:
+        if not isinstance(relative, str) or (
+            relative not in self.sizes and os.path.basename(relative) != relative
+        ):  # (a name in `sizes` passed this check before)
             self.flag(
                 "dcp-bad-path",
                 where,

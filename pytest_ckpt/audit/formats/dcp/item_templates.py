@@ -51,12 +51,15 @@ class _NotCanonical(Exception):
 
 @dataclass(slots=True, frozen=True)
 class _Template:
-    """Offsets are into `_union` (the head block, then what the tail block adds)."""
+    """Offsets are into the item's bytes `[0, head_end)` then `[tail_begin, length)`: the
+    two blocks less what no compared range or serialization id field reaches."""
 
     skeleton: bytes  # the compared bytes of the head and tail blocks, masks cut out
     segments: tuple[tuple[int, int], ...]  # the compared ranges
     id_fields: tuple[int, int, int, int]  # serialization id: payload, length, two CRCs
     checkpoint: Checkpoint
+    head_end: int
+    tail_begin: int
 
 
 class _RecordingSlice:
@@ -199,10 +202,14 @@ class ItemTemplates:
         """torch's reader's answer for this item (raises what open_checkpoint raises)."""
         template = self._by_length.get(stream.length)
         if template is not None:
-            head, tail_start, tail, _length = _blocks(stream)
-            union = _union(head, tail_start, tail)[0]
-            if _skeleton(union, template.segments) == template.skeleton and _id_consistent(
-                union, template.id_fields
+            head_end, tail_begin, length = template.head_end, template.tail_begin, stream.length
+            compared = stream.read_direct(0, head_end) + stream.read_direct(
+                tail_begin, length - tail_begin
+            )
+            if (
+                len(compared) == head_end + length - tail_begin
+                and _skeleton(compared, template.segments) == template.skeleton
+                and _id_consistent(compared, template.id_fields)
             ):
                 self.proven += 1
                 return template.checkpoint
@@ -238,4 +245,34 @@ class ItemTemplates:
                 return None
         except (_NotCanonical, struct.error):
             return None
-        return _Template(_skeleton(union, segments), segments, id_fields, checkpoint)
+        skeleton = _skeleton(union, segments)
+        return _compact(skeleton, segments, id_fields, checkpoint, (union_tail, item_tail))
+
+
+def _compact(
+    skeleton: bytes, segments: tuple, id_fields: tuple, checkpoint: Checkpoint, tails: tuple
+) -> _Template | None:
+    """The template with its ranges moved from `_union`'s string (head block, then what the
+    tail block adds from item offset `item_tail`) to the bytes `open` reads: the head up to
+    the end of the last range in it, the tail from the first range in it. What is left out
+    is masked bytes only (a storage's data), never compared, never read."""
+    union_tail, item_tail = tails
+    payload, id_length, crc_entry, crc_descriptor = id_fields
+    ranges = [*segments, (payload, payload + id_length), (crc_entry, crc_entry + 4)]
+    ranges.append((crc_descriptor, crc_descriptor + 4))
+    if any(begin < union_tail < end for begin, end in ranges):
+        return None  # (`_segments` and `_mapped` never make one)
+    head_end = max((end for begin, end in ranges if end <= union_tail), default=0)
+    tail_from = min((begin for begin, end in ranges if begin >= union_tail), default=union_tail)
+
+    def moved(offset: int) -> int:
+        return offset if offset < union_tail else offset - tail_from + head_end
+
+    return _Template(
+        skeleton,
+        tuple((moved(begin), moved(begin) + end - begin) for begin, end in segments),
+        (moved(payload), id_length, moved(crc_entry), moved(crc_descriptor)),
+        checkpoint,
+        head_end,
+        tail_from - union_tail + item_tail,
+    )

@@ -43,6 +43,10 @@ class FileSlice(io.RawIOBase):
         self._handle, self._start, self._length, self._pos = handle, start, length, 0
         self._blocks: dict[int, bytes] = {}  # block offset in the slice -> its bytes
         self.name = name
+        try:
+            self._fd: int | None = handle.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: in memory
+            self._fd = None
 
     def readable(self) -> bool:
         return True
@@ -73,6 +77,14 @@ class FileSlice(io.RawIOBase):
         if key not in self._blocks:
             self._blocks[key] = self._read(offset, count)
         return self._blocks[key]
+
+    def read_direct(self, offset: int, count: int) -> bytes:
+        """`count` bytes at `offset` of the slice (fewer past its end), uncached: one
+        positional read of the file when it has a descriptor (no seek, no buffer copy)."""
+        count = max(0, min(count, self._length - offset))
+        if self._fd is None:
+            return self._read(offset, count)
+        return os.pread(self._fd, count, self._start + offset)
 
     def _read(self, offset: int, count: int) -> bytes:
         self._handle.seek(self._start + offset)
