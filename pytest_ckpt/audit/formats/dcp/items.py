@@ -43,8 +43,8 @@ class FileSlice(io.RawIOBase):
         self._handle, self._start, self._length, self._pos = handle, start, length, 0
         self._blocks: dict[int, bytes] = {}  # block offset in the slice -> its bytes
         self.name = name
-        try:
-            self._fd: int | None = handle.fileno()
+        try:  # os.pread is POSIX only: elsewhere, seek and read
+            self._fd: int | None = handle.fileno() if hasattr(os, "pread") else None
         except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: in memory
             self._fd = None
 
