@@ -24,7 +24,7 @@ import os
 import tarfile
 
 from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC
-from pytest_ckpt.audit.opcodes import headerless_reach
+from pytest_ckpt.audit.opcodes import UNKNOWN, headerless_reach
 
 NOT_A_CHECKPOINT = "not a checkpoint"
 PROBE_BYTES = 1 << 16  # random bytes fail as a pickle within a few opcodes
@@ -67,7 +67,7 @@ def _pickle_verdict(head: bytes, size: int) -> bool | None:
     if reach.kind == "import":
         return reach.detail is None or _importable_names(reach.detail)
     if reach.kind == "stop":
-        return bool(reach.detail == LEGACY_MAGIC)
+        return reach.detail is UNKNOWN or bool(reach.detail == LEGACY_MAGIC)
     if reach.kind == "needs":
         return None if len(head) < reach.detail <= size else reach.detail <= size
     return False
