@@ -237,7 +237,8 @@ def end_of_pickle(data: bytes, start: int = 0) -> int:
 class Reach(NamedTuple):
     """Where `pickle.load` stops on some bytes (`headerless_reach`). `kind`:
     - "import": at GLOBAL or INST (`detail`: their two raw lines) or STACK_GLOBAL (None);
-    - "stop": at STOP (`detail`: the value it returns when that is a number, else None);
+    - "stop": at STOP (`detail`: the value it returns when that is a number, `UNKNOWN` for
+      a number the decoder could not read, else None);
     - "needs": pickle goes on only if the file holds `detail` bytes or more;
     - "fails": pickle raises there, having imported and called nothing."""
 
@@ -246,6 +247,10 @@ class Reach(NamedTuple):
 
 
 _MARK = pickletools.markobject
+UNKNOWN = "a number pickle reads and the decoder does not"  # compared by identity
+# Number arguments C pickle reads where `decode_at` refuses: INT and LONG lines in base 0
+# (`0x10`), INT, FLOAT, PUT and GET lines up to a NUL (`5\0junk`), a LONG4 of over 1 MiB.
+_LITERAL_LINES = frozenset(("decimalnl_short", "decimalnl_long", "floatnl"))
 # pickletools' names of the stack objects that are never text (STACK_GLOBAL's arguments)
 _NEVER_TEXT = frozenset(
     ("int", "int_or_bool", "bool", "bytes", "bytearray", "None", "float", "list", "tuple",
@@ -277,12 +282,16 @@ def headerless_reach(head: bytes) -> Reach:
     stack: list[tuple[Any, Any]] = []  # (pickletools stack object, the value if a number)
     marks: list[int] = []  # stack positions of the MARKs
     memo: dict[int, tuple[Any, Any]] = {}
+    memo_unknown = False  # a PUT at a key the decoder could not read: any GET may hit it
     pos = 0
     while True:
         try:
             op, after = decode_at(head, pos)
         except (TruncatedPickle, MalformedPickle) as err:
-            return _cut_short(head, pos, truncated=isinstance(err, TruncatedPickle))
+            unread = _unread_number(head, pos) if isinstance(err, MalformedPickle) else None
+            if unread is None:
+                return _cut_short(head, pos, truncated=isinstance(err, TruncatedPickle))
+            op, after = unread
         name, info = op.name, _BY_CODE[head[pos]]
         fence = marks[-1] + 1 if marks else 0
         if name in ("GLOBAL", "INST"):
@@ -299,13 +308,18 @@ def headerless_reach(head: bytes) -> Reach:
         if name in _FAIL_BEFORE_IMPORT or (name == "PROTO" and op.arg > 5):
             return Reach("fails")
         if name in _MEMO_GETS:
-            if op.arg not in memo:
+            if op.arg in memo:
+                stack.append(memo[op.arg])
+            elif memo_unknown or (op.arg is UNKNOWN and memo):
+                stack.append((pickletools.anyobject, UNKNOWN))
+            else:
                 return Reach("fails")
-            stack.append(memo[op.arg])
         elif name in _MEMO_PUTS or name == "DUP":  # both keep what the top is
-            if len(stack) <= fence or (op.arg is not None and op.arg < 0):
+            if len(stack) <= fence or (type(op.arg) is int and op.arg < 0):
                 return Reach("fails")
-            if name == "DUP":
+            if op.arg is UNKNOWN:
+                memo_unknown = True
+            elif name == "DUP":
                 stack.append(stack[-1])
             else:
                 memo[len(memo) if op.arg is None else op.arg] = stack[-1]
@@ -331,12 +345,27 @@ def _run_stack_effect(info: Any, arg: Any, stack: list, marks: list[int]) -> boo
             return False
         if before:
             del stack[-len(before) :]
-    number = arg if type(arg) is int and len(info.stack_after) == 1 else None
+    number = arg if (type(arg) is int or arg is UNKNOWN) and len(info.stack_after) == 1 else None
     for kind in info.stack_after:
         if kind is _MARK:
             marks.append(len(stack))
         stack.append((kind, number))
     return True
+
+
+def _unread_number(head: bytes, pos: int) -> tuple[Op, int] | None:
+    """The opcode at `pos`, with an `UNKNOWN` argument, and the offset after it, where the
+    decoder refused a number that C pickle may read (a literal line, a long LONG4)."""
+    info = _BY_CODE.get(head[pos])
+    if info is None or info.arg is None:
+        return None
+    if info.arg.name in _LITERAL_LINES:
+        end = head.find(b"\n", pos + 1)
+        return (Op(info.name, UNKNOWN, pos), end + 1) if end >= 0 else None
+    if info.arg.name == "long4":
+        after = pos + 5 + int.from_bytes(head[pos + 1 : pos + 5], "little", signed=True)
+        return (Op(info.name, UNKNOWN, pos), after) if pos + 5 <= after <= len(head) else None
+    return None
 
 
 def _cut_short(head: bytes, pos: int, *, truncated: bool) -> Reach:

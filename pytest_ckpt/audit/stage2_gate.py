@@ -190,7 +190,8 @@ class OracleGate:
                 return None
             shapes.append(shape.items)
         extent = tensor_extent(*shapes)
-        in_bounds = extent >= 0 and offset >= 0 and (extent == 0 or offset + extent <= numel)
+        in_bounds = extent >= 0 and 0 <= offset < 1 << 63  # torch reads it as an int64
+        in_bounds = in_bounds and (extent == 0 or offset + extent <= numel)
         return kind if in_bounds else None
 
     # ---- what audit_file asks ------------------------------------------------------------

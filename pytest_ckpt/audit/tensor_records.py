@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Mapping
+from math import prod
 from typing import Any, Protocol
 
 from pytest_ckpt.audit.allowlist import ORDERED_DICT, PARAMETER, TENSOR, Allowlist
@@ -288,14 +289,13 @@ def _extent(size_shape: bytes, stride_shape: bytes) -> int:
 
 
 def tensor_extent(size: list[int], stride: list[int]) -> int:
-    """How many elements from the storage offset a tensor of this size and stride spans
-    (0 when it is empty); -1 for what only torch's `set_` should judge (a rank mismatch, a
-    negative size or stride)."""
-    if len(size) != len(stride) or any(v < 0 for v in size + stride):
+    """How many elements from the storage offset a tensor of this size and stride spans (0 when
+    empty); -1 for what only torch's `set_` should judge: a rank mismatch, a negative size or
+    stride, or one or a running product of sizes past int64 (torch's numel check refuses)."""
+    products = [prod(size[: i + 1]) for i in range(len(size))]  # torch's, even before a 0
+    if len(size) != len(stride) or any(not 0 <= v < 1 << 63 for v in size + stride + products):
         return -1
-    if 0 in size:
-        return 0
-    return 1 + sum((n - 1) * step for n, step in zip(size, stride, strict=True))
+    return 0 if 0 in size else 1 + sum((n - 1) * step for n, step in zip(size, stride, strict=True))
 
 
 def _index(op: bytes) -> int:

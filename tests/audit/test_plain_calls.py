@@ -19,7 +19,7 @@ import pytest_ckpt.audit as audit
 from pytest_ckpt.audit.allowlist import load_allowlist
 from tests.audit.conftest import torch_verdicts
 from tests.audit.test_hostile import PROTO2, global_op, write_zip
-from tests.audit.test_torch_checks import call, tensor, uni
+from tests.audit.test_torch_checks import call, storage, tensor, uni
 
 ALLOWLIST = load_allowlist()
 
@@ -169,3 +169,44 @@ def test_odd_calls_get_torchs_verdict_and_stage2_where_needed(tmp_path, stage2_c
     assert {name: reached[name] for name in ODD_CALLS} == {
         name: expected for name, (_value, expected) in ODD_CALLS.items()
     }
+
+
+def view(size: bytes, stride: bytes, offset: bytes = b"K\x00") -> bytes:
+    """A `_rebuild_tensor_v2` of write_zip's storage with the view's fields given as opcodes."""
+    return (
+        global_op("torch._utils", "_rebuild_tensor_v2")
+        + b"(" + storage() + offset + size + stride + b"\x89" + HOOKS + b"tR"
+    )  # fmt: skip
+
+
+INT31 = b"J" + struct.pack("<i", 2**31 - 1)
+# Views the static run may not call in bounds: torch's set_ takes sizes, strides and the
+# offset as int64 (past it: "Overflow when unpacking long"), and its numel check multiplies
+# the sizes in order and refuses an overflow even where a later size is 0.
+ODD_VIEWS = {
+    "size_past_int64_then_zero": view(b"(" + long1(2**64) + b"K\x00t", b"(K\x01K\x01t"),
+    "stride_past_int64": view(b"(K\x01t", b"(" + long1(2**70) + b"t"),
+    "stride_past_int64_empty": view(b"(K\x00t", b"(" + long1(2**70) + b"t"),
+    "offset_past_int64_empty": view(b"(K\x00t", b"(K\x01t", long1(2**70)),
+    "offset_far_empty": view(b"(K\x00t", b"(K\x01t", long1(2**40)),  # torch loads it
+    "sizes_overflow_then_zero": view(b"(" + INT31 * 3 + b"K\x00t", b"(" + b"K\x01" * 4 + b"t"),
+    "sizes_zero_then_big": view(b"(K\x00" + INT31 * 3 + b"t", b"(" + b"K\x01" * 4 + b"t"),
+    "long_sizes_overflow_then_zero": view(
+        b"(" + long1(2**40) * 2 + b"K\x00t", b"(" + b"K\x01" * 3 + b"t"
+    ),
+}
+
+
+def test_views_past_int64_get_torchs_verdict(tmp_path) -> None:
+    paths = {}
+    for name, value in ODD_VIEWS.items():
+        payload = PROTO2 + b"}" + uni("x") + value + b"s."
+        paths[name] = write_zip(tmp_path / f"{name}.pt", payload)
+    torch_says = torch_verdicts(list(paths.values()))
+    wrong = [
+        f"{name}: audit={loadable} torch={torch_says[str(path)]}"
+        for name, path in paths.items()
+        if (loadable := audit.audit_file(path, allowlist=ALLOWLIST).loadable)
+        != torch_says[str(path)]
+    ]
+    assert wrong == []

@@ -24,7 +24,7 @@ import os
 import tarfile
 
 from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC
-from pytest_ckpt.audit.opcodes import headerless_reach
+from pytest_ckpt.audit.opcodes import UNKNOWN, headerless_reach
 
 NOT_A_CHECKPOINT = "not a checkpoint"
 PROBE_BYTES = 1 << 16  # random bytes fail as a pickle within a few opcodes
@@ -67,7 +67,7 @@ def _pickle_verdict(head: bytes, size: int) -> bool | None:
     if reach.kind == "import":
         return reach.detail is None or _importable_names(reach.detail)
     if reach.kind == "stop":
-        return bool(reach.detail == LEGACY_MAGIC)
+        return reach.detail is UNKNOWN or bool(reach.detail == LEGACY_MAGIC)
     if reach.kind == "needs":
         return None if len(head) < reach.detail <= size else reach.detail <= size
     return False
@@ -83,15 +83,35 @@ def _importable_names(lines: bytes) -> bool:
     return bool(module) and bool(name)
 
 
+class _PastHead(Exception):
+    """tarfile asked for bytes past those read (the file holds them, `head` does not)."""
+
+
+class _Head(io.BytesIO):
+    """The first bytes of a longer file, as tarfile reads them: a read that runs past them
+    raises `_PastHead` instead of coming back short, which tarfile would take for the end
+    of the archive ("unexpected end of data", a truncated header) where torch's reader,
+    on the whole file, goes on."""
+
+    def __init__(self, head: bytes, size: int) -> None:
+        super().__init__(head)
+        self._cut = len(head) if len(head) < size else None
+
+    def read(self, n: int | None = -1) -> bytes:
+        if self._cut is not None and (n is None or n < 0 or self.tell() + n > self._cut):
+            raise _PastHead
+        return super().read(n)
+
+
 def _may_be_legacy_tar(head: bytes, size: int) -> bool:
     """Whether torch's legacy tar reader gets past its first step, `tar.extract("storages")`:
     `tarfile` opens the bytes (a run of zeros is an empty tar) and lists a member of that
-    name, or the listing runs past `head` (a member torch would see may lie beyond)."""
+    name, or the listing reads past `head` (a member torch would see may lie beyond)."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(head), mode="r:", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=_Head(head, size), mode="r:", format=tarfile.PAX_FORMAT) as tar:
             names = tar.getnames()
-            listed_whole = len(head) >= size or tar.offset + tarfile.BLOCKSIZE <= len(head)
+    except _PastHead:
+        return True
     except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError):
         return False
-    has_storages = any(os.path.normpath(name) == "storages" for name in names)
-    return has_storages or not listed_whole
+    return any(os.path.normpath(name) == "storages" for name in names)
