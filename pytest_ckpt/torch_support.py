@@ -11,6 +11,7 @@ with no such file (a newer one, above all) the audit's verdicts are unproven, an
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -38,7 +39,13 @@ def parse_torch_version(version: str) -> tuple[int, int]:
 def reviewed_torch_versions() -> list[tuple[int, int]]:
     """The (major, minor) torch versions whose weights_only rules the auditor was reviewed
     against, oldest first (one data file each)."""
-    return sorted(parse_torch_version(p.stem) for p in REVIEWED_ALLOWLISTS.glob("*.txt"))
+    return list(_reviewed_in(REVIEWED_ALLOWLISTS))
+
+
+@functools.cache
+def _reviewed_in(folder: Path) -> tuple[tuple[int, int], ...]:
+    """The package's own data folder: listed once per process (every audit asks)."""
+    return tuple(sorted(parse_torch_version(p.stem) for p in folder.glob("*.txt")))
 
 
 def shown(version: tuple[int, int]) -> str:

@@ -135,23 +135,48 @@ def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
     warn_about_torch(torch.__version__)
     default = wo._get_allowed_globals()
     user = wo._get_user_allowed_globals()
-    names = set(default) | set(user) | set(extra)
-    classes = {name for name, value in {**default, **user}.items() if isinstance(value, type)}
-    # --allow names are taken as classes (allow-listing is how users admit their own types)
-    # unless they are known functions, which torch will call but never build (NEWOBJ/BUILD).
-    classes |= {name for name in extra if kind_of(name) != "function"}
+    extra = tuple(extra)
+    base = _from_default(default, torch.__version__)
+    names, classes = base["names"], base["classes"]
+    if user or extra:
+        names = frozenset(names | set(user) | set(extra))
+        merged = {**default, **user}
+        classes = {name for name, value in merged.items() if isinstance(value, type)}
+        # --allow names are taken as classes (allow-listing is how users admit their own
+        # types) unless they are known functions, which torch will call but never build.
+        classes = frozenset(classes | {name for name in extra if kind_of(name) != "function"})
     return Allowlist(
-        names=frozenset(names),
-        classes=frozenset(classes),
-        returns=dict(reviewed_allowlist(torch.__version__).returns),
-        storage_sizes=_storage_sizes(default),
+        names=names,
+        classes=classes,
+        returns=dict(base["returns"]),
+        storage_sizes=dict(base["storage_sizes"]),
         blocked_modules=frozenset(wo._blocklisted_modules),
         name_mapping=dict(NAME_MAPPING),
         import_mapping=dict(IMPORT_MAPPING),
-        torch_names=frozenset(default),
-        allocating=frozenset(_allocating(default)),
-        grad_storages=frozenset(_grad_storages(default)),
+        torch_names=base["names"],
+        allocating=base["allocating"],
+        grad_storages=base["grad_storages"],
     )
+
+
+# What load_allowlist derives from torch's default allowlist alone, for the one dict
+# torch hands out (it caches it; held here, so `is` compares the same live object).
+_DERIVED: list[tuple[Mapping[str, Any], str, dict[str, Any]]] = []
+
+
+def _from_default(default: Mapping[str, Any], version: str) -> dict[str, Any]:
+    if _DERIVED and _DERIVED[0][0] is default and _DERIVED[0][1] == version:
+        return _DERIVED[0][2]
+    derived = {
+        "names": frozenset(default),
+        "classes": frozenset(name for name, value in default.items() if isinstance(value, type)),
+        "returns": dict(reviewed_allowlist(version).returns),
+        "storage_sizes": _storage_sizes(default),
+        "allocating": frozenset(_allocating(default)),
+        "grad_storages": frozenset(_grad_storages(default)),
+    }
+    _DERIVED[:] = [(default, version, derived)]
+    return derived
 
 
 def _grad_storages(default: Mapping[str, Any]) -> set[str]:

@@ -144,10 +144,12 @@ def _walk(
     while queue:
         node = queue.popleft()
         site = sites[id(node)]
+        depth = site.depth + 1
         for label, child in node.children:
             key = id(child)
             if key not in sites:
-                depth = site.depth + 1
+                if not (child.children or child.findings):
+                    continue  # a plain leaf (a tensor): no route to anything flagged
                 head = (*site.head, label) if depth < _HEAD else site.head
                 owns = node.findings and _owns(node, label, whole)
                 owner = node if owns else site.owner

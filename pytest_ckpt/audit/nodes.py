@@ -41,6 +41,15 @@ class Finding:
     more_sites: int = 0
     fix_kind: str = ""
 
+    def copy_at(self, offset: int) -> Finding:
+        """This finding for another object, built at `offset`, its other sites to come:
+        `dataclasses.replace(self, offset=offset, also_at=[], more_sites=0)` spelt out
+        (one per object built from a refused global; replace costs six times as much)."""
+        return Finding(
+            self.kind, self.detail, self.global_name, self.fix, self.allowlist_helps, offset,
+            self.path, self.needs, [], 0, self.fix_kind,
+        )  # fmt: skip
+
 
 class Node:
     """An object the pickle would build. `items` is kept only for short tuples.

@@ -26,9 +26,8 @@ from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Node, value_is
 from pytest_ckpt.audit.opcodes import PREVIEW, Blob, new_blob
 
 REBUILD_TENSOR_V2 = "torch._utils._rebuild_tensor_v2"
-_BININT = ord("J")  # the one signed integer opcode of the three
-_BINUNICODE, _BINPUT, _LONG_BINPUT, _BINGET = ord("X"), ord("q"), ord("r"), ord("h")
-_NEXT = (b"(", b"h", b"j")  # what follows a record's first GET: MARK, or a Parameter's GET
+_BININT, _BINUNICODE, _BINPUT, _LONG_BINPUT = ord("J"), ord("X"), ord("q"), ord("r")  # J: signed
+_GET_WIDTH, _PUT_WIDTH = {b"h": 2, b"j": 5}, {b"q": 2, b"r": 5}  # opcode -> its size
 _LONG_INDEX = struct.Struct("<xI").unpack  # a 5-byte LONG_BINGET / LONG_BINPUT
 # all of a tensor's five PUTs (a Parameter's eight) in the 4-byte form: one unpack
 _LONG_PUTS = {n: struct.Struct("<" + "xI" * n).unpack for n in (5, 8)}
@@ -104,10 +103,7 @@ class DeferredRecord:
     __slots__ = ("end", "reads", "start", "tensor")
 
     def __init__(self, start: int, end: int, reads: dict[int, Any], tensor: Node) -> None:
-        self.start = start
-        self.end = end
-        self.reads = reads
-        self.tensor = tensor
+        self.start, self.end, self.reads, self.tensor = start, end, reads, tensor
 
 
 def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | None:
@@ -117,8 +113,8 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     is a state dict entry, its name (a BINUNICODE and its PUT) pushed first. The loop keeps
     the interpreter's state in locals: a state dict is thousands of entries in a row."""
     data = interp.data
-    if not named and data[pos + (2 if data[pos] == _BINGET else 5) : pos + 6][:1] not in _NEXT:
-        return None  # most GETs start no record: answered before the set-up below
+    if not _may_start(data, pos, named):
+        return None  # most GETs and strings start no record: answered before the set-up
     memo, stack, guarded = interp.memo, interp.stack, interp.guarded
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
     grad_tensors, grad_storages = interp.grad_tensors, interp.allow.grad_storages
@@ -190,6 +186,20 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     if sizes is not None:
         interp.storages += taken
     return pos
+
+
+def _may_start(data: bytes, pos: int, named: bool) -> bool:
+    """Could a record start at `pos` (after an entry's name and its PUT when `named`)? Its
+    first GET is followed by MARK MARK, or (a Parameter's) by one more GET and MARK MARK."""
+    if named:  # BINUNICODE <4-byte length> <name> [BINPUT|LONG_BINPUT]
+        if data[pos + 2 : pos + 5] != b"\0\0\0":
+            return False
+        pos += 5 + data[pos + 1]
+        pos += _PUT_WIDTH.get(data[pos : pos + 1], 0)
+    pos += _GET_WIDTH.get(data[pos : pos + 1], len(data))  # not a GET: past the end
+    if data[pos : pos + 2] != b"((":
+        pos += _GET_WIDTH.get(data[pos : pos + 1], len(data))
+    return data[pos : pos + 2] == b"(("
 
 
 def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple | None:
@@ -284,10 +294,6 @@ def _shape_ints(shape: bytes) -> list[int]:
     return values
 
 
-def _extent(size_shape: bytes, stride_shape: bytes) -> int:
-    return tensor_extent(_shape_ints(size_shape), _shape_ints(stride_shape))
-
-
 def tensor_extent(size: list[int], stride: list[int]) -> int:
     """How many elements from the storage offset a tensor of this size and stride spans (0 when
     empty); -1 for what only torch's `set_` should judge: a rank mismatch, a negative size or
@@ -341,14 +347,9 @@ def _entry_name(data: bytes, pos: int, size: int) -> tuple[int, int | None, str]
 
 
 def _storage_and_view_ok(
-    interp: Interpreter,
-    sizes: Mapping[str, int],
-    key: str,
-    type_name: str,
-    element_size: int | None,
-    numbers: tuple[bytes, bytes],
-    shapes: tuple[bytes, bytes],
-) -> bool:
+    interp: Interpreter, sizes: Mapping[str, int], key: str, type_name: str,
+    element_size: int | None, numbers: tuple[bytes, bytes], shapes: tuple[bytes, bytes],
+) -> bool:  # fmt: skip
     """The checks torch makes on a zip checkpoint's storage (its record holds exactly numel
     x element size bytes; a shared one is seen with one type and size) and on the tensor's
     view (in bounds), for a record's (numel, offset) opcodes and (size, stride) shapes."""
@@ -361,7 +362,7 @@ def _storage_and_view_ok(
         return False  # a shared storage seen with another type or size: torch's own call
     extent = _EXTENTS.get(shapes)
     if extent is None:
-        extent = _EXTENTS[shapes] = _extent(*shapes)
+        extent = _EXTENTS[shapes] = tensor_extent(*map(_shape_ints, shapes))
     offset = int.from_bytes(offset_op[1:], "little", signed=offset_op[0] == _BININT)
     return not (extent < 0 or offset < 0 or (extent and (offset + extent) > numel))
 

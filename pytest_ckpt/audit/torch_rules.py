@@ -23,7 +23,6 @@ the opcodes torch refuses is `verdict.PickleInterpreter`'s.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, ClassVar
 
 from pytest_ckpt.audit.advice import OBJECT_STATE_FIX, fix_for_name
@@ -149,7 +148,7 @@ class TorchRules(PickleMachine):
         first = self.built_from.get(id(source))
         if first is not None and first[0] is source:
             for finding in first[1]:
-                self._flag(result, replace(finding, offset=offset, also_at=[], more_sites=0))
+                self._flag(result, finding.copy_at(offset))
 
     # ---- torch's opcodes, in torch's order -----------------------------------------------
 

@@ -13,7 +13,7 @@ import time
 import torch
 
 from pytest_ckpt.audit import audit_file
-from pytest_ckpt.audit.nodes import MAX_FINDINGS
+from pytest_ckpt.audit.nodes import MAX_FINDINGS, Finding
 from pytest_ckpt.audit.render import artifact_uri, render_json, render_sarif, render_text
 from tests.audit.advice_fixtures import Record, Stage
 from tests.audit.test_advice import torch_with_allowlists
@@ -165,3 +165,14 @@ def test_distinct_globals_past_the_cap_are_counted_and_no_list_is_offered(tmp_pa
     assert len(report.findings) == MAX_FINDINGS
     assert report.findings_omitted == 50
     assert report.safe_globals is None
+
+
+def test_a_finding_copied_for_another_object_keeps_every_field():
+    """`Finding.copy_at` spells out dataclasses.replace: a field added later must be in it."""
+    import dataclasses
+
+    values = {f.name: f"<{f.name}>" for f in dataclasses.fields(Finding)}
+    values.update(also_at=["root['a']"], more_sites=3, needs=("x.Y",), allowlist_helps=True)
+    finding = Finding(**values)
+    expected = dataclasses.replace(finding, offset=7, also_at=[], more_sites=0)
+    assert finding.copy_at(7) == expected
