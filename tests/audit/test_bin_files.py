@@ -50,6 +50,20 @@ print(json.dumps(verdicts))
 """
 
 
+def what_readers_do(blobs: list[bytes]) -> list[tuple[bool, bool]]:
+    """For each blob, in one fresh process (`READERS`): did pickle.loads reach an import,
+    and does torch.load(weights_only=True) load it."""
+    result = subprocess.run(
+        [sys.executable, "-c", READERS],
+        input="\n".join(blob.hex() for blob in blobs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 class RunsACommand:
     def __reduce__(self):
         return (os.system, ("touch ran-by-a-sample",))
@@ -79,15 +93,7 @@ def samples() -> list[bytes]:
 def test_what_is_called_not_a_checkpoint_no_reader_can_load_or_import_from() -> None:
     blobs = samples()
     called = [may_unpickle(blob, len(blob)) for blob in blobs]
-    result = subprocess.run(
-        [sys.executable, "-c", READERS],
-        input="\n".join(blob.hex() for blob in blobs),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    readers = json.loads(result.stdout)
+    readers = what_readers_do(blobs)
     for blob, pickle_like, (imported, torch_loads) in zip(blobs, called, readers, strict=True):
         if not pickle_like:
             assert not imported, f"pickle.loads reached an import in {blob!r}"
@@ -263,15 +269,7 @@ def stack_programs(count: int, seed: int) -> list[bytes]:
 def test_the_symbolic_stack_never_skips_what_pickle_imports_from() -> None:
     blobs = stack_programs(3000, seed=11)
     called = [may_unpickle(blob, len(blob)) for blob in blobs]
-    result = subprocess.run(
-        [sys.executable, "-c", READERS],
-        input="\n".join(blob.hex() for blob in blobs),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    readers = json.loads(result.stdout)
+    readers = what_readers_do(blobs)
     wrong = [
         blob
         for blob, pickle_like, (imported, _) in zip(blobs, called, readers, strict=True)

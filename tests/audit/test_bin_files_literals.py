@@ -10,7 +10,7 @@ import struct
 
 from pytest_ckpt.audit.formats.bin_files import is_checkpoint_bin, may_unpickle
 from pytest_ckpt.audit.formats.legacy import LEGACY_MAGIC
-from tests.audit.test_bin_files import READERS
+from tests.audit.test_bin_files import what_readers_do
 from tests.audit.test_bin_files_past_probe import markers_left, payload
 
 LONG = (1 << 20) + 1  # bytes of a LONG4 the decoder will not turn into an int
@@ -46,9 +46,6 @@ def test_a_legacy_magic_number_written_in_hex_is_a_checkpoint() -> None:
 def test_literals_the_symbolic_run_cannot_read_never_skip_an_import() -> None:
     """Every literal prefix with every ending, against pickle's own `find_class` (an audit
     hook refuses it: nothing is imported)."""
-    import json
-    import subprocess
-    import sys
 
     texts = [b"5", b"0x10", b"5\x00z", b" 7", b"1_0", b"00", b"01", b"0o7", b"0b1", b"1.5\x00q",
              b"nan", b"9" * 5000, b"0x" + b"f" * 5000, b"", b"-1"]  # fmt: skip
@@ -57,15 +54,7 @@ def test_literals_the_symbolic_run_cannot_read_never_skip_an_import() -> None:
     stack_global = b"X\x02\x00\x00\x00osX\x06\x00\x00\x00getcwd\x93"
     endings = [b"0cos\ngetcwd\n", b"cos\ngetcwd\n", stack_global]
     blobs = [prefix + ending for prefix in prefixes for ending in endings]
-    result = subprocess.run(
-        [sys.executable, "-c", READERS],
-        input="\n".join(blob.hex() for blob in blobs),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    readers = json.loads(result.stdout)
+    readers = what_readers_do(blobs)
     wrong = [
         blob
         for blob, (imported, _) in zip(blobs, readers, strict=True)
