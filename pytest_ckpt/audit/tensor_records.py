@@ -1,4 +1,5 @@
-"""The auditor's fast path: one regex match for each tensor (or Parameter) torch.save writes.
+"""The auditor's fast path: one regex match (`record_grammar`) for each tensor (or Parameter)
+torch.save writes.
 
 A state dict is mostly the same ~30 opcodes per tensor (`_rebuild_tensor_v2` on a persistent
 storage id, sizes, strides, requires_grad, an empty OrderedDict of hooks): ~30 us each in
@@ -15,7 +16,6 @@ is the interpreter's own.
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Mapping
 from math import prod
@@ -23,55 +23,17 @@ from typing import Any, Protocol
 
 from pytest_ckpt.audit.allowlist import ORDERED_DICT, PARAMETER, TENSOR, Allowlist
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Node, value_is
-from pytest_ckpt.audit.opcodes import PREVIEW, Blob, new_blob
+from pytest_ckpt.audit.opcodes import Blob, new_blob
+from pytest_ckpt.audit.record_grammar import (
+    BININT,
+    LONG_PUTS,
+    may_start,
+    memo_index,
+    record_at,
+    shape_ints,
+)
 
 REBUILD_TENSOR_V2 = "torch._utils._rebuild_tensor_v2"
-_BININT, _BINUNICODE, _BINPUT, _LONG_BINPUT = ord("J"), ord("X"), ord("q"), ord("r")  # J: signed
-_GET_WIDTH, _PUT_WIDTH = {b"h": 2, b"j": 5}, {b"q": 2, b"r": 5}  # opcode -> its size
-_LONG_INDEX = struct.Struct("<xI").unpack  # a 5-byte LONG_BINGET / LONG_BINPUT
-# all of a tensor's five PUTs (a Parameter's eight) in the 4-byte form: one unpack
-_LONG_PUTS = {n: struct.Struct("<" + "xI" * n).unpack for n in (5, 8)}
-
-_GET = rb"(h.|j....)"  # BINGET / LONG_BINGET, captured
-_PUT = rb"(q.|r....)?"  # BINPUT / LONG_BINPUT, captured (absent when the pickler keeps no memo)
-_INT = rb"(?:K.|M..|J....)"  # BININT1 / BININT2 / BININT
-# A size or stride: EMPTY_TUPLE, TUPLE1-3 of as many ints, or MARK ints... TUPLE.
-_SHAPE = rb"(?:\)|" + rb"|".join(_INT * n + bytes([0x84 + n]) for n in (1, 2, 3)) + rb"|\("
-_SHAPE += _INT + rb"*t)"
-# torch.save's storage keys are short decimal strings; one alternative per length keeps the
-# declared length and the digits in step with no check in Python.
-_DECIMAL_KEY = rb"|".join(
-    b"X" + bytes([n]) + rb"\x00\x00\x00[0-9]{" + str(n).encode() + b"}" for n in range(1, 11)
-)
-
-_RECORD = b"".join(
-    [
-        _GET,  # 1: torch._utils._rebuild_tensor_v2
-        rb"\(\(",  # MARK (its arguments) MARK (the persistent id)
-        _GET,  # 2: 'storage'
-        _GET,  # 3: the storage type, e.g. torch.FloatStorage
-        rb"(?:(" + _DECIMAL_KEY + rb")" + _PUT + rb"|" + _GET + rb")",  # 4+5 new key | 6
-        _GET,  # 7: the location, e.g. 'cpu'
-        rb"(" + _INT + rb")",  # 8: numel
-        rb"t" + _PUT,  # 9: TUPLE, the persistent id
-        rb"Q(" + _INT + rb")",  # BINPERSID, 10: the storage offset
-        rb"(" + _SHAPE + rb")" + _PUT,  # 11, 12: size
-        rb"(" + _SHAPE + rb")" + _PUT,  # 13, 14: stride
-        rb"([\x88\x89])",  # 15: requires_grad
-        _GET,  # 16: collections.OrderedDict
-        rb"\)R" + _PUT,  # 17: EMPTY_TUPLE REDUCE, the (empty) backward hooks
-        rb"t" + _PUT,  # 18: TUPLE, the arguments
-        rb"R" + _PUT,  # 19: REDUCE, the tensor
-    ]
-)
-TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
-# An nn.Parameter as torch.save writes it: `_rebuild_parameter(<tensor record>,
-# requires_grad, OrderedDict())`, groups 1 (the GET of _rebuild_parameter), 2-20 (the
-# tensor's, as above), 21 requires_grad, 22 OrderedDict's GET, 23-25 the three PUTs.
-PARAMETER_RECORD = re.compile(
-    _GET + _RECORD + rb"([\x88\x89])" + _GET + rb"\)R" + _PUT + rb"\x87" + _PUT + rb"R" + _PUT,
-    re.DOTALL,
-)
 REBUILD_PARAMETER = "torch._utils._rebuild_parameter"
 
 
@@ -86,6 +48,7 @@ class Interpreter(Protocol):
     storage_sizes: Mapping[str, int] | None
     storage_decls: dict[str, tuple[str, int]]  # key -> its first (storage type, numel)
     grad_tensors: dict[int, Node]  # plain tensors whose dtype can require grad (the gate's)
+    built_from: dict[int, Any]  # flagged globals whose finding an object took over
     map_location: str | None
     clean_reads: dict[tuple[bytes, ...], tuple]  # validated reads, by the GETs' bytes
     guarded: set[int]  # memo entries clean_reads depends on
@@ -113,14 +76,14 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     is a state dict entry, its name (a BINUNICODE and its PUT) pushed first. The loop keeps
     the interpreter's state in locals: a state dict is thousands of entries in a row."""
     data = interp.data
-    if not _may_start(data, pos, named):
+    if not may_start(data, pos, named):
         return None  # most GETs and strings start no record: answered before the set-up
     memo, stack, guarded = interp.memo, interp.stack, interp.guarded
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
     grad_tensors, grad_storages = interp.grad_tensors, interp.allow.grad_storages
     taken = 0
     while True:
-        at = _record_at(data, pos, size, named)
+        at = record_at(data, pos, size, named)
         if at is None:
             break
         record_start, name_index, name, groups, outer, end, key_start = at
@@ -136,7 +99,7 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
         reads, rebuild, hooks, storage_type, element_size = cached
         if grad_op == b"\x88" and storage_type.name not in grad_storages:
             break  # torch: only floating point and complex tensors can require grad
-        if rebuild.findings or hooks.findings or storage_type.findings:
+        if _flagged(interp.built_from, rebuild, hooks, storage_type):
             break  # flagged since (BUILD or APPEND onto them): the interpreter's job
         found = _storage_key(memo, new_key, key_get, name_index)
         if found is None:
@@ -150,14 +113,14 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
         ):  # fmt: skip
             break  # the interpreter reports it, on the storage node, with its path
         put_ops: tuple[bytes | None, ...] = (id_put, size_put, stride_put, hooks_put, args_put)
-        key_index = None if key_put is None else _index(key_put)
+        key_index = None if key_put is None else memo_index(key_put)
         if outer:  # the tensor is the Parameter's data; the Parameter is what is pushed
             parameter_reads = _parameter_reads(interp, outer, storage_type.name)
             if parameter_reads is None:
                 break
             reads = {**reads, **parameter_reads}
             put_ops, tensor_put = (*put_ops, tensor_put, outer[22], outer[23]), outer[24]
-        tensor_index = None if tensor_put is None else _index(tensor_put)
+        tensor_index = None if tensor_put is None else memo_index(tensor_put)
         puts = _record_puts(put_ops, guarded, (name_index, key_index, tensor_index))
         if puts is None or (key_get is not None and index in puts):
             break  # overwrites what records read, or reads what it wrote: the interpreter's
@@ -188,20 +151,6 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     return pos
 
 
-def _may_start(data: bytes, pos: int, named: bool) -> bool:
-    """Could a record start at `pos` (after an entry's name and its PUT when `named`)? Its
-    first GET is followed by MARK MARK, or (a Parameter's) by one more GET and MARK MARK."""
-    if named:  # BINUNICODE <4-byte length> <name> [BINPUT|LONG_BINPUT]
-        if data[pos + 2 : pos + 5] != b"\0\0\0":
-            return False
-        pos += 5 + data[pos + 1]
-        pos += _PUT_WIDTH.get(data[pos : pos + 1], 0)
-    pos += _GET_WIDTH.get(data[pos : pos + 1], len(data))  # not a GET: past the end
-    if data[pos : pos + 2] != b"((":
-        pos += _GET_WIDTH.get(data[pos : pos + 1], len(data))
-    return data[pos : pos + 2] == b"(("
-
-
 def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple | None:
     """The memo values a record with these GETs reads, if they are the ones torch.save writes.
 
@@ -212,7 +161,7 @@ def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple
     reads: dict[int, Any] = {}
     values = []
     for op in signature:
-        index = _index(op)
+        index = memo_index(op)
         value = interp.memo.get(index, reads)  # `reads` stands for "never set"
         if value is reads or type(value) is DeferredRecord:
             return None  # the interpreter reports the bad GET, or builds the entry
@@ -220,41 +169,20 @@ def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple
         values.append(value)
     rebuild, tag, storage_type, location, hooks = values
     if not (
-        _is_clean_global(rebuild, REBUILD_TENSOR_V2)
-        and _is_clean_global(hooks, ORDERED_DICT)
-        and _is_clean_global(storage_type, None)
+        _is_clean_global(rebuild, REBUILD_TENSOR_V2, interp.built_from)
+        and _is_clean_global(hooks, ORDERED_DICT, interp.built_from)
+        and _is_clean_global(storage_type, None, interp.built_from)
         and value_is(tag, "storage")
         and loads_here(location, interp.map_location)
     ):
         return None
     interp.guarded.update(reads)
-    reads[_index(signature[0])] = Node(GLOBAL_TYPE, name=REBUILD_TENSOR_V2)
-    reads[_index(signature[4])] = Node(GLOBAL_TYPE, name=ORDERED_DICT)
+    reads[memo_index(signature[0])] = Node(GLOBAL_TYPE, name=REBUILD_TENSOR_V2)
+    reads[memo_index(signature[4])] = Node(GLOBAL_TYPE, name=ORDERED_DICT)
     element_size = interp.allow.storage_sizes.get(storage_type.name)
     cached = (reads, rebuild, hooks, storage_type, element_size)
     interp.clean_reads[signature] = cached
     return cached
-
-
-def _record_at(data: bytes, pos: int, size: int, named: bool) -> tuple | None:
-    """The record at `pos` (after its entry's name when `named`: BINUNICODE <4-byte length>
-    <name> [BINPUT|LONG_BINPUT], read in place), or None: (where it starts, the name's memo
-    index, the name, its tensor's groups as TENSOR_RECORD numbers them, a Parameter's own
-    groups around them or (), where it ends, where its new storage key's opcode starts)."""
-    record_start, name_index, name = pos, None, None
-    if named:
-        entry = _entry_name(data, pos, size)
-        if entry is None:
-            return None
-        record_start, name_index, name = entry
-    match = TENSOR_RECORD.match(data, record_start)
-    if match is not None:
-        return record_start, name_index, name, match.groups(), (), match.end(), match.start(4)
-    match = PARAMETER_RECORD.match(data, record_start)
-    if match is None:
-        return None
-    outer = match.groups()
-    return record_start, name_index, name, outer[1:20], outer, match.end(), match.start(5)
 
 
 def _parameter_reads(interp: Interpreter, outer: tuple, storage_type: str) -> dict | None:
@@ -266,32 +194,20 @@ def _parameter_reads(interp: Interpreter, outer: tuple, storage_type: str) -> di
     signature = (b"P", outer[0], outer[21])
     cached = interp.clean_reads.get(signature)
     if cached is None:
-        at, hooks_at = _index(outer[0]), _index(outer[21])
+        at, hooks_at = memo_index(outer[0]), memo_index(outer[21])
         parameter, hooks = interp.memo.get(at), interp.memo.get(hooks_at)
-        clean = _is_clean_global(parameter, REBUILD_PARAMETER)
-        if not (clean and _is_clean_global(hooks, ORDERED_DICT)):
+        clean = _is_clean_global(parameter, REBUILD_PARAMETER, interp.built_from)
+        if not (clean and _is_clean_global(hooks, ORDERED_DICT, interp.built_from)):
             return None
         interp.guarded.update((at, hooks_at))
         reads = {at: Node(GLOBAL_TYPE, name=REBUILD_PARAMETER)}
         reads[hooks_at] = Node(GLOBAL_TYPE, name=ORDERED_DICT)
         cached = interp.clean_reads[signature] = (reads, parameter, hooks)
     stand_ins, parameter, hooks = cached
-    return None if parameter.findings or hooks.findings else stand_ins  # flagged since
+    return None if _flagged(interp.built_from, parameter, hooks) else stand_ins
 
 
 _EXTENTS: dict[tuple[bytes, bytes], int] = {}  # (size, stride) opcodes -> elements spanned
-_INT_WIDTH = {ord("K"): 1, ord("M"): 2, _BININT: 4}
-
-
-def _shape_ints(shape: bytes) -> list[int]:
-    """The ints of a matched size or stride tuple (its opcodes, as the regex matched them)."""
-    values, pos = [], 1 if shape[:1] == b"(" else 0
-    while pos < len(shape) and shape[pos] in _INT_WIDTH:
-        width = _INT_WIDTH[shape[pos]]
-        raw = shape[pos + 1 : pos + 1 + width]
-        values.append(int.from_bytes(raw, "little", signed=shape[pos] == _BININT))
-        pos += 1 + width
-    return values
 
 
 def tensor_extent(size: list[int], stride: list[int]) -> int:
@@ -304,11 +220,6 @@ def tensor_extent(size: list[int], stride: list[int]) -> int:
     return 0 if 0 in size else 1 + sum((n - 1) * step for n, step in zip(size, stride, strict=True))
 
 
-def _index(op: bytes) -> int:
-    """The memo index of a matched GET or PUT (1-byte or 4-byte form)."""
-    return op[1] if len(op) == 2 else _LONG_INDEX(op)[0]
-
-
 def loads_here(location: Any, map_location: str | None) -> bool:
     """A storage location torch restores on this host without asking: "cpu", or any text
     when storages are mapped to the CPU (anything else is torch's to judge)."""
@@ -317,33 +228,20 @@ def loads_here(location: Any, map_location: str | None) -> bool:
     return map_location is None and value_is(location, "cpu")
 
 
-def _is_clean_global(value: Any, name: str | None) -> bool:
+def _is_clean_global(value: Any, name: str | None, built_from: dict[int, Any]) -> bool:
     """A GLOBAL node torch accepts (named `name`, when given)."""
     return (
         type(value) is Node
         and value.type_name == GLOBAL_TYPE
-        and not value.findings
+        and not _flagged(built_from, value)
         and (name is None or value.name == name)
     )
 
 
-def _entry_name(data: bytes, pos: int, size: int) -> tuple[int, int | None, str] | None:
-    """A state dict entry's name at `pos` (BINUNICODE, and its PUT if any), read in place:
-    (where the record starts, the name's memo index or None, the name); None if not one."""
-    if pos + 5 > size or data[pos] != _BINUNICODE or data[pos + 2 : pos + 5] != b"\0\0\0":
-        return None
-    name_end = pos + 5 + data[pos + 1]
-    if data[pos + 1] > PREVIEW or name_end + 5 > size:
-        return None
-    try:
-        name = data[pos + 5 : name_end].decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:
-        return None  # the interpreter reports it
-    if data[name_end] == _BINPUT:
-        return name_end + 2, data[name_end + 1], name
-    if data[name_end] == _LONG_BINPUT:
-        return name_end + 5, _LONG_INDEX(data[name_end : name_end + 5])[0], name
-    return name_end, None, name
+def _flagged(built_from: dict[int, Any], *nodes: Node) -> bool:
+    """Has any of these globals been flagged (BUILD or SETITEMS onto it...)? Its finding
+    sits on it, or, once an object was built from it, in the interpreter's `built_from`."""
+    return any(node.findings for node in nodes) or any(id(n) in built_from for n in nodes)
 
 
 def _storage_and_view_ok(
@@ -354,7 +252,7 @@ def _storage_and_view_ok(
     x element size bytes; a shared one is seen with one type and size) and on the tensor's
     view (in bounds), for a record's (numel, offset) opcodes and (size, stride) shapes."""
     numel_op, offset_op = numbers
-    numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == _BININT)
+    numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == BININT)
     if element_size is None or numel * element_size != sizes.get(key, -1):
         return False
     declared = (type_name, numel)
@@ -362,8 +260,8 @@ def _storage_and_view_ok(
         return False  # a shared storage seen with another type or size: torch's own call
     extent = _EXTENTS.get(shapes)
     if extent is None:
-        extent = _EXTENTS[shapes] = tensor_extent(*map(_shape_ints, shapes))
-    offset = int.from_bytes(offset_op[1:], "little", signed=offset_op[0] == _BININT)
+        extent = _EXTENTS[shapes] = tensor_extent(*map(shape_ints, shapes))
+    offset = int.from_bytes(offset_op[1:], "little", signed=offset_op[0] == BININT)
     return not (extent < 0 or offset < 0 or (extent and (offset + extent) > numel))
 
 
@@ -375,9 +273,9 @@ def _record_puts(
     puts: list[int] | tuple[int, ...]
     try:  # all in the 4-byte form (past the first 256 memo entries): one unpack. A missing
         # PUT (None) makes join raise TypeError, the fallback: cheaper than testing each.
-        puts = _LONG_PUTS[len(put_ops)](b"".join(put_ops))  # type: ignore[arg-type]
+        puts = LONG_PUTS[len(put_ops)](b"".join(put_ops))  # type: ignore[arg-type]
     except (TypeError, struct.error):
-        puts = [_index(op) for op in put_ops if op is not None]
+        puts = [memo_index(op) for op in put_ops if op is not None]
     if not guarded.isdisjoint(puts) or not guarded.isdisjoint(other_writes):
         return None
     return puts
@@ -391,7 +289,7 @@ def _storage_key(
     the entry name just written, where the order of the reads matters)."""
     if key_get is None:
         return (new_key or b"")[5:].decode("ascii"), None
-    index = _index(key_get)
+    index = memo_index(key_get)
     shared = memo.get(index)
     if not (type(shared) is Blob and shared.kind == "str" and shared.complete):
         return None

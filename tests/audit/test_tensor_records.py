@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.formats.torch_archive import open_checkpoint
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
-from pytest_ckpt.audit.tensor_records import TENSOR_RECORD
+from pytest_ckpt.audit.record_grammar import TENSOR_RECORD
 from pytest_ckpt.audit.verdict import PickleInterpreter
 
 ALLOWLIST = load_allowlist()
@@ -191,6 +191,32 @@ def test_a_global_flagged_after_a_record_used_it_is_taken_over_by_the_next() -> 
     verdict, _taken = same_with_and_without(splice(data, first.end(), build_on_it), sizes)
     paths = {(kind, path) for kind, path, *_ in verdict[2]}
     assert ("unsupported-operation", "root['c']") in paths  # REDUCE passed it on to "c"
+
+
+def test_every_record_after_a_global_was_flagged_is_the_interpreters() -> None:
+    """The first object built from a flagged global takes its finding over (the global's own
+    list is emptied): the records after it still call a refused global, each its own finding."""
+    data, sizes = saved({name: torch.ones(2) for name in "abcde"})
+    first = records(data)[0]
+    index = first.group(1)[1]
+    build_on_it = b"h" + bytes([index]) + b"Nb0"  # GET, NONE, BUILD (refused on a global), POP
+    verdict, taken = same_with_and_without(splice(data, first.end(), build_on_it), sizes)
+    assert taken == 1  # "b" only
+    paths = {path for kind, path, *_ in verdict[2] if kind == "unsupported-operation"}
+    assert paths == {"root['c']", "root['d']", "root['e']"}  # (and POP: torch has none)
+
+
+def test_a_parameter_whose_rebuild_global_had_items_set_is_the_interpreters(
+    small_parameter_pickle,
+) -> None:
+    """Found by the mutation test below: the first record's argument TUPLE turned SETITEMS
+    flags `_rebuild_tensor_v2` itself; the next record takes the finding over, and the fast
+    path took the two after it as clean."""
+    data, sizes = small_parameter_pickle
+    assert data[194:195] == b"t"  # the first Parameter's tensor arguments
+    verdict, taken = same_with_and_without(splice(data[:194], 194, b"u") + data[195:], sizes)
+    assert taken == 0
+    assert len(verdict[2]) == 5
 
 
 def test_internals_of_a_skipped_record_read_back_later_have_their_paths() -> None:
