@@ -81,7 +81,7 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     memo, stack, guarded = interp.memo, interp.stack, interp.guarded
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
     grad_tensors, grad_storages = interp.grad_tensors, interp.allow.grad_storages
-    taken = 0
+    taken, checked = 0, None
     while True:
         at = record_at(data, pos, size, named)
         if at is None:
@@ -93,14 +93,17 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             hooks_get, hooks_put, args_put, tensor_put,
         ) = groups  # fmt: skip
         signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
-        cached = clean_reads.get(signature) or _validated_reads(interp, signature)
-        if cached is None:
-            break
-        reads, rebuild, hooks, storage_type, element_size = cached
+        if signature != checked:  # the previous record's reads hold: nothing ran since
+            cached = clean_reads.get(signature) or _validated_reads(interp, signature)
+            if cached is None:
+                break
+            shared_reads, rebuild, hooks, storage_type, element_size = cached
+            if _flagged(interp.built_from, rebuild, hooks, storage_type):
+                break  # flagged since (BUILD or APPEND onto them): the interpreter's job
+            checked = signature
         if grad_op == b"\x88" and storage_type.name not in grad_storages:
             break  # torch: only floating point and complex tensors can require grad
-        if _flagged(interp.built_from, rebuild, hooks, storage_type):
-            break  # flagged since (BUILD or APPEND onto them): the interpreter's job
+        reads = shared_reads
         found = _storage_key(memo, new_key, key_get, name_index)
         if found is None:
             break  # a deferred entry, not a key torch accepts, or the name just written
@@ -207,7 +210,8 @@ def _parameter_reads(interp: Interpreter, outer: tuple, storage_type: str) -> di
     return None if _flagged(interp.built_from, parameter, hooks) else stand_ins
 
 
-_EXTENTS: dict[tuple[bytes, bytes], int] = {}  # (size, stride) opcodes -> elements spanned
+# ((numel, offset), (size, stride)) opcodes -> the storage's numel, -1 for a view past it
+_VIEWS: dict[tuple[tuple[bytes, bytes], tuple[bytes, bytes]], int] = {}
 
 
 def tensor_extent(size: list[int], stride: list[int]) -> int:
@@ -241,7 +245,10 @@ def _is_clean_global(value: Any, name: str | None, built_from: dict[int, Any]) -
 def _flagged(built_from: dict[int, Any], *nodes: Node) -> bool:
     """Has any of these globals been flagged (BUILD or SETITEMS onto it...)? Its finding
     sits on it, or, once an object was built from it, in the interpreter's `built_from`."""
-    return any(node.findings for node in nodes) or any(id(n) in built_from for n in nodes)
+    for node in nodes:
+        if node.findings or id(node) in built_from:
+            return True
+    return False
 
 
 def _storage_and_view_ok(
@@ -251,18 +258,26 @@ def _storage_and_view_ok(
     """The checks torch makes on a zip checkpoint's storage (its record holds exactly numel
     x element size bytes; a shared one is seen with one type and size) and on the tensor's
     view (in bounds), for a record's (numel, offset) opcodes and (size, stride) shapes."""
-    numel_op, offset_op = numbers
-    numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == BININT)
-    if element_size is None or numel * element_size != sizes.get(key, -1):
+    numel = _VIEWS.get((numbers, shapes))
+    if numel is None:
+        if len(_VIEWS) > 1 << 16:  # bounded: a process may audit many files
+            _VIEWS.clear()
+        numel = _VIEWS[(numbers, shapes)] = _numel_if_in_bounds(numbers, shapes)
+    if element_size is None or numel < 0 or numel * element_size != sizes.get(key, -1):
         return False
     declared = (type_name, numel)
-    if interp.storage_decls.setdefault(key, declared) != declared:
-        return False  # a shared storage seen with another type or size: torch's own call
-    extent = _EXTENTS.get(shapes)
-    if extent is None:
-        extent = _EXTENTS[shapes] = tensor_extent(*map(shape_ints, shapes))
+    return interp.storage_decls.setdefault(key, declared) == declared  # else: a shared
+    # storage seen with another type or size, torch's own call
+
+
+def _numel_if_in_bounds(numbers: tuple[bytes, bytes], shapes: tuple[bytes, bytes]) -> int:
+    """The storage's numel if the view (offset, size, stride) lies inside it, else -1."""
+    numel_op, offset_op = numbers
+    numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == BININT)
+    extent = tensor_extent(*map(shape_ints, shapes))
     offset = int.from_bytes(offset_op[1:], "little", signed=offset_op[0] == BININT)
-    return not (extent < 0 or offset < 0 or (extent and (offset + extent) > numel))
+    in_bounds = not (extent < 0 or offset < 0 or (extent and (offset + extent) > numel))
+    return numel if in_bounds and numel >= 0 else -1
 
 
 def _record_puts(
