@@ -95,6 +95,9 @@ class PickleMachine:
         self.memo: dict[int, Any] = {}
         self.end = start  # the offset after STOP, once run
         self.take_records: TakeRecords | None = None
+        # when set, take_records is asked at a GET only where this matches (a C call: most
+        # GETs start no record, and a Python call to say so costs more than the GET)
+        self.records_hint: Callable[[bytes, int], object] | None = None
         # where MEMOIZE writes, less len(memo): a replay of part of a pickle starts with
         # only the memo entries that part reads, yet must write where the whole run did
         self.memo_offset = 0
@@ -206,8 +209,9 @@ class PickleMachine:
         (and whatever the semantics raises)."""
         data, size = self.data, len(self.data)
         unpack_from = struct.unpack_from
-        handlers = {name: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
+        handlers = {name: getattr(self, "_op_" + name) for name in _handled(type(self))}
         inline, accepted, take_records = self.INLINE, self.ACCEPTED, self.take_records
+        hint = self.records_hint
         inline_width, short_strings = self._inline_table()
         pos = self.start
         while True:
@@ -230,7 +234,7 @@ class PickleMachine:
                             index += self.memo_offset
                         self.memo_put(index, stack[-1])
                     elif code in (_BINGET, _LONG_BINGET):
-                        if take_records is not None:  # a tensor record starts with a GET
+                        if take_records is not None and (hint is None or hint(data, pos)):
                             after = take_records(self, pos, named=False)
                             if after is not None:
                                 pos = after
@@ -270,7 +274,21 @@ class PickleMachine:
             if op.name == "STOP":
                 self.end = pos
                 return self.stop(op)
-            handler = handlers.get("_op_" + op.name)
+            handler = handlers.get(op.name)
             if handler is None:
                 raise self.unsupported(op)
             handler(op)
+
+
+_HANDLED: dict[type, tuple[str, ...]] = {}
+
+
+def _handled(machine: type) -> tuple[str, ...]:
+    """The opcode names a machine class has an `_op_` handler for (`dir` is slow: once per
+    class, not once per pickle)."""
+    names = _HANDLED.get(machine)
+    if names is None:
+        names = _HANDLED[machine] = tuple(
+            name[4:] for name in dir(machine) if name.startswith("_op_")
+        )
+    return names

@@ -12,7 +12,6 @@ import struct
 from pytest_ckpt.audit.opcodes import PREVIEW
 
 BININT, _BINUNICODE, _BINPUT, _LONG_BINPUT = ord("J"), ord("X"), ord("q"), ord("r")  # J: signed
-_GET_WIDTH, _PUT_WIDTH = {b"h": 2, b"j": 5}, {b"q": 2, b"r": 5}  # opcode -> its size
 _LONG_INDEX = struct.Struct("<xI").unpack  # a 5-byte LONG_BINGET / LONG_BINPUT
 # all of a tensor's five PUTs (a Parameter's eight) in the 4-byte form: one unpack
 LONG_PUTS = {n: struct.Struct("<" + "xI" * n).unpack for n in (5, 8)}
@@ -52,6 +51,8 @@ _RECORD = b"".join(
     ]
 )
 TENSOR_RECORD = re.compile(_RECORD, re.DOTALL)
+# Where a record (a tensor's, or a Parameter's: one more GET) may start: a superset
+RECORD_START = re.compile(rb"(?:h.|j....){1,2}\(\(", re.DOTALL)
 # An nn.Parameter as torch.save writes it: `_rebuild_parameter(<tensor record>,
 # requires_grad, OrderedDict())`, groups 1 (the GET of _rebuild_parameter), 2-20 (the
 # tensor's, as above), 21 requires_grad, 22 OrderedDict's GET, 23-25 the three PUTs.
@@ -59,20 +60,6 @@ PARAMETER_RECORD = re.compile(
     _GET + _RECORD + rb"([\x88\x89])" + _GET + rb"\)R" + _PUT + rb"\x87" + _PUT + rb"R" + _PUT,
     re.DOTALL,
 )
-
-
-def may_start(data: bytes, pos: int, named: bool) -> bool:
-    """Could a record start at `pos` (after an entry's name and its PUT when `named`)? Its
-    first GET is followed by MARK MARK, or (a Parameter's) by one more GET and MARK MARK."""
-    if named:  # BINUNICODE <4-byte length> <name> [BINPUT|LONG_BINPUT]
-        if data[pos + 2 : pos + 5] != b"\0\0\0":
-            return False
-        pos += 5 + data[pos + 1]
-        pos += _PUT_WIDTH.get(data[pos : pos + 1], 0)
-    pos += _GET_WIDTH.get(data[pos : pos + 1], len(data))  # not a GET: past the end
-    if data[pos : pos + 2] != b"((":
-        pos += _GET_WIDTH.get(data[pos : pos + 1], len(data))
-    return data[pos : pos + 2] == b"(("
 
 
 def record_at(data: bytes, pos: int, size: int, named: bool) -> tuple | None:

@@ -27,7 +27,6 @@ from pytest_ckpt.audit.opcodes import Blob, new_blob
 from pytest_ckpt.audit.record_grammar import (
     BININT,
     LONG_PUTS,
-    may_start,
     memo_index,
     record_at,
     shape_ints,
@@ -76,7 +75,7 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     is a state dict entry, its name (a BINUNICODE and its PUT) pushed first. The loop keeps
     the interpreter's state in locals: a state dict is thousands of entries in a row."""
     data = interp.data
-    if not may_start(data, pos, named):
+    if not _may_start(data, pos, named):
         return None  # most GETs and strings start no record: answered before the set-up
     memo, stack, guarded = interp.memo, interp.stack, interp.guarded
     clean_reads, sizes, size = interp.clean_reads, interp.storage_sizes, len(interp.data)
@@ -94,12 +93,9 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
         ) = groups  # fmt: skip
         signature = (rebuild_get, tag_get, type_get, location_get, hooks_get)
         if signature != checked:  # the previous record's reads hold: nothing ran since
-            cached = clean_reads.get(signature) or _validated_reads(interp, signature)
-            if cached is None:
+            if (cached := _unflagged(interp, clean_reads.get(signature), signature)) is None:
                 break
-            shared_reads, rebuild, hooks, storage_type, element_size = cached
-            if _flagged(interp.built_from, rebuild, hooks, storage_type):
-                break  # flagged since (BUILD or APPEND onto them): the interpreter's job
+            shared_reads, _rebuild, _hooks, storage_type, element_size = cached
             checked = signature
         if grad_op == b"\x88" and storage_type.name not in grad_storages:
             break  # torch: only floating point and complex tensors can require grad
@@ -149,9 +145,29 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
     if not taken:
         return None
     interp.records_taken += taken
-    if sizes is not None:
-        interp.storages += taken
+    interp.storages += taken if sizes is not None else 0
     return pos
+
+
+def _unflagged(interp: Interpreter, cached: tuple | None, signature: tuple) -> tuple | None:
+    """The validated reads of a record with these GETs (`_validated_reads`, cached), unless
+    one of its globals was flagged since (BUILD or APPEND onto it): the interpreter's job."""
+    cached = cached or _validated_reads(interp, signature)
+    if cached is None or _flagged(interp.built_from, *cached[1:4]):
+        return None
+    return cached
+
+
+def _may_start(data: bytes, pos: int, named: bool) -> bool:
+    """Could a record start here? Its MARK MARK comes within 10 bytes of its first GET (one
+    or two GETs, each 2 or 5 bytes); a named one's first GET follows the name and its PUT
+    (0, 2 or 5 bytes). A superset: `record_at` decides."""
+    if not named:
+        return b"((" in data[pos + 2 : pos + 12]
+    if data[pos + 2 : pos + 5] != b"\0\0\0":
+        return False
+    after_name = pos + 5 + data[pos + 1]
+    return b"((" in data[after_name + 2 : after_name + 17]
 
 
 def _validated_reads(interp: Interpreter, signature: tuple[bytes, ...]) -> tuple | None:
@@ -245,10 +261,7 @@ def _is_clean_global(value: Any, name: str | None, built_from: dict[int, Any]) -
 def _flagged(built_from: dict[int, Any], *nodes: Node) -> bool:
     """Has any of these globals been flagged (BUILD or SETITEMS onto it...)? Its finding
     sits on it, or, once an object was built from it, in the interpreter's `built_from`."""
-    for node in nodes:
-        if node.findings or id(node) in built_from:
-            return True
-    return False
+    return any(node.findings or id(node) in built_from for node in nodes)
 
 
 def _storage_and_view_ok(

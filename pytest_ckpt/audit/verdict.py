@@ -18,6 +18,7 @@ from pytest_ckpt.audit.findings import collect_findings
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Finding, Node, key_label, tuple_node
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op
+from pytest_ckpt.audit.record_grammar import RECORD_START
 from pytest_ckpt.audit.tensor_records import DeferredRecord, take_tensor_records
 from pytest_ckpt.audit.torch_rules import TorchRules, global_finding
 
@@ -68,6 +69,7 @@ class PickleInterpreter(TorchRules):
         self.fast_records = fast_records
         if fast_records:
             self.take_records = take_tensor_records
+            self.records_hint = RECORD_START.match
         self.records_taken = 0  # tensor records the fast path took
         # validated reads, by their GETs (tensor_records) or a record (DCP metadata_records)
         self.clean_reads: dict[Any, tuple[Any, ...]] = {}
