@@ -97,6 +97,7 @@ def run(pytester: pytest.Pytester, factory: str, *extra: str) -> pytest.RunResul
     return pytester.runpytest_subprocess("--ckpt-roundtrip", "--ckpt-subject", spec, *extra)
 
 
+@pytest.mark.slow  # 6 s: the negative control of the clock test below
 def test_without_a_clock_the_resume_differs_by_time_alone(clocked: pytest.Pytester) -> None:
     result = run(clocked, "unclocked", "-k", "resume")
     result.assert_outcomes(failed=1, deselected=3)

@@ -28,6 +28,7 @@ def test_an_unchecked_string_is_masked_so_a_new_value_still_matches(
     ckpt_pytester.runpytest_subprocess(*ARGS).assert_outcomes(passed=1, deselected=3)
 
 
+@pytest.mark.slow  # 10 s: a warning only; the other masking tests stay in the default suite
 def test_a_pattern_that_matches_nothing_is_a_warning(ckpt_pytester: pytest.Pytester) -> None:
     ini(ckpt_pytester, "step.telemetry.*.label: unchecked", "state.no_such_field: unchecked")
     result = ckpt_pytester.runpytest_subprocess(*ARGS, "--snapshot-update")

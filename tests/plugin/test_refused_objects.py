@@ -102,6 +102,7 @@ def test_the_report_and_the_terminal_name_every_refused_object(seed_slot_project
         assert f"  ... and {more} more (all in ckpt.md and with -v)" in terminal[stage]
 
 
+@pytest.mark.slow  # 8 s: -v's terminal list; the report test covers every object
 def test_verbose_lists_every_refused_object_in_the_terminal(seed_slot_project) -> None:
     result = _run(seed_slot_project, "-v", "--ckpt-stages=PROBATIONARY")
     result.assert_outcomes(failed=1)

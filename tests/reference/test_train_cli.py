@@ -70,6 +70,7 @@ def run_cli(*runs: list[str]) -> None:
         assert process.returncode == 0, err
 
 
+@pytest.mark.slow  # 14 s: two training processes; test_ppo_resume covers exact resume in one
 def test_runs_in_separate_processes_write_equal_states_and_resume_exactly(tmp_path) -> None:
     from pytest_ckpt.checks.compare import diff_values
 
