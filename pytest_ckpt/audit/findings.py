@@ -82,12 +82,16 @@ def collect_findings(root: Any, loose: list[Finding], flagged: list[Node]) -> li
     `more_sites`), so a hostile file that references one object a million times stays
     bounded.
     """
+    advisable_names: dict[str, bool] = {}  # asked once per name: many objects share one
     for node in flagged:
         for finding in node.findings:
             _refine_fix(finding, node)
             name = finding.global_name or ""
-            if finding.kind == "unsupported-global" and not finding.needs and advisable(name):
-                finding.needs = (name,)
+            if finding.kind == "unsupported-global" and not finding.needs:
+                if name not in advisable_names:
+                    advisable_names[name] = advisable(name)
+                if advisable_names[name]:
+                    finding.needs = (name,)
             if node.blocks_allowlisting:
                 finding.needs = ()
     whole = {id(n) for n in flagged if n.findings and not keeps_contents(n.findings[0].fix_kind)}
