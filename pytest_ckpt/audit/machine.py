@@ -49,6 +49,7 @@ _INLINE = {
 }  # fmt: skip
 _BINUNICODE, _SHORT_BINUNICODE = ord("X"), 0x8C
 _UNPACK_I = struct.Struct("<I").unpack_from
+_PUT_WIDTHS = {bytes([_BINPUT]): 2, bytes([_LONG_BINPUT]): 5}  # a PUT's opcode -> its size
 _EMPTY_PUT = {
     _BINPUT: "PUT at offset {} with an empty stack",
     _LONG_BINPUT: "PUT at offset {} with an empty stack",
@@ -204,6 +205,15 @@ class PickleMachine:
         self.stack.append(new_blob(Blob, ("str", length, utf8_text(data, start, length), start)))
         return start + length
 
+    def _hint_after_string(self, hint: Callable[[bytes, int], object], pos: int) -> bool:
+        """Does `records_hint` match after the short BINUNICODE at `pos` and its PUT?"""
+        data = self.data
+        if data[pos + 2 : pos + 5] != b"\0\0\0":
+            return False
+        end = pos + 5 + data[pos + 1]
+        end += _PUT_WIDTHS.get(data[end : end + 1], 0)
+        return bool(hint(data, end))
+
     def execute(self) -> Any:
         """Run to STOP and return what it pops; raises TruncatedPickle or MalformedPickle
         (and whatever the semantics raises)."""
@@ -259,7 +269,11 @@ class PickleMachine:
                     pos += 1 + width
                     continue
                 if code in (_BINUNICODE, _SHORT_BINUNICODE):
-                    if code == _BINUNICODE and take_records is not None:  # a dict entry
+                    if (
+                        code == _BINUNICODE
+                        and take_records is not None  # a dict entry: its value may be one
+                        and (hint is None or self._hint_after_string(hint, pos))
+                    ):
                         after = take_records(self, pos, named=True)
                         if after is not None:
                             pos = after

@@ -110,7 +110,7 @@ _KEEP_ITEMS = 8  # tuples this short keep their items (persistent ids, REDUCE ar
 
 def tuple_node(items: list[Any]) -> Node:
     """A tuple the pickle builds; short ones keep their items (a storage id, call args)."""
-    node = Node("builtins.tuple", items=list(items) if len(items) <= _KEEP_ITEMS else None)
+    node = Node("builtins.tuple", items=items if len(items) <= _KEEP_ITEMS else None)
     node.children = [(i, item) for i, item in enumerate(items) if type(item) is Node]
     return node
 

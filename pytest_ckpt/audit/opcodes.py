@@ -37,6 +37,9 @@ class Op(NamedTuple):
     offset: int
 
 
+new_op = tuple.__new__  # NamedTuple's own __new__ is a Python function: this is the C one
+
+
 class Blob(NamedTuple):
     """A str/bytes argument: its length and a short preview (the whole value if short).
 
@@ -207,12 +210,12 @@ def decode_at(data: bytes, pos: int) -> tuple[Op, int]:
         fmt, width = fixed
         if after + width > len(data):
             raise TruncatedPickle(f"{name} at offset {pos} runs past the end")
-        return Op(name, struct.unpack_from(fmt, data, after)[0], pos), after + width
+        return new_op(Op, (name, struct.unpack_from(fmt, data, after)[0], pos)), after + width
     if kind is None:
-        return Op(name, None, pos), after
+        return new_op(Op, (name, None, pos)), after
     reader = _Reader(data, after)
     arg = _read_arg(kind, reader)
-    return Op(name, arg, pos), reader.pos
+    return new_op(Op, (name, arg, pos)), reader.pos
 
 
 def iter_ops(data: bytes, start: int = 0) -> Iterator[Op]:

@@ -75,6 +75,9 @@ def operation_finding(detail: str, offset: int, fix: str, kind: str = "") -> Fin
     return Finding("unsupported-operation", detail, None, fix, False, offset, fix_kind=kind)
 
 
+_TUPLE_SIZES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+
+
 class TorchRules(PickleMachine):
     """What each opcode torch accepts builds, symbolically, and where torch refuses it."""
 
@@ -297,13 +300,17 @@ class TorchRules(PickleMachine):
         self._push(tuple_node(self._pop_mark(op)))
 
     def _op_TUPLE1(self, op: Op) -> None:
-        self._push(tuple_node([self._pop(op)]))
+        """TUPLE1-3: the top 1-3 values become one tuple (a short stack raises as the
+        machine's pops do)."""
+        stack, count = self.stack, _TUPLE_SIZES[op.name]
+        if len(stack) < count:
+            for _ in range(count):
+                self._pop(op)
+        items = stack[-count:]
+        del stack[-count:]
+        stack.append(tuple_node(items))
 
-    def _op_TUPLE2(self, op: Op) -> None:
-        self._push(tuple_node([self._pop(op), self._pop(op)][::-1]))
-
-    def _op_TUPLE3(self, op: Op) -> None:
-        self._push(tuple_node([self._pop(op), self._pop(op), self._pop(op)][::-1]))
+    _op_TUPLE2 = _op_TUPLE3 = _op_TUPLE1
 
     # NONE, NEWFALSE, NEWTRUE: the machine's.
 
