@@ -14,8 +14,9 @@ GET, small ints, MARK, booleans, None, short BINUNICODE strings: most of a state
 where the semantics accepts them, MEMOIZE and SHORT_BINUNICODE: protocol 4). A semantics
 that turns it on means by them what the machine does (a string is the `Blob` that
 `decode_at` gives, PUT, MEMOIZE and GET go through `memo_put`/`memo_get`), and may set
-`take_records` to consume whole runs of opcodes at a GET or BINUNICODE (the auditor's tensor
-records, DCP's metadata records): a recogniser that decides nothing itself.
+`take_records` to consume whole runs of opcodes at a GET or a string (BINUNICODE, and
+SHORT_BINUNICODE where it runs inline: the auditor's tensor records, DCP's metadata records):
+a recogniser that decides nothing itself.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class PickleMachine:
         }
         return widths, accepted is None or "SHORT_BINUNICODE" in accepted
 
-    def _inline_string(self, code: int, pos: int, short_strings: bool) -> int | None:
+    def inline_string(self, code: int, pos: int, short_strings: bool) -> int | None:
         """A BINUNICODE (or, when `short_strings`, SHORT_BINUNICODE) of at most PREVIEW
         characters pushed as the `Blob` `decode_at` makes; the offset after it, or None
         (nothing done: the decoder takes it, and says what is wrong with it)."""
@@ -269,16 +270,15 @@ class PickleMachine:
                     pos += 1 + width
                     continue
                 if code in (_BINUNICODE, _SHORT_BINUNICODE):
-                    if (
-                        code == _BINUNICODE
-                        and take_records is not None  # a dict entry: its value may be one
-                        and (hint is None or self._hint_after_string(hint, pos))
+                    if take_records is not None and (
+                        (code == _BINUNICODE and (hint is None or self._hint_after_string(hint, pos)))
+                        or (code == _SHORT_BINUNICODE and short_strings and hint is None)
                     ):
-                        after = take_records(self, pos, named=True)
+                        after = take_records(self, pos, named=True)  # a dict entry
                         if after is not None:
                             pos = after
                             continue
-                    after = self._inline_string(code, pos, short_strings)
+                    after = self.inline_string(code, pos, short_strings)
                     if after is not None:
                         pos = after
                         continue

@@ -145,6 +145,8 @@ def test_genuine_metadata_runs_clean_with_records_and_leaves_the_same_memo(genui
         assert fast_memo == slow_memo  # deferred entries replay to the machine's own
         assert runs_clean(data, load_dcp_allowlist())
         assert metadata_scan.scan_metadata_general(data, load_dcp_allowlist()) == []
+    single, _memo_entries = _memo(genuine["single"], records=True)
+    assert single.records.entries > 20  # planner_data entries (fqn: (fqn,)) taken whole too
 
 
 def test_records_give_the_general_answer_on_every_mutant(cases, general) -> None:
@@ -184,3 +186,47 @@ def test_a_clean_metadata_runs_the_machine_once(genuine, monkeypatch) -> None:
     monkeypatch.setattr(metadata_scan, "scan_metadata_general", no_general_scan)
     for data in genuine.values():
         assert metadata_scan.scan_metadata(data, load_dcp_allowlist()) == []
+
+
+def _planner_entries(data: bytes) -> list[tuple[int, int]]:
+    """(offset of its second GET, that GET's width) for each planner_data entry (GET key,
+    GET, TUPLE1, MEMOIZE) and the offset of its first GET."""
+    ops = [(op.name, pos) for op, _arg, pos in pickletools.genops(data)]
+    found = []
+    for at in range(len(ops) - 3):
+        names = [name for name, _pos in ops[at : at + 4]]
+        if names[0].endswith("GET") and names[1].endswith("GET") and names[2:] == [
+            "TUPLE1",
+            "MEMOIZE",
+        ]:
+            found.append((ops[at][1], ops[at + 1][1]))
+    return found
+
+
+def test_planner_entries_pointed_anywhere_get_the_general_answer(genuine) -> None:
+    """A planner_data entry taken whole is the machine's GET, GET, TUPLE1, MEMOIZE: with its
+    GETs pointed at a key, an object, a record's deferred entry or nothing at all, the scan
+    with records answers as the general scan does, and where both accept, leaves its memo."""
+    data = genuine["single"]
+    entries = _planner_entries(data)
+    fast = DcpMetadataInterpreter(data, load_dcp_allowlist(), records=True)
+    fast.execute()
+    deferred = [i for i, v in fast.memo.items() if isinstance(v, verdict.DeferredRecord)]
+    assert len(entries) > 20 and len(deferred) > 100
+    memo_size = len(fast.memo)
+    cases = {}
+    for first, second in entries[:: max(1, len(entries) // 6)]:
+        for at in (first, second):
+            width = 1 if data[at] == ord("h") else 4
+            for index in (0, 3, 11, *deferred[1:200:40], memo_size - 1, memo_size + 7):
+                if index < 256 ** width:
+                    patched = index.to_bytes(width, "little")
+                    cases[f"get@{at}->{index}"] = (
+                        data[: at + 1] + patched + data[at + 1 + width :]
+                    )
+    general_answers = general_outcomes(cases)
+    assert disagreements(cases, general_answers) == []
+    clean = [name for name, answer in general_answers.items() if answer == ("findings", [])]
+    assert clean and len(clean) < len(cases)  # both answers are exercised
+    for name in clean:
+        assert _memo(cases[name], records=True)[1] == _memo(cases[name], records=False)[1], name

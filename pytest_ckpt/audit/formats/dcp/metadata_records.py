@@ -27,7 +27,7 @@ import re
 import struct
 from typing import Any
 
-from pytest_ckpt.audit.nodes import Node
+from pytest_ckpt.audit.nodes import Node, tuple_node
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, TruncatedPickle
 from pytest_ckpt.audit.tensor_records import DeferredRecord
 from pytest_ckpt.audit.verdict import MemoizedRecord, PickleInterpreter
@@ -79,6 +79,9 @@ _FLAT_PLAIN = tuple(range(3, 25, 3))  # an item's plain GET (a key or a value)
 _LONG_INDEX = struct.Struct("<xI").unpack
 _MISSING = object()
 _GET_CODES = b"hj"  # BINGET, LONG_BINGET: where a record starts
+_SHORT_BINUNICODE, _MEMOIZE = 0x8C, 0x94
+# a planner_data entry: the fqn's GET, then a 1-tuple of it (GET, TUPLE1, MEMOIZE)
+_PLANNER_ENTRY = re.compile(_GET + _GET + rb"\x85\x94", re.DOTALL)
 
 
 def _index(op: bytes) -> int:
@@ -92,18 +95,36 @@ class DcpRecords:
         self.order = [(FLAT_OBJECT, _FLAT_GETS), (TENSOR_METADATA, _TENSOR_GETS)]
         self.taken = 0  # records taken
         self.replays = 0  # records the machine ran on their own, to learn their verdict
+        self.entries = 0  # planner_data entries taken
 
     def take(self, machine: PickleInterpreter, pos: int, *, named: bool) -> int | None:
-        """The offset after the records that start at this GET, one after another (a
+        """The offset after the run of DCP's repeated opcodes that starts here (records, a
+        key string and its MEMOIZE, `planner_data` entries: a `state_dict_metadata` or a
         `storage_data` is thousands in a row), each applied as the machine would run it;
         None (nothing changed) when there is none to take."""
-        if named:
-            return None
         data, memo, stack, clean = machine.data, machine.memo, machine.stack, machine.clean_reads
-        taken = 0
-        while True:
-            after = pos + (2 if data[pos] == 0x68 else 5)
-            if data[after : after + 2] != b")\x81" or machine.memo_sparse:
+        size, start, taken = len(data), pos, 0
+        while pos < size:
+            code = data[pos]
+            if code == _SHORT_BINUNICODE:  # a key: the machine's own inline string
+                after = machine.inline_string(code, pos, True)
+                if after is None:
+                    break
+                pos = after
+                if pos < size and data[pos] == _MEMOIZE:
+                    machine.memo_put(len(memo) + machine.memo_offset, stack[-1])
+                    pos += 1
+                continue
+            if code not in _GET_CODES:
+                break
+            after = pos + (2 if code == 0x68 else 5)
+            if data[after : after + 2] != b")\x81":
+                after = self._planner_entry(machine, pos)
+                if after is None:
+                    break
+                pos = after
+                continue
+            if machine.memo_sparse:
                 break
             first, second = self.order  # the kind taken last first: they come in runs
             match, gets = first[0].match(data, pos), first[1]
@@ -112,20 +133,16 @@ class DcpRecords:
                 if match is None:
                     break
                 self.order.reverse()
-            end, strings = match.end(), None
-            raw = data[pos:end]  # the same bytes read the same entries: the same verdict
-            known = clean.get(raw)
+            end, known, strings = match.end(), None, None
+            if gets is _TENSOR_GETS:  # the same bytes read the same entries: the same verdict
+                raw = data[pos:end]
+                known = clean.get(raw)
             if known is None:
-                groups = match.groups()
-                known = clean.get(groups)
-                if known is None and gets is _FLAT_GETS:  # which strings its plain GETs
-                    key, strings = _string_reads(memo, groups)  # read: not a part
-                    known = clean.get(key) or self._learn(machine, key, gets, match)
-                elif known is None:
-                    known = self._learn(machine, groups, gets, match)
-                if known is None:
+                found = self._known(machine, match, gets)
+                if found is None:
                     break
-                if strings is None:
+                known, strings = found
+                if gets is _TENSOR_GETS:
                     clean[raw] = known
             writes, type_name, shape, reads = known
             if strings:
@@ -140,12 +157,42 @@ class DcpRecords:
             stack.append(node)
             taken += 1
             pos = end
-            if pos >= len(data) or data[pos] not in _GET_CODES:
-                break
-        if not taken:
-            return None
         self.taken += taken
-        return pos
+        return None if pos == start else pos
+
+    def _known(
+        self, machine: PickleInterpreter, match: Any, gets: tuple[int, ...]
+    ) -> tuple[tuple[int, str, str, dict[int, Any]], dict[int, Any] | None] | None:
+        """The verdict on a record (see `_learn`) and, for a flat object, the strings its
+        plain GETs read (not part of its key: which string changes only labels)."""
+        clean, groups, strings = machine.clean_reads, match.groups(), None
+        known = clean.get(groups)
+        if known is None and gets is _FLAT_GETS:
+            key, strings = _string_reads(machine.memo, groups)
+            known = clean.get(key) or self._learn(machine, key, gets, match)
+        elif known is None:
+            known = self._learn(machine, groups, gets, match)
+        return None if known is None else (known, strings)
+
+    def _planner_entry(self, machine: PickleInterpreter, pos: int) -> int | None:
+        """A `planner_data` entry (GET key, GET, TUPLE1, MEMOIZE) run as the machine runs it;
+        the offset after it, or None (nothing done) when it is not one or a GET would raise
+        or build a deferred entry first."""
+        entry = _PLANNER_ENTRY.match(machine.data, pos)
+        if entry is None:
+            return None
+        memo = machine.memo
+        key = memo.get(_index(entry.group(1)), _MISSING)
+        value = memo.get(_index(entry.group(2)), _MISSING)
+        if key is _MISSING or value is _MISSING:
+            return None
+        if isinstance(key, DeferredRecord) or isinstance(value, DeferredRecord):
+            return None
+        node = tuple_node([value])
+        machine.stack += (key, node)
+        machine.memo_put(len(memo) + machine.memo_offset, node)
+        self.entries += 1
+        return entry.end()
 
     def _learn(
         self, machine: PickleInterpreter, key: tuple[Any, ...], gets: tuple[int, ...], match: Any
