@@ -122,6 +122,16 @@ def _audit_folder(folder: Path, allowlist: Allowlist, allow: tuple[str, ...]) ->
     return _FolderCheck(folder, allowlist).run(metadata)
 
 
+def _where(fqn: str) -> str:
+    """Where a finding about the tensor or byte item `fqn` of the metadata is."""
+    return f"state_dict_metadata[{fqn!r}]"
+
+
+def _storage_where(fqn: str) -> str:
+    """Where a finding about the storage_data entry of `fqn` is."""
+    return f"storage_data[{fqn!r}]"
+
+
 class _FolderCheck:
     """The metadata held against the shard files. One instance per audit."""
 
@@ -184,29 +194,28 @@ class _FolderCheck:
         used: set[tuple[str, tuple[int, ...] | None]] = set()
         tensors = chunks = byte_items = 0
         for fqn, entry in dict(metadata.state_dict_metadata).items():
-            where = f"state_dict_metadata[{fqn!r}]"
             if isinstance(entry, TensorStorageMetadata):
                 tensors += 1
                 boxes = [(tuple(c.offsets), tuple(c.sizes)) for c in entry.chunks]
                 for problem in chunk_problems(tuple(entry.size), boxes):
-                    self.flag("dcp-chunks", where, problem, _RESAVE)
+                    self.flag("dcp-chunks", _where(fqn), problem, _RESAVE)
                 for offsets, sizes in boxes:
                     chunks += 1
                     key = (fqn, offsets)
                     if key not in entries:
-                        self._missing(where, f"chunk at offsets {list(offsets)}")
+                        self._missing(_where(fqn), f"chunk at offsets {list(offsets)}")
                         continue
                     used.add(key)
                     self._tensor_item(fqn, entries[key], str(entry.properties.dtype), sizes)
             elif isinstance(entry, BytesStorageMetadata):
                 byte_items += 1
                 if (fqn, None) not in entries:
-                    self._missing(where, "byte item")
+                    self._missing(_where(fqn), "byte item")
                     continue
                 used.add((fqn, None))
                 self._byte_item(fqn, entries[(fqn, None)])
             else:
-                raise TypeError(f"{where} is a {type(entry).__name__}")
+                raise TypeError(f"{_where(fqn)} is a {type(entry).__name__}")
         if len(entries) > len(used):
             self.notes.append(
                 f"{len(entries) - len(used)} storage_data entr(y/ies) that no tensor or byte "
@@ -234,13 +243,12 @@ class _FolderCheck:
     def _slice(self, fqn: str, info: Any) -> FileSlice | None:
         """The item `info` describes, as a file; None (with a finding) if it is not there."""
         relative, offset, length = info.relative_path, info.offset, info.length
-        where = f"storage_data[{fqn!r}]"
         if not isinstance(relative, str) or (
             relative not in self.sizes and os.path.basename(relative) != relative
         ):  # (a name in `sizes` passed this check before)
             self.flag(
                 "dcp-bad-path",
-                where,
+                _storage_where(fqn),
                 f"relative_path {relative!r} is not a file name inside the folder",
                 "do not load this folder: it points dcp.load at files outside it",
             )
@@ -252,15 +260,25 @@ class _FolderCheck:
                 self.handles[relative] = open(path, "rb")  # noqa: SIM115 (closed in run)
         size = self.sizes[relative]
         if size is None:
-            self.flag("dcp-missing-file", where, f"shard file {relative} is missing", _RESAVE)
+            self.flag(
+                "dcp-missing-file",
+                _storage_where(fqn),
+                f"shard file {relative} is missing",
+                _RESAVE,
+            )
             return None
         if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0:
-            self.flag("dcp-out-of-file", where, f"bad offset/length {offset!r}/{length!r}", _RESAVE)
+            self.flag(
+                "dcp-out-of-file",
+                _storage_where(fqn),
+                f"bad offset/length {offset!r}/{length!r}",
+                _RESAVE,
+            )
             return None
         if offset + length > size:
             self.flag(
                 "dcp-out-of-file",
-                where,
+                _storage_where(fqn),
                 f"bytes {offset}..{offset + length} of {relative} are past its end ({size} "
                 "bytes): the shard file is truncated",
                 _RESAVE,
@@ -276,19 +294,20 @@ class _FolderCheck:
         item_file = self._slice(fqn, info)
         if item_file is None:
             return
-        where = f"{item_file.name} ({fqn})"
         try:
             item = read_tensor_item(
                 item_file, self.allowlist, self.seen_tensor_items, self.item_templates
             )
         except Unreadable as err:
+            where = f"{item_file.name} ({fqn})"
             self.flag("dcp-item-unreadable", where, f"unreadable tensor item: {err}", _RESAVE)
             return
-        self._take(where, item.findings)
+        if item.findings:
+            self._take(f"{item_file.name} ({fqn})", item.findings)
         if item.dtype is not None and item.dtype != dtype:
             self.flag(
                 "dcp-dtype",
-                where,
+                f"{item_file.name} ({fqn})",
                 f"the chunk holds {item.dtype}, the metadata says {dtype} (dcp.load would "
                 "cast it silently)",
                 _RESAVE,
@@ -296,7 +315,7 @@ class _FolderCheck:
         if item.shape is not None and item.shape != sizes:
             self.flag(
                 "dcp-shape",
-                where,
+                f"{item_file.name} ({fqn})",
                 f"the chunk holds shape {list(item.shape)}, the metadata says {list(sizes)}",
                 _RESAVE,
             )

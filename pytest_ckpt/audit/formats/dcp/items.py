@@ -86,6 +86,18 @@ class FileSlice(io.RawIOBase):
             return self._read(offset, count)
         return os.pread(self._fd, count, self._start + offset)
 
+    def read_on(self, offset: int, count: int) -> bytes:
+        """`count` bytes at `offset` of the slice, reading on past its end into the file
+        (fewer at the file's end): an item's tail and the next item's head in one read."""
+        if self._fd is None:
+            return self._read(offset, count)
+        return os.pread(self._fd, count, self._start + offset)
+
+    @property
+    def origin(self) -> tuple[IO[bytes], int]:
+        """The file the slice is of, and where in it the slice starts."""
+        return self._handle, self._start
+
     def _read(self, offset: int, count: int) -> bytes:
         self._handle.seek(self._start + offset)
         return self._handle.read(count)
