@@ -42,6 +42,7 @@ _SHAPE = (
     + rb"\x87\x94|\(" + _SMALL_INT + rb"*t\x94)"
 )  # fmt: skip
 _SIZE_CALL = _GET + _SHAPE + rb"\x85\x94R\x94"  # GET(torch.Size) shape TUPLE1 REDUCE
+_FILLED_SHAPE = _SHAPE.replace(rb"(?:(\))|", rb"(?:", 1)  # a non-empty one
 _NEWOBJ_STATE = _GET + rb"\)\x81\x94\}\x94\("  # GET(class) () NEWOBJ, {} MARK
 _MAX_ITEMS = 8
 
@@ -76,6 +77,10 @@ _TENSOR_GETS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15)
 _FLAT_GETS = tuple(at for at in range(25) if at % 3 != 2)  # the class; each item's two GETs
 _FLAT_PLAIN = tuple(range(3, 25, 3))  # an item's plain GET (a key or a value)
 
+# A flat object's shape: FLAT_OBJECT with each item pinned to what one record's were (its
+# GETs, but those that read strings), kept per class GET in the scan's validated reads.
+_SHAPE_KEY = "flat-shape"
+_MAX_SHAPES = 32  # shapes compiled per scan: a file that keeps clearing them pays no more
 _LONG_INDEX = struct.Struct("<xI").unpack
 _MISSING = object()
 _GET_CODES = b"hj"  # BINGET, LONG_BINGET: where a record starts
@@ -96,6 +101,7 @@ class DcpRecords:
         self.taken = 0  # records taken
         self.replays = 0  # records the machine ran on their own, to learn their verdict
         self.entries = 0  # planner_data entries taken
+        self.shapes = 0  # flat object shapes compiled (`_shape`)
 
     def take(self, machine: PickleInterpreter, pos: int, *, named: bool) -> int | None:
         """The offset after the run of DCP's repeated opcodes that starts here (records, a
@@ -126,18 +132,24 @@ class DcpRecords:
                 continue
             if machine.memo_sparse:
                 break
-            first, second = self.order  # the kind taken last first: they come in runs
-            match, gets = first[0].match(data, pos), first[1]
-            if match is None:
-                match, gets = second[0].match(data, pos), second[1]
+            shape = clean.get((_SHAPE_KEY, data[pos:after]))
+            found = None if shape is None else _by_shape(memo, data, pos, shape)
+            if found is not None:  # FLAT_OBJECT's match, its key found: without either
+                end, known, strings = found
+                gets = _FLAT_GETS
+            else:
+                first, second = self.order  # the kind taken last first: they come in runs
+                match, gets = first[0].match(data, pos), first[1]
                 if match is None:
-                    break
-                self.order.reverse()
-            end, known, strings = match.end(), None, None
+                    match, gets = second[0].match(data, pos), second[1]
+                    if match is None:
+                        break
+                    self.order.reverse()
+                end, known, strings = match.end(), None, None
             if gets is _TENSOR_GETS:  # the same bytes read the same entries: the same verdict
                 raw = data[pos:end]
                 known = clean.get(raw)
-            if known is None:
+            if known is None and found is None:
                 found = self._known(machine, match, gets)
                 if found is None:
                     break
@@ -169,7 +181,11 @@ class DcpRecords:
         known = clean.get(groups)
         if known is None and gets is _FLAT_GETS:
             key, strings = _string_reads(machine.memo, groups)
-            known = clean.get(key) or self._learn(machine, key, gets, match)
+            known = clean.get(key)
+            if known is not None and strings and self.shapes < _MAX_SHAPES:
+                self.shapes += 1  # its strings vary (a fqn): a shape finds its key faster
+                clean[(_SHAPE_KEY, groups[0])] = (*_shape(groups, key), known)
+            known = known or self._learn(machine, key, gets, match)
         elif known is None:
             known = self._learn(machine, groups, gets, match)
         return None if known is None else (known, strings)
@@ -240,3 +256,51 @@ def _string_reads(
                     strings = {}
                 strings[index] = value
     return tuple(key), strings
+
+
+def _shape(groups: tuple[Any, ...], key: tuple[Any, ...]) -> tuple[Any, tuple[str, ...]]:
+    """FLAT_OBJECT with each item pinned to this record's (`groups`), but the GETs whose
+    strings `key` does not hold (captured: which string is no part of the key), and the
+    kinds of those strings: a record it matches is one FLAT_OBJECT matches, to the same
+    end, with this key once each captured GET reads a string of its kind (FLAT_OBJECT's
+    items parse one way only: no item starts with a byte that ends another)."""
+    items, kinds = [], []
+    for at in range(1, 3 * _MAX_ITEMS, 3):
+        size_get, empty, plain = groups[at : at + 3]
+        if size_get is not None:
+            shape = rb"\)" if empty is not None else _FILLED_SHAPE
+            items.append(re.escape(size_get) + shape + rb"\x85\x94R\x94")
+        elif plain is not None and isinstance(key[at + 2], str):
+            items.append(_GET)
+            kinds.append(key[at + 2])
+        elif plain is not None:
+            items.append(re.escape(plain))
+        else:
+            items.append(rb"(?:" + _INT + rb"|N|" + _BOOL + rb")")
+    pinned = max((at // 3 + 1 for at in range(1, 3 * _MAX_ITEMS) if groups[at]), default=0)
+    nested = b""  # past the last item with a group: ints, None or booleans, or nothing
+    for item in reversed(items[pinned:]):
+        nested = rb"(?:" + item + nested + rb")?"
+    head = re.escape(groups[0]) + rb"\)\x81\x94\}\x94\("
+    return re.compile(head + b"".join(items[:pinned]) + nested + rb"ub", re.DOTALL), tuple(kinds)
+
+
+def _by_shape(
+    memo: dict[int, Any], data: bytes, pos: int, shape: tuple[Any, ...]
+) -> tuple[int, tuple[int, str, str, dict[int, Any]], dict[int, Any]] | None:
+    """(end, key's verdict, strings read) of the record at `pos` when `shape` matches it
+    and each of its captured GETs reads a string of its kind; None otherwise."""
+    pattern, kinds, known = shape
+    match = pattern.match(data, pos)
+    if match is None:
+        return None
+    strings = {}
+    for op, kind in zip(match.groups(), kinds, strict=True):
+        if op is None:
+            return None  # (never: every item with a group is required)
+        index = op[1] if len(op) == 2 else _LONG_INDEX(op)[0]
+        value = memo.get(index)
+        if type(value) is not Blob or value.kind != kind:
+            return None
+        strings[index] = value
+    return match.end(), known, strings
