@@ -25,9 +25,12 @@ against torch's reader on mutated items.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from pytest_ckpt.audit.formats.torch_archive import Checkpoint, open_checkpoint
@@ -51,15 +54,21 @@ class _NotCanonical(Exception):
 
 @dataclass(slots=True, frozen=True)
 class _Template:
-    """Offsets are into the item's bytes `[0, head_end)` then `[tail_begin, length)`: the
-    two blocks less what no compared range or serialization id field reaches."""
+    """What an item of this length holds where torch's reader looks, but for its data: the
+    bytes at offsets of the two reads `ItemTemplates.prove` makes, the head (the item's
+    first `head_end` bytes) and the tail (from `tail_begin` to the item's end); the masked
+    ranges (a storage's data, CRCs, the serialization id) are in neither."""
 
-    skeleton: bytes  # the compared bytes of the head and tail blocks, masks cut out
-    segments: tuple[tuple[int, int], ...]  # the compared ranges
-    id_fields: tuple[int, int, int, int]  # serialization id: payload, length, two CRCs
+    head: Callable[[bytes], tuple[bytes, ...]]  # the compared ranges of the head, cut out
+    head_bytes: tuple[bytes, ...]  # what they hold
+    tail: Callable[[bytes], tuple[bytes, ...]]  # the same for the tail
+    tail_bytes: tuple[bytes, ...]
+    id_fields: tuple[tuple[int, int], ...]  # serialization id's payload, its two CRCs: (read
+    id_length: int  # 0 the head, 1 the tail; offset in it); the payload's length
     checkpoint: Checkpoint
     head_end: int
     tail_begin: int
+    tail_length: int  # the item's length less tail_begin
 
 
 class _RecordingSlice:
@@ -181,21 +190,47 @@ def _mapped(offset: int, end: int, union_tail: int, item_tail: int) -> tuple[int
     raise _NotCanonical("a range across the blocks' gap")
 
 
-def _skeleton(union: bytes, segments: tuple) -> bytes:
-    return b"".join([union[begin:end] for begin, end in segments])
-
-
 def _id_consistent(union: bytes, fields: tuple) -> bool:
     payload, length, crc_entry, crc_descriptor = fields
     crc = zlib.crc32(union[payload : payload + length])
     return _U32(union, crc_entry)[0] == crc and _U32(union, crc_descriptor)[0] == crc
 
 
+def _cutter(ranges: list[tuple[int, int]]) -> Callable[[bytes], tuple[bytes, ...]]:
+    """The bytes in `ranges` of a string, cut out in one C call: an itemgetter of slices
+    (led by an empty one, so that it gives a tuple for one range, or none, as well)."""
+    return itemgetter(slice(0, 0), *(slice(begin, end) for begin, end in ranges))
+
+
+def _matches(template: _Template, head: bytes, tail: bytes) -> bool:
+    """Whether an item's head and tail (the two reads `ItemTemplates.prove` makes) hold
+    the template's bytes and a consistent serialization id."""
+    if len(head) < template.head_end or len(tail) < template.tail_length:
+        return False
+    if template.head(head) != template.head_bytes or template.tail(tail) != template.tail_bytes:
+        return False
+    reads = (head, tail)
+    (payload_in, payload), (entry_in, entry), (descriptor_in, descriptor) = template.id_fields
+    crc = zlib.crc32(reads[payload_in][payload : payload + template.id_length])
+    return (
+        _U32(reads[entry_in], entry)[0] == crc and _U32(reads[descriptor_in], descriptor)[0] == crc
+    )
+
+
+def _read(handle: Any, fd: int | None, count: int, at: int) -> bytes:
+    """`count` bytes at offset `at` of the file (fewer at its end): one positional read
+    when it has a descriptor (no seek, no buffer copy)."""
+    if fd is not None:
+        return os.pread(fd, count, at)
+    handle.seek(at)
+    return handle.read(count)
+
+
 class ItemTemplates:
     """One per folder audit: `open(stream)` is `archive.open_checkpoint(stream)`, faster.
 
     Items lie back to back in a shard file: the read of one item's tail goes on through the
-    next item's head (as much as its template compares), kept until the next `open` (one
+    next item's head (as much as its template compares), kept until the next `prove` (one
     buffer, a few KB), so an item proven from a template costs one read."""
 
     def __init__(self) -> None:
@@ -205,31 +240,38 @@ class ItemTemplates:
 
     def open(self, stream: Any) -> Checkpoint:
         """torch's reader's answer for this item (raises what open_checkpoint raises)."""
-        ahead, self._ahead = self._ahead, None
-        template = self._by_length.get(stream.length)
-        if template is not None:
-            head_end, tail_begin, length = template.head_end, template.tail_begin, stream.length
-            head = None
-            if ahead is not None and ahead[0] is stream.origin[0] and ahead[1] == stream.origin[1]:
-                head = ahead[2][ahead[3] : ahead[3] + head_end]
-            if head is None or len(head) != head_end:
-                head = stream.read_direct(0, head_end)
-            tail = stream.read_on(tail_begin, length - tail_begin + head_end)
-            compared = head + tail  # and the next item's head: not compared
-            self._ahead = (stream.origin[0], stream.origin[1] + length, tail, length - tail_begin)
-            if (
-                len(compared) >= head_end + length - tail_begin
-                and _skeleton(compared, template.segments) == template.skeleton
-                and _id_consistent(compared, template.id_fields)
-            ):
-                self.proven += 1
-                return template.checkpoint
+        handle, start = stream.origin
+        checkpoint = self.prove(handle, stream.fd, start, stream.length)
+        if checkpoint is not None:
+            return checkpoint
+        if stream.length in self._by_length:  # its template does not prove it, or none
             return open_checkpoint(stream)
         recording = _RecordingSlice(stream)
         checkpoint = open_checkpoint(recording)
-        if stream.length not in self._by_length and len(self._by_length) < _MAX_TEMPLATES:
+        if len(self._by_length) < _MAX_TEMPLATES:
             self._by_length[stream.length] = self._template(stream, recording.reads, checkpoint)
         return checkpoint
+
+    def prove(self, handle: Any, fd: int | None, start: int, length: int) -> Checkpoint | None:
+        """What torch's reader gives for the item of `length` bytes at `start` of the open
+        file `handle` (`fd`: its descriptor, or None to seek and read) when its bytes prove
+        it its template's but for its data; None (open it with the reader) otherwise."""
+        ahead, self._ahead = self._ahead, None
+        template = self._by_length.get(length)
+        if template is None:
+            return None
+        head_end, tail_begin = template.head_end, template.tail_begin
+        head = b""
+        if ahead is not None and ahead[0] is handle and ahead[1] == start:
+            head = ahead[2][ahead[3] : ahead[3] + head_end]
+        if len(head) != head_end:
+            head = _read(handle, fd, head_end, start)
+        tail = _read(handle, fd, length - tail_begin + head_end, start + tail_begin)
+        self._ahead = (handle, start + length, tail, length - tail_begin)  # the next head
+        if _matches(template, head, tail):
+            self.proven += 1
+            return template.checkpoint
+        return None
 
     def _template(self, stream: Any, reads: list, checkpoint: Checkpoint) -> _Template | None:
         if checkpoint.format != "zip":
@@ -256,18 +298,17 @@ class ItemTemplates:
                 return None
         except (_NotCanonical, struct.error):
             return None
-        skeleton = _skeleton(union, segments)
-        return _compact(skeleton, segments, id_fields, checkpoint, (union_tail, item_tail))
+        return _compact(union, segments, id_fields, checkpoint, (union_tail, item_tail, length))
 
 
 def _compact(
-    skeleton: bytes, segments: tuple, id_fields: tuple, checkpoint: Checkpoint, tails: tuple
+    union: bytes, segments: tuple, id_fields: tuple, checkpoint: Checkpoint, tails: tuple
 ) -> _Template | None:
     """The template with its ranges moved from `_union`'s string (head block, then what the
-    tail block adds from item offset `item_tail`) to the bytes `open` reads: the head up to
-    the end of the last range in it, the tail from the first range in it. What is left out
-    is masked bytes only (a storage's data), never compared, never read."""
-    union_tail, item_tail = tails
+    tail block adds from item offset `item_tail`) to the two reads `prove` makes: the head
+    up to the end of the last range in it, the tail from the first range in it. What is
+    left out is masked bytes only (a storage's data), never compared, never read."""
+    union_tail, item_tail, length = tails
     payload, id_length, crc_entry, crc_descriptor = id_fields
     ranges = [*segments, (payload, payload + id_length), (crc_entry, crc_entry + 4)]
     ranges.append((crc_descriptor, crc_descriptor + 4))
@@ -276,14 +317,24 @@ def _compact(
     head_end = max((end for begin, end in ranges if end <= union_tail), default=0)
     tail_from = min((begin for begin, end in ranges if begin >= union_tail), default=union_tail)
 
-    def moved(offset: int) -> int:
-        return offset if offset < union_tail else offset - tail_from + head_end
+    def moved(offset: int) -> tuple[int, int]:  # (0 the head, 1 the tail; offset in it)
+        return (0, offset) if offset < union_tail else (1, offset - tail_from)
 
+    compared: tuple[list, list] = ([], [])  # ranges of the head, of the tail
+    for begin, end in segments:
+        read, offset = moved(begin)
+        compared[read].append((offset, offset + end - begin))
+    head, tail = _cutter(compared[0]), _cutter(compared[1])
+    tail_begin = tail_from - union_tail + item_tail
     return _Template(
-        skeleton,
-        tuple((moved(begin), moved(begin) + end - begin) for begin, end in segments),
-        (moved(payload), id_length, moved(crc_entry), moved(crc_descriptor)),
+        head,
+        head(union),
+        tail,
+        tail(union[tail_from:]),
+        (moved(payload), moved(crc_entry), moved(crc_descriptor)),
+        id_length,
         checkpoint,
         head_end,
-        tail_from - union_tail + item_tail,
+        tail_begin,
+        length - tail_begin,
     )

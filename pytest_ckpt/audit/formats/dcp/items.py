@@ -78,20 +78,10 @@ class FileSlice(io.RawIOBase):
             self._blocks[key] = self._read(offset, count)
         return self._blocks[key]
 
-    def read_direct(self, offset: int, count: int) -> bytes:
-        """`count` bytes at `offset` of the slice (fewer past its end), uncached: one
-        positional read of the file when it has a descriptor (no seek, no buffer copy)."""
-        count = max(0, min(count, self._length - offset))
-        if self._fd is None:
-            return self._read(offset, count)
-        return os.pread(self._fd, count, self._start + offset)
-
-    def read_on(self, offset: int, count: int) -> bytes:
-        """`count` bytes at `offset` of the slice, reading on past its end into the file
-        (fewer at the file's end): an item's tail and the next item's head in one read."""
-        if self._fd is None:
-            return self._read(offset, count)
-        return os.pread(self._fd, count, self._start + offset)
+    @property
+    def fd(self) -> int | None:
+        """The file's descriptor for positional reads; None: seek and read instead."""
+        return self._fd
 
     @property
     def origin(self) -> tuple[IO[bytes], int]:
