@@ -31,7 +31,12 @@ from pytest_ckpt.audit.allowlist import Allowlist, load_allowlist
 from pytest_ckpt.audit.formats.dcp import METADATA, SHARD_SUFFIX, is_member_name
 from pytest_ckpt.audit.formats.dcp.chunks import chunk_problems
 from pytest_ckpt.audit.formats.dcp.item_templates import ItemTemplates
-from pytest_ckpt.audit.formats.dcp.items import FileSlice, read_tensor_item
+from pytest_ckpt.audit.formats.dcp.items import (
+    FileSlice,
+    PlainTensors,
+    read_tensor_item,
+    tensor_item,
+)
 from pytest_ckpt.audit.formats.torch_archive import Unreadable
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import Finding
@@ -145,6 +150,10 @@ class _FolderCheck:
         self.untransformed = True
         self.seen_tensor_items: dict[Any, Any] = {}  # see items.read_tensor_item
         self.item_templates = ItemTemplates()
+        self.plain = PlainTensors(
+            self.item_templates,
+            lambda checkpoint: tensor_item(checkpoint, allowlist, self.seen_tensor_items),
+        )
 
     def flag(self, kind: str, where: str, detail: str, fix: str, offset: int = 0) -> None:
         self.findings.append(Finding(kind, detail, None, fix, False, offset, where))
@@ -193,7 +202,13 @@ class _FolderCheck:
             entries[(index.fqn, offset)] = info
         used: set[tuple[str, tuple[int, ...] | None]] = set()
         tensors = chunks = byte_items = 0
-        for fqn, entry in dict(metadata.state_dict_metadata).items():
+        pending = iter(dict(metadata.state_dict_metadata).items())
+        while True:
+            plain, rest = self.plain.take(pending, entries, used)  # what the lines below find
+            tensors, chunks = tensors + plain, chunks + plain  # in them: nothing
+            if rest is None:
+                break
+            fqn, entry = rest
             if isinstance(entry, TensorStorageMetadata):
                 tensors += 1
                 boxes = [(tuple(c.offsets), tuple(c.sizes)) for c in entry.chunks]
@@ -257,7 +272,7 @@ class _FolderCheck:
             path = self.folder / relative
             self.sizes[relative] = path.stat().st_size if path.is_file() else None
             if self.sizes[relative] is not None:
-                self.handles[relative] = open(path, "rb")  # noqa: SIM115 (closed in run)
+                self._open(relative, path)
         size = self.sizes[relative]
         if size is None:
             self.flag(
@@ -289,6 +304,12 @@ class _FolderCheck:
             self.untransformed = False
             return None
         return FileSlice(self.handles[relative], offset, length, name=f"{relative}@{offset}")
+
+    def _open(self, relative: str, path: Path) -> None:
+        """Open a shard file (closed in `run`) for the items in it."""
+        handle = self.handles[relative] = open(path, "rb")  # noqa: SIM115
+        fd = handle.fileno() if hasattr(os, "pread") else None  # os.pread is POSIX only
+        self.plain.files[relative] = (handle, fd, self.sizes[relative] or 0)
 
     def _tensor_item(self, fqn: str, info: Any, dtype: str, sizes: tuple[int, ...]) -> None:
         item_file = self._slice(fqn, info)

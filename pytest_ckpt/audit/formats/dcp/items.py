@@ -8,19 +8,22 @@ type and the size a tensor record declares, so that the folder audit can hold th
 the metadata (DCP copies a loaded chunk into its target with `copy_`, which would silently
 cast a chunk of the wrong dtype). Byte items get the auditor's plain weights_only verdict
 (`audit_file` on a `FileSlice`): DCP's default planner unpickles them with
-`torch.load(weights_only=False)`.
+`torch.load(weights_only=False)`. Most tensor items are read in one step with their
+metadata entry (`PlainTensors`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from pytest_ckpt.audit.allowlist import Allowlist
+from pytest_ckpt.audit.formats.dcp.chunks import chunk_problems
 from pytest_ckpt.audit.formats.dcp.item_templates import ItemTemplates
-from pytest_ckpt.audit.formats.torch_archive import Unreadable, open_checkpoint
+from pytest_ckpt.audit.formats.torch_archive import Checkpoint, Unreadable, open_checkpoint
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Finding, Node
 from pytest_ckpt.audit.opcodes import MalformedPickle, Op, TruncatedPickle
 from pytest_ckpt.audit.verdict import PickleInterpreter
@@ -171,11 +174,19 @@ def read_tensor_item(
     """The dtype and shape a tensor item declares, and what torch would refuse in it.
     Raises Unreadable for an item that is not a checkpoint at all.
 
-    `seen` (one per audit) keeps the verdict on each distinct (data.pkl, storage sizes): a
-    model's tensors of one shape and dtype pickle to the same bytes, and the verdict is a
-    function of those and the allowlist alone. `templates` (one per audit) answers the
-    archive reader's part for items that are another item's archive but for their data."""
+    `seen`: see `tensor_item`. `templates` (one per audit) answers the archive reader's
+    part for items that are another item's archive but for their data."""
     checkpoint = open_checkpoint(stream) if templates is None else templates.open(stream)
+    return tensor_item(checkpoint, allowlist, seen)
+
+
+def tensor_item(
+    checkpoint: Checkpoint, allowlist: Allowlist, seen: dict[Any, TensorItem] | None = None
+) -> TensorItem:
+    """`read_tensor_item` for an item torch's reader has opened. `seen` (one per audit)
+    keeps the verdict on each distinct (data.pkl, storage sizes): a model's tensors of one
+    shape and dtype pickle to the same bytes, and the verdict is a function of those and
+    the allowlist alone."""
     if checkpoint.format != "zip":
         raise Unreadable(f"a {checkpoint.format} item where DCP writes a torch.save archive")
     key = (checkpoint.pickle, tuple(sorted(checkpoint.storage_sizes.items())))
@@ -187,7 +198,7 @@ def read_tensor_item(
     return item
 
 
-def _interpret(checkpoint: Any, allowlist: Allowlist) -> TensorItem:
+def _interpret(checkpoint: Checkpoint, allowlist: Allowlist) -> TensorItem:
     interpreter = ShardTensorInterpreter(checkpoint.pickle, allowlist, checkpoint.storage_sizes)
     try:
         root, findings = interpreter.run()
@@ -204,3 +215,121 @@ def _interpret(checkpoint: Any, allowlist: Allowlist) -> TensorItem:
         if items is not None and all(type(n) is int for n in items):
             shape = tuple(items)
     return TensorItem(dtype, shape, tuple(findings))
+
+
+class PlainTensors:
+    """A folder's plain tensor entries, each checked in one step.
+
+    Most tensor entries of a DCP folder are alike: one chunk that is the whole tensor, its
+    `storage_data` entry a `_StorageInfo` inside a shard file the audit has opened, no
+    stream transforms, and an item proven from a template (`item_templates`) whose record
+    declares the metadata's dtype and shape and nothing torch would refuse. The general
+    check (`folder._FolderCheck`) finds nothing in such an entry, and changes nothing but
+    its counts and the storage entries it used, after building chunk boxes, a `FileSlice`
+    and a seen-items key for it. `take` takes such entries by exact types and values only
+    (it flags nothing, and raises nothing the general check would not), so that every other
+    entry, and every entry with a finding, goes the general way and gets its findings
+    there; `tests/distributed/test_plain_tensors.py` holds the two against each other.
+
+    One per folder audit. `files` (relative path -> (open file, descriptor, size)) holds
+    the shard files the general check has opened and found; `answer` is its verdict on a
+    tensor item torch's reader has opened (`items.tensor_item`, its memo included)."""
+
+    def __init__(self, templates: ItemTemplates, answer: Callable[[Checkpoint], TensorItem]):
+        import torch
+        from torch.distributed.checkpoint.filesystem import _StorageInfo
+        from torch.distributed.checkpoint.metadata import (
+            ChunkStorageMetadata,
+            TensorProperties,
+            TensorStorageMetadata,
+        )
+
+        self._types = (
+            TensorStorageMetadata,
+            torch.Size,
+            ChunkStorageMetadata,
+            TensorProperties,
+            torch.dtype,
+            _StorageInfo,
+        )
+        self._templates, self._answer = templates, answer
+        self.files: dict[str, tuple[Any, int | None, int]] = {}
+        self._items: dict[int, tuple[Checkpoint, TensorItem | None]] = {}  # by id(checkpoint)
+        self._dtypes: dict[Any, str] = {}  # torch.dtype -> its str
+        # (size, offsets, sizes) -> the one chunk tiles the tensor; kept by value: a
+        # torch.Size holds ints only, and chunk_problems reads nothing else
+        self._whole: dict[Any, bool] = {}
+
+    def take(
+        self, pending: Iterator[tuple[str, Any]], entries: dict[Any, Any], used: set[Any]
+    ) -> tuple[int, tuple[str, Any] | None]:
+        """Take `state_dict_metadata` entries from `pending` while they are plain tensors,
+        adding the `storage_data` key each uses to `used`: (how many, the first entry that
+        is not one, for the general check; None at the end)."""
+        tensor_type, size_type, chunk_type, properties_type, dtype_type, info_type = self._types
+        whole, dtypes, prove = self._whole, self._dtypes, self._prove
+        taken = 0
+        for fqn, entry in pending:
+            if type(entry) is not tensor_type:
+                return taken, (fqn, entry)
+            try:  # exact DCP dataclasses: a missing field is an AttributeError, nothing else
+                chunks, size, properties = entry.chunks, entry.size, entry.properties
+                if type(chunks) is not list or len(chunks) != 1 or type(size) is not size_type:
+                    return taken, (fqn, entry)
+                chunk = chunks[0]
+                if type(chunk) is not chunk_type or type(properties) is not properties_type:
+                    return taken, (fqn, entry)
+                offsets, sizes, dtype = chunk.offsets, chunk.sizes, properties.dtype
+            except AttributeError:
+                return taken, (fqn, entry)
+            if type(offsets) is not size_type or type(sizes) is not size_type:
+                return taken, (fqn, entry)
+            boxes = (size, offsets, sizes)
+            is_whole = whole.get(boxes)
+            if is_whole is None:
+                is_whole = whole[boxes] = not chunk_problems(tuple(size), [boxes[1:]])
+            if not is_whole or type(dtype) is not dtype_type:
+                return taken, (fqn, entry)
+            key = (fqn, offsets)  # equal to (fqn, tuple(offsets)), and of the same hash
+            info = entries.get(key)
+            item = prove(info) if type(info) is info_type else None
+            if item is None or item.findings:
+                return taken, (fqn, entry)
+            dtype_name = dtypes.get(dtype)
+            if dtype_name is None:
+                dtype_name = dtypes[dtype] = str(dtype)
+            if item.dtype is not None and item.dtype != dtype_name:
+                return taken, (fqn, entry)
+            if item.shape is not None and item.shape != sizes:
+                return taken, (fqn, entry)
+            used.add(key)
+            taken += 1
+        return taken, None
+
+    def _prove(self, info: Any) -> TensorItem | None:
+        """The verdict on the item a `_StorageInfo` points to, when it is in an open shard
+        file, untransformed, and proven from a template; None otherwise."""
+        try:
+            relative, offset, length = info.relative_path, info.offset, info.length
+            transforms = info.transform_descriptors  # (the class's None when not stored)
+        except AttributeError:
+            return None
+        if type(relative) is not str or type(offset) is not int or type(length) is not int:
+            return None
+        file = self.files.get(relative)
+        if file is None or transforms is not None:
+            return None
+        handle, fd, file_size = file
+        if offset < 0 or length < 0 or offset + length > file_size:
+            return None
+        checkpoint = self._templates.prove(handle, fd, offset, length)
+        if checkpoint is None:
+            return None
+        known = self._items.get(id(checkpoint))
+        if known is None:
+            try:
+                item: TensorItem | None = self._answer(checkpoint)
+            except Unreadable:  # the general check says so, where it is
+                item = None
+            known = self._items[id(checkpoint)] = (checkpoint, item)
+        return known[1]
