@@ -276,3 +276,46 @@ def test_storage_keys_of_an_odd_shape_get_the_general_answer(genuine) -> None:
         assert fast.records.shapes, name  # the shape was used before the odd records
         if general_answers[name] == ("findings", []):
             assert fast_memo == _memo(data, records=False)[1], name
+
+
+def _storage_info_gets(data: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """(how many _StorageInfo records, the (offset, width) of each GET inside them but
+    their class's) in a .metadata: records that read the same entries every time."""
+    ops = list(pickletools.genops(data))
+    memo, global_index, inside, records, found = 0, None, False, 0, []
+    for at, (op, arg, pos) in enumerate(ops):
+        if op.name == "STACK_GLOBAL" and ops[at - 2][1] == "_StorageInfo":
+            global_index = memo
+        if op.name == "MEMOIZE":
+            memo += 1
+        if "GET" in op.name and arg == global_index and ops[at + 1][0].name == "EMPTY_TUPLE":
+            inside, records = True, records + 1
+        elif inside and "GET" in op.name:
+            found.append((pos, 1 if op.name == "BINGET" else 4))
+        elif op.name == "BUILD":
+            inside = False
+    return records, found
+
+
+def test_storage_infos_taken_by_their_pinned_shape_get_the_general_answer(genuine) -> None:
+    """A flat record that reads the same entries every time (a _StorageInfo) is found by
+    its shape with every GET pinned: with one of its GETs pointed at a key, an object, a
+    record's deferred entry or nothing, mid-run, the scan with records answers as the
+    general scan does and, where both accept, leaves its memo."""
+    data = genuine["single"]
+    records, gets = _storage_info_gets(data)
+    fast, _memo_entries = _memo(data, records=True)
+    deferred = [i for i, v in fast.memo.items() if isinstance(v, verdict.DeferredRecord)]
+    assert records > 20 and fast.records.shapes >= 2  # MetadataIndex's, _StorageInfo's
+    cases = {}
+    for at, width in gets[len(gets) // 2 :: max(1, len(gets) // 12)]:
+        for index in (0, 3, 11, *deferred[1:200:40], len(fast.memo) - 1, len(fast.memo) + 7):
+            if index < 256**width:
+                patched = index.to_bytes(width, "little")
+                cases[f"get@{at}->{index}"] = data[: at + 1] + patched + data[at + 1 + width :]
+    general_answers = general_outcomes(cases)
+    assert disagreements(cases, general_answers) == []
+    clean = [name for name, answer in general_answers.items() if answer == ("findings", [])]
+    assert clean and len(clean) < len(cases)  # both answers are exercised
+    for name in clean:
+        assert _memo(cases[name], records=True)[1] == _memo(cases[name], records=False)[1], name

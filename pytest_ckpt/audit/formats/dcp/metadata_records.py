@@ -78,7 +78,8 @@ _FLAT_GETS = tuple(at for at in range(25) if at % 3 != 2)  # the class; each ite
 _FLAT_PLAIN = tuple(range(3, 25, 3))  # an item's plain GET (a key or a value)
 
 # A flat object's shape: FLAT_OBJECT with each item pinned to what one record's were (its
-# GETs, but those that read strings), kept per class GET in the scan's validated reads.
+# GETs, but those that read strings where strings vary; all of them where the same GETs
+# come again), kept per class GET in the scan's validated reads.
 _SHAPE_KEY = "flat-shape"
 _MAX_SHAPES = 32  # shapes compiled per scan: a file that keeps clearing them pays no more
 _LONG_INDEX = struct.Struct("<xI").unpack
@@ -188,6 +189,9 @@ class DcpRecords:
             known = known or self._learn(machine, key, gets, match)
         elif known is None:
             known = self._learn(machine, groups, gets, match)
+        elif gets is _FLAT_GETS and self.shapes < _MAX_SHAPES:
+            self.shapes += 1  # the same GETs every time (a _StorageInfo): a shape, all pinned
+            clean[(_SHAPE_KEY, groups[0])] = (*_shape(groups, groups), known)
         return None if known is None else (known, strings)
 
     def _planner_entry(self, machine: PickleInterpreter, pos: int) -> int | None:
