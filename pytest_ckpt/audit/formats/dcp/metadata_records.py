@@ -125,8 +125,8 @@ class DcpRecords:
             if code not in _GET_CODES:
                 break
             after = pos + (2 if code == 0x68 else 5)
-            if data[after : after + 2] != b")\x81":
-                after = self._planner_entry(machine, pos)
+            if not data.startswith(b")\x81", after):  # a NEWOBJ's (), or planner entries
+                after = self._planner_entries(machine, pos)
                 if after is None:
                     break
                 pos = after
@@ -194,25 +194,28 @@ class DcpRecords:
             clean[(_SHAPE_KEY, groups[0])] = (*_shape(groups, groups), known)
         return None if known is None else (known, strings)
 
-    def _planner_entry(self, machine: PickleInterpreter, pos: int) -> int | None:
-        """A `planner_data` entry (GET key, GET, TUPLE1, MEMOIZE) run as the machine runs it;
-        the offset after it, or None (nothing done) when it is not one or a GET would raise
-        or build a deferred entry first."""
-        entry = _PLANNER_ENTRY.match(machine.data, pos)
-        if entry is None:
-            return None
-        memo = machine.memo
-        key = memo.get(_index(entry.group(1)), _MISSING)
-        value = memo.get(_index(entry.group(2)), _MISSING)
-        if key is _MISSING or value is _MISSING:
-            return None
-        if isinstance(key, DeferredRecord) or isinstance(value, DeferredRecord):
-            return None
-        node = tuple_node([value])
-        machine.stack += (key, node)
-        machine.memo_put(len(memo) + machine.memo_offset, node)
-        self.entries += 1
-        return entry.end()
+    def _planner_entries(self, machine: PickleInterpreter, pos: int) -> int | None:
+        """The `planner_data` entries (GET key, GET, TUPLE1, MEMOIZE) that start here, each
+        run as the machine runs it; the offset after them, or None (nothing done) when the
+        first is not one or a GET of it would raise or build a deferred entry first."""
+        data, memo, stack, memo_put = machine.data, machine.memo, machine.stack, machine.memo_put
+        start = pos
+        while (entry := _PLANNER_ENTRY.match(data, pos)) is not None:
+            key_get, value_get = entry.groups()
+            key = memo.get(key_get[1] if len(key_get) == 2 else _LONG_INDEX(key_get)[0], _MISSING)
+            value = memo.get(
+                value_get[1] if len(value_get) == 2 else _LONG_INDEX(value_get)[0], _MISSING
+            )
+            if key is _MISSING or value is _MISSING:
+                break
+            if isinstance(key, DeferredRecord) or isinstance(value, DeferredRecord):
+                break
+            node = tuple_node([value])
+            stack += (key, node)
+            memo_put(len(memo) + machine.memo_offset, node)
+            self.entries += 1
+            pos = entry.end()
+        return None if pos == start else pos
 
     def _learn(
         self, machine: PickleInterpreter, key: tuple[Any, ...], gets: tuple[int, ...], match: Any
