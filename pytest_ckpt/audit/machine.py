@@ -270,10 +270,13 @@ class PickleMachine:
                     pos += 1 + width
                     continue
                 if code in (_BINUNICODE, _SHORT_BINUNICODE):
-                    if take_records is not None and (
-                        (code == _BINUNICODE and (hint is None or self._hint_after_string(hint, pos)))
-                        or (code == _SHORT_BINUNICODE and short_strings and hint is None)
-                    ):
+                    if take_records is None:
+                        named = False
+                    elif code == _BINUNICODE:  # a dict entry's name: its value may be a record
+                        named = hint is None or self._hint_after_string(hint, pos)
+                    else:  # where it runs inline; a hint is for BINUNICODE names only
+                        named = short_strings and hint is None
+                    if named and take_records is not None:
                         after = take_records(self, pos, named=True)  # a dict entry
                         if after is not None:
                             pos = after
