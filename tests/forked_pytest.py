@@ -117,8 +117,8 @@ def _child(
     os.environ.clear()
     os.environ.update(env)
     sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
-    path = [cwd, *env.get("PYTHONPATH", "").split(os.pathsep), *fresh_path]
-    sys.path[:] = list(dict.fromkeys(os.path.abspath(p) for p in path if p))
+    path = [*env.get("PYTHONPATH", "").split(os.pathsep), *fresh_path]  # site dedupes these
+    sys.path[:] = [cwd, *dict.fromkeys(os.path.abspath(p) for p in path if p)]  # then -m's cwd
     sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py"), *args]
     try:
         code = pytest.console_main()
