@@ -27,10 +27,10 @@ if os.environ.get("CI") == "true":
 @pytest.fixture
 def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
     """pytester whose `runpytest_subprocess` forks from a process that imported torch once
-    (`tests.forked_pytest`): the run is the same, ~2 s sooner."""
+    (`tests.forked_runs`): the run is the same, ~2 s sooner."""
     from functools import partial
 
-    from tests.forked_pytest import forked_popen
+    from tests.forked_runs import forked_popen
 
     pytester.popen = partial(forked_popen, pytester, pytester.popen)  # type: ignore[method-assign]
     return pytester

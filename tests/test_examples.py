@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.forked_runs import run_python
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 KERNELS = ("native", "default")
 
@@ -26,7 +28,7 @@ def run_pytest(folder: str, kernels: str, *args: str) -> subprocess.CompletedPro
     }
     if kernels != "native":
         env["ATEN_CPU_CAPABILITY"] = kernels
-    return subprocess.run(
+    return run_python(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=EXAMPLES / folder,
         env=env,

@@ -20,6 +20,7 @@ from pytest_ckpt.audit.render import render_text
 from tests.audit import advice_fixtures as fx
 from tests.audit.conftest import torch_verdicts
 from tests.audit.test_hostile import PROTO2, global_op, write_zip
+from tests.forked_runs import run_python
 
 np = pytest.importorskip("numpy")
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def test_a_numpy_array_needs_its_concrete_dtype_class_which_the_file_never_names
     named = [n for n in report.safe_globals if n != "numpy.dtypes.UInt32DType"]
     cli = [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(path)]
     allow = [arg for name in named for arg in ("--allow", name)]
-    assert subprocess.run([*cli, *allow], cwd=REPO, capture_output=True).returncode == 1
+    assert run_python([*cli, *allow], cwd=REPO, capture_output=True).returncode == 1
     assert audit_file(path, allow=[*named, "numpy.dtypes.UInt32DType"]).loadable
 
 
@@ -263,7 +264,7 @@ def test_a_name_is_told_class_or_function_from_its_source_never_imported(tmp_pat
         payload += arg + b"\x85Rs."
         files[name] = write_zip(tmp_path / f"{name}.pt", payload)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), str(REPO)])}
-    out = subprocess.run(
+    out = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", "--json", *map(str, files.values())],
         capture_output=True,
         text=True,
@@ -298,7 +299,7 @@ def test_the_auditors_own_main_module_never_answers_for_the_savers():
 def test_the_cli_refuses_to_allow_a_code_running_name_and_says_why(tmp_path):
     path = tmp_path / "ok.pt"
     torch.save({"w": torch.zeros(1)}, path)
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(path), "--allow", "timeit.timeit"],
         capture_output=True,
         text=True,

@@ -26,6 +26,7 @@ from pytest_ckpt.audit.formats import framework_loaders as loaders
 from pytest_ckpt.audit.formats.walk import folder_layout, walk_folder
 from pytest_ckpt.cli import main
 from tests.audit.test_safetensors import safetensors_bytes
+from tests.forked_runs import run_python
 
 FRAMEWORK_LOAD = """
 import importlib, json, sys, warnings
@@ -140,7 +141,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _audit(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", *args],
         capture_output=True,
         text=True,

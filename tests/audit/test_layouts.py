@@ -9,7 +9,6 @@ import enum
 import json
 import os
 import random
-import subprocess
 import sys
 import warnings
 import zipfile
@@ -26,6 +25,7 @@ from pytest_ckpt.audit.render import artifact_uri
 from pytest_ckpt.cli import main
 from tests.audit.conftest import torch_verdicts
 from tests.audit.test_safetensors import safetensors_bytes
+from tests.forked_runs import run_python
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
 
@@ -115,7 +115,7 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_folder_gets_a_verdict_per_file_named_layouts_and_a_total(run_folder) -> None:
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(run_folder)],
         capture_output=True,
         text=True,
@@ -264,7 +264,7 @@ def test_the_walk_is_bounded_in_depth_and_entries(tmp_path, monkeypatch) -> None
 def test_a_fifo_given_as_an_argument_is_unreadable_not_a_hang(tmp_path) -> None:
     fifo = tmp_path / "pipe.pt"
     os.mkfifo(fifo)
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(fifo)],
         capture_output=True,
         text=True,
@@ -302,7 +302,7 @@ def test_a_file_that_fails_when_read_is_one_line_not_a_traceback(tmp_path, suffi
     would, past the probe, in whichever format's reader it reaches."""
     link = tmp_path / f"mem{suffix}"
     link.symlink_to("/proc/self/mem")
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(link)],
         capture_output=True,
         text=True,

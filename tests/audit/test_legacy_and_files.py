@@ -19,6 +19,7 @@ import torch
 
 from pytest_ckpt.audit import audit_file
 from tests.audit.conftest import torch_verdicts
+from tests.forked_runs import run_python
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -39,7 +40,7 @@ def pickle_ends(data: bytes, count: int) -> list[int]:
 
 
 def cli(*args: str | bytes, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", *args],
         capture_output=True,
         timeout=timeout,

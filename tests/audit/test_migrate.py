@@ -11,6 +11,7 @@ from pytest_ckpt.audit import audit_file
 from pytest_ckpt.checks.compare import diff_values
 from pytest_ckpt.cli import main
 from tests.audit.test_hostile import PROTO2, global_op, write_zip
+from tests.forked_runs import run_python
 from tests.support.legacy_objects import legacy_state
 
 
@@ -102,13 +103,12 @@ def test_reference_v0_files_come_out_in_the_current_format(tmp_path, capsys) -> 
 
 def test_a_hostile_file_name_is_printed_escaped(tmp_path) -> None:
     """A file name is data: an escape sequence or newline in it never reaches the terminal."""
-    import subprocess
     import sys
 
     src = tmp_path / "evil\x1b[2J\nok.pt"
     src.write_bytes(b"not a checkpoint")
     out = tmp_path / "out\x1b[31m.pt"
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "migrate", str(src), str(out)],
         capture_output=True,
         text=True,

@@ -18,6 +18,7 @@ from pytest_ckpt.audit.render import artifact_uri, render_json, render_sarif, re
 from tests.audit.advice_fixtures import Record, Stage
 from tests.audit.test_advice import torch_with_allowlists
 from tests.audit.test_hostile import PROTO2, global_op, write_zip
+from tests.forked_runs import run_python
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,7 @@ def _newobj_list(count: int, module: str = "tests.audit.advice_fixtures") -> byt
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", *args],
         capture_output=True,
         text=True,

@@ -21,6 +21,7 @@ from pytest_ckpt.audit.formats.safetensors import (
     looks_like_safetensors,
 )
 from pytest_ckpt.cli import main
+from tests.forked_runs import run_python
 
 
 def safetensors_bytes(
@@ -199,7 +200,7 @@ def audit_in_process(capsys, *paths: Path) -> tuple[int, str, str]:
 
 
 def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", *map(str, args)],
         capture_output=True,
         text=True,

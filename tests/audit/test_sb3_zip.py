@@ -11,7 +11,6 @@ import json
 import operator
 import os
 import pickle
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.formats.sb3_zip import audit_sb3_zip, is_sb3_zip
 from pytest_ckpt.cli import main
 from tests.audit.conftest import torch_verdicts
+from tests.forked_runs import run_python
 
 
 def constant_schedule(progress: float) -> float:
@@ -145,7 +145,7 @@ def test_corrupt_sb3_zips_are_unreadable_in_one_line_never_a_traceback(tmp_path)
         sb3_zip(tmp_path / "cut.zip", {}, {"policy.pth": good_pth.read_bytes()[:-40]}),
         sb3_zip(tmp_path / "empty-member.zip", None, {"policy.pth": b""}),
     ]
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", *map(str, cases)],
         capture_output=True,
         text=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import subprocess
 import sys
 import warnings
 import zipfile
@@ -21,6 +20,7 @@ import torch
 from pytest_ckpt.audit import audit_file
 from tests.audit.conftest import torch_verdicts
 from tests.audit.test_torch_checks import call, uni
+from tests.forked_runs import run_python
 
 PLACEHOLDER = "PLACEHOLDER"
 
@@ -195,7 +195,7 @@ def test_a_quantized_parameter_is_torchs_verdict(tmp_path) -> None:
 
 def test_the_cli_exits_1_when_it_cannot_verify(tmp_path) -> None:
     path = saved(tmp_path / "nested.pt", {"a": nested()})
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(path)],
         capture_output=True,
         text=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import struct
-import subprocess
 import sys
 import zipfile
 
@@ -18,6 +17,7 @@ import torch
 
 from pytest_ckpt.audit import audit_file
 from tests.audit.conftest import torch_verdicts
+from tests.forked_runs import run_python
 
 SAVED_KEY = b"X\x01\x00\x00\x000"  # BINUNICODE "0": the key torch.save gives the first storage
 LONG_KEY = "k" * 100  # past the 80 characters the auditor keeps of a string
@@ -181,7 +181,7 @@ def test_a_legacy_file_counts_its_storages_like_a_zip_file(tmp_path) -> None:
     for name, zipped in (("zip", True), ("legacy", False)):
         path = tmp_path / f"{name}.pt"
         torch.save(state, path, _use_new_zipfile_serialization=zipped)
-        result = subprocess.run(
+        result = run_python(
             [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(path)],
             capture_output=True,
             text=True,
@@ -198,7 +198,7 @@ def test_a_legacy_file_counts_its_storages_like_a_zip_file(tmp_path) -> None:
 def test_a_pickle_broken_after_its_first_values_is_one_line_not_a_traceback(tmp_path, body) -> None:
     path = tmp_path / "broken.pt"
     path.write_bytes(body)
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(path)],
         capture_output=True,
         text=True,

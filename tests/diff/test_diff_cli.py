@@ -16,6 +16,7 @@ import torch
 from pytest_ckpt.cli import main
 from tests.diff.files import write_safetensors
 from tests.distributed.conftest import RunsCommand, read_metadata, write_metadata
+from tests.forked_runs import run_python
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -27,7 +28,7 @@ def diff_in_process(capsys, *args: object) -> subprocess.CompletedProcess[str]:
 
 
 def run_diff(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "diff", *map(str, args)],
         capture_output=True,
         text=True,

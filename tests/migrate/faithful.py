@@ -20,6 +20,8 @@ import pathlib
 import subprocess
 import sys
 
+from tests.forked_runs import run_python
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 DESCRIBE = r"""
@@ -82,7 +84,7 @@ def describe_files(paths: list[pathlib.Path], *, weights_only: bool) -> dict[str
 
 
 def run_migrate(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "migrate", *map(str, args)],
         capture_output=True,
         text=True,

@@ -15,10 +15,11 @@ from pytest_ckpt.migrate.workflow import REFERENCE_V0, Adapter, MigrationFailed,
 from tests.audit.conftest import torch_verdicts
 from tests.audit.test_hostile import write_zip
 from tests.audit.test_torch_checks import LOADED_BY_TORCH, REFUSED_BY_TORCH, in_dict, tensor
+from tests.forked_runs import run_python
 
 
 def run_cli(*args: str | bytes) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return run_python(
         [sys.executable, "-m", "pytest_ckpt.cli", "migrate", *args],
         capture_output=True,
         timeout=120,

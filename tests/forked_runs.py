@@ -1,14 +1,15 @@
-"""The suite's inner pytest runs, forked from a process that imported torch once.
+"""The suite's `python -m MODULE` processes (inner pytest runs, CLI calls), forked from a
+process that imported torch once.
 
-`pytester.runpytest_subprocess` starts `python -mpytest` once per run, and ~2 s of each run's
-~3 went to importing torch. Here each such run is forked instead from a server started once per
-worker (multiprocessing's forkserver: a fresh interpreter that imports torch and pytest and
-nothing else, so none of the suite's state reaches a run, and pytest still assert-rewrites the
-plugins each run loads through their entry points). The child gets what the subprocess would
-have: the environment (with the working directory on PYTHONPATH), the working directory,
-`sys.path` and `sys.argv` of `python -m pytest` there, its stdout and stderr files, no stdin.
-A run whose environment differs from the server's in what is read at interpreter or torch start
-(ATEN_CPU_CAPABILITY, thread counts, PYTHON* settings) is a real subprocess.
+`pytester.runpytest_subprocess` starts `python -mpytest` once per run, and ~2 s of each run's ~3
+went to importing torch; a CLI call is mostly that import. Here each such process is forked from
+a server started once per worker (multiprocessing's forkserver: a fresh interpreter that imports
+torch and pytest and nothing else, so none of the suite's state reaches a run, and pytest still
+assert-rewrites the plugins a run loads through their entry points). The child gets what the
+subprocess would have: the environment, the working directory, `sys.path` and `sys.argv` of
+`python -m MODULE` there, its stdout and stderr files, no stdin (`test_forked_runs.py` compares
+them). A process whose environment differs from the server's in what is read at interpreter or
+torch start (ATEN_CPU_CAPABILITY, thread counts, PYTHON* settings) is a real subprocess.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import runpy
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 import pytest
@@ -71,7 +74,7 @@ def forked_popen(
         forkable = _start_env(env) == _server["env"]
     if not forkable:
         return real_popen(cmdargs, stdout=stdout, stderr=stderr, stdin=stdin, **kw)
-    return ForkedRun(args, os.getcwd(), env, stdout.name, stderr.name)
+    return ForkedRun("pytest", args, os.getcwd(), env, stdout.name, stderr.name)
 
 
 class ForkedRun:
@@ -79,10 +82,13 @@ class ForkedRun:
 
     stdin = None
 
-    def __init__(self, args: list[str], cwd: str, env: dict[str, str], out: str, err: str):
+    def __init__(
+        self, module: str, args: list[str], cwd: str, env: dict[str, str], out: str, err: str
+    ) -> None:
         self.args = args
+        rest = args[3:] if args[1] == "-m" else args[2:]
         self.process = _context().Process(
-            target=_child, args=(args[2:], cwd, env, out, err, _server["path"])
+            target=_child, args=(module, rest, cwd, env, out, err, _server["path"])
         )
         self.process.start()
 
@@ -97,9 +103,15 @@ class ForkedRun:
 
 
 def _child(
-    args: list[str], cwd: str, env: dict[str, str], out: str, err: str, fresh_path: list[str]
+    module: str,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str],
+    out: str,
+    err: str,
+    fresh_path: list[str],
 ) -> None:
-    """In the forked child: become `python -mpytest ARGS` run in `cwd` under `env`."""
+    """In the forked child: become `python -m MODULE ARGS` run in `cwd` under `env`."""
     for fd, name, flags in (
         (0, os.devnull, os.O_RDONLY),
         (1, out, os.O_WRONLY),
@@ -119,15 +131,61 @@ def _child(
     sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
     path = [*env.get("PYTHONPATH", "").split(os.pathsep), *fresh_path]  # site dedupes these
     sys.path[:] = [cwd, *dict.fromkeys(os.path.abspath(p) for p in path if p)]  # then -m's cwd
-    sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py"), *args]
+    sys.argv = [module, *args]  # run_module puts the module's file first, as -m does
     try:
-        code = pytest.console_main()
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    sys.exit(code)
 
 
 def _text(fd: int, mode: str) -> Any:
     """A text stream on `fd` for the rest of the child's life (as the interpreter opens one)."""
     return open(fd, mode, encoding="utf-8", closefd=False)
+
+
+def run_python(
+    cmd: list[Any],
+    *,
+    capture_output: bool = False,
+    text: bool = False,
+    timeout: float | None = None,
+    check: bool = False,
+    cwd: Any = None,
+    env: dict[str, str] | None = None,
+    **rest: Any,
+) -> subprocess.CompletedProcess:
+    """`subprocess.run` for `[sys.executable, "-m", MODULE, ...]` with its output captured: a
+    forked run (anything else, or a start-time environment the server lacks: a subprocess)."""
+    args = [os.fsdecode(arg) if isinstance(arg, bytes) else os.fspath(arg) for arg in cmd]
+    run_env = dict(os.environ if env is None else env)
+    forkable = len(args) > 2 and args[:2] == [sys.executable, "-m"] and capture_output and not rest
+    if forkable:
+        _context()
+        forkable = _start_env(run_env) == _server["env"]
+    if not forkable:
+        return subprocess.run(
+            cmd, capture_output=capture_output, text=text, timeout=timeout, check=check,
+            cwd=cwd, env=env, **rest,
+        )  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = os.path.join(folder, "out"), os.path.join(folder, "err")
+        for name in (out, err):
+            open(name, "wb").close()
+        run = ForkedRun(args[2], args, os.fspath(cwd or os.getcwd()), run_env, out, err)
+        try:
+            code = run.wait(timeout)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+            raise
+        with open(out, "rb") as handle:
+            stdout = handle.read()
+        with open(err, "rb") as handle:
+            stderr = handle.read()
+    if text:
+        stdout, stderr = stdout.decode(), stderr.decode()
+    result = subprocess.CompletedProcess(cmd, code, stdout, stderr)
+    if check:
+        result.check_returncode()
+    return result

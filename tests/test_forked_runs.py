@@ -1,4 +1,4 @@
-"""The suite's forked pytest runs (`tests.forked_pytest`) see what a subprocess would."""
+"""The suite's forked pytest runs (`tests.forked_runs`) see what a subprocess would."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.forked_pytest import ForkedRun, forked_popen
+from tests.forked_runs import ForkedRun, forked_popen, run_python
 
 WHAT_A_RUN_SEES = """
 import json, os, sys
@@ -61,3 +61,19 @@ def test_a_run_under_other_kernels_is_a_real_subprocess(pytester: pytest.Pyteste
         assert (same.wait(60), other.wait(60)) == (0, 0)
     assert isinstance(same, ForkedRun)
     assert isinstance(other, subprocess.Popen)
+
+
+def test_a_forked_cli_call_prints_and_exits_as_a_subprocess_does(tmp_path) -> None:
+    import torch
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(2)}, good)
+    for args in (["audit", str(good)], ["audit", "/dev/zero"], ["audit", "--no-such-option"]):
+        cmd = [sys.executable, "-m", "pytest_ckpt.cli", *args]
+        forked = run_python(cmd, capture_output=True, text=True, timeout=120)
+        real = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (
+            real.returncode,
+            real.stdout,
+            real.stderr,
+        ), args
