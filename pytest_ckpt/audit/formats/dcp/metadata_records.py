@@ -133,8 +133,8 @@ class DcpRecords:
                 continue
             if machine.memo_sparse:
                 break
-            shape = clean.get((_SHAPE_KEY, data[pos:after]))
-            found = None if shape is None else _by_shape(memo, data, pos, shape)
+            pinned = clean.get((_SHAPE_KEY, data[pos:after]))
+            found = None if pinned is None else _by_shape(memo, data, pos, pinned)
             if found is not None:  # FLAT_OBJECT's match, its key found: without either
                 end, known, strings = found
                 gets = _FLAT_GETS
@@ -151,12 +151,14 @@ class DcpRecords:
                 raw = data[pos:end]
                 known = clean.get(raw)
             if known is None and found is None:
-                found = self._known(machine, match, gets)
-                if found is None:
+                learned = self._known(machine, match, gets)
+                if learned is None:
                     break
-                known, strings = found
+                known, strings = learned
                 if gets is _TENSOR_GETS:
                     clean[raw] = known
+            if known is None:  # (never: each way above sets it or stops)
+                break
             writes, type_name, shape, reads = known
             if strings:
                 reads = {**reads, **strings}
