@@ -54,6 +54,12 @@ def _context() -> Any:
     return _server["context"]
 
 
+def _shares_start(env: dict[str, str]) -> bool:
+    """May a process under `env` fork from the server (started here on first use)?"""
+    _context()
+    return _start_env(env) == _server["env"]
+
+
 def forked_popen(
     pytester: pytest.Pytester, real_popen: Any, cmdargs: Any, stdout: Any, stderr: Any, **kw: Any
 ) -> Any:
@@ -69,10 +75,7 @@ def forked_popen(
         and hasattr(stdout, "name")
         and hasattr(stderr, "name")
     )
-    if forkable:
-        _context()
-        forkable = _start_env(env) == _server["env"]
-    if not forkable:
+    if not (forkable and _shares_start(env)):
         return real_popen(cmdargs, stdout=stdout, stderr=stderr, stdin=stdin, **kw)
     return ForkedRun("pytest", args, os.getcwd(), env, stdout.name, stderr.name)
 
@@ -160,10 +163,7 @@ def run_python(
     args = [os.fsdecode(arg) if isinstance(arg, bytes) else os.fspath(arg) for arg in cmd]
     run_env = dict(os.environ if env is None else env)
     forkable = len(args) > 2 and args[:2] == [sys.executable, "-m"] and capture_output and not rest
-    if forkable:
-        _context()
-        forkable = _start_env(run_env) == _server["env"]
-    if not forkable:
+    if not (forkable and _shares_start(run_env)):
         return subprocess.run(
             cmd, capture_output=capture_output, text=text, timeout=timeout, check=check,
             cwd=cwd, env=env, **rest,
