@@ -220,14 +220,26 @@ def test_planner_entries_pointed_anywhere_get_the_general_answer(genuine) -> Non
     deferred = [i for i, v in fast.memo.items() if isinstance(v, verdict.DeferredRecord)]
     assert len(entries) > 20 and len(deferred) > 100
     memo_size = len(fast.memo)
+    gets = [
+        (at, 1 if data[at] == ord("h") else 4)
+        for pair in entries[:: max(1, len(entries) // 6)]
+        for at in pair
+    ]
+    targets = (0, 3, 11, *deferred[1:200:40], memo_size - 1, memo_size + 7)
+    _assert_retargeted_gets_get_the_general_answer(data, gets, targets)
+
+
+def _assert_retargeted_gets_get_the_general_answer(
+    data: bytes, gets: list[tuple[int, int]], targets: tuple[int, ...]
+) -> None:
+    """Each GET at (offset, width) pointed at each target memo index: the scan with records
+    answers as the general scan does, and where both accept, leaves the same memo."""
     cases = {}
-    for first, second in entries[:: max(1, len(entries) // 6)]:
-        for at in (first, second):
-            width = 1 if data[at] == ord("h") else 4
-            for index in (0, 3, 11, *deferred[1:200:40], memo_size - 1, memo_size + 7):
-                if index < 256**width:
-                    patched = index.to_bytes(width, "little")
-                    cases[f"get@{at}->{index}"] = data[: at + 1] + patched + data[at + 1 + width :]
+    for at, width in gets:
+        for index in targets:
+            if index < 256**width:
+                patched = index.to_bytes(width, "little")
+                cases[f"get@{at}->{index}"] = data[: at + 1] + patched + data[at + 1 + width :]
     general_answers = general_outcomes(cases)
     assert disagreements(cases, general_answers) == []
     clean = [name for name, answer in general_answers.items() if answer == ("findings", [])]
@@ -307,15 +319,7 @@ def test_storage_infos_taken_by_their_pinned_shape_get_the_general_answer(genuin
     fast, _memo_entries = _memo(data, records=True)
     deferred = [i for i, v in fast.memo.items() if isinstance(v, verdict.DeferredRecord)]
     assert records > 20 and fast.records.shapes >= 2  # MetadataIndex's, _StorageInfo's
-    cases = {}
-    for at, width in gets[len(gets) // 2 :: max(1, len(gets) // 12)]:
-        for index in (0, 3, 11, *deferred[1:200:40], len(fast.memo) - 1, len(fast.memo) + 7):
-            if index < 256**width:
-                patched = index.to_bytes(width, "little")
-                cases[f"get@{at}->{index}"] = data[: at + 1] + patched + data[at + 1 + width :]
-    general_answers = general_outcomes(cases)
-    assert disagreements(cases, general_answers) == []
-    clean = [name for name, answer in general_answers.items() if answer == ("findings", [])]
-    assert clean and len(clean) < len(cases)  # both answers are exercised
-    for name in clean:
-        assert _memo(cases[name], records=True)[1] == _memo(cases[name], records=False)[1], name
+    targets = (0, 3, 11, *deferred[1:200:40], len(fast.memo) - 1, len(fast.memo) + 7)
+    _assert_retargeted_gets_get_the_general_answer(
+        data, gets[len(gets) // 2 :: max(1, len(gets) // 12)], targets
+    )
