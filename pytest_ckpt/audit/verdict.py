@@ -10,6 +10,7 @@ STOP, findings get their path from the root (`findings.collect_findings`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.audit.findings import collect_findings
 from pytest_ckpt.audit.machine import gc_paused
 from pytest_ckpt.audit.nodes import GLOBAL_TYPE, Finding, Node, key_label, tuple_node
+from pytest_ckpt.audit.object_runs import OBJECT_START, take_object_runs
 from pytest_ckpt.audit.opcodes import Blob, MalformedPickle, Op
 from pytest_ckpt.audit.record_grammar import RECORD_START
 from pytest_ckpt.audit.tensor_records import DeferredRecord, take_tensor_records
@@ -31,6 +33,19 @@ def _operand_text(value: Any) -> str:
     if isinstance(value, Node):
         return f"<{value.type_name}>"
     return repr(value)
+
+
+# where a fast path may start: a tensor record, or an object run (`object_runs`)
+_FAST_RUN_START = re.compile(RECORD_START.pattern + b"|" + OBJECT_START, re.DOTALL)
+
+
+def take_fast_runs(interp: PickleInterpreter, pos: int, *, named: bool) -> int | None:
+    """The machine's `take_records`: tensor records, else (once a refused class has built
+    an object) later objects of refused classes; None when neither starts here."""
+    after = take_tensor_records(interp, pos, named=named)
+    if after is None and interp.built_from:
+        after = take_object_runs(interp, pos, named=named)
+    return after
 
 
 class MemoizedRecord(DeferredRecord):
@@ -61,16 +76,19 @@ class PickleInterpreter(TorchRules):
         fast_records: bool = True,
         map_location: str | None = None,
     ) -> None:
-        """`fast_records` lets whole tensor records skip the opcode loop (the rest: see
-        `TorchRules`)."""
+        """`fast_records` lets whole tensor records, and later objects of a refused class,
+        skip the opcode loop (the rest: see `TorchRules`)."""
         super().__init__(
             data, allowlist, start=start, storage_sizes=storage_sizes, map_location=map_location
         )
         self.fast_records = fast_records
         if fast_records:
-            self.take_records = take_tensor_records
-            self.records_hint = RECORD_START.match
+            self.take_records = take_fast_runs
+            self.records_hint = _FAST_RUN_START.match
         self.records_taken = 0  # tensor records the fast path took
+        self.objects_taken = 0  # objects of refused classes it took (`object_runs`)
+        self.object_runs: dict[bytes, tuple] = {}  # what replays learned, by run opcodes
+        self.object_learns = 0  # those replays
         # validated reads, by their GETs (tensor_records) or a record (DCP metadata_records)
         self.clean_reads: dict[Any, tuple[Any, ...]] = {}
         self.guarded: set[int] = set()  # memo entries clean_reads depends on
