@@ -117,7 +117,8 @@ def collect_findings(root: Any, loose: list[Finding], flagged: list[Node]) -> li
                 free.append((parent, label))
             elif owner is not node:
                 owners.append(owner)
-        foldable = all(_foldable(f) for f in node.findings)
+        # whether its fix folds into its owners' (asked only where the answer matters)
+        foldable = (bool(free) and not owners) or all(_foldable(f) for f in node.findings)
         if foldable:
             for owner in owners:
                 inner_of.setdefault(id(owner), []).append(node)
@@ -226,6 +227,8 @@ def _route_path(parent: Node | None, label: str | int, sites: dict[int, _Site]) 
 
 def _render(raw: Sequence[str | int]) -> str:
     """Labels as a path; a BUILD state's entries read as attributes (`STATE_LABEL`)."""
+    if STATE_LABEL not in raw:  # most paths: labels as they are, list and tuple indices boxed
+        return "".join(f"[{label}]" if isinstance(label, int) else label for label in raw)
     labels: list[str] = []
     for i, label in enumerate(raw):
         if label == STATE_LABEL:
