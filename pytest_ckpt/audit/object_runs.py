@@ -222,18 +222,22 @@ def take_object_runs(interp: Any, pos: int, *, named: bool) -> int | None:
         # Taken: from here on, only what the interpreter would have done.
         result = Node(learned.type_name)
         result.shape = learned.shape
-        record = DeferredRecord(start, reduce_at + 1, learned.stand_ins, result)
-        writes: list[tuple[int | None, Any]] = [(index, record) for index in puts]
         if name is not None:
             blob = new_blob(Blob, ("str", name[1], name[0], pos + 5))
             stack.append(blob)
-            writes.insert(0, (name_put, blob))
-        writes.append((result_put, result))
-        _write(interp, writes)
+            if name_put is not None:
+                _write(interp, name_put, blob)
+        record = DeferredRecord(start, reduce_at + 1, learned.stand_ins, result)
+        for index in puts:
+            _write(interp, index, record)
+        if result_put is not None:
+            _write(interp, result_put, result)
         stack.append(result)
         interp._take_over(result, cls, reduce_at)
-        if not learned.read_set.isdisjoint(index for index, _value in writes):
+        if name_put in learned.read_set or result_put in learned.read_set:
             checked = None  # it wrote what the next run would read: check again
+        elif not learned.read_set.isdisjoint(puts):
+            checked = None
         taken += 1
         pos, last = end, learned
     if not taken:
@@ -253,18 +257,15 @@ def _run_at(interp: Any, last: _Learned | None, start: int) -> tuple[_Learned, t
     return None if found is None or learned is None else (learned, found)
 
 
-def _write(interp: Any, writes: list[tuple[int | None, Any]]) -> None:
-    """The run's memo writes (index None: no PUT), as `memo_put` does them."""
-    memo, guarded = interp.memo, interp.guarded
-    for index, value in writes:
-        if index is None:
-            continue
-        if guarded and index in guarded:
-            interp.memo_put(index, value)  # forgets what tensor records validated
-            continue
-        if index > len(memo):
-            interp.memo_sparse = True
-        memo[index] = value
+def _write(interp: Any, index: int, value: Any) -> None:
+    """One memo write of the run, as `memo_put` does it (inlined where nothing is guarded)."""
+    if index in interp.guarded:
+        interp.memo_put(index, value)  # forgets what tensor records validated
+        return
+    memo = interp.memo
+    if index > len(memo):
+        interp.memo_sparse = True
+    memo[index] = value
 
 
 def _learn_at(interp: Any, data: bytes, start: int, size: int) -> _Learned | None:
