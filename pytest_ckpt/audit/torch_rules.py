@@ -284,15 +284,17 @@ class TorchRules(PickleMachine):
         target = self._container_target(
             op, SETITEM_TARGETS, "only sets items of dict, OrderedDict and Counter"
         )
+        children, item = target.children, target.appended  # item: its place in the order
         for i in range(0, len(flat) - 1, 2):
             key, value = flat[i], flat[i + 1]
-            item = target.appended  # the item's place in the dict's order
-            target.appended += 1
             if isinstance(key, Node):  # an object as a key: both named by the item's place
-                target.add_child(f".values()[{item}]", value)
-                target.children.append((f".keys()[{item}]", key))
-            else:
-                target.add_child(key_label(key), value)
+                if isinstance(value, Node):
+                    children.append((f".values()[{item}]", value))
+                children.append((f".keys()[{item}]", key))
+            elif isinstance(value, Node):  # `add_child`, a state dict's thousands inlined
+                children.append((key_label(key), value))
+            item += 1
+        target.appended = item
 
     # MARK: the machine's.
 
