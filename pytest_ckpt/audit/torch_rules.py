@@ -285,13 +285,11 @@ class TorchRules(PickleMachine):
             op, SETITEM_TARGETS, "only sets items of dict, OrderedDict and Counter"
         )
         children, item = target.children, target.appended  # item: its place in the order
-        for i in range(0, len(flat) - 1, 2):
-            key, value = flat[i], flat[i + 1]
+        for key, value in zip(flat[::2], flat[1::2], strict=False):  # `add_child`, inlined
             if isinstance(key, Node):  # an object as a key: both named by the item's place
-                if isinstance(value, Node):
-                    children.append((f".values()[{item}]", value))
+                target.add_child(f".values()[{item}]", value)
                 children.append((f".keys()[{item}]", key))
-            elif isinstance(value, Node):  # `add_child`, a state dict's thousands inlined
+            elif isinstance(value, Node):
                 children.append((key_label(key), value))
             item += 1
         target.appended = item
