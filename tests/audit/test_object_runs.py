@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 from pytest_ckpt.audit.verdict import PickleInterpreter
+from tests.audit.pickle_edits import flipped_bytes, memo_index_sites, rewired
 from tests.audit.test_tensor_records import saved
 
 ALLOWLIST = load_allowlist()
@@ -264,17 +265,7 @@ def small_dirty_pickle() -> tuple[bytes, dict[str, int]]:
 def test_mutated_dirty_pickles_get_the_same_answer(small_dirty_pickle, data) -> None:
     """Flip bytes anywhere: whatever the interpreter says, the fast path says too."""
     pickle_bytes, sizes = small_dirty_pickle
-    mutated = bytearray(pickle_bytes)
-    edits = data.draw(
-        st.lists(
-            st.tuples(st.integers(2, len(mutated) - 2), st.integers(0, 255)),
-            min_size=1,
-            max_size=3,
-        )
-    )
-    for at, value in edits:
-        mutated[at] = value
-    same_with_and_without(bytes(mutated), sizes)
+    same_with_and_without(flipped_bytes(data, pickle_bytes), sizes)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -285,20 +276,8 @@ def test_rewired_memo_indices_in_dirty_pickles_get_the_same_answer(
     """Point GETs and PUTs at other memo entries: runs reading what others wrote, writing
     over the class or a function the next run reads, reading what was never set."""
     pickle_bytes, sizes = small_dirty_pickle
-    listed = ops(pickle_bytes)
-    positions = [pos + 1 for name, _arg, pos in listed if name in ("BINGET", "BINPUT")]
-    highest = max(arg for name, arg, _pos in listed if name == "BINPUT")
-    mutated = bytearray(pickle_bytes)
-    edits = data.draw(
-        st.lists(
-            st.tuples(st.sampled_from(positions), st.integers(0, highest + 1)),
-            min_size=1,
-            max_size=3,
-        )
-    )
-    for at, index in edits:
-        mutated[at] = index
-    same_with_and_without(bytes(mutated), sizes)
+    sites, highest = memo_index_sites(pickle_bytes)
+    same_with_and_without(rewired(data, pickle_bytes, sites, highest), sizes)
 
 
 def test_long_memo_indices_are_taken_too() -> None:

@@ -23,6 +23,7 @@ from pytest_ckpt.audit.formats.torch_archive import open_checkpoint
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 from pytest_ckpt.audit.record_grammar import TENSOR_RECORD
 from pytest_ckpt.audit.verdict import PickleInterpreter
+from tests.audit.pickle_edits import flipped_bytes, memo_index_sites, rewired
 
 ALLOWLIST = load_allowlist()
 
@@ -268,17 +269,7 @@ def test_mutated_parameter_pickles_get_the_same_answer(small_parameter_pickle, d
     """Flip bytes in a state dict of Parameters: the fast path says what the interpreter
     says, stage 2 included."""
     pickle_bytes, sizes = small_parameter_pickle
-    mutated = bytearray(pickle_bytes)
-    edits = data.draw(
-        st.lists(
-            st.tuples(st.integers(2, len(mutated) - 2), st.integers(0, 255)),
-            min_size=1,
-            max_size=3,
-        )
-    )
-    for at, value in edits:
-        mutated[at] = value
-    same_with_and_without(bytes(mutated), sizes)
+    same_with_and_without(flipped_bytes(data, pickle_bytes), sizes)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -286,17 +277,7 @@ def test_mutated_parameter_pickles_get_the_same_answer(small_parameter_pickle, d
 def test_mutated_pickles_get_the_same_answer(small_state_pickle, data) -> None:
     """Flip bytes anywhere: whatever the interpreter says, the fast path says too."""
     pickle_bytes, sizes = small_state_pickle
-    mutated = bytearray(pickle_bytes)
-    edits = data.draw(
-        st.lists(
-            st.tuples(st.integers(2, len(mutated) - 2), st.integers(0, 255)),
-            min_size=1,
-            max_size=3,
-        )
-    )
-    for at, value in edits:
-        mutated[at] = value
-    same_with_and_without(bytes(mutated), sizes)
+    same_with_and_without(flipped_bytes(data, pickle_bytes), sizes)
 
 
 def memo_index(op: bytes) -> int:
@@ -363,13 +344,9 @@ def test_every_entry_of_a_state_dict_is_taken_with_its_name(monkeypatch) -> None
 @pytest.fixture(scope="module")
 def memo_index_bytes() -> tuple[bytes, dict[str, int], list[int], int]:
     """A state dict pickle, where its 1-byte GET/PUT indices sit, and the highest index."""
-    import pickletools
-
     base = torch.arange(6.0)
     data, sizes = saved({"a": torch.ones(2), "b": base, "c": base[1:4], "d": torch.ones(3)})
-    ops = [(op.name, arg, pos) for op, arg, pos in pickletools.genops(data)]
-    at = [pos + 1 for name, _arg, pos in ops if name in ("BINGET", "BINPUT")]
-    return data, sizes, at, max(arg for name, arg, _ in ops if name == "BINPUT")
+    return (data, sizes, *memo_index_sites(data))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -378,14 +355,4 @@ def test_rewired_memo_indices_get_the_same_answer(memo_index_bytes, data) -> Non
     """Point GETs and PUTs at other memo entries: records reading what others wrote,
     overwriting what others read, reading what was never set."""
     pickle_bytes, sizes, positions, highest = memo_index_bytes
-    mutated = bytearray(pickle_bytes)
-    edits = data.draw(
-        st.lists(
-            st.tuples(st.sampled_from(positions), st.integers(0, highest + 1)),
-            min_size=1,
-            max_size=3,
-        )
-    )
-    for at, index in edits:
-        mutated[at] = index
-    same_with_and_without(bytes(mutated), sizes)
+    same_with_and_without(rewired(data, pickle_bytes, positions, highest), sizes)
