@@ -52,17 +52,16 @@ _IMMUTABLE = (Blob, int, float, bool, type(None))  # read values a replay may sh
 
 
 class _Run:
-    """One object run's opcodes, as `_walk` or a learned run's pattern found them."""
+    """One object run's opcodes, as `_walk` found them (to learn it: `_learned`)."""
 
-    __slots__ = ("end", "parts", "puts", "reads", "reduce_at", "result_put", "start")
+    __slots__ = ("parts", "puts", "reads", "reduce_at", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.parts: list[bytes] = []  # its opcodes; a string is b"X", a PUT b"q"
         self.reads: list[int] = []  # memo indices read, the class's first
         self.puts: list[int] = []  # memo indices written before the class is called
-        self.reduce_at = self.end = start  # the REDUCE that calls the class; after its PUT
-        self.result_put: int | None = None
+        self.reduce_at = start  # the REDUCE that calls the class
 
 
 def _walk(data: bytes, pos: int, size: int) -> _Run | None:
@@ -114,7 +113,7 @@ def _walk(data: bytes, pos: int, size: int) -> _Run | None:
             depth, pos = depth - 1, pos + 1
             if depth == 1:  # the class, called
                 run.reduce_at = pos - 1
-                return _closed(run, data, pos, size)
+                return run
         else:
             return None
     return None
@@ -134,17 +133,6 @@ def _string_end(data: bytes, pos: int, size: int) -> int | None:
     except UnicodeDecodeError:
         return None
     return end
-
-
-def _closed(run: _Run, data: bytes, pos: int, size: int) -> _Run:
-    """The run, its end past the PUT of the object if there is one."""
-    code = data[pos] if pos < size else None
-    if code == _PUT1 and pos + 2 <= size:
-        run.result_put, pos = data[pos + 1], pos + 2
-    elif code == _PUT4 and pos + 5 <= size:
-        run.result_put, pos = _U32(data, pos + 1)[0], pos + 5
-    run.end = pos
-    return run
 
 
 class _Learned:
@@ -234,10 +222,9 @@ def take_object_runs(interp: Any, pos: int, *, named: bool) -> int | None:
             _write(interp, result_put, result)
         stack.append(result)
         interp._take_over(result, cls, reduce_at)
-        if name_put in learned.read_set or result_put in learned.read_set:
+        reads = learned.read_set
+        if name_put in reads or result_put in reads or not reads.isdisjoint(puts):
             checked = None  # it wrote what the next run would read: check again
-        elif not learned.read_set.isdisjoint(puts):
-            checked = None
         taken += 1
         pos, last = end, learned
     if not taken:
@@ -289,9 +276,8 @@ def _same_reads(interp: Any, learned: _Learned) -> bool:
     """Does the memo still hold what the learned run read, none of its globals besides the
     class (the first) flagged since?"""
     memo, built_from = interp.memo, interp.built_from
-    for index, value in zip(learned.reads, learned.values, strict=True):
-        if memo.get(index, _MISSING) is not value:
-            return False
+    if not _identical(learned.values, [memo.get(index, _MISSING) for index in learned.reads]):
+        return False
     return not any(
         type(value) is Node and (value.findings or id(value) in built_from)
         for value in learned.values[1:]
@@ -318,6 +304,7 @@ def _learned(interp: Any, run: _Run, values: list[Any]) -> _Learned | None:
 
 
 def _identical(kept: list[Any], values: list[Any]) -> bool:
+    """The same objects, one by one (values read from the memo are compared by identity)."""
     return all(a is b for a, b in zip(kept, values, strict=True))
 
 

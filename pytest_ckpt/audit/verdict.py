@@ -87,7 +87,7 @@ class PickleInterpreter(TorchRules):
             self.records_hint = _FAST_RUN_START.match
         self.records_taken = 0  # tensor records the fast path took
         self.objects_taken = 0  # objects of refused classes it took (`object_runs`)
-        self.object_runs: dict[bytes, tuple] = {}  # what replays learned, by run opcodes
+        self.object_runs: dict[bytes, Any] = {}  # what replays learned (or None), by opcodes
         self.object_learns = 0  # those replays
         # validated reads, by their GETs (tensor_records) or a record (DCP metadata_records)
         self.clean_reads: dict[Any, tuple[Any, ...]] = {}
