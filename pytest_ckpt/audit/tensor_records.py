@@ -99,16 +99,18 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
             checked = signature
         if grad_op == b"\x88" and storage_type.name not in grad_storages:
             break  # torch: only floating point and complex tensors can require grad
-        reads = shared_reads
-        found = _storage_key(memo, new_key, key_get, name_index)
-        if found is None:
-            break  # a deferred entry, not a key torch accepts, or the name just written
-        key, index = found
-        if index is not None:
+        reads, index = shared_reads, None
+        if key_get is None:  # a new key, written in the record
+            key = new_key[5:].decode("ascii")
+        else:
+            found = _shared_storage_key(memo, key_get, name_index)
+            if found is None:
+                break  # a deferred entry, not a key torch accepts, or the name just written
+            key, index = found
             reads = {**reads, index: memo[index]}
         if sizes is not None and not _storage_and_view_ok(
-            interp, sizes, key, storage_type.name, element_size, (numel_op, offset_op),
-            (size_shape, stride_shape),
+            interp, sizes, key, storage_type.name, element_size,
+            (numel_op, offset_op, size_shape, stride_shape),
         ):  # fmt: skip
             break  # the interpreter reports it, on the storage node, with its path
         put_ops: tuple[bytes | None, ...] = (id_put, size_put, stride_put, hooks_put, args_put)
@@ -226,8 +228,8 @@ def _parameter_reads(interp: Interpreter, outer: tuple, storage_type: str) -> di
     return None if _flagged(interp.built_from, parameter, hooks) else stand_ins
 
 
-# ((numel, offset), (size, stride)) opcodes -> the storage's numel, -1 for a view past it
-_VIEWS: dict[tuple[tuple[bytes, bytes], tuple[bytes, bytes]], int] = {}
+# (numel, offset, size, stride) opcodes -> the storage's numel, -1 for a view past it
+_VIEWS: dict[tuple[bytes, bytes, bytes, bytes], int] = {}
 
 
 def tensor_extent(size: list[int], stride: list[int]) -> int:
@@ -266,16 +268,16 @@ def _flagged(built_from: dict[int, Any], *nodes: Node) -> bool:
 
 def _storage_and_view_ok(
     interp: Interpreter, sizes: Mapping[str, int], key: str, type_name: str,
-    element_size: int | None, numbers: tuple[bytes, bytes], shapes: tuple[bytes, bytes],
+    element_size: int | None, view: tuple[bytes, bytes, bytes, bytes],
 ) -> bool:  # fmt: skip
     """The checks torch makes on a zip checkpoint's storage (its record holds exactly numel
     x element size bytes; a shared one is seen with one type and size) and on the tensor's
-    view (in bounds), for a record's (numel, offset) opcodes and (size, stride) shapes."""
-    numel = _VIEWS.get((numbers, shapes))
+    view (in bounds), for a record's (numel, offset, size, stride) opcodes."""
+    numel = _VIEWS.get(view)
     if numel is None:
         if len(_VIEWS) > 1 << 16:  # bounded: a process may audit many files
             _VIEWS.clear()
-        numel = _VIEWS[(numbers, shapes)] = _numel_if_in_bounds(numbers, shapes)
+        numel = _VIEWS[view] = _numel_if_in_bounds(view)
     if element_size is None or numel < 0 or numel * element_size != sizes.get(key, -1):
         return False
     declared = (type_name, numel)
@@ -283,11 +285,11 @@ def _storage_and_view_ok(
     # storage seen with another type or size, torch's own call
 
 
-def _numel_if_in_bounds(numbers: tuple[bytes, bytes], shapes: tuple[bytes, bytes]) -> int:
+def _numel_if_in_bounds(view: tuple[bytes, bytes, bytes, bytes]) -> int:
     """The storage's numel if the view (offset, size, stride) lies inside it, else -1."""
-    numel_op, offset_op = numbers
+    numel_op, offset_op, size_shape, stride_shape = view
     numel = int.from_bytes(numel_op[1:], "little", signed=numel_op[0] == BININT)
-    extent = tensor_extent(*map(shape_ints, shapes))
+    extent = tensor_extent(shape_ints(size_shape), shape_ints(stride_shape))
     offset = int.from_bytes(offset_op[1:], "little", signed=offset_op[0] == BININT)
     in_bounds = not (extent < 0 or offset < 0 or (extent and (offset + extent) > numel))
     return numel if in_bounds and numel >= 0 else -1
@@ -309,14 +311,12 @@ def _record_puts(
     return puts
 
 
-def _storage_key(
-    memo: dict[int, Any], new_key: bytes | None, key_get: bytes | None, name_index: int | None
-) -> tuple[str, int | None] | None:
-    """A record's storage key: written in it, or read from the memo (then with its index);
-    None where the interpreter must decide (a deferred entry, not a key torch accepts, or
-    the entry name just written, where the order of the reads matters)."""
-    if key_get is None:
-        return (new_key or b"")[5:].decode("ascii"), None
+def _shared_storage_key(
+    memo: dict[int, Any], key_get: bytes, name_index: int | None
+) -> tuple[str, int] | None:
+    """A record's storage key read from the memo (a storage an earlier record wrote), with
+    its index; None where the interpreter must decide (a deferred entry, not a key torch
+    accepts, or the entry name just written, where the order of the reads matters)."""
     index = memo_index(key_get)
     shared = memo.get(index)
     if not (type(shared) is Blob and shared.kind == "str" and shared.complete):
