@@ -132,19 +132,15 @@ def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
     import torch._weights_only_unpickler as wo
     from torch._utils import IMPORT_MAPPING, NAME_MAPPING
 
-    warn_about_torch(torch.__version__)
+    version = str(torch.__version__)  # a TorchVersion compares by parsing both sides
+    warn_about_torch(version)
     default = wo._get_allowed_globals()
-    user = wo._get_user_allowed_globals()
-    extra = tuple(extra)
-    base = _from_default(default, torch.__version__)
+    user = wo._get_user_allowed_globals()  # torch itself adds a few
+    base = _from_default(default, version)
     names, classes = base["names"], base["classes"]
+    extra = tuple(extra)
     if user or extra:
-        names = frozenset(names | set(user) | set(extra))
-        merged = {**default, **user}
-        classes = {name for name, value in merged.items() if isinstance(value, type)}
-        # --allow names are taken as classes (allow-listing is how users admit their own
-        # types) unless they are known functions, which torch will call but never build.
-        classes = frozenset(classes | {name for name in extra if kind_of(name) != "function"})
+        names, classes = _with_user_names(base, user, extra)
     return Allowlist(
         names=names,
         classes=classes,
@@ -157,6 +153,32 @@ def load_allowlist(extra: Iterable[str] = ()) -> Allowlist:
         allocating=base["allocating"],
         grad_storages=base["grad_storages"],
     )
+
+
+def _with_user_names(
+    base: dict[str, Any], user: Mapping[str, Any], extra: tuple[str, ...]
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The names and classes of the default allowlist, the user's `add_safe_globals` and
+    `extra`, kept for the same user names (each a class or not) and extra names: every
+    audit asks, and torch's own user globals make this the common case."""
+    key = (base["names"], tuple((name, isinstance(v, type)) for name, v in user.items()), extra)
+    found = _MERGED.get(key)
+    if found is not None:
+        return found
+    names = frozenset(base["names"] | set(user) | set(extra))
+    user_classes = {name for name, value in user.items() if isinstance(value, type)}
+    user_others = set(user) - user_classes  # a user's entry overrides the default's
+    classes = (base["classes"] - user_others) | user_classes
+    # --allow names are taken as classes (allow-listing is how users admit their own
+    # types) unless they are known functions, which torch will call but never build.
+    classes |= {name for name in extra if kind_of(name) != "function"}
+    if len(_MERGED) > 64:  # bounded: a process may be handed many --allow lists
+        _MERGED.clear()
+    found = _MERGED[key] = (names, frozenset(classes))
+    return found
+
+
+_MERGED: dict[tuple, tuple[frozenset[str], frozenset[str]]] = {}
 
 
 # What load_allowlist derives from torch's default allowlist alone, for the one dict

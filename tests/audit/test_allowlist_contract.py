@@ -142,3 +142,6 @@ def test_user_safe_globals_are_read_at_scan_time() -> None:
     assert "datetime.datetime" not in load_allowlist().names
     with torch.serialization.safe_globals([datetime.datetime]):
         assert "datetime.datetime" in load_allowlist().names
+        assert "datetime.datetime" in load_allowlist().classes  # asked twice: kept
+    assert "datetime.datetime" not in load_allowlist().names  # and gone again with it
+    assert "datetime.datetime" not in load_allowlist().classes
