@@ -220,7 +220,7 @@ class PickleMachine:
         (and whatever the semantics raises)."""
         data, size = self.data, len(self.data)
         unpack_from = struct.unpack_from
-        handlers = {name: getattr(self, "_op_" + name) for name in _handled(type(self))}
+        handlers = _handlers(type(self))
         inline, accepted, take_records = self.INLINE, self.ACCEPTED, self.take_records
         hint = self.records_hint
         inline_width, short_strings = self._inline_table()
@@ -294,18 +294,19 @@ class PickleMachine:
             handler = handlers.get(op.name)
             if handler is None:
                 raise self.unsupported(op)
-            handler(op)
+            handler(self, op)
 
 
-_HANDLED: dict[type, tuple[str, ...]] = {}
+_HANDLERS: dict[type, dict[str, Callable[[Any, Op], None]]] = {}
 
 
-def _handled(machine: type) -> tuple[str, ...]:
-    """The opcode names a machine class has an `_op_` handler for (`dir` is slow: once per
-    class, not once per pickle)."""
-    names = _HANDLED.get(machine)
-    if names is None:
-        names = _HANDLED[machine] = tuple(
-            name[4:] for name in dir(machine) if name.startswith("_op_")
-        )
-    return names
+def _handlers(machine: type) -> dict[str, Callable[[Any, Op], None]]:
+    """Opcode name -> a machine class's `_op_` handler, as a function of (machine, op):
+    found once per class (`dir` is slow), not bound once per pickle (a replay runs a few
+    opcodes, and binding seventy methods cost it more than running them)."""
+    handlers = _HANDLERS.get(machine)
+    if handlers is None:
+        handlers = _HANDLERS[machine] = {
+            name[4:]: getattr(machine, name) for name in dir(machine) if name.startswith("_op_")
+        }
+    return handlers
