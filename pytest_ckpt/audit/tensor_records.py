@@ -102,12 +102,11 @@ def take_tensor_records(interp: Interpreter, pos: int, *, named: bool) -> int | 
         reads, index = shared_reads, None
         if key_get is None:  # a new key, written in the record
             key = new_key[5:].decode("ascii")
-        else:
-            found = _shared_storage_key(memo, key_get, name_index)
-            if found is None:
-                break  # a deferred entry, not a key torch accepts, or the name just written
+        elif (found := _shared_storage_key(memo, key_get, name_index)) is not None:
             key, index = found
             reads = {**reads, index: memo[index]}
+        else:
+            break  # a deferred entry, not a key torch accepts, or the name just written
         if sizes is not None and not _storage_and_view_ok(
             interp, sizes, key, storage_type.name, element_size,
             (numel_op, offset_op, size_shape, stride_shape),
