@@ -86,8 +86,14 @@ def unreviewed_advisory(version: str) -> str | None:
 
 def torch_advisories(version: str) -> list[str]:
     """Everything a user should know about running on this torch, one line each."""
+    return list(_advisories(str(version)))
+
+
+@functools.cache
+def _advisories(version: str) -> tuple[str, ...]:
+    """`torch_advisories`, once per version (every audit asks, for the installed torch)."""
     found = (weights_only_advisory(version), unreviewed_advisory(version))
-    return [advisory for advisory in found if advisory is not None]
+    return tuple(advisory for advisory in found if advisory is not None)
 
 
 def new_advisories(version: str | None = None) -> list[str]:

@@ -179,16 +179,22 @@ class PickleMachine:
 
     # ---- run ------------------------------------------------------------------------------
 
-    def _inline_table(self) -> tuple[dict[int, int], bool]:
+    @classmethod
+    def _inline_table(cls) -> tuple[dict[int, int], bool]:
         """The opcodes run inline (code -> argument width), and whether SHORT_BINUNICODE
-        is: only those the semantics accepts (one it refuses is decoded, to be flagged)."""
-        accepted = self.ACCEPTED
-        widths = {
-            code: width
-            for code, (name, width) in _INLINE.items()
-            if accepted is None or name in accepted
-        }
-        return widths, accepted is None or "SHORT_BINUNICODE" in accepted
+        is: only those the semantics accepts (one it refuses is decoded, to be flagged).
+        Made once per class."""
+        table = _INLINE_TABLES.get(cls)
+        if table is None:
+            accepted = cls.ACCEPTED
+            widths = {
+                code: width
+                for code, (name, width) in _INLINE.items()
+                if accepted is None or name in accepted
+            }
+            short = accepted is None or "SHORT_BINUNICODE" in accepted
+            table = _INLINE_TABLES[cls] = (widths, short)
+        return table
 
     def inline_string(self, code: int, pos: int, short_strings: bool) -> int | None:
         """A BINUNICODE (or, when `short_strings`, SHORT_BINUNICODE) of at most PREVIEW
@@ -298,6 +304,7 @@ class PickleMachine:
 
 
 _HANDLERS: dict[type, dict[str, Callable[[Any, Op], None]]] = {}
+_INLINE_TABLES: dict[type, tuple[dict[int, int], bool]] = {}
 
 
 def _handlers(machine: type) -> dict[str, Callable[[Any, Op], None]]:
