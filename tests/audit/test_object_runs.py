@@ -22,13 +22,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_ckpt.audit.allowlist import load_allowlist
-from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
-from pytest_ckpt.audit.verdict import PickleInterpreter
 from tests.audit.pickle_edits import flipped_bytes, memo_index_sites, rewired
-from tests.audit.test_tensor_records import saved
-
-ALLOWLIST = load_allowlist()
+from tests.audit.test_tensor_records import interpreted, saved
 
 
 class Stage(enum.Enum):
@@ -43,11 +38,9 @@ class Kind(enum.Enum):
 
 def run(data: bytes, sizes: dict[str, int] | None, *, fast: bool) -> tuple[object, int]:
     """What a user of the auditor sees, and how many objects the fast path took."""
-    interp = PickleInterpreter(data, ALLOWLIST, storage_sizes=sizes, fast_records=fast)
-    try:
-        _root, findings = interp.run()
-    except (TruncatedPickle, MalformedPickle) as err:
-        return ("error", type(err).__name__, str(err)), interp.objects_taken
+    interp, findings = interpreted(data, sizes, fast=fast)
+    if isinstance(findings, tuple):
+        return findings, interp.objects_taken
     seen = [
         (
             f.kind,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from pytest_ckpt.audit.allowlist import load_allowlist
 from pytest_ckpt.audit.formats.torch_archive import open_checkpoint
+from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 from pytest_ckpt.audit.record_grammar import TENSOR_RECORD
 from pytest_ckpt.audit.verdict import PickleInterpreter
@@ -43,13 +44,24 @@ def saved(obj: object) -> tuple[bytes, dict[str, int]]:
         return archive.read(f"{prefix}/data.pkl"), sizes
 
 
-def run(data: bytes, sizes: dict[str, int] | None, *, fast: bool) -> tuple[object, ...]:
-    """What a user of the auditor sees, and how many records the fast path took."""
+def interpreted(
+    data: bytes, sizes: dict[str, int] | None, *, fast: bool
+) -> tuple[PickleInterpreter, list[Finding] | tuple[str, str, str]]:
+    """The interpreter after a run of `data` (with or without the fast paths), and the
+    findings, or the error it raised as ("error", its type, its message)."""
     interp = PickleInterpreter(data, ALLOWLIST, storage_sizes=sizes, fast_records=fast)
     try:
         _root, findings = interp.run()
     except (TruncatedPickle, MalformedPickle) as err:
-        return ("error", type(err).__name__, str(err)), interp.records_taken
+        return interp, ("error", type(err).__name__, str(err))
+    return interp, findings
+
+
+def run(data: bytes, sizes: dict[str, int] | None, *, fast: bool) -> tuple[object, ...]:
+    """What a user of the auditor sees, and how many records the fast path took."""
+    interp, findings = interpreted(data, sizes, fast=fast)
+    if isinstance(findings, tuple):
+        return findings, interp.records_taken
     seen = [
         (f.kind, f.path, f.detail, f.global_name, f.fix, f.allowlist_helps, f.offset)
         for f in findings
