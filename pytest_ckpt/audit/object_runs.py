@@ -246,11 +246,11 @@ def _run_at(interp: Any, last: _Learned | None, start: int) -> tuple[_Learned, t
 
 def _write(interp: Any, index: int, value: Any) -> None:
     """One memo write of the run, as `memo_put` does it (inlined where nothing is guarded)."""
-    if index in interp.guarded:
+    if index in interp.guarded or index < interp.spans_end:
         interp.memo_put(index, value)  # forgets what tensor records validated
         return
     memo = interp.memo
-    if index > len(memo):
+    if index > len(memo) + interp.memo_offset:
         interp.memo_sparse = True
     memo[index] = value
 

@@ -10,7 +10,9 @@ STOP, findings get their path from the root (`findings.collect_findings`).
 
 from __future__ import annotations
 
+import bisect
 import re
+from array import array
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,15 +52,31 @@ def take_fast_runs(interp: PickleInterpreter, pos: int, *, named: bool) -> int |
 
 class MemoizedRecord(DeferredRecord):
     """A deferred record whose memo writes are MEMOIZEs (protocol 4: DCP's `.metadata`):
-    its replay must write them `memo_offset` past the entries it read."""
+    its object is memo entry `base`, and its replay writes there, past the entries it read:
+    `reads`, shared by the records of one verdict, and `strings`, this record's own (flat
+    index, value pairs; DCP's fqns)."""
 
-    __slots__ = ("memo_offset",)
+    __slots__ = ("base", "strings")
 
     def __init__(
-        self, start: int, end: int, reads: dict[int, Any], node: Node, memo_offset: int
+        self,
+        start: int,
+        end: int,
+        reads: dict[int, Any],
+        node: Node,
+        base: int,
+        strings: tuple[Any, ...] = (),
     ) -> None:
         self.start, self.end, self.reads, self.tensor = start, end, reads, node
-        self.memo_offset = memo_offset
+        self.base, self.strings = base, strings
+
+    def all_reads(self) -> dict[int, Any]:
+        """Every memo entry the record read, with the value it had then."""
+        if not self.strings:
+            return self.reads
+        reads = dict(self.reads)
+        reads.update(zip(self.strings[::2], self.strings[1::2], strict=True))
+        return reads
 
 
 class PickleInterpreter(TorchRules):
@@ -94,6 +112,11 @@ class PickleInterpreter(TorchRules):
         self.guarded: set[int] = set()  # memo entries clean_reads depends on
         self.refused_opcodes: set[str] = set()
         self.memo_sparse = False  # a PUT past the memo's end: MEMOIZE may overwrite
+        # memo indices with no entry yet, each span [start, stop) a record's (`defer_memo`,
+        # in index order; the record None once its entries are written), and the last stop
+        self.span_starts, self.span_stops = array("q"), array("q")
+        self.span_records: list[MemoizedRecord | None] = []
+        self.spans_end = 0
         self.end_value: Any = None  # a replay's root (`replay`)
         self.findings: list[Finding] = []  # a replay's findings (`replay`)
 
@@ -130,12 +153,40 @@ class PickleInterpreter(TorchRules):
 
     def memo_put(self, index: int, value: Any) -> None:
         """Every PUT goes through here: a write to an entry validated records read (see
-        tensor_records) makes the fast path validate them again."""
+        tensor_records) makes the fast path validate them again; one to an index a record
+        left unwritten builds that record's entries first (`defer_memo`)."""
+        if index < self.spans_end and index not in self.memo:
+            self._write_span(index)
         if index in self.guarded:
             self.forget_clean_reads()
-        if index > len(self.memo):
+        if index > len(self.memo) + self.memo_offset:
             self.memo_sparse = True
         self.memo[index] = value
+
+    def defer_memo(self, record: MemoizedRecord, first: int, stop: int) -> None:
+        """A record's MEMOIZEs [first, stop), past the end of a dense memo, left without
+        entries: MEMOIZE counts them (`memo_offset`), and the first GET or PUT of one
+        replays the record (`_write_span`). A `.metadata` is some 80,000 such entries: a
+        dict entry and an int each, and the pages they fill, were a fifth of its audit."""
+        self.span_starts.append(first)
+        self.span_stops.append(stop)
+        self.span_records.append(record)
+        self.memo_offset += stop - first
+        self.spans_end = stop
+
+    def _write_span(self, index: int) -> bool:
+        """Write the entries of the span that holds `index`; False if none does."""
+        at = bisect.bisect_right(self.span_starts, index) - 1
+        record = self.span_records[at] if at >= 0 else None
+        if record is None or index >= self.span_stops[at]:
+            return False
+        self.span_records[at] = None
+        first, stop = self.span_starts[at], self.span_stops[at]
+        replay = self._materialize(record)
+        for entry in range(first, stop):  # (none written since: a write builds them first)
+            self.memo[entry] = replay.memo[entry]
+        self.memo_offset -= stop - first
+        return True
 
     def forget_clean_reads(self) -> None:
         """A memo entry tensor records read is written again: validate them afresh."""
@@ -144,7 +195,7 @@ class PickleInterpreter(TorchRules):
 
     def memo_get(self, index: int, offset: int) -> Any:
         """The memo entry GET reads; a fast-path record's entries are built on first read."""
-        if index not in self.memo:
+        if index not in self.memo and not (index < self.spans_end and self._write_span(index)):
             raise MalformedPickle(f"GET at offset {offset} reads memo {index}, never set")
         value = self.memo[index]
         if isinstance(value, DeferredRecord):
@@ -170,17 +221,21 @@ class PickleInterpreter(TorchRules):
         replay.end_value, replay.findings = replay._run()
         return replay
 
-    def _materialize(self, record: DeferredRecord) -> None:
+    def _materialize(self, record: DeferredRecord) -> PickleInterpreter:
         """Replay a fast-path record through the opcode loop, from the memo values it read,
-        and put what it built where the record's memo entries still point."""
-        offset = record.memo_offset if isinstance(record, MemoizedRecord) else 0
-        replay = self.replay(record.start, record.end, record.reads, offset)
+        and put what it built where the record's memo entries still point (the replay)."""
+        if isinstance(record, MemoizedRecord):
+            reads = record.all_reads()
+            replay = self.replay(record.start, record.end, reads, record.base - len(reads))
+        else:
+            replay = self.replay(record.start, record.end, record.reads)
         if replay.findings:  # the fast paths take clean records only
             raise AssertionError(f"record at offset {record.start} was not clean")
         record.tensor.children[:0] = replay.end_value.children  # before anything added since
         for index, value in replay.memo.items():
             if self.memo.get(index) is record:
                 self.memo[index] = value
+        return replay
 
     # ---- the opcodes torch refuses: flagged by `unaccepted`, run to find more ------------
 

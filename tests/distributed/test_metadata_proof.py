@@ -72,10 +72,25 @@ def _single_process_metadata(folder: Path) -> bytes:
     return (folder / ".metadata").read_bytes()
 
 
+def _uniform_metadata(folder: Path) -> bytes:
+    """40 tensors of one shape and dtype, as most models' layers are: each tensor record
+    repeats the one before it byte for byte."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({f"layer{i}.weight": torch.zeros(4) for i in range(40)}, checkpoint_id=folder)
+    return (folder / ".metadata").read_bytes()
+
+
 @pytest.fixture(scope="module")
 def genuine(fsdp2_folder, tmp_path_factory) -> dict[str, bytes]:
-    single = _single_process_metadata(tmp_path_factory.mktemp("proof") / "single")
-    return {"single": single, "fsdp2": (fsdp2_folder[0] / ".metadata").read_bytes()}
+    work = tmp_path_factory.mktemp("proof")
+    return {
+        "single": _single_process_metadata(work / "single"),
+        "uniform": _uniform_metadata(work / "uniform"),
+        "fsdp2": (fsdp2_folder[0] / ".metadata").read_bytes(),
+    }
 
 
 def _mutants(name: str, data: bytes, rng: random.Random) -> dict[str, bytes]:
@@ -130,10 +145,25 @@ def _fingerprint(value: object) -> object:
     return value
 
 
+def _run(data: bytes) -> DcpMetadataInterpreter:
+    """The machine with records, after its run (deferred entries and spans as it left them)."""
+    machine = DcpMetadataInterpreter(data, load_dcp_allowlist(), records=True)
+    machine.execute()
+    return machine
+
+
 def _memo(data: bytes, *, records: bool) -> tuple[DcpMetadataInterpreter, dict[int, object]]:
+    """The machine after its run, and what each memo index holds, every deferred entry and
+    every index a record left unwritten built (`memo_get`), in index order."""
     machine = DcpMetadataInterpreter(data, load_dcp_allowlist(), records=records)
     machine.execute()
-    memo = {index: machine.memo_get(index, 0) for index in sorted(machine.memo)}  # built
+    indices = sorted(set(machine.memo) | set(range(len(machine.memo) + machine.memo_offset)))
+    memo: dict[int, object] = {}
+    for index in indices:  # all built before any is described: a build fills its object
+        try:
+            memo[index] = machine.memo_get(index, 0)
+        except MalformedPickle:
+            memo[index] = "never set"
     return machine, {index: _fingerprint(value) for index, value in memo.items()}
 
 
@@ -189,6 +219,15 @@ def test_a_clean_metadata_runs_the_machine_once(genuine, monkeypatch) -> None:
         assert metadata_scan.scan_metadata(data, load_dcp_allowlist()) == []
 
 
+def _deferred(machine: DcpMetadataInterpreter) -> list[int]:
+    """The memo indices a run's records deferred: entries that replay their record, and
+    indices left unwritten (`defer_memo`)."""
+    found = {i for i, v in machine.memo.items() if isinstance(v, verdict.DeferredRecord)}
+    for first, stop in _spans(machine):
+        found.update(range(first, stop))
+    return sorted(found)
+
+
 def _planner_entries(data: bytes) -> list[tuple[int, int]]:
     """(offset of its second GET, that GET's width) for each planner_data entry (GET key,
     GET, TUPLE1, MEMOIZE) and the offset of its first GET."""
@@ -215,11 +254,10 @@ def test_planner_entries_pointed_anywhere_get_the_general_answer(genuine) -> Non
     with records answers as the general scan does, and where both accept, leaves its memo."""
     data = genuine["single"]
     entries = _planner_entries(data)
-    fast = DcpMetadataInterpreter(data, load_dcp_allowlist(), records=True)
-    fast.execute()
-    deferred = [i for i, v in fast.memo.items() if isinstance(v, verdict.DeferredRecord)]
+    fast = _run(data)
+    deferred = _deferred(fast)
     assert len(entries) > 20 and len(deferred) > 100
-    memo_size = len(fast.memo)
+    memo_size = len(fast.memo) + fast.memo_offset  # unwritten indices counted
     gets = [
         (at, 1 if data[at] == ord("h") else 4)
         for pair in entries[:: max(1, len(entries) // 6)]
@@ -316,10 +354,68 @@ def test_storage_infos_taken_by_their_pinned_shape_get_the_general_answer(genuin
     general scan does and, where both accept, leaves its memo."""
     data = genuine["single"]
     records, gets = _storage_info_gets(data)
-    fast, _memo_entries = _memo(data, records=True)
-    deferred = [i for i, v in fast.memo.items() if isinstance(v, verdict.DeferredRecord)]
+    fast = _run(data)
+    deferred = _deferred(fast)
     assert records > 20 and fast.records.shapes >= 2  # MetadataIndex's, _StorageInfo's
-    targets = (0, 3, 11, *deferred[1:200:40], len(fast.memo) - 1, len(fast.memo) + 7)
+    assert len(deferred) > 100
+    memo_size = len(fast.memo) + fast.memo_offset
+    targets = (0, 3, 11, *deferred[1:200:40], memo_size - 1, memo_size + 7)
     _assert_retargeted_gets_get_the_general_answer(
         data, gets[len(gets) // 2 :: max(1, len(gets) // 12)], targets
     )
+
+
+def _unframed(data: bytes) -> bytes:
+    """`data` without its FRAME opcodes (a protocol 4 pickle loads without them), so that
+    opcodes can be put in anywhere."""
+    frames = [pos for op, _arg, pos in pickletools.genops(data) if op.name == "FRAME"]
+    for pos in reversed(frames):
+        data = data[:pos] + data[pos + 9 :]
+    return data
+
+
+def test_a_record_repeated_after_a_put_to_an_entry_it_reads_gets_the_general_answer(genuine):
+    """Tensor records that repeat byte for byte keep one verdict; a BINPUT between two of
+    them that writes over an entry they read (their class's) makes the next one's answer
+    the general scan's again: a finding, as the machine gives it, not the verdict kept."""
+    data = _unframed(genuine["uniform"])
+    cls_get = data.index(b"h\x09)\x81", data.index(b"layer1.weight"))  # a later record
+    key_at = data.index(b"layer20.weight")
+    after_key = key_at + len(b"layer20.weight") + 1  # past its MEMOIZE
+    cases = {
+        f"{name}-put@{after_key}": data[:after_key] + put + b"0" + data[after_key:]
+        for name, put in (("string", b"\x8c\x01xq\x09"), ("int", b"K\x07q\x09"))
+    }
+    cases["unchanged"] = data
+    assert data[cls_get : cls_get + 2] == b"h\x09"  # the records do read memo 9
+    general_answers = general_outcomes(cases)
+    assert general_answers["unchanged"] == ("findings", [])
+    assert all(general_answers[name][1] for name in cases if "put@" in name)  # refused
+    assert disagreements(cases, general_answers) == []
+
+
+def test_a_put_or_get_into_an_unwritten_span_gets_the_general_answer_and_memo(genuine):
+    """A record's later MEMOIZEs are counted, not written (`defer_memo`): a BINPUT that
+    writes over one of them, or a GET that reads one, mid-run, builds the record's entries
+    first, so every MEMOIZE after it lands where the machine's does (the very memo)."""
+    data = _unframed(genuine["uniform"])
+    first, stop = _spans(_run(data))[4]  # the fifth tensor record's, long before the edit
+    at = data.index(b"layer20.weight") + len(b"layer20.weight") + 1  # past its MEMOIZE
+    put = b"\x8c\x01xr" + (first + 1).to_bytes(4, "little") + b"0"  # 'x', LONG_BINPUT, POP
+    get = b"j" + (stop - 1).to_bytes(4, "little") + b"0"  # LONG_BINGET, POP
+    cases = {
+        "put": data[:at] + put + data[at:],
+        "get": data[:at] + get + data[at:],
+        "put-then-get": data[:at] + put + get + data[at:],
+    }
+    general_answers = general_outcomes(cases)
+    assert all(answer == ("findings", []) for answer in general_answers.values())
+    assert disagreements(cases, general_answers) == []
+    for name, case in cases.items():
+        assert _memo(case, records=True)[1] == _memo(case, records=False)[1], name
+
+
+def _spans(machine: DcpMetadataInterpreter) -> list[tuple[int, int]]:
+    """The memo index spans a run's records left unwritten, in order."""
+    spans = zip(machine.span_starts, machine.span_stops, machine.span_records, strict=True)
+    return [(first, stop) for first, stop, record in spans if record is not None]

@@ -1,4 +1,4 @@
-"""The records DCP's pickler repeats in `.metadata`, each recognised in one regex match.
+"""The records DCP's pickler repeats in `.metadata`, each recognised in one match.
 
 A `.metadata` is mostly three records per tensor, each some 20-50 opcodes:
 - a `TensorStorageMetadata` (NEWOBJ, a state dict: its `TensorProperties` built from a
@@ -15,16 +15,19 @@ depend on: the memo entries it reads as classes, callables and keys or values th
 strings (by their GET's bytes, until a PUT writes one again), which of its shapes are empty,
 and which of its plain values are strings (a string is a leaf the rules never judge; which
 string changes only labels). A later record with the same key is then taken as the machine
-would run it: its object pushed, its memo entries deferred (`MemoizedRecord`: the first GET
-of one replays the record), and only while the memo is dense, so its MEMOIZEs land where
-the machine's would. Anything else (a first record that names its globals inline, a frame
-boundary, a sharded tensor's chunk list, an unusual integer width) is the opcode loop's.
+would run it: its object pushed, its other memo entries counted but not written
+(`PickleInterpreter.defer_memo`: the first GET or PUT of one replays the record), and only
+while the memo is dense, so its MEMOIZEs land where the machine's would. A record that
+repeats the last tensor record byte for byte is taken without a match. Anything else (a
+first record that names its globals inline, a frame boundary, a sharded tensor's chunk list,
+an unusual integer width) is the opcode loop's.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+from itertools import chain
 from typing import Any
 
 from pytest_ckpt.audit.nodes import Node, tuple_node
@@ -49,11 +52,51 @@ _MAX_ITEMS = 8
 # A flat object: NEWOBJ, then a state dict of up to 8 plain values, SETITEMS, BUILD. The
 # groups are the class's GET, then per item: a torch.Size call's GET and empty shape, or a
 # plain GET (all None for an int, None or a boolean, or no item).
+_LEAF = rb"(?:" + _INT + rb"|N|" + _BOOL + rb")"  # an item with no group
 _ITEM = rb"(?:" + _SIZE_CALL + rb"|" + _GET + rb"|" + _INT + rb"|N|" + _BOOL + rb")"
-_ITEMS = b""
-for _ in range(_MAX_ITEMS):
-    _ITEMS = rb"(?:" + _ITEM + _ITEMS + rb")?"
-FLAT_OBJECT = re.compile(_NEWOBJ_STATE + _ITEMS + rb"ub", re.DOTALL)
+_FLAT_HEAD = re.compile(_NEWOBJ_STATE, re.DOTALL)
+_FLAT_ITEM = re.compile(_ITEM, re.DOTALL)
+
+
+class FlatMatch:
+    """What a match of the regex `_NEWOBJ_STATE (?:_ITEM (?:_ITEM ...)?)? ub` (up to
+    `_MAX_ITEMS` items) gives: its 25 groups, start and end. Parsed an item at a time, which
+    finds that regex's match (its items parse one way only: no item starts with a byte that
+    ends another, or with `u`, so backtracking never finds another) and compiles in a tenth
+    of the time: a fresh process pays for the compile."""
+
+    __slots__ = ("_end", "_groups", "_start")
+
+    def __init__(self, groups: tuple[bytes | None, ...], start: int, end: int) -> None:
+        self._groups, self._start, self._end = groups, start, end
+
+    def groups(self) -> tuple[bytes | None, ...]:
+        return self._groups
+
+    def start(self) -> int:
+        return self._start
+
+    def end(self) -> int:
+        return self._end
+
+    @classmethod
+    def match(cls, data: bytes, pos: int) -> FlatMatch | None:
+        """The flat object at `pos`, or None."""
+        head = _FLAT_HEAD.match(data, pos)
+        if head is None:
+            return None
+        groups, at = [head.group(1)], head.end()
+        for _ in range(_MAX_ITEMS):
+            item = _FLAT_ITEM.match(data, at)
+            if item is None:
+                break
+            groups += item.groups()
+            at = item.end()
+        if not data.startswith(b"ub", at):
+            return None
+        groups += (None,) * (1 + 3 * _MAX_ITEMS - len(groups))
+        return cls(tuple(groups), pos, at + 2)
+
 
 TENSOR_METADATA = re.compile(
     b"".join(
@@ -77,13 +120,14 @@ _TENSOR_GETS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15)
 _FLAT_GETS = tuple(at for at in range(25) if at % 3 != 2)  # the class; each item's two GETs
 _FLAT_PLAIN = tuple(range(3, 25, 3))  # an item's plain GET (a key or a value)
 
-# A flat object's shape: FLAT_OBJECT with each item pinned to what one record's were (its
+# A flat object's shape: its pattern with each item pinned to what one record's were (its
 # GETs, but those that read strings where strings vary; all of them where the same GETs
 # come again), kept per class GET in the scan's validated reads.
 _SHAPE_KEY = "flat-shape"
 _MAX_SHAPES = 32  # shapes compiled per scan: a file that keeps clearing them pays no more
 _LONG_INDEX = struct.Struct("<xI").unpack
 _MISSING = object()
+_NEVER = b"\x00never"  # (STOP, then bytes: no record starts with it)
 _GET_CODES = b"hj"  # BINGET, LONG_BINGET: where a record starts
 _SHORT_BINUNICODE, _MEMOIZE = 0x8C, 0x94
 # a planner_data entry: the fqn's GET, then a 1-tuple of it (GET, TUPLE1, MEMOIZE)
@@ -98,11 +142,17 @@ class DcpRecords:
     """The record recogniser of one scan; `take` is the machine's `take_records` hook."""
 
     def __init__(self) -> None:
-        self.order = [(FLAT_OBJECT, _FLAT_GETS), (TENSOR_METADATA, _TENSOR_GETS)]
+        # the two record kinds' matchers (each has .match(data, pos)), the last taken first
+        self.order: list[tuple[Any, tuple[int, ...]]] = [
+            (FlatMatch, _FLAT_GETS),
+            (TENSOR_METADATA, _TENSOR_GETS),
+        ]
         self.taken = 0  # records taken
         self.replays = 0  # records the machine ran on their own, to learn their verdict
         self.entries = 0  # planner_data entries taken
         self.shapes = 0  # flat object shapes compiled (`_shape`)
+        # the last tensor record's bytes and verdict: the next is most often the same
+        self.last: tuple[bytes, Any] = (_NEVER, None)
 
     def take(self, machine: PickleInterpreter, pos: int, *, named: bool) -> int | None:
         """The offset after the run of DCP's repeated opcodes that starts here (records, a
@@ -133,47 +183,61 @@ class DcpRecords:
                 continue
             if machine.memo_sparse:
                 break
-            pinned = clean.get((_SHAPE_KEY, data[pos:after]))
-            found = None if pinned is None else _by_shape(memo, data, pos, pinned)
-            if found is not None:  # FLAT_OBJECT's match, its key found: without either
-                end, known, strings = found
-                gets = _FLAT_GETS
+            raw, known = self.last
+            if data.startswith(raw, pos) and clean.get(raw) is known:
+                end, strings = pos + len(raw), ()  # the last tensor record's bytes again
             else:
-                first, second = self.order  # the kind taken last first: they come in runs
-                match, gets = first[0].match(data, pos), first[1]
-                if match is None:
-                    match, gets = second[0].match(data, pos), second[1]
-                    if match is None:
-                        break
-                    self.order.reverse()
-                end, known, strings = match.end(), None, None
-            if gets is _TENSOR_GETS:  # the same bytes read the same entries: the same verdict
-                raw = data[pos:end]
-                known = clean.get(raw)
-            if known is None and found is None:
-                learned = self._known(machine, match, gets)
-                if learned is None:
+                found = self._record(machine, pos, after)
+                if found is None:
                     break
-                known, strings = learned
-                if gets is _TENSOR_GETS:
-                    clean[raw] = known
-            if known is None:  # (never: each way above sets it or stops)
-                break
+                end, known, strings = found
             writes, type_name, shape, reads = known
-            if strings:
-                reads = {**reads, **strings}
-            base = len(memo)
+            base = len(memo) + machine.memo_offset
             node = Node(type_name)
             node.shape = shape
             memo[base] = node  # the NEWOBJ's own MEMOIZE: the object pushed
-            record = MemoizedRecord(pos, end, reads, node, base - len(reads))
-            for index in range(base + 1, base + writes):
-                memo[index] = record
+            if writes > 1:  # the rest, built when first read or written (`defer_memo`)
+                record = MemoizedRecord(pos, end, reads, node, base, strings)
+                machine.defer_memo(record, base + 1, base + writes)
             stack.append(node)
             taken += 1
             pos = end
         self.taken += taken
         return None if pos == start else pos
+
+    def _record(
+        self, machine: PickleInterpreter, pos: int, after: int
+    ) -> tuple[int, tuple[int, str, str, dict[int, Any]], tuple[Any, ...]] | None:
+        """(end, verdict, the strings it reads that the verdict's reads do not hold: flat
+        index, value pairs) of the clean record at `pos`, whose class GET ends at `after`;
+        None when there is none (the opcode loop runs it)."""
+        data, clean = machine.data, machine.clean_reads
+        pinned = clean.get((_SHAPE_KEY, data[pos:after]))
+        if pinned is not None and (found := _by_shape(machine.memo, data, pos, pinned)):
+            return found  # a FlatMatch, its key found: without either
+        first, second = self.order  # the kind taken last first: they come in runs
+        match, gets = first[0].match(data, pos), first[1]
+        if match is None:
+            match, gets = second[0].match(data, pos), second[1]
+            if match is None:
+                return None
+            self.order.reverse()
+        end = match.end()
+        if gets is _TENSOR_GETS:  # the same bytes read the same entries: the same verdict
+            raw = data[pos:end]
+            known = clean.get(raw)
+            if known is None:
+                learned = self._known(machine, match, gets)
+                if learned is None:
+                    return None
+                known = clean[raw] = learned[0]
+            self.last = (raw, known)
+            return end, known, ()
+        learned = self._known(machine, match, gets)
+        if learned is None:
+            return None
+        known, strings = learned
+        return end, known, tuple(chain.from_iterable((strings or {}).items()))
 
     def _known(
         self, machine: PickleInterpreter, match: Any, gets: tuple[int, ...]
@@ -187,22 +251,22 @@ class DcpRecords:
             known = clean.get(key)
             if known is not None and strings and self.shapes < _MAX_SHAPES:
                 self.shapes += 1  # its strings vary (a fqn): a shape finds its key faster
-                clean[(_SHAPE_KEY, groups[0])] = (*_shape(groups, key), known)
+                clean[(_SHAPE_KEY, groups[0])] = (*_shape(groups, key, known[3]), known)
             known = known or self._learn(machine, key, gets, match)
         elif known is None:
             known = self._learn(machine, groups, gets, match)
         elif gets is _FLAT_GETS and self.shapes < _MAX_SHAPES:
             self.shapes += 1  # the same GETs every time (a _StorageInfo): a shape, all pinned
-            clean[(_SHAPE_KEY, groups[0])] = (*_shape(groups, groups), known)
+            clean[(_SHAPE_KEY, groups[0])] = (*_shape(groups, groups, known[3]), known)
         return None if known is None else (known, strings)
 
     def _planner_entries(self, machine: PickleInterpreter, pos: int) -> int | None:
         """The `planner_data` entries (GET key, GET, TUPLE1, MEMOIZE) that start here, each
         run as the machine runs it; the offset after them, or None (nothing done) when the
         first is not one or a GET of it would raise or build a deferred entry first."""
-        data, memo, stack, memo_put = machine.data, machine.memo, machine.stack, machine.memo_put
-        start = pos
-        while (entry := _PLANNER_ENTRY.match(data, pos)) is not None:
+        data, memo, stack, guarded = machine.data, machine.memo, machine.stack, machine.guarded
+        start, match, taken = pos, _PLANNER_ENTRY.match, 0
+        while (entry := match(data, pos)) is not None:
             key_get, value_get = entry.groups()
             key = memo.get(key_get[1] if len(key_get) == 2 else _LONG_INDEX(key_get)[0], _MISSING)
             value = memo.get(
@@ -214,9 +278,14 @@ class DcpRecords:
                 break
             node = tuple_node([value])
             stack += (key, node)
-            memo_put(len(memo) + machine.memo_offset, node)
-            self.entries += 1
+            index = len(memo) + machine.memo_offset  # MEMOIZE's: past every entry and span
+            if index in guarded:
+                machine.memo_put(index, node)
+            else:
+                memo[index] = node  # what memo_put does there
+            taken += 1
             pos = entry.end()
+        self.entries += taken
         return None if pos == start else pos
 
     def _learn(
@@ -236,7 +305,9 @@ class DcpRecords:
                 reads[index] = value
         self.replays += 1
         try:
-            replay = machine.replay(match.start(), match.end(), reads, len(memo) - len(reads))
+            replay = machine.replay(
+                match.start(), match.end(), reads, len(memo) + machine.memo_offset - len(reads)
+            )
         except (MalformedPickle, TruncatedPickle):
             return None  # the opcode loop raises it, where it is
         root = replay.end_value
@@ -267,49 +338,56 @@ def _string_reads(
     return tuple(key), strings
 
 
-def _shape(groups: tuple[Any, ...], key: tuple[Any, ...]) -> tuple[Any, tuple[str, ...]]:
-    """FLAT_OBJECT with each item pinned to this record's (`groups`), but the GETs whose
-    strings `key` does not hold (captured: which string is no part of the key), and the
-    kinds of those strings: a record it matches is one FLAT_OBJECT matches, to the same
-    end, with this key once each captured GET reads a string of its kind (FLAT_OBJECT's
-    items parse one way only: no item starts with a byte that ends another)."""
+def _shape(
+    groups: tuple[Any, ...], key: tuple[Any, ...], reads: dict[int, Any]
+) -> tuple[Any, tuple[str, ...]]:
+    """A flat object (`FlatMatch`) with each item pinned to this record's (`groups`), but
+    the GETs whose strings `key` does not hold and the verdict's `reads` do not either
+    (captured: which string is no part of the key), and the kinds of those strings: a
+    record it matches is one FlatMatch matches, to the same end, with this key once each
+    captured GET reads a string of its kind (the items parse one way only: no item starts
+    with a byte that ends another). A string GET the verdict read is pinned: its entry is
+    guarded (a PUT to it clears the shape with the verdict), so it reads that string while
+    both last, and the record's reads already hold it (a DCP key name: `fqn`, `offset`)."""
     items, kinds = [], []
     for at in range(1, 3 * _MAX_ITEMS, 3):
         size_get, empty, plain = groups[at : at + 3]
         if size_get is not None:
             shape = rb"\)" if empty is not None else _FILLED_SHAPE
             items.append(re.escape(size_get) + shape + rb"\x85\x94R\x94")
-        elif plain is not None and isinstance(key[at + 2], str):
+        elif plain is not None and isinstance(key[at + 2], str) and _index(plain) not in reads:
             items.append(_GET)
             kinds.append(key[at + 2])
         elif plain is not None:
             items.append(re.escape(plain))
         else:
-            items.append(rb"(?:" + _INT + rb"|N|" + _BOOL + rb")")
-    pinned = max((at // 3 + 1 for at in range(1, 3 * _MAX_ITEMS) if groups[at]), default=0)
-    nested = b""  # past the last item with a group: ints, None or booleans, or nothing
-    for item in reversed(items[pinned:]):
-        nested = rb"(?:" + item + nested + rb")?"
+            items.append(_LEAF)
+    # the items up to the last with a group; past it, ints, None or booleans, or nothing
+    pinned = max(((at - 1) // 3 + 1 for at in range(1, 3 * _MAX_ITEMS) if groups[at]), default=0)
+    rest = rb"%s{0,%d}" % (_LEAF, _MAX_ITEMS - pinned)
     head = re.escape(groups[0]) + rb"\)\x81\x94\}\x94\("
-    return re.compile(head + b"".join(items[:pinned]) + nested + rb"ub", re.DOTALL), tuple(kinds)
+    return re.compile(head + b"".join(items[:pinned]) + rest + rb"ub", re.DOTALL), tuple(kinds)
 
 
 def _by_shape(
     memo: dict[int, Any], data: bytes, pos: int, shape: tuple[Any, ...]
-) -> tuple[int, tuple[int, str, str, dict[int, Any]], dict[int, Any]] | None:
-    """(end, key's verdict, strings read) of the record at `pos` when `shape` matches it
-    and each of its captured GETs reads a string of its kind; None otherwise."""
+) -> tuple[int, tuple[int, str, str, dict[int, Any]], tuple[Any, ...]] | None:
+    """(end, key's verdict, the strings read: flat index, value pairs) of the record at
+    `pos` when `shape` matches it and each of its captured GETs reads a string of its kind;
+    None otherwise."""
     pattern, kinds, known = shape
     match = pattern.match(data, pos)
     if match is None:
         return None
-    strings = {}
-    for op, kind in zip(match.groups(), kinds, strict=True):
+    strings: list[Any] = []
+    groups = match.groups()  # a group per kind (`_shape`)
+    for at, kind in enumerate(kinds):
+        op = groups[at]
         if op is None:
             return None  # (never: every item with a group is required)
         index = op[1] if len(op) == 2 else _LONG_INDEX(op)[0]
         value = memo.get(index)
         if type(value) is not Blob or value.kind != kind:
             return None
-        strings[index] = value
-    return match.end(), known, strings
+        strings += (index, value)
+    return match.end(), known, tuple(strings)
