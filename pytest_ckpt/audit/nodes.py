@@ -5,6 +5,7 @@ them, and how a label reads in a path (`root['model']['seed_slots.r0c1._extra_st
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +69,7 @@ class Node:
         self.children: list[tuple[str | int, Node]] = []  # int labels are list/tuple indices
         self.appended = 0  # items appended (list indices) or set (a dict's items) so far
         self.items = items
-        self.findings: list[Finding] = []
+        self.findings: Sequence[Finding] = ()  # a list once flagged: most nodes never are
         self.blocks_allowlisting = False
         self.shape = ""  # "enum-like" (class called with one primitive) or "object-state"
 

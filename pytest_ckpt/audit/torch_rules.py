@@ -22,7 +22,7 @@ the opcodes torch refuses is `verdict.PickleInterpreter`'s.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pytest_ckpt.audit.advice import OBJECT_STATE_FIX, fix_for_name
@@ -106,7 +106,7 @@ class TorchRules(PickleMachine):
         self.nodes_with_findings: list[Node] = []
         # id(refused GLOBAL node) -> (that node, the findings its first object took): what
         # each later object built from it copies (`_take_over`)
-        self.built_from: dict[int, tuple[Node, list[Finding]]] = {}
+        self.built_from: dict[int, tuple[Node, Sequence[Finding]]] = {}
         self.storages = 0  # storage references seen
         self.flags = self.findings_omitted = 0
         # what each kept finding asks for: past the cap, a finding asking for something new
@@ -132,7 +132,7 @@ class TorchRules(PickleMachine):
             return
         if not node.findings:
             self.nodes_with_findings.append(node)
-        node.findings.append(finding)
+        node.findings = [*node.findings, finding]  # (a node holds a few: one per kind)
 
     def _take_over(self, result: Node, source: Any, offset: int) -> None:
         """Each object built from a refused global carries that global's finding: the
@@ -144,9 +144,9 @@ class TorchRules(PickleMachine):
         if source.findings:
             if not result.findings:  # moved, not flagged again: the cap counts each once
                 self.nodes_with_findings.append(result)
-            result.findings += source.findings
+            result.findings = [*result.findings, *source.findings]
             self.built_from[id(source)] = (source, source.findings)
-            source.findings = []
+            source.findings = ()
             return
         first = self.built_from.get(id(source))
         if first is not None and first[0] is source:
