@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_ckpt.audit.global_kinds import display
-from pytest_ckpt.audit.opcodes import Blob
+from pytest_ckpt.audit.opcodes import PREVIEW, Blob
 
 GLOBAL_TYPE = "<global>"  # the type of a Node standing for a GLOBAL (a class or function)
 STATE_LABEL = "<state>"  # links an object to its BUILD state dict: entries read as attributes
@@ -79,8 +79,8 @@ class Node:
 
 
 def key_label(key: Any) -> str:
-    if isinstance(key, Blob):
-        text = key.preview if key.complete else f"{key.preview}..."
+    if isinstance(key, Blob):  # (`Blob.complete`, inline: a state dict's every key)
+        text = key.preview if key.length <= PREVIEW else f"{key.preview}..."
         return f"[{text!r}]"
     if isinstance(key, Node):
         return f"[<{display(key.type_name)}>]"
@@ -112,7 +112,11 @@ _KEEP_ITEMS = 8  # tuples this short keep their items (persistent ids, REDUCE ar
 def tuple_node(items: list[Any]) -> Node:
     """A tuple the pickle builds; short ones keep their items (a storage id, call args)."""
     node = Node("builtins.tuple", items=items if len(items) <= _KEEP_ITEMS else None)
-    node.children = [(i, item) for i, item in enumerate(items) if type(item) is Node]
+    if len(items) == 1:  # (most: a call's one argument, a planner entry's fqn)
+        if type(items[0]) is Node:
+            node.children.append((0, items[0]))
+    else:
+        node.children = [(i, item) for i, item in enumerate(items) if type(item) is Node]
     return node
 
 

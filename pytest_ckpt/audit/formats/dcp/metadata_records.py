@@ -169,7 +169,11 @@ class DcpRecords:
                     break
                 pos = after
                 if pos < size and data[pos] == _MEMOIZE:
-                    machine.memo_put(len(memo) + machine.memo_offset, stack[-1])
+                    index = len(memo) + machine.memo_offset  # past every entry and span
+                    if index in machine.guarded:
+                        machine.memo_put(index, stack[-1])
+                    else:
+                        memo[index] = stack[-1]  # what memo_put does there
                     pos += 1
                 continue
             if code not in _GET_CODES:
