@@ -66,7 +66,9 @@ class Node:
     def __init__(self, type_name: str, name: str | None = None, items: list[Any] | None = None):
         self.type_name = type_name
         self.name = name  # for GLOBAL nodes: the dotted name
-        self.children: list[tuple[str | int, Node]] = []  # int labels are list/tuple indices
+        # int labels are list/tuple indices; a list from the first (`child_list`): most
+        # nodes a scan makes never get one
+        self.children: Sequence[tuple[str | int, Node]] = ()
         self.appended = 0  # items appended (list indices) or set (a dict's items) so far
         self.items = items
         self.findings: Sequence[Finding] = ()  # a list once flagged: most nodes never are
@@ -75,7 +77,14 @@ class Node:
 
     def add_child(self, label: str | int, value: Any) -> None:
         if isinstance(value, Node):
-            self.children.append((label, value))
+            self.child_list().append((label, value))
+
+    def child_list(self) -> list[tuple[str | int, Node]]:
+        """The children as a list to add to."""
+        children = self.children
+        if type(children) is not list:
+            children = self.children = list(children)
+        return children
 
 
 def key_label(key: Any) -> str:
@@ -114,7 +123,7 @@ def tuple_node(items: list[Any]) -> Node:
     node = Node("builtins.tuple", items=items if len(items) <= _KEEP_ITEMS else None)
     if len(items) == 1:  # (most: a call's one argument, a planner entry's fqn)
         if type(items[0]) is Node:
-            node.children.append((0, items[0]))
+            node.children = [(0, items[0])]
     else:
         node.children = [(i, item) for i, item in enumerate(items) if type(item) is Node]
     return node
@@ -126,12 +135,12 @@ def lift_state(inst: Node, state: Any) -> None:
     if not isinstance(state, Node):
         return
     if state.type_name == "builtins.dict":
-        inst.children.append((STATE_LABEL, state))
+        inst.child_list().append((STATE_LABEL, state))
     elif state.type_name == "builtins.tuple":
         for i, part in state.children:  # (dict_state, slot_state), or a numpy array's
             if part.type_name == "builtins.dict":
                 lift_state(inst, part)
             else:  # (version, shape, dtype, ...): a state the class reads itself
-                inst.children.append((f".__setstate__[{i}]", part))
+                inst.child_list().append((f".__setstate__[{i}]", part))
     else:
-        inst.children.append((".__setstate__", state))
+        inst.child_list().append((".__setstate__", state))

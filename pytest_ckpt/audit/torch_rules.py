@@ -284,7 +284,7 @@ class TorchRules(PickleMachine):
         target = self._container_target(
             op, SETITEM_TARGETS, "only sets items of dict, OrderedDict and Counter"
         )
-        children, item = target.children, target.appended  # item: its place in the order
+        children, item = target.child_list(), target.appended  # item: its place in the order
         for key, value in zip(flat[::2], flat[1::2], strict=False):  # `add_child`, inlined
             if isinstance(key, Node):  # an object as a key: both named by the item's place
                 target.add_child(f".values()[{item}]", value)

@@ -231,7 +231,8 @@ class PickleInterpreter(TorchRules):
             replay = self.replay(record.start, record.end, record.reads)
         if replay.findings:  # the fast paths take clean records only
             raise AssertionError(f"record at offset {record.start} was not clean")
-        record.tensor.children[:0] = replay.end_value.children  # before anything added since
+        node = record.tensor  # its children first, before anything added since
+        node.children = [*replay.end_value.children, *node.children]
         for index, value in replay.memo.items():
             if self.memo.get(index) is record:
                 self.memo[index] = value
