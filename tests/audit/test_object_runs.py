@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.audit.pickle_edits import flipped_bytes, memo_index_sites, rewired
-from tests.audit.test_tensor_records import interpreted, saved
+from tests.audit.test_tensor_records import fast_equals_slow, interpreted, saved
 
 
 class Stage(enum.Enum):
@@ -62,11 +62,7 @@ def run(data: bytes, sizes: dict[str, int] | None, *, fast: bool) -> tuple[objec
 
 
 def same_with_and_without(data: bytes, sizes: dict[str, int] | None) -> tuple[object, int]:
-    fast, taken = run(data, sizes, fast=True)
-    slow, none_taken = run(data, sizes, fast=False)
-    assert none_taken == 0
-    assert fast == slow
-    return fast, taken
+    return fast_equals_slow(run, data, sizes)
 
 
 def dates(count: int, prefix: str = "when") -> dict[str, datetime.date]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -70,12 +71,20 @@ def run(data: bytes, sizes: dict[str, int] | None, *, fast: bool) -> tuple[objec
     return ("ok", interp.storages, seen, stage2), interp.records_taken
 
 
-def same_with_and_without(data: bytes, sizes: dict[str, int] | None) -> tuple[object, int]:
-    fast, taken = run(data, sizes, fast=True)
-    slow, none_taken = run(data, sizes, fast=False)
+def fast_equals_slow(
+    runner: Callable[..., tuple[object, int]], data: bytes, sizes: dict[str, int] | None
+) -> tuple[object, int]:
+    """`runner`'s answer and count taken with the fast path, asserted equal to its answer
+    without (which takes nothing)."""
+    fast, taken = runner(data, sizes, fast=True)
+    slow, none_taken = runner(data, sizes, fast=False)
     assert none_taken == 0
     assert fast == slow
     return fast, taken
+
+
+def same_with_and_without(data: bytes, sizes: dict[str, int] | None) -> tuple[object, int]:
+    return fast_equals_slow(run, data, sizes)
 
 
 def varied_state() -> dict[str, torch.Tensor]:
