@@ -169,11 +169,7 @@ class DcpRecords:
                     break
                 pos = after
                 if pos < size and data[pos] == _MEMOIZE:
-                    index = len(memo) + machine.memo_offset  # past every entry and span
-                    if index in machine.guarded:
-                        machine.memo_put(index, stack[-1])
-                    else:
-                        memo[index] = stack[-1]  # what memo_put does there
+                    machine.memo_put(len(memo) + machine.memo_offset, stack[-1])
                     pos += 1
                 continue
             if code not in _GET_CODES:
@@ -268,7 +264,7 @@ class DcpRecords:
         """The `planner_data` entries (GET key, GET, TUPLE1, MEMOIZE) that start here, each
         run as the machine runs it; the offset after them, or None (nothing done) when the
         first is not one or a GET of it would raise or build a deferred entry first."""
-        data, memo, stack, guarded = machine.data, machine.memo, machine.stack, machine.guarded
+        data, memo, stack, memo_put = machine.data, machine.memo, machine.stack, machine.memo_put
         start, match, taken = pos, _PLANNER_ENTRY.match, 0
         while (entry := match(data, pos)) is not None:
             key_get, value_get = entry.groups()
@@ -282,11 +278,7 @@ class DcpRecords:
                 break
             node = tuple_node([value])
             stack += (key, node)
-            index = len(memo) + machine.memo_offset  # MEMOIZE's: past every entry and span
-            if index in guarded:
-                machine.memo_put(index, node)
-            else:
-                memo[index] = node  # what memo_put does there
+            memo_put(len(memo) + machine.memo_offset, node)
             taken += 1
             pos = entry.end()
         self.entries += taken
