@@ -145,9 +145,9 @@ def _fingerprint(value: object) -> object:
     return value
 
 
-def _run(data: bytes) -> DcpMetadataInterpreter:
-    """The machine with records, after its run (deferred entries and spans as it left them)."""
-    machine = DcpMetadataInterpreter(data, load_dcp_allowlist(), records=True)
+def _run(data: bytes, *, records: bool = True) -> DcpMetadataInterpreter:
+    """The machine after its run (deferred entries and spans as it left them)."""
+    machine = DcpMetadataInterpreter(data, load_dcp_allowlist(), records=records)
     machine.execute()
     return machine
 
@@ -155,8 +155,7 @@ def _run(data: bytes) -> DcpMetadataInterpreter:
 def _memo(data: bytes, *, records: bool) -> tuple[DcpMetadataInterpreter, dict[int, object]]:
     """The machine after its run, and what each memo index holds, every deferred entry and
     every index a record left unwritten built (`memo_get`), in index order."""
-    machine = DcpMetadataInterpreter(data, load_dcp_allowlist(), records=records)
-    machine.execute()
+    machine = _run(data, records=records)
     indices = sorted(set(machine.memo) | set(range(len(machine.memo) + machine.memo_offset)))
     memo: dict[int, object] = {}
     for index in indices:  # all built before any is described: a build fills its object
