@@ -137,7 +137,9 @@ def lift_state(inst: Node, state: Any) -> None:
     if state.type_name == "builtins.dict":
         inst.child_list().append((STATE_LABEL, state))
     elif state.type_name == "builtins.tuple":
-        for i, part in state.children:  # (dict_state, slot_state), or a numpy array's
+        # (dict_state, slot_state), or a numpy array's; a copy: the state may be `inst`
+        # itself (a tuple BUILT with itself), whose children this loop adds to
+        for i, part in tuple(state.children):
             if part.type_name == "builtins.dict":
                 lift_state(inst, part)
             else:  # (version, shape, dtype, ...): a state the class reads itself

@@ -4,9 +4,10 @@ torch: a grammar of pickle programs, and 1-2 byte mutations of a real `torch.sav
 The grammar writes opcodes (protocol 2-5 headers) over allow-listed and refused globals,
 REDUCE/NEWOBJ/BUILD/SETITEM(S)/APPEND(S)/MARK/memo operations and tensor records, mostly
 well-formed and sometimes not (odd SETITEMS, unhashable keys, wrong arity or argument types,
-BUILD states of the wrong type, out-of-bounds tensor views, storages on devices this host
-lacks), and quantized and nested tensors followed by more objects (torch's unpickler over
-meta storages has no kernels for them: the pass must go on past them, issue 20). The calls
+BUILD states of the wrong type or the instance itself, out-of-bounds tensor views, storages
+on devices this host lacks), and quantized and nested tensors followed by more objects
+(torch's unpickler over meta storages has no kernels for them: the pass must go on past
+them, issue 20). The calls
 ordinary files hold (Size, device, complex, bytes, bytearray, set, Counter, Parameters) come
 with ordinary and odd arguments: the static run judges those alone (`plain_calls`). Sizes
 stay small: the point is the verdict, not the allocator.
@@ -195,6 +196,8 @@ class Grammar:
 
     def _build(self, depth: int) -> bytes:
         rng = self.rng
+        if rng.random() < 0.1:  # the state is the instance itself (DUP): a tuple BUILT with
+            return rng.choice([self._tuple, self._list])(depth) + b"2b"  # itself never ends
         target = rng.choice([self._call, self._dict, self._list])(depth)
         state = rng.choice([self._dict, self._tuple, self.value])(depth)
         return target + state + b"b"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pickle
+import resource
 import struct
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -193,3 +196,35 @@ def test_a_stack_global_on_non_strings_is_reported_without_memory_addresses(tmp_
     names = {f.global_name for f in report.findings}
     assert "<builtins.tuple>.f" in names
     assert not any("object at 0x" in f.detail for f in report.findings)
+
+
+# A BUILD whose state holds (or is) the instance it builds: torch refuses BUILD on a tuple or
+# a list; the auditor must say so, not loop while linking the state to itself.
+SELF_BUILDS = {
+    "a tuple built with itself": b"(]t2b.",  # MARK EMPTY_LIST TUPLE DUP BUILD
+    "a list built with a tuple of itself": b"]q\x00(h\x00tb.",  # BINPUT 0; (GET 0,); BUILD
+    "a tuple built with a tuple of itself": b"(]tq\x00(h\x00tb.",
+}
+
+
+def capped_cli(path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess whose address space is capped (3 GB, torch maps ~0.7): a
+    regression that grows memory without end fails here, not on the machine running it."""
+    cap = 3 << 30
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    command = [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(path)]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, preexec_fn=limit
+    )
+
+
+@pytest.mark.parametrize("payload", list(SELF_BUILDS.values()), ids=list(SELF_BUILDS))
+def test_a_build_whose_state_is_its_own_instance_ends(tmp_path, payload) -> None:
+    path = write_zip(tmp_path / "self.pt", PROTO2 + payload)
+    result = capped_cli(path)
+    assert result.returncode == 1, result.stderr[-2000:]  # findings, not a crash
+    assert "Traceback" not in result.stderr and "BUILD" in result.stdout
+    assert torch_verdicts([path]) == {str(path): False}

@@ -13,6 +13,7 @@ import torch
 from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder, is_dcp_folder
 from pytest_ckpt.audit.render import render_text
 from pytest_ckpt.cli import main
+from tests.audit.test_hostile import SELF_BUILDS, capped_cli
 from tests.distributed.conftest import (
     RunsCommand,
     read_metadata,
@@ -65,6 +66,15 @@ def test_hostile_metadata_is_a_finding_by_path_and_never_runs(dcp_copy, tmp_path
 
     FileSystemReader(dcp_copy).read_metadata()
     assert marker.exists()
+
+
+@pytest.mark.parametrize("payload", list(SELF_BUILDS.values()), ids=list(SELF_BUILDS))
+def test_a_metadata_built_with_itself_is_a_finding(tmp_path, payload) -> None:
+    (tmp_path / ".metadata").write_bytes(b"\x80\x04" + payload)  # both scans, then the folder
+    result = capped_cli(tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "BUILD (setting object state) on builtins." in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_a_truncated_shard_is_found_with_its_entry(dcp_copy) -> None:
