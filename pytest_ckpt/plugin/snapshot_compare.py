@@ -33,6 +33,7 @@ _TOKEN = re.compile(
 _KEY = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|-?\d+): """)
 _OPENERS = ("({", "([", "(")
 _RAW = "'''"
+_MULTILINE_KEY = "<multi-line key>"  # the path label of a value whose key spans lines
 _FLOAT_MARK = "\0float\0"
 
 
@@ -167,16 +168,21 @@ def parse_snapshot(text: str) -> list[Line]:
     for number, line in enumerate(text.splitlines()):
         stripped = line.lstrip(" ")
         indent = (len(line) - len(stripped)) // 2
+        closing = raw  # a multi-line string's last line: `''': 1.5,` after a key
         if raw:
             if not stripped.startswith(_RAW):
                 lines.append(Line(number, "", line, (), (), (), line))
                 continue
-            raw = False  # the closing line goes on after a multi-line key: `''': 1.5,`
+            raw = False
         while stack and stack[-1][0] >= indent:
             stack.pop()
-        key = _KEY.match(stripped)
+        key = None if closing else _KEY.match(stripped)
         body = stripped[key.end() :] if key else stripped
-        if key:
+        if closing:  # its quotes close the string, they open none: what follows is read
+            body = stripped[len(_RAW) :]
+            label = _MULTILINE_KEY if body.startswith(": ") else ""  # a key's value, or none
+            body = body.removeprefix(": ")
+        elif key:
             label = key.group(1).strip("'\"")
         elif stack and body[:1] not in ")]}":
             label = str(stack[-1][2])

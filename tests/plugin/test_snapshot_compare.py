@@ -193,3 +193,16 @@ def test_structure_or_exact_text_that_differs_never_matches() -> None:
 def test_any_payload_matches_itself_moved_by_kernel_noise(payload: Any) -> None:
     assert matches(payload, perturbed(payload, 1e-6))
     assert matches(payload, copy.deepcopy(payload), float_mode="exact")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"": [], "\n": [1.0, ""]},  # hypothesis found it: the float after a multi-line key
+        {"a\nb": {"x": 0.5, "y\nz": [2.5, 3.5]}, "c": 1.5},
+        {"k": ["a\nb", 1.5, "c\nd", 2.5]},  # multi-line values: the items after keep places
+    ],
+)
+def test_floats_after_a_multi_line_string_are_compared_as_floats(payload) -> None:
+    assert matches(payload, perturbed(payload, 1e-6))
+    assert not matches(payload, perturbed(payload, 1e-2))
