@@ -161,7 +161,12 @@ class PickleInterpreter(TorchRules):
             self.forget_clean_reads()
         if index > len(self.memo) + self.memo_offset:
             self.memo_sparse = True
+            self.memo_past_end(index)
         self.memo[index] = value
+
+    def memo_past_end(self, index: int) -> None:
+        """A PUT past the memo's end (torch's memo is a dict: nothing to say; DCP's reader
+        is Python's, whose memo is an array)."""
 
     def defer_memo(self, record: MemoizedRecord, first: int, stop: int) -> None:
         """A record's MEMOIZEs [first, stop), past the end of a dense memo, left without

@@ -11,11 +11,11 @@ import re
 
 METADATA = ".metadata"
 SHARD_SUFFIX = ".distcp"
-_RANK_METADATA = re.compile(r"__\d+\.metadata")
+RANK_METADATA = re.compile(r"__\d+\.metadata")  # an uncoordinated save's, per rank
 
 
 def is_member_name(name: str) -> bool:
     """Whether a file of this name is part of a DCP folder (`.metadata`, `__0.metadata`,
     `__0_0.distcp`): by its name alone, so that no other file reaches the DCP audit."""
     suffix = os.path.splitext(name)[1]
-    return name == METADATA or suffix == SHARD_SUFFIX or bool(_RANK_METADATA.fullmatch(name))
+    return name == METADATA or suffix == SHARD_SUFFIX or bool(RANK_METADATA.fullmatch(name))

@@ -96,6 +96,7 @@ def _audit_folder(folder: Path, allowlist: Allowlist, allow: tuple[str, ...]) ->
     from pytest_ckpt.audit.formats.dcp.metadata_scan import scan_metadata
     from pytest_ckpt.audit.formats.dcp.metadata_unpickle import (
         read_metadata_bytes,
+        scan_rank_local,
         unpickle_metadata_restricted,
     )
 
@@ -117,14 +118,43 @@ def _audit_folder(folder: Path, allowlist: Allowlist, allow: tuple[str, ...]) ->
         return Report(name, "dcp", (), error=f"truncated {METADATA}: {err}")
     except MalformedPickle as err:
         return Report(name, "dcp", (), error=f"corrupt {METADATA}: {err}")
+    rank_local, rank_findings = scan_rank_local(folder, dcp_allowlist)
     if findings:
         note = f"the shard files were not checked: {METADATA} is not safe to unpickle"
-        return Report(name, "dcp", tuple(findings), notes=(note,))
+        return Report(name, "dcp", (*findings, *rank_findings), notes=(note,))
     try:
         metadata = unpickle_metadata_restricted(data, dcp_allowlist, source=os.fspath(meta))
     except CheckpointLoadError as err:
         return Report(name, "dcp", (), error=str(err).removeprefix(f"{meta}: "))
-    return _FolderCheck(folder, allowlist).run(metadata)
+    report = _FolderCheck(folder, allowlist).run(metadata)
+    if not rank_local:
+        return report
+    note = (
+        f"{len(rank_local)} rank-local metadata file(s) scanned ({', '.join(rank_local[:3])}): "
+        f"dcp.load reads one when it cannot read {METADATA}"
+    )
+    return dataclasses.replace(
+        report, findings=(*report.findings, *rank_findings), notes=(*report.notes, note)
+    )
+
+
+def _check_as_dcp_reads_it(metadata: Any) -> None:
+    """What DCP uses as it is, as DCP writes it (a TypeError, made a finding, otherwise):
+    `storage_meta` None or a StorageMeta (FileSystemReader sets its `load_id`: on anything
+    else that may raise, and dcp.load then reads a rank-local `__<rank>.metadata`), and
+    the two dicts."""
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    storage_meta = getattr(metadata, "storage_meta", None)  # as FileSystemReader reads it
+    if storage_meta is not None and type(storage_meta) is not StorageMeta:
+        raise TypeError(
+            f"storage_meta is a {type(storage_meta).__name__}, not StorageMeta: dcp.load's "
+            f"reader fails setting its load_id, and falls back to a rank-local metadata file"
+        )
+    for field in ("state_dict_metadata", "storage_data"):
+        if type(getattr(metadata, field)) is not dict:
+            kind = type(getattr(metadata, field)).__name__
+            raise TypeError(f"{field} is a {kind}, not a dict: dcp.load reads it as one")
 
 
 def _where(fqn: str) -> str:
@@ -191,18 +221,20 @@ class _FolderCheck:
         )
 
     def _check(self, metadata: Any) -> tuple[int, int, int]:
+        import torch
         from torch.distributed.checkpoint.metadata import (
             BytesStorageMetadata,
             TensorStorageMetadata,
         )
 
+        _check_as_dcp_reads_it(metadata)
         entries: dict[tuple[str, tuple[int, ...] | None], Any] = {}
-        for index, info in dict(metadata.storage_data).items():
+        for index, info in metadata.storage_data.items():
             offset = None if index.offset is None else tuple(index.offset)
             entries[(index.fqn, offset)] = info
         used: set[tuple[str, tuple[int, ...] | None]] = set()
         tensors = chunks = byte_items = 0
-        pending = iter(dict(metadata.state_dict_metadata).items())
+        pending = iter(metadata.state_dict_metadata.items())
         while True:
             plain, rest = self.plain.take(pending, entries, used)  # what the lines below find
             tensors, chunks = tensors + plain, chunks + plain  # in them: nothing
@@ -211,6 +243,11 @@ class _FolderCheck:
             fqn, entry = rest
             if isinstance(entry, TensorStorageMetadata):
                 tensors += 1
+                if type(entry.size) is not torch.Size:
+                    raise TypeError(
+                        f"{_where(fqn)}.size is a {type(entry.size).__name__}, not a "
+                        "torch.Size: dcp.load compares it with the tensor's and fails"
+                    )
                 boxes = [(tuple(c.offsets), tuple(c.sizes)) for c in entry.chunks]
                 for problem in chunk_problems(tuple(entry.size), boxes):
                     self.flag("dcp-chunks", _where(fqn), problem, _RESAVE)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copyreg
 import dataclasses
+import enum
 import functools
 import importlib
 import pathlib
@@ -32,6 +33,8 @@ class DcpAllowlist:
 
     objects: Mapping[str, Any]
     static: Allowlist  # the same names, as the static machine reads them
+    # the Enum classes among them: calling one returns a shared member, not a new object
+    enums: frozenset[str] = frozenset()
 
     @property
     def names(self) -> frozenset[str]:
@@ -104,7 +107,12 @@ def _cached(extra: tuple[str, ...]) -> DcpAllowlist:
         name_mapping={},  # nor Python 2 name mappings: it looks names up as written
         import_mapping={},
     )
-    return DcpAllowlist(objects=objects, static=static)
+    enums = frozenset(
+        name
+        for name, value in objects.items()
+        if isinstance(value, type) and issubclass(value, enum.Enum)
+    )
+    return DcpAllowlist(objects=objects, static=static, enums=enums)
 
 
 def load_dcp_allowlist(extra: Iterable[str] = ()) -> DcpAllowlist:

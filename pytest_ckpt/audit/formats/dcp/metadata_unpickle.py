@@ -2,6 +2,7 @@
 then Python's unpickler restricted to DCP's metadata allowlist (`RestrictedMetadataUnpickler`:
 its `find_class` hands out only the allowlist's own objects, it imports nothing, and it has
 no `persistent_load`). The folder audit and `distributed.safe_reader` both read through it.
+The rank-local `__<rank>.metadata` files `dcp.load` falls back to are scanned here too.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from pathlib import Path
 from typing import Any
 
 from torch.distributed.checkpoint.metadata import Metadata
 
+from pytest_ckpt.audit.formats.dcp import METADATA, RANK_METADATA
 from pytest_ckpt.audit.formats.dcp.metadata_allowlist import DcpAllowlist
 from pytest_ckpt.audit.formats.dcp.metadata_scan import scan_metadata
 from pytest_ckpt.audit.formats.legacy import MAX_PICKLE_BYTES
+from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
 from pytest_ckpt.errors import CheckpointLoadError, UnsafeCheckpointError
 
@@ -50,6 +54,8 @@ def unpickle_metadata_restricted(data: bytes, allowlist: DcpAllowlist, *, source
         raise
     except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as err:
         raise CheckpointLoadError(f"{source}: unreadable DCP metadata: {err}") from None
+    except MemoryError:  # (the scan refuses the one known way: a memo index past the file)
+        raise CheckpointLoadError(f"{source}: unpickling it ran out of memory") from None
     if not isinstance(metadata, Metadata):
         raise CheckpointLoadError(
             f"{source}: is a pickled {type(metadata).__name__}, not DCP Metadata"
@@ -82,3 +88,21 @@ def read_metadata_restricted(path: str | os.PathLike[str], allowlist: DcpAllowli
             f"{source}: refused: {first.path}: {first.detail}{more}; nothing from it was run"
         )
     return unpickle_metadata_restricted(data, allowlist, source=source)
+
+
+def scan_rank_local(folder: Path, allowlist: DcpAllowlist) -> tuple[list[str], list[Finding]]:
+    """The rank-local `__<rank>.metadata` files of a folder (their names) and every reason
+    to refuse them: `dcp.load` unpickles one with plain pickle whenever reading `.metadata`
+    raises, so each must be as safe as `.metadata` itself."""
+    names = sorted(
+        entry.name for entry in os.scandir(folder) if RANK_METADATA.fullmatch(entry.name)
+    )
+    findings: list[Finding] = []
+    for file in names:
+        try:
+            findings += scan_metadata(read_metadata_bytes(folder / file), allowlist, file)
+        except (OSError, CheckpointLoadError, TruncatedPickle, MalformedPickle) as err:
+            detail = f"{file} cannot be read as a pickle ({err}): it cannot be vouched for"
+            fix = f"delete {file} if the folder's {METADATA} is complete; otherwise re-save"
+            findings.append(Finding("dcp-rank-metadata", detail, None, fix, False, 0, file))
+    return names, findings
