@@ -30,7 +30,7 @@ import re
 import stat
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pytest_ckpt.audit.escape import shown
 from pytest_ckpt.audit.formats import CHECKPOINT_SUFFIXES, Format, Probe
 from pytest_ckpt.audit.formats.legacy import MAX_PICKLE_BYTES, ReadAt, read_pickles
+from pytest_ckpt.audit.formats.zip_directory import unextracted_error
 from pytest_ckpt.errors import Unreadable
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def _open_zip_with_torch(
     path: str | os.PathLike[str] | BinaryStream, reader_class: Any
 ) -> Checkpoint:
     try:
+        _refuse_unextracted(path)  # (before the reader: its constructor reads `version`)
         reader = _torch_reader(path, reader_class)
         names = reader.get_all_records()
         _refuse_duplicates(names)
@@ -190,6 +192,26 @@ def _refuse_duplicates(names: Sequence[str]) -> None:
             "zipfile can pick different copies, so no one verdict holds for the file; refusing "
             "it (fix: re-save it with torch.save, which writes each member once)"
         )
+
+
+def _refuse_unextracted(path: str | os.PathLike[str] | BinaryStream) -> None:
+    """Refuse an archive torch would read a member of uninitialised (`zip_directory`)."""
+    if is_stream(path):
+        error = unextracted_error(_stream_reader(path), path.seek(0, os.SEEK_END))
+        path.seek(0)  # where torch's reader starts reading it
+    else:
+        with open(path, "rb") as handle:
+            error = unextracted_error(_stream_reader(handle), os.fstat(handle.fileno()).st_size)
+    if error is not None:
+        raise Unreadable(error)
+
+
+def _stream_reader(stream: Any) -> Callable[[int, int], bytes]:
+    def read_at(offset: int, count: int) -> bytes:
+        stream.seek(offset)
+        return stream.read(count)
+
+    return read_at
 
 
 def _too_big(member: str, size: int) -> str:

@@ -1,0 +1,98 @@
+"""Members torch's zip reader lists but does not extract, read from the central directory.
+
+miniz (under `torch._C.PyTorchFileReader`) extracts nothing for a member its central
+directory entry marks as a directory (a name ending in `/`, or the MS-DOS directory bit in
+its external attributes), and still reports success: torch then returns the buffer it
+allocated for the member, uninitialised. A `data.pkl` or `version`
+read that way is whatever the heap held, so no verdict on the file holds; torch.save never
+writes such an entry. Only the central directory says so, and only the entries of the few
+members torch reads by name are looked at (a `bytes.find` each): a state dict's thousands of
+storage entries are not parsed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+
+_EOCD = b"PK\x05\x06"
+_EOCD64_LOCATOR = b"PK\x06\x07"
+_EOCD64 = b"PK\x06\x06"
+_ENTRY = b"PK\x01\x02"
+_ENTRY_SIZE = 46  # the fixed part of a central directory entry, before its name
+_MAX_COMMENT = 0xFFFF
+_DOS_DIRECTORY = 0x10
+_ENTRY_FIELDS = struct.Struct("<28xH8xI")  # name length, external attributes
+
+ReadAt = Callable[[int, int], bytes]
+# the members torch.load reads by name (`version` in its reader's constructor)
+READ_BY_NAME = (
+    "data.pkl", "version", ".data/version", ".format_version", "byteorder",
+    ".storage_alignment", ".data/serialization_id",
+)  # fmt: skip
+
+
+def unextracted_error(read_at: ReadAt, size: int) -> str | None:
+    """Why torch's reading of this archive holds no verdict, or None: a member it reads by
+    name (`READ_BY_NAME`) that it would get uninitialised."""
+    member = unextracted_member(read_at, size, READ_BY_NAME)
+    if member is None:
+        return None
+    return (
+        f"archive member {member} is marked as a directory: torch's reader extracts nothing "
+        "for it and reads its buffer uninitialised, so no verdict holds (fix: re-save the "
+        "checkpoint with torch.save)"
+    )
+
+
+def unextracted_member(read_at: ReadAt, size: int, names: Iterable[str]) -> str | None:
+    """The first of `names` (member names as torch's reader lists them, without the
+    archive's folder) whose entry miniz would not extract; None when there is none, or when
+    the central directory is not where the end record says (torch's reader found it, so
+    this reading is wrong, not the file: its verdict stands)."""
+    directory = _central_directory(read_at, size)
+    if directory is None or not directory.startswith(_ENTRY):
+        return None
+    (first_length,) = struct.unpack_from("<H", directory, 28)
+    first = directory[_ENTRY_SIZE : _ENTRY_SIZE + first_length]
+    folder = first[: first.find(b"/") + 1]  # torch's members share the first one's folder
+    for name in names:
+        full = folder + name.encode("utf-8")
+        at = directory.find(full, _ENTRY_SIZE)
+        while at != -1:
+            entry = at - _ENTRY_SIZE
+            if directory.startswith(_ENTRY, entry):
+                length, attributes = _ENTRY_FIELDS.unpack_from(directory, entry)
+                if length == len(full):
+                    if attributes & _DOS_DIRECTORY:
+                        return name
+                    break
+            at = directory.find(full, at + 1)
+    return None
+
+
+def _central_directory(read_at: ReadAt, size: int) -> bytes | None:
+    """The central directory's bytes, found through the end record (zip64's when the end
+    record's fields are saturated); None if the archive does not lead to one."""
+    tail_length = min(size, 22 + _MAX_COMMENT)
+    tail = read_at(size - 22, 22) if size >= 22 else b""
+    end = 0 if tail.startswith(_EOCD) else -1
+    if end == -1:  # a comment follows the end record (torch.save writes none)
+        tail = read_at(size - tail_length, tail_length)
+        end = tail.rfind(_EOCD)
+        if end == -1 or len(tail) - end < 22:
+            return None
+    entries, length, offset = struct.unpack_from("<10xHII", tail, end)
+    if 0xFFFFFFFF in (length, offset) or entries == 0xFFFF:
+        end_at = size - len(tail) + end
+        locator = read_at(end_at - 20, 20) if end_at >= 20 else b""
+        if not locator.startswith(_EOCD64_LOCATOR):
+            return None
+        (record_at,) = struct.unpack_from("<8xQ", locator)
+        record = read_at(record_at, 56)
+        if not record.startswith(_EOCD64):
+            return None
+        length, offset = struct.unpack_from("<40xQQ", record)
+    if offset + length > size:
+        return None
+    return read_at(offset, length)

@@ -1,0 +1,119 @@
+"""A member torch reads by name that miniz does not extract (its central directory entry
+marks it a directory) reaches torch as an uninitialised
+buffer: the file is refused, since no verdict on heap contents holds. Checked against torch's
+reader in a fresh process; an archive that merely holds a directory entry still loads."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+from pytest_ckpt.audit import audit_file
+from pytest_ckpt.audit.formats.zip_directory import unextracted_member
+
+
+def _saved(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.arange(4.0)}, path)
+    return path
+
+
+def _edit_entry(path, member: str, edit) -> None:
+    """Apply `edit(data, entry_offset)` to the central directory entry of `member`."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        (length,) = struct.unpack_from("<H", data, at + 28)
+        if data[at + 46 : at + 46 + length].decode().endswith("/" + member):
+            edit(data, at)
+            path.write_bytes(bytes(data))
+            return
+        at = data.find(b"PK\x01\x02", at + 46)
+    raise AssertionError(f"no entry for {member}")
+
+
+def _directory_bit(data, at) -> None:
+    data[at + 38] |= 0x10  # external attributes: MS-DOS directory
+
+
+def torch_reads_the_bytes_stored(path, member: str) -> bool:
+    """Whether torch's reader, in a fresh process, returns the member's bytes as stored."""
+    code = (
+        "import sys, zipfile, torch\n"
+        "reader = torch._C.PyTorchFileReader(sys.argv[1])\n"
+        "with zipfile.ZipFile(sys.argv[1]) as z:\n"
+        "    name = next(n for n in z.namelist() if n.endswith('/' + sys.argv[2]))\n"
+        "    stored = z.read(name)\n"
+        "print(bytes(reader.get_record(sys.argv[2])) == stored)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), member], capture_output=True, text=True
+    )
+    return out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("member", ["data.pkl", "byteorder", ".format_version"])
+def test_a_member_torch_reads_but_miniz_does_not_extract_is_refused(tmp_path, member) -> None:
+    path = _saved(tmp_path)
+    assert torch_reads_the_bytes_stored(path, member)  # the control, before the edit
+    assert audit_file(path).loadable
+    _edit_entry(path, member, _directory_bit)
+    report = audit_file(path)
+    assert report.error is not None and f"member {member}" in report.error
+    assert "uninitialised" in report.error
+    assert not torch_reads_the_bytes_stored(path, member)
+
+
+def test_the_version_record_read_by_torchs_constructor_is_checked(tmp_path) -> None:
+    path = _saved(tmp_path)
+    _edit_entry(path, "version", _directory_bit)
+    report = audit_file(path)
+    assert report.error is not None and "member version" in report.error
+
+
+def test_a_directory_entry_torch_never_reads_is_no_reason_to_refuse(tmp_path) -> None:
+    path = _saved(tmp_path)
+    with zipfile.ZipFile(path, "a") as archive:  # what re-zipping a folder adds
+        folder = archive.namelist()[0].split("/")[0]
+        archive.writestr(zipfile.ZipInfo(f"{folder}/extra/"), b"")
+    report = audit_file(path)
+    assert report.error is None and report.loadable
+    assert torch.load(path, weights_only=True)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_an_archive_whose_end_record_misleads_is_left_to_torchs_reader() -> None:
+    def read_at(offset: int, count: int) -> bytes:
+        return data[offset : offset + count]
+
+    data = b"PK\x05\x06" + struct.pack("<4H2IH", 0, 0, 1, 1, 46, 10_000, 0)
+    assert unextracted_member(read_at, len(data), ["data.pkl"]) is None
+
+
+def test_a_dcp_tensor_item_with_a_directory_entry_is_one_stable_finding(tmp_path) -> None:
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from pytest_ckpt.audit.formats.dcp.folder import audit_dcp_folder
+    from tests.distributed.conftest import read_metadata
+
+    folder = tmp_path / "ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one process saves
+        dcp.save({f"layer{i}.weight": torch.randn(16) for i in range(8)}, checkpoint_id=folder)
+    (info,) = (v for k, v in read_metadata(folder).storage_data.items() if k.fqn == "layer5.weight")
+    shard = folder / info.relative_path
+    item = tmp_path / "item.pt"
+    item.write_bytes(shard.read_bytes()[info.offset : info.offset + info.length])
+    _edit_entry(item, "version", _directory_bit)
+    data = bytearray(shard.read_bytes())
+    data[info.offset : info.offset + info.length] = item.read_bytes()
+    shard.write_bytes(bytes(data))
+    verdicts = {tuple(f.detail for f in audit_dcp_folder(folder).findings) for _ in range(3)}
+    ((detail,),) = verdicts  # one finding, the same each time: the other items are fine
+    assert "archive member version is marked as a directory" in detail
