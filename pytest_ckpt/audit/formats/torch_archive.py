@@ -199,6 +199,12 @@ def _refuse_unextracted(path: str | os.PathLike[str] | BinaryStream) -> None:
     if is_stream(path):
         error = unextracted_error(_stream_reader(path), path.seek(0, os.SEEK_END))
         path.seek(0)  # where torch's reader starts reading it
+    elif hasattr(os, "pread"):  # one descriptor, positional reads: no buffered file object
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            error = unextracted_error(lambda at, n: os.pread(fd, n, at), os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
     else:
         with open(path, "rb") as handle:
             error = unextracted_error(_stream_reader(handle), os.fstat(handle.fileno()).st_size)
