@@ -12,6 +12,7 @@ loader in a subprocess:
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import subprocess
@@ -95,6 +96,15 @@ def test_a_rank_local_metadata_is_audited_beside_a_good_one(folder, tmp_path) ->
     (finding,) = audit_dcp_folder(folder).findings
     assert finding.kind == "dcp-rank-metadata" and finding.path == "__1.metadata"
     assert not marker.exists()
+
+
+def test_a_rank_local_metadata_that_is_no_regular_file_is_not_opened(folder) -> None:
+    os.mkfifo(folder / "__0.metadata")  # opening it for reading would wait for a writer
+    (folder / "__1.metadata").mkdir()
+    result = capped_cli(folder, timeout=60)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "__0.metadata: not a regular file (a FIFO)" in result.stdout
+    assert "__1.metadata: is a directory" in result.stdout
 
 
 def test_a_dotted_global_below_protocol_4_is_not_found_by_pythons_unpickler(folder) -> None:

@@ -30,7 +30,7 @@ import re
 import stat
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -212,7 +212,7 @@ def _refuse_unextracted(path: str | os.PathLike[str] | BinaryStream) -> None:
         raise Unreadable(error)
 
 
-def _stream_reader(stream: Any) -> Callable[[int, int], bytes]:
+def _stream_reader(stream: Any) -> ReadAt:
     def read_at(offset: int, count: int) -> bytes:
         stream.seek(offset)
         return stream.read(count)
@@ -335,12 +335,7 @@ def _open_stream(stream: BinaryStream) -> Checkpoint:
         raise Unreadable("empty")
     if head == b"PK\x03\x04":
         return _open_zip(stream)
-
-    def read_at(offset: int, n: int) -> bytes:
-        stream.seek(offset)
-        return stream.read(n)
-
-    return _non_zip(read_at, size, regular_file=False)
+    return _non_zip(_stream_reader(stream), size, regular_file=False)
 
 
 def _open_pickles(path: str | os.PathLike[str], size: int) -> Checkpoint:

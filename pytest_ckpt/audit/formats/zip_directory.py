@@ -13,7 +13,9 @@ storage entries are not parsed.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+
+from pytest_ckpt.audit.formats.legacy import ReadAt
 
 _EOCD = b"PK\x05\x06"
 _EOCD64_LOCATOR = b"PK\x06\x07"
@@ -24,7 +26,6 @@ _MAX_COMMENT = 0xFFFF
 _DOS_DIRECTORY = 0x10
 _ENTRY_FIELDS = struct.Struct("<28xH8xI")  # name length, external attributes
 
-ReadAt = Callable[[int, int], bytes]
 # the members torch.load reads by name (`version` in its reader's constructor)
 READ_BY_NAME = (
     "data.pkl", "version", ".data/version", ".format_version", "byteorder",

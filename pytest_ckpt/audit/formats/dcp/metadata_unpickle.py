@@ -19,9 +19,10 @@ from pytest_ckpt.audit.formats.dcp import METADATA, RANK_METADATA
 from pytest_ckpt.audit.formats.dcp.metadata_allowlist import DcpAllowlist
 from pytest_ckpt.audit.formats.dcp.metadata_scan import scan_metadata
 from pytest_ckpt.audit.formats.legacy import MAX_PICKLE_BYTES
+from pytest_ckpt.audit.formats.torch_archive import regular_file_size
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import MalformedPickle, TruncatedPickle
-from pytest_ckpt.errors import CheckpointLoadError, UnsafeCheckpointError
+from pytest_ckpt.errors import CheckpointLoadError, Unreadable, UnsafeCheckpointError
 
 
 class RestrictedMetadataUnpickler(pickle.Unpickler):
@@ -90,6 +91,9 @@ def read_metadata_restricted(path: str | os.PathLike[str], allowlist: DcpAllowli
     return unpickle_metadata_restricted(data, allowlist, source=source)
 
 
+_DELETE = f"delete it if the folder's {METADATA} is complete; otherwise re-save the checkpoint"
+
+
 def scan_rank_local(folder: Path, allowlist: DcpAllowlist) -> tuple[list[str], list[Finding]]:
     """The rank-local `__<rank>.metadata` files of a folder (their names) and every reason
     to refuse them: `dcp.load` unpickles one with plain pickle whenever reading `.metadata`
@@ -100,9 +104,12 @@ def scan_rank_local(folder: Path, allowlist: DcpAllowlist) -> tuple[list[str], l
     findings: list[Finding] = []
     for file in names:
         try:
+            regular_file_size(folder / file)  # a FIFO would block the read: not opened
             findings += scan_metadata(read_metadata_bytes(folder / file), allowlist, file)
+        except Unreadable as err:
+            detail = f"{err}, and dcp.load reads it when {METADATA} cannot be read"
+            findings.append(Finding("dcp-rank-metadata", detail, None, _DELETE, False, 0, file))
         except (OSError, CheckpointLoadError, TruncatedPickle, MalformedPickle) as err:
-            detail = f"{file} cannot be read as a pickle ({err}): it cannot be vouched for"
-            fix = f"delete {file} if the folder's {METADATA} is complete; otherwise re-save"
-            findings.append(Finding("dcp-rank-metadata", detail, None, fix, False, 0, file))
+            detail = f"not a readable pickle ({err}): it cannot be vouched for"
+            findings.append(Finding("dcp-rank-metadata", detail, None, _DELETE, False, 0, file))
     return names, findings
