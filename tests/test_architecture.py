@@ -211,7 +211,7 @@ FORMAT_HELPERS = {
     "pytest_ckpt.audit.formats.walk_report": "the text of a walk",
     "pytest_ckpt.audit.formats.legacy": "the legacy format's pickles, for the torch file's row",
     "pytest_ckpt.audit.formats.bin_files": "is a .bin a checkpoint at all, for side_files' row",
-    "pytest_ckpt.audit.formats.zip_directory": "zip entries torch's reader would not extract",
+    "pytest_ckpt.audit.formats.zip_directory": "zip members as torch's reader finds them",
     "pytest_ckpt.audit.formats.dcp": "the DCP audit (a package); its rows are dcp_format's",
     "pytest_ckpt.audit.formats.framework_loaders": (
         "after a file's audit, the verdict of the framework loader that reads it (issue 22)"

@@ -47,7 +47,8 @@ def torch_reads_the_bytes_stored(path, member: str) -> bool:
         "import sys, zipfile, torch\n"
         "reader = torch._C.PyTorchFileReader(sys.argv[1])\n"
         "with zipfile.ZipFile(sys.argv[1]) as z:\n"
-        "    name = next(n for n in z.namelist() if n.endswith('/' + sys.argv[2]))\n"
+        "    wanted = '/' + sys.argv[2].lower()  # torch's reader ignores case\n"
+        "    name = next(n for n in z.namelist() if n.lower().endswith(wanted))\n"
         "    stored = z.read(name)\n"
         "print(bytes(reader.get_record(sys.argv[2])) == stored)\n"
     )
@@ -67,6 +68,69 @@ def test_a_member_torch_reads_but_miniz_does_not_extract_is_refused(tmp_path, me
     assert report.error is not None and f"member {member}" in report.error
     assert "uninitialised" in report.error
     assert not torch_reads_the_bytes_stored(path, member)
+
+
+def _zip64_directory_copy(path, member: str) -> None:
+    """Leave the 32-bit end record on the clean central directory and point the zip64 one
+    (torch.save writes both; miniz reads the zip64 one) at a copy whose `member` entry has
+    the directory bit."""
+    data = path.read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    _, _, _, on_disk, entries, size, offset, _ = struct.unpack_from("<4sHHHHIIH", data, end)
+    copy = tmp = path.with_suffix(".copy")
+    tmp.write_bytes(data[offset : offset + size])
+    _edit_directory(tmp, member, _directory_bit)
+    copy = tmp.read_bytes()
+    body = data[:offset] + data[offset : offset + size]
+    copy_at = len(body)
+    body += copy
+    record_at = len(body)
+    body += struct.pack(
+        "<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, size, copy_at
+    )
+    body += struct.pack("<4sIQI", b"PK\x06\x07", 0, record_at, 1)
+    body += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, on_disk, entries, size, offset, 0)
+    path.write_bytes(body)
+
+
+def _edit_directory(path, member: str, edit) -> None:
+    """`_edit_entry` on a file that is a central directory alone."""
+    data = bytearray(path.read_bytes())
+    at = 0
+    while data[at : at + 4] == b"PK\x01\x02":
+        length, extra, comment = struct.unpack_from("<HHH", data, at + 28)
+        if data[at + 46 : at + 46 + length].decode().endswith("/" + member):
+            edit(data, at)
+        at += 46 + length + extra + comment
+    path.write_bytes(bytes(data))
+
+
+def test_the_directory_torch_reads_is_the_zip64_one(tmp_path) -> None:
+    path = _saved(tmp_path)
+    _zip64_directory_copy(path, "version")
+    report = audit_file(path)
+    assert report.error is not None and "member version" in report.error
+
+
+def test_member_names_are_looked_up_ignoring_case_as_torch_does(tmp_path) -> None:
+    path = _saved(tmp_path)
+    data = path.read_bytes()
+    folder = data[30 : 30 + struct.unpack_from("<H", data, 26)[0]].split(b"/")[0]
+    path.write_bytes(data.replace(folder + b"/version", folder + b"/VERSION"))  # both headers
+    assert torch_reads_the_bytes_stored(path, "version")  # the control: torch finds VERSION
+    _edit_entry(path, "VERSION", _directory_bit)
+    report = audit_file(path)
+    assert report.error is not None and "member version" in report.error
+
+
+def test_two_members_whose_names_differ_in_case_are_duplicates(tmp_path) -> None:
+    path = _saved(tmp_path)
+    with zipfile.ZipFile(path, "a") as archive:
+        folder = archive.namelist()[0].split("/")[0]
+        archive.writestr(f"{folder}/BYTEORDER", b"big")
+    report = audit_file(path)
+    assert report.error is not None and "appears 2 times" in report.error
+    assert "ignoring case" in report.error
 
 
 def test_the_version_record_read_by_torchs_constructor_is_checked(tmp_path) -> None:

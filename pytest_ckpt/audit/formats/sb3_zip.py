@@ -32,7 +32,7 @@ from pytest_ckpt.audit import Report, audit_file
 from pytest_ckpt.audit.allowlist import Allowlist
 from pytest_ckpt.audit.escape import shown
 from pytest_ckpt.audit.formats import Format, Probe
-from pytest_ckpt.audit.formats.torch_archive import duplicated_member
+from pytest_ckpt.audit.formats.zip_directory import duplicated_member
 from pytest_ckpt.audit.nodes import Finding
 from pytest_ckpt.audit.opcodes import CODE_RUNNING, MalformedPickle, TruncatedPickle, iter_ops
 

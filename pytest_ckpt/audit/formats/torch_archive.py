@@ -29,16 +29,17 @@ import os
 import re
 import stat
 import zipfile
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pytest_ckpt.audit.escape import shown
 from pytest_ckpt.audit.formats import CHECKPOINT_SUFFIXES, Format, Probe
 from pytest_ckpt.audit.formats.legacy import MAX_PICKLE_BYTES, ReadAt, read_pickles
-from pytest_ckpt.audit.formats.zip_directory import unextracted_error
+from pytest_ckpt.audit.formats.zip_directory import (
+    duplicate_error,
+    unextracted_error,
+)
 from pytest_ckpt.errors import Unreadable
 
 if TYPE_CHECKING:
@@ -173,25 +174,10 @@ def _torch_reader(path: str | os.PathLike[str] | BinaryStream, reader_class: Any
     return reader_class(name)
 
 
-def duplicated_member(names: Sequence[str]) -> tuple[str, int] | None:
-    """The first member name that appears more than once in `names`, and how often; None
-    when every name is unique (the common case costs one set of the names)."""
-    if len(set(names)) == len(names):
-        return None
-    counts = Counter(names)
-    name = next(n for n in names if counts[n] > 1)
-    return name, counts[name]
-
-
 def _refuse_duplicates(names: Sequence[str]) -> None:
-    duplicate = duplicated_member(names)
-    if duplicate is not None:
-        name, count = duplicate
-        raise Unreadable(
-            f"zip member {shown(name)} appears {count} times: torch's reader and Python's "
-            "zipfile can pick different copies, so no one verdict holds for the file; refusing "
-            "it (fix: re-save it with torch.save, which writes each member once)"
-        )
+    error = duplicate_error(names)
+    if error is not None:
+        raise Unreadable(error)
 
 
 def _refuse_unextracted(path: str | os.PathLike[str] | BinaryStream) -> None:
