@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from pytest_ckpt.audit import Report
     from pytest_ckpt.audit.allowlist import Allowlist
 
+_ZIP = b"PK\x03\x04"  # a local file header: what a zip archive starts with
 _SMALL_MEMBER = 4096  # byteorder, .storage_alignment, .data/serialization_id: a few bytes
 _USED = frozenset(
     {"data.pkl", "data", "version", ".data", "byteorder", ".format_version", ".storage_alignment"}
@@ -88,14 +89,19 @@ def open_checkpoint(path: str | os.PathLike[str] | BinaryStream) -> Checkpoint:
     if is_stream(path):
         return _open_stream(path)
     size = regular_file_size(path)
+    unextracted = None
     try:
         with open(path, "rb") as handle:
             head = handle.read(4)
+            if head == _ZIP:  # (before torch's reader: its constructor reads `version`)
+                unextracted = unextracted_error(_file_reader(handle), size)
     except OSError as err:
         raise Unreadable(f"cannot read: {err.strerror or err}") from None
     if not head:
         raise Unreadable("empty file")
-    if head == b"PK\x03\x04":
+    if unextracted is not None:
+        raise Unreadable(unextracted)
+    if head == _ZIP:
         return _open_zip(path)
     return _open_pickles(path, size)
 
@@ -130,7 +136,6 @@ def _open_zip_with_torch(
     path: str | os.PathLike[str] | BinaryStream, reader_class: Any
 ) -> Checkpoint:
     try:
-        _refuse_unextracted(path)  # (before the reader: its constructor reads `version`)
         reader = _torch_reader(path, reader_class)
         names = reader.get_all_records()
         _refuse_duplicates(names)
@@ -180,22 +185,12 @@ def _refuse_duplicates(names: Sequence[str]) -> None:
         raise Unreadable(error)
 
 
-def _refuse_unextracted(path: str | os.PathLike[str] | BinaryStream) -> None:
-    """Refuse an archive torch would read a member of uninitialised (`zip_directory`)."""
-    if is_stream(path):
-        error = unextracted_error(_stream_reader(path), path.seek(0, os.SEEK_END))
-        path.seek(0)  # where torch's reader starts reading it
-    elif hasattr(os, "pread"):  # one descriptor, positional reads: no buffered file object
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            error = unextracted_error(lambda at, n: os.pread(fd, n, at), os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
-    else:
-        with open(path, "rb") as handle:
-            error = unextracted_error(_stream_reader(handle), os.fstat(handle.fileno()).st_size)
-    if error is not None:
-        raise Unreadable(error)
+def _file_reader(handle: Any) -> ReadAt:
+    """Positional reads of an open file, through its descriptor where the OS has pread."""
+    if not hasattr(os, "pread"):
+        return _stream_reader(handle)
+    fd = handle.fileno()
+    return lambda offset, count: os.pread(fd, count, offset)
 
 
 def _stream_reader(stream: Any) -> ReadAt:
@@ -319,7 +314,11 @@ def _open_stream(stream: BinaryStream) -> Checkpoint:
     stream.seek(0)
     if not head:
         raise Unreadable("empty")
-    if head == b"PK\x03\x04":
+    if head == _ZIP:
+        unextracted = unextracted_error(_stream_reader(stream), size)
+        if unextracted is not None:  # (`zip_directory`)
+            raise Unreadable(unextracted)
+        stream.seek(0)  # where torch's reader starts reading it
         return _open_zip(stream)
     return _non_zip(_stream_reader(stream), size, regular_file=False)
 

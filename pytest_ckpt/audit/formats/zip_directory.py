@@ -29,6 +29,7 @@ _EOCD64 = b"PK\x06\x06"
 _ENTRY = b"PK\x01\x02"
 _ENTRY_SIZE = 46  # the fixed part of a central directory entry, before its name
 _MAX_COMMENT = 0xFFFF
+_ENDS = 56 + 20 + 22  # zip64 end record, its locator, the end record
 _ASCII_UPPER = re.compile("[A-Z]")
 _DOS_DIRECTORY = 0x10
 _ENTRY_FIELDS = struct.Struct("<28xH8xI")  # name length, external attributes
@@ -81,24 +82,25 @@ def unextracted_member(read_at: ReadAt, size: int, names: Iterable[str]) -> str 
 def _central_directory(read_at: ReadAt, size: int) -> bytes | None:
     """The central directory's bytes, found through the end record, or the zip64 one when
     its locator precedes the end record (as miniz reads it); None if the archive does not
-    lead to one."""
-    tail_length = min(size, 22 + _MAX_COMMENT)
-    tail = read_at(size - 22, 22) if size >= 22 else b""
-    end = 0 if tail.startswith(_EOCD) else -1
+    lead to one. One read takes the end record with the zip64 ones torch.save puts before it."""
+    tail = read_at(size - min(size, _ENDS), min(size, _ENDS))
+    end = len(tail) - 22 if tail[-22:].startswith(_EOCD) else -1
     if end == -1:  # a comment follows the end record (torch.save writes none)
-        tail = read_at(size - tail_length, tail_length)
+        tail = read_at(size - min(size, 22 + _MAX_COMMENT), min(size, 22 + _MAX_COMMENT))
         end = tail.rfind(_EOCD)
         if end == -1 or len(tail) - end < 22:
             return None
     length, offset = struct.unpack_from("<12xII", tail, end)
-    end_at = size - len(tail) + end
-    locator = read_at(end_at - 20, 20) if end_at >= 20 else b""
-    if locator.startswith(_EOCD64_LOCATOR):  # miniz then reads the zip64 record's fields
-        (record_at,) = struct.unpack_from("<8xQ", locator)  # (torch.save writes both)
-        record = read_at(record_at, 56)
-        if not record.startswith(_EOCD64):
-            return None
-        length, offset = struct.unpack_from("<40xQQ", record)
+    start = size - len(tail)  # the file offset of tail[0]
+    locator = tail[end - 20 : end] if end >= 20 else b""
+    if not locator and start + end >= 20:
+        locator = read_at(start + end - 20, 20)
+    if locator.startswith(_EOCD64_LOCATOR):
+        (record_at,) = struct.unpack_from("<8xQ", locator)  # miniz reads that record's
+        inside = start <= record_at and record_at + 56 <= start + len(tail)  # fields then
+        record = tail[record_at - start :][:56] if inside else read_at(record_at, 56)
+        if record.startswith(_EOCD64):
+            length, offset = struct.unpack_from("<40xQQ", record)
     if offset + length > size:
         return None
     return read_at(offset, length)
