@@ -181,3 +181,13 @@ def test_a_dcp_tensor_item_with_a_directory_entry_is_one_stable_finding(tmp_path
     verdicts = {tuple(f.detail for f in audit_dcp_folder(folder).findings) for _ in range(3)}
     ((detail,),) = verdicts  # one finding, the same each time: the other items are fine
     assert "archive member version is marked as a directory" in detail
+
+
+def test_a_zip64_end_record_miniz_ignores_leaves_the_32_bit_one_in_force(tmp_path) -> None:
+    path = _saved(tmp_path)
+    _edit_entry(path, "version", _directory_bit)
+    data = path.read_bytes()
+    record = data.rfind(b"PK\x06\x06")
+    path.write_bytes(data[:record] + b"XX\x06\x06" + data[record + 4 :])  # not a zip64 record
+    report = audit_file(path)
+    assert report.error is not None and "member version" in report.error
