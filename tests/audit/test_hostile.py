@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import resource
 import struct
 import subprocess
@@ -207,24 +208,29 @@ SELF_BUILDS = {
 }
 
 
-def capped_cli(path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """The CLI in a subprocess whose address space is capped (3 GB, torch maps ~0.7): a
-    regression that grows memory without end fails here, not on the machine running it."""
+def capped_cli(*paths, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The CLI on `paths` in a subprocess whose address space is capped (3 GB, torch maps
+    ~0.7): a regression that grows memory without end fails here, not on the machine."""
     cap = 3 << 30
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
-    command = [sys.executable, "-m", "pytest_ckpt.cli", "audit", str(path)]
+    command = [sys.executable, "-m", "pytest_ckpt.cli", "audit", *map(str, paths)]
     return subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, preexec_fn=limit
     )
 
 
-@pytest.mark.parametrize("payload", list(SELF_BUILDS.values()), ids=list(SELF_BUILDS))
-def test_a_build_whose_state_is_its_own_instance_ends(tmp_path, payload) -> None:
-    path = write_zip(tmp_path / "self.pt", PROTO2 + payload)
-    result = capped_cli(path)
+def test_a_build_whose_state_is_its_own_instance_ends(tmp_path) -> None:
+    paths = [
+        write_zip(tmp_path / f"self{i}.pt", PROTO2 + payload)
+        for i, payload in enumerate(SELF_BUILDS.values())
+    ]
+    result = capped_cli(*paths)  # one process for all: each file's report, then the next
     assert result.returncode == 1, result.stderr[-2000:]  # findings, not a crash
-    assert "Traceback" not in result.stderr and "BUILD" in result.stdout
-    assert torch_verdicts([path]) == {str(path): False}
+    assert "Traceback" not in result.stderr
+    for path in paths:
+        assert re.search(rf"^{re.escape(str(path))}: \d+ finding\(s\)", result.stdout, re.M)
+    assert result.stdout.count("BUILD (setting object state) on builtins.") == len(paths)
+    assert torch_verdicts(paths) == {str(path): False for path in paths}
