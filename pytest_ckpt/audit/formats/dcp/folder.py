@@ -152,9 +152,9 @@ def _check_as_dcp_reads_it(metadata: Any) -> None:
             f"reader fails setting its load_id, and falls back to a rank-local metadata file"
         )
     for field in ("state_dict_metadata", "storage_data"):
-        if type(getattr(metadata, field)) is not dict:
-            kind = type(getattr(metadata, field)).__name__
-            raise TypeError(f"{field} is a {kind}, not a dict: dcp.load reads it as one")
+        kind = type(getattr(metadata, field))
+        if kind is not dict:
+            raise TypeError(f"{field} is a {kind.__name__}, not a dict: dcp.load reads it as one")
 
 
 def _where(fqn: str) -> str:

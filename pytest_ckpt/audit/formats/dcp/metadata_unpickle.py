@@ -108,8 +108,9 @@ def scan_rank_local(folder: Path, allowlist: DcpAllowlist) -> tuple[list[str], l
             findings += scan_metadata(read_metadata_bytes(folder / file), allowlist, file)
         except Unreadable as err:
             detail = f"{err}, and dcp.load reads it when {METADATA} cannot be read"
-            findings.append(Finding("dcp-rank-metadata", detail, None, _DELETE, False, 0, file))
         except (OSError, CheckpointLoadError, TruncatedPickle, MalformedPickle) as err:
             detail = f"not a readable pickle ({err}): it cannot be vouched for"
-            findings.append(Finding("dcp-rank-metadata", detail, None, _DELETE, False, 0, file))
+        else:
+            continue
+        findings.append(Finding("dcp-rank-metadata", detail, None, _DELETE, False, 0, file))
     return names, findings
